@@ -1,0 +1,442 @@
+// CPU kernels of LSH attention (SPEC §1), forward and flash-style backward.
+//
+// Work is split by chunk of the bucket-sorted sequence: a task gathers one chunk's queries and
+// the keys of its window into cache-sized tiles, computes the logits with a tiled GEMM, the row
+// softmax, and P·V. Rounds run one after another: inside a round every position occurs exactly
+// once, so a task owns the output rows it writes and rounds merge in a fixed order. Results are
+// therefore the same for any number of threads, and no tensor of size R·L·window ever exists.
+#include <ATen/Dispatch.h>
+#include <ATen/Functions.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "../../kernels/lsh_common.h"
+#include "../lsh_attention.h"
+#include "lsh_hash_cpu.h"
+#include "tile_math.h"
+
+namespace reformer::cpu {
+namespace {
+
+// What every chunk task reads: contiguous tensors of the accumulation type, as raw pointers.
+template <typename acc_t>
+struct ChunkInputs {
+  LshShape s;
+  bool causal = false;
+  int before = 0, after = 0;
+  acc_t scale = 1;
+  const acc_t* qk = nullptr;         // (B*H, L, D)
+  const acc_t* v = nullptr;          // (B*H, L, Dv)
+  const acc_t* key_scale = nullptr;  // (B*H, L): key normalisation factor g_j
+  const uint8_t* padding = nullptr;  // (B, L'): 1 for padding positions
+  const int32_t* sorted = nullptr;   // (B*H, R*L'): positions in bucket order, per round
+
+  int64_t max_window() const { return int64_t(before + after + 1) * s.bucket_size; }
+
+  // Appends the non-padding positions of sorted chunk `chunk` of head `bh`; returns the count.
+  int64_t gather_positions(int64_t bh, int64_t chunk, int64_t* positions) const {
+    const int32_t* items = sorted + bh * s.n_hashes * s.padded_length + chunk * s.bucket_size;
+    const uint8_t* pad = padding + (bh / s.heads) * s.padded_length;
+    int64_t count = 0;
+    for (int64_t t = 0; t < s.bucket_size; ++t)
+      if (!pad[items[t]]) positions[count++] = items[t];
+    return count;
+  }
+
+  // Non-padding positions of every chunk in query chunk `chunk`'s window, in window order.
+  int64_t gather_window(int64_t bh, int64_t chunk, int64_t* positions) const {
+    int64_t window[kMaxWindowChunks];
+    const int count = window_chunks(chunk, s.n_chunks, before, after, window);
+    int64_t total = 0;
+    for (int w = 0; w < count; ++w) total += gather_positions(bh, window[w], positions + total);
+    return total;
+  }
+
+  // rows[i, :cols] = source[bh, positions[i], :cols] * (scaled ? g : 1); the row stride is `ld`.
+  void gather_rows(const acc_t* source, int64_t cols, int64_t bh, const int64_t* positions,
+                   int64_t n, acc_t* rows, int64_t ld, bool scaled) const {
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t* src = source + (bh * s.length + positions[i]) * cols;
+      const acc_t g = scaled ? key_scale[bh * s.length + positions[i]] : acc_t(1);
+      for (int64_t d = 0; d < cols; ++d) rows[i * ld + d] = src[d] * g;
+      for (int64_t d = cols; d < ld; ++d) rows[i * ld + d] = 0;
+    }
+  }
+
+  // cols_t[d, i] = source[bh, positions[i], d] * (scaled ? g : 1): a transposed tile whose
+  // `ld` >= n columns are zero-padded, ready to be the right-hand side of tile_gemm.
+  void gather_columns(const acc_t* source, int64_t cols, int64_t bh, const int64_t* positions,
+                      int64_t n, acc_t* cols_t, int64_t ld, bool scaled) const {
+    for (int64_t d = 0; d < cols; ++d)
+      for (int64_t i = n; i < ld; ++i) cols_t[d * ld + i] = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t* src = source + (bh * s.length + positions[i]) * cols;
+      const acc_t g = scaled ? key_scale[bh * s.length + positions[i]] : acc_t(1);
+      for (int64_t d = 0; d < cols; ++d) cols_t[d * ld + i] = src[d] * g;
+    }
+  }
+
+  acc_t logit(acc_t dot, int64_t query_pos, int64_t key_pos) const {
+    return masked_logit<acc_t>(scale * dot, query_pos, key_pos, causal);
+  }
+};
+
+// g_j = rsqrt(mean(x_j^2) + eps) / sqrt(D) for every position of every head.
+template <typename acc_t>
+at::Tensor key_scales(const at::Tensor& qk_acc, const LshShape& s) {
+  auto g = at::empty({s.batch * s.heads, s.length}, qk_acc.options());
+  const acc_t* x = qk_acc.data_ptr<acc_t>();
+  acc_t* out = g.data_ptr<acc_t>();
+  at::parallel_for(0, g.numel(), 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      acc_t sum = 0;
+      for (int64_t d = 0; d < s.dim; ++d) sum += x[row * s.dim + d] * x[row * s.dim + d];
+      out[row] = acc_t(1) / std::sqrt((sum / acc_t(s.dim) + acc_t(kKeyNormEps)) * acc_t(s.dim));
+    }
+  });
+  return g;
+}
+
+// Δ_i = dout_i · out_i - dlse_i, the row term of the softmax gradient (lse's own gradient enters
+// as dS_ij += P_ij · dlse_i). `dlse` may be undefined.
+template <typename acc_t>
+at::Tensor softmax_row_terms(const at::Tensor& dout, const at::Tensor& out, const at::Tensor& dlse,
+                             const LshShape& s) {
+  auto delta = at::empty({s.batch * s.heads, s.length}, dout.options());
+  const acc_t* dy = dout.data_ptr<acc_t>();
+  const acc_t* y = out.data_ptr<acc_t>();
+  const acc_t* dl = dlse.defined() ? dlse.data_ptr<acc_t>() : nullptr;
+  acc_t* dst = delta.data_ptr<acc_t>();
+  const int64_t Dv = s.value_dim;
+  at::parallel_for(0, delta.numel(), 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      acc_t sum = 0;
+      for (int64_t d = 0; d < Dv; ++d) sum += dy[row * Dv + d] * y[row * Dv + d];
+      dst[row] = dl ? sum - dl[row] : sum;
+    }
+  });
+  return delta;
+}
+
+// Runs task(bh, chunk) for every chunk of round r of every head, in parallel.
+template <typename Task>
+void for_each_chunk_of_round(const LshShape& s, int64_t r, const Task& task) {
+  const int64_t per_round = s.chunks_per_round;
+  at::parallel_for(0, s.batch * s.heads * per_round, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) task(t / per_round, r * per_round + t % per_round);
+  });
+}
+
+// One query chunk of the forward: softmax over its window, merged into the running (out, lse)
+// of its positions: lse = logaddexp(lse, lse_r), out = weighted mean of out and out_r.
+template <typename acc_t>
+void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk, acc_t* out,
+                   acc_t* lse) {
+  const LshShape& s = in.s;
+  constexpr int64_t NR = kTileCols<acc_t>;
+  const int64_t m = s.bucket_size, W = in.max_window();
+  int64_t* positions = thread_scratch<int64_t>(m + W);
+  int64_t *qpos = positions, *kpos = positions + m;
+  const int64_t nq = in.gather_positions(bh, chunk, qpos);
+  if (nq == 0) return;
+  const int64_t nk = in.gather_window(bh, chunk, kpos);
+  const int64_t nkp = round_up(nk, NR), dvp = round_up(s.value_dim, NR);
+
+  acc_t* q = thread_scratch<acc_t>(nq * s.dim + s.dim * nkp + nk * dvp + nq * nkp + nq * dvp);
+  acc_t* kt = q + nq * s.dim;
+  acc_t* vt = kt + s.dim * nkp;
+  acc_t* scores = vt + nk * dvp;
+  acc_t* o = scores + nq * nkp;
+  in.gather_rows(in.qk, s.dim, bh, qpos, nq, q, s.dim, false);
+  in.gather_columns(in.qk, s.dim, bh, kpos, nk, kt, nkp, true);
+  in.gather_rows(in.v, s.value_dim, bh, kpos, nk, vt, dvp, false);
+  tile_gemm<acc_t>(nq, nkp, s.dim, q, s.dim, kt, nkp, scores, nkp, false);
+
+  acc_t row_lse[kTileRows * 64];  // small stack buffer per block of rows
+  for (int64_t i0 = 0; i0 < nq; i0 += kTileRows * 64) {
+    const int64_t rows = std::min<int64_t>(kTileRows * 64, nq - i0);
+    for (int64_t i = i0; i < i0 + rows; ++i) {
+      acc_t* row = scores + i * nkp;
+      acc_t mx = -std::numeric_limits<acc_t>::infinity();
+      for (int64_t n = 0; n < nk; ++n) {
+        row[n] = in.logit(row[n], qpos[i], kpos[n]);
+        mx = std::max(mx, row[n]);
+      }
+      acc_t sum = 0;
+      for (int64_t n = 0; n < nk; ++n) {
+        row[n] = fast_exp(row[n] - mx);
+        sum += row[n];
+      }
+      const acc_t inv = acc_t(1) / sum;
+      for (int64_t n = 0; n < nk; ++n) row[n] *= inv;
+      row_lse[i - i0] = mx + std::log(sum);
+    }
+    tile_gemm<acc_t>(rows, dvp, nk, scores + i0 * nkp, nkp, vt, dvp, o, dvp, false);
+    for (int64_t i = i0; i < i0 + rows; ++i) {
+      const int64_t at = bh * s.length + qpos[i];
+      const acc_t prev = lse[at], cur = row_lse[i - i0];
+      acc_t* dst = out + at * s.value_dim;
+      const acc_t* src = o + (i - i0) * dvp;
+      if (prev == -std::numeric_limits<acc_t>::infinity()) {
+        lse[at] = cur;
+        for (int64_t d = 0; d < s.value_dim; ++d) dst[d] = src[d];
+      } else {
+        const acc_t mx = std::max(prev, cur);
+        const acc_t a = std::exp(prev - mx), b = std::exp(cur - mx), total = a + b;
+        lse[at] = mx + std::log(total);
+        for (int64_t d = 0; d < s.value_dim; ++d) dst[d] = (dst[d] * a + src[d] * b) / total;
+      }
+    }
+  }
+}
+
+// Gradient tile of one (query chunk, key set) pair: recomputes P = exp(S - lse) with the final
+// lse, dP = dO·Vᵀ and dS = P ∘ (dP - Δ) (zero where the logit was replaced by a constant).
+// On return `p` and `ds` hold P and dS (nq x nkp); both are also needed transposed in pass B.
+template <typename acc_t>
+void probabilities_and_logit_grads(const ChunkInputs<acc_t>& in, const int64_t* qpos, int64_t nq,
+                                   const int64_t* kpos, int64_t nk, int64_t nkp,
+                                   const acc_t* lse_q, const acc_t* delta_q, acc_t* p,
+                                   acc_t* ds) {
+  for (int64_t i = 0; i < nq; ++i) {
+    acc_t* prow = p + i * nkp;
+    acc_t* dsrow = ds + i * nkp;
+    for (int64_t n = 0; n < nk; ++n) {
+      const acc_t prob = fast_exp(in.logit(prow[n], qpos[i], kpos[n]) - lse_q[i]);
+      const bool replaced = logit_is_replaced(qpos[i], kpos[n], in.causal);
+      dsrow[n] = replaced ? acc_t(0) : prob * (dsrow[n] - delta_q[i]);
+      prow[n] = prob;
+    }
+  }
+}
+
+// Pass A of the backward, one query chunk: dq_i += scale · Σ_j dS_ij k_j over its window.
+template <typename acc_t>
+void backward_query_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk,
+                          const acc_t* dout, const acc_t* lse, const acc_t* delta, acc_t* dqk) {
+  const LshShape& s = in.s;
+  constexpr int64_t NR = kTileCols<acc_t>;
+  const int64_t m = s.bucket_size, W = in.max_window();
+  int64_t* positions = thread_scratch<int64_t>(m + W);
+  int64_t *qpos = positions, *kpos = positions + m;
+  const int64_t nq = in.gather_positions(bh, chunk, qpos);
+  if (nq == 0) return;
+  const int64_t nk = in.gather_window(bh, chunk, kpos);
+  const int64_t nkp = round_up(nk, NR), dp = round_up(s.dim, NR);
+  const int64_t D = s.dim, Dv = s.value_dim;
+
+  acc_t* q = thread_scratch<acc_t>(nq * D + D * nkp + nk * dp + Dv * nkp + nq * Dv +
+                                   2 * nq * nkp + nq * dp + 2 * nq);
+  acc_t* kt = q + nq * D;
+  acc_t* k = kt + D * nkp;
+  acc_t* vt = k + nk * dp;
+  acc_t* dout_q = vt + Dv * nkp;
+  acc_t* p = dout_q + nq * Dv;
+  acc_t* ds = p + nq * nkp;
+  acc_t* dq = ds + nq * nkp;
+  acc_t* lse_q = dq + nq * dp;
+  acc_t* delta_q = lse_q + nq;
+  in.gather_rows(in.qk, D, bh, qpos, nq, q, D, false);
+  in.gather_columns(in.qk, D, bh, kpos, nk, kt, nkp, true);
+  in.gather_rows(in.qk, D, bh, kpos, nk, k, dp, true);
+  in.gather_columns(in.v, Dv, bh, kpos, nk, vt, nkp, false);
+  in.gather_rows(dout, Dv, bh, qpos, nq, dout_q, Dv, false);
+  for (int64_t i = 0; i < nq; ++i) {
+    lse_q[i] = lse[bh * s.length + qpos[i]];
+    delta_q[i] = delta[bh * s.length + qpos[i]];
+  }
+  tile_gemm<acc_t>(nq, nkp, D, q, D, kt, nkp, p, nkp, false);
+  tile_gemm<acc_t>(nq, nkp, Dv, dout_q, Dv, vt, nkp, ds, nkp, false);
+  probabilities_and_logit_grads(in, qpos, nq, kpos, nk, nkp, lse_q, delta_q, p, ds);
+  tile_gemm<acc_t>(nq, dp, nk, ds, nkp, k, dp, dq, dp, false);
+  for (int64_t i = 0; i < nq; ++i) {
+    acc_t* dst = dqk + (bh * s.length + qpos[i]) * D;
+    for (int64_t d = 0; d < D; ++d) dst[d] += in.scale * dq[i * dp + d];
+  }
+}
+
+// Pass B of the backward, one key chunk: dv_j and the key-path gradient of qk_j, summed over
+// the query chunks that see this key chunk, in a fixed order.
+template <typename acc_t>
+void backward_key_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk,
+                        const acc_t* dout, const acc_t* lse, const acc_t* delta, acc_t* dqk,
+                        acc_t* dv) {
+  const LshShape& s = in.s;
+  constexpr int64_t NR = kTileCols<acc_t>;
+  const int64_t m = s.bucket_size;
+  const int64_t D = s.dim, Dv = s.value_dim;
+  int64_t* positions = thread_scratch<int64_t>(2 * m);
+  int64_t *kpos = positions, *qpos = positions + m;
+  const int64_t nk = in.gather_positions(bh, chunk, kpos);
+  if (nk == 0) return;
+  const int64_t nkp = round_up(nk, NR), dp = round_up(D, NR), dvp = round_up(Dv, NR);
+
+  acc_t* kt = thread_scratch<acc_t>(D * nkp + Dv * nkp + nk * dvp + nk * dp + m * dp + m * dvp +
+                                    4 * m * nkp + 2 * m);
+  acc_t* vt = kt + D * nkp;
+  acc_t* dv_k = vt + Dv * nkp;
+  acc_t* dk_k = dv_k + nk * dvp;
+  acc_t* q = dk_k + nk * dp;
+  acc_t* dout_q = q + m * dp;
+  acc_t* p = dout_q + m * dvp;
+  acc_t* ds = p + m * nkp;
+  acc_t* p_t = ds + m * nkp;
+  acc_t* ds_t = p_t + m * nkp;
+  acc_t* lse_q = ds_t + m * nkp;
+  acc_t* delta_q = lse_q + m;
+  in.gather_columns(in.qk, D, bh, kpos, nk, kt, nkp, true);
+  in.gather_columns(in.v, Dv, bh, kpos, nk, vt, nkp, false);
+  std::fill(dv_k, dv_k + nk * dvp + nk * dp, acc_t(0));
+
+  int64_t seeing[kMaxWindowChunks];
+  const int count = chunks_seeing(chunk, s.n_chunks, in.before, in.after, seeing);
+  for (int w = 0; w < count; ++w) {
+    const int64_t nq = in.gather_positions(bh, seeing[w], qpos);
+    if (nq == 0) continue;
+    in.gather_rows(in.qk, D, bh, qpos, nq, q, dp, false);
+    in.gather_rows(dout, Dv, bh, qpos, nq, dout_q, dvp, false);
+    for (int64_t i = 0; i < nq; ++i) {
+      lse_q[i] = lse[bh * s.length + qpos[i]];
+      delta_q[i] = delta[bh * s.length + qpos[i]];
+    }
+    tile_gemm<acc_t>(nq, nkp, D, q, dp, kt, nkp, p, nkp, false);
+    tile_gemm<acc_t>(nq, nkp, Dv, dout_q, dvp, vt, nkp, ds, nkp, false);
+    probabilities_and_logit_grads(in, qpos, nq, kpos, nk, nkp, lse_q, delta_q, p, ds);
+    for (int64_t i = 0; i < nq; ++i)
+      for (int64_t n = 0; n < nk; ++n) {
+        p_t[n * nq + i] = p[i * nkp + n];
+        ds_t[n * nq + i] = ds[i * nkp + n];
+      }
+    tile_gemm<acc_t>(nk, dvp, nq, p_t, nq, dout_q, dvp, dv_k, dvp, true);
+    tile_gemm<acc_t>(nk, dp, nq, ds_t, nq, q, dp, dk_k, dp, true);
+  }
+  // Through the key normalisation k = g x: dx = g (dk - g^2 x (x . dk)), with dk = scale · dK.
+  for (int64_t n = 0; n < nk; ++n) {
+    const int64_t at = bh * s.length + kpos[n];
+    const acc_t* x = in.qk + at * D;
+    const acc_t g = in.key_scale[at];
+    acc_t dot = 0;
+    for (int64_t d = 0; d < D; ++d) dot += x[d] * dk_k[n * dp + d];
+    dot *= in.scale;
+    for (int64_t d = 0; d < D; ++d)
+      dqk[at * D + d] += g * (in.scale * dk_k[n * dp + d] - g * g * dot * x[d]);
+    for (int64_t d = 0; d < Dv; ++d) dv[at * Dv + d] += dv_k[n * dvp + d];
+  }
+}
+
+at::ScalarType accumulation_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+template <typename acc_t>
+ChunkInputs<acc_t> make_inputs(const LshShape& s, const at::Tensor& qk_acc,
+                               const at::Tensor& v_acc, const at::Tensor& key_scale,
+                               const at::Tensor& padding, const at::Tensor& sorted, bool causal,
+                               int64_t before, int64_t after, double scale) {
+  ChunkInputs<acc_t> in;
+  in.s = s;
+  in.causal = causal;
+  in.before = static_cast<int>(before);
+  in.after = static_cast<int>(after);
+  in.scale = static_cast<acc_t>(scale);
+  in.qk = qk_acc.data_ptr<acc_t>();
+  in.v = v_acc.data_ptr<acc_t>();
+  in.key_scale = key_scale.data_ptr<acc_t>();
+  in.padding = padding.data_ptr<uint8_t>();
+  in.sorted = sorted.data_ptr<int32_t>();
+  return in;
+}
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ",
+                    t.device());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lsh_attention(
+    const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
+    const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size, bool causal,
+    int64_t n_chunks_before, int64_t n_chunks_after, double scale) {
+  check_cpu(qk, "qk");
+  const LshShape s = check_attention_args(qk, v, rotations, key_padding_mask, bucket_size,
+                                          n_chunks_before, n_chunks_after);
+  const auto acc = accumulation_type(qk);
+  const auto qk_acc = qk.to(acc).contiguous();
+  const auto v_acc = v.to(acc).contiguous();
+  const auto padding = padding_flags(s, key_padding_mask);
+  const auto sorted = sort_by_bucket(hash_buckets(qk_acc, rotations.to(acc), padding, s), s);
+
+  // Accumulate straight into `out` when it has the accumulation type (float32, float64).
+  auto out_acc = at::zeros({s.batch, s.heads, s.length, s.value_dim}, qk_acc.options());
+  auto lse = at::full({s.batch, s.heads, s.length}, -std::numeric_limits<double>::infinity(),
+                      qk_acc.options());
+  if (out_acc.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(acc, "lsh_attention_cpu", [&] {
+      const auto g = key_scales<scalar_t>(qk_acc, s);
+      const auto in = make_inputs<scalar_t>(s, qk_acc, v_acc, g, padding, sorted, causal,
+                                            n_chunks_before, n_chunks_after, scale);
+      scalar_t* out_ptr = out_acc.data_ptr<scalar_t>();
+      scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
+      for (int64_t r = 0; r < s.n_hashes; ++r)
+        for_each_chunk_of_round(s, r, [&](int64_t bh, int64_t chunk) {
+          forward_chunk<scalar_t>(in, bh, chunk, out_ptr, lse_ptr);
+        });
+    });
+  }
+  // Padding queries were never merged: their lse is defined as 0 (and their output is 0).
+  lse.masked_fill_(lse.isneginf(), 0);
+  return {out_acc.to(qk.scalar_type()), lse, sorted};
+}
+
+std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
+    const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& qk,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& sorted_positions, const c10::optional<at::Tensor>& key_padding_mask,
+    int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
+    double scale) {
+  check_cpu(qk, "qk");
+  const LshShape s =
+      check_backward_args(grad_out, grad_lse, qk, v, out, lse, sorted_positions,
+                          key_padding_mask, bucket_size, n_chunks_before, n_chunks_after);
+  const auto acc = accumulation_type(qk);
+  const auto qk_acc = qk.to(acc).contiguous();
+  const auto v_acc = v.to(acc).contiguous();
+  const auto dout = grad_out.to(acc).contiguous();
+  const auto lse_c = lse.contiguous();
+  const auto sorted = sorted_positions.contiguous();
+  const auto padding = padding_flags(s, key_padding_mask);
+  const auto out_acc = out.to(acc).contiguous();
+  const auto dlse = grad_lse.has_value() ? grad_lse->contiguous() : at::Tensor();
+
+  auto dqk = at::zeros({s.batch, s.heads, s.length, s.dim}, qk_acc.options());
+  auto dv = at::zeros({s.batch, s.heads, s.length, s.value_dim}, qk_acc.options());
+  if (dqk.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(acc, "lsh_attention_backward_cpu", [&] {
+      const auto g = key_scales<scalar_t>(qk_acc, s);
+      const auto delta = softmax_row_terms<scalar_t>(dout, out_acc, dlse, s);
+      const auto in = make_inputs<scalar_t>(s, qk_acc, v_acc, g, padding, sorted, causal,
+                                            n_chunks_before, n_chunks_after, scale);
+      const scalar_t* dout_ptr = dout.data_ptr<scalar_t>();
+      const scalar_t* lse_ptr = lse_c.data_ptr<scalar_t>();
+      const scalar_t* delta_ptr = delta.data_ptr<scalar_t>();
+      scalar_t* dqk_ptr = dqk.data_ptr<scalar_t>();
+      scalar_t* dv_ptr = dv.data_ptr<scalar_t>();
+      for (int64_t r = 0; r < s.n_hashes; ++r)
+        for_each_chunk_of_round(s, r, [&](int64_t bh, int64_t chunk) {
+          backward_query_chunk<scalar_t>(in, bh, chunk, dout_ptr, lse_ptr, delta_ptr, dqk_ptr);
+        });
+      for (int64_t r = 0; r < s.n_hashes; ++r)
+        for_each_chunk_of_round(s, r, [&](int64_t bh, int64_t chunk) {
+          backward_key_chunk<scalar_t>(in, bh, chunk, dout_ptr, lse_ptr, delta_ptr, dqk_ptr,
+                                       dv_ptr);
+        });
+    });
+  }
+  return {dqk.to(qk.scalar_type()), dv.to(v.scalar_type())};
+}
+
+}  // namespace reformer::cpu

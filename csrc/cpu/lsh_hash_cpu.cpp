@@ -1,0 +1,104 @@
+// CPU hashing: projections of each position onto the random rotations (a tiled GEMM per block of
+// rows), the argmax over [p, -p], and a stable counting sort by bucket.
+#include "lsh_hash_cpu.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Functions.h>
+#include <ATen/Parallel.h>
+
+#include "../../kernels/lsh_common.h"
+#include "tile_math.h"
+
+namespace reformer::cpu {
+namespace {
+
+constexpr int64_t kHashRows = 32;  // rows per GEMM block: the projections stay in L1/L2
+
+template <typename acc_t>
+void hash_rows(const acc_t* qk, const acc_t* rotations, const uint8_t* padding, const LshShape& s,
+               int64_t padded_cols, int32_t* buckets) {
+  const int64_t half = s.n_buckets / 2;
+  const int64_t blocks = (s.padded_length + kHashRows - 1) / kHashRows;
+  const int64_t Lp = s.padded_length;
+  at::parallel_for(0, s.batch * s.heads * blocks, 1, [&](int64_t begin, int64_t end) {
+    acc_t* proj = thread_scratch<acc_t>(kHashRows * padded_cols);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / blocks, row0 = (task % blocks) * kHashRows;
+      const int64_t b = bh / s.heads, h = bh % s.heads;
+      const int64_t rows = std::max<int64_t>(0, std::min(s.length, row0 + kHashRows) - row0);
+      const acc_t* rot = rotations + (s.rotation_heads == 1 ? 0 : h) * s.dim * padded_cols;
+      if (rows > 0)
+        tile_gemm<acc_t>(rows, padded_cols, s.dim, qk + (bh * s.length + row0) * s.dim, s.dim,
+                         rot, padded_cols, proj, padded_cols, false);
+      for (int64_t i = 0; i < std::min(kHashRows, Lp - row0); ++i) {
+        const int64_t pos = row0 + i;
+        const bool pad = padding[b * Lp + pos] != 0;
+        for (int64_t r = 0; r < s.n_hashes; ++r)
+          buckets[(bh * s.n_hashes + r) * Lp + pos] = static_cast<int32_t>(
+              pad ? s.n_buckets : bucket_from_projections(proj + i * padded_cols + r * half, half));
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor padding_flags(const LshShape& s, const c10::optional<at::Tensor>& key_padding_mask) {
+  auto flags = at::zeros({s.batch, s.padded_length}, at::dtype(at::kByte));
+  if (s.padded_length > s.length) flags.narrow(1, s.length, s.padded_length - s.length).fill_(1);
+  if (key_padding_mask.has_value())
+    flags.narrow(1, 0, s.length).copy_(key_padding_mask->to(at::kByte));
+  return flags;
+}
+
+at::Tensor hash_buckets(const at::Tensor& qk_acc, const at::Tensor& rotations,
+                        const at::Tensor& padding, const LshShape& s) {
+  auto buckets = at::empty({s.batch, s.heads, s.n_hashes, s.padded_length}, at::dtype(at::kInt));
+  if (buckets.numel() == 0) return buckets;
+  AT_DISPATCH_FLOATING_TYPES(qk_acc.scalar_type(), "lsh_hash_cpu", [&] {
+    // Rotations as a (Hr, D, R * nb/2) matrix, columns zero-padded to the GEMM tile width.
+    const int64_t cols = s.n_hashes * (s.n_buckets / 2);
+    const int64_t padded_cols = round_up(cols, kTileCols<scalar_t>);
+    auto rot = at::zeros({s.rotation_heads, s.dim, padded_cols}, qk_acc.options());
+    rot.narrow(2, 0, cols).copy_(rotations.reshape({s.rotation_heads, s.dim, cols}));
+    hash_rows<scalar_t>(qk_acc.data_ptr<scalar_t>(), rot.data_ptr<scalar_t>(),
+                        padding.data_ptr<uint8_t>(), s, padded_cols, buckets.data_ptr<int32_t>());
+  });
+  return buckets;
+}
+
+at::Tensor sort_by_bucket(const at::Tensor& buckets, const LshShape& s) {
+  const int64_t Lp = s.padded_length, bins = s.n_buckets + 1;
+  auto sorted = at::empty({s.batch, s.heads, s.n_hashes * Lp}, at::dtype(at::kInt));
+  const int32_t* bucket = buckets.data_ptr<int32_t>();
+  int32_t* out = sorted.data_ptr<int32_t>();
+  at::parallel_for(0, s.batch * s.heads * s.n_hashes, 1, [&](int64_t begin, int64_t end) {
+    int64_t* next = thread_scratch<int64_t>(bins);
+    for (int64_t row = begin; row < end; ++row) {
+      const int32_t* key = bucket + row * Lp;
+      int32_t* dst = out + row * Lp;
+      std::fill(next, next + bins, 0);
+      for (int64_t p = 0; p < Lp; ++p) ++next[key[p]];
+      int64_t offset = 0;  // exclusive scan: first slot of each bucket
+      for (int64_t k = 0; k < bins; ++k) {
+        const int64_t count = next[k];
+        next[k] = offset;
+        offset += count;
+      }
+      for (int64_t p = 0; p < Lp; ++p) dst[next[key[p]]++] = static_cast<int32_t>(p);
+    }
+  });
+  return sorted;
+}
+
+at::Tensor lsh_buckets(const at::Tensor& qk, const at::Tensor& rotations,
+                       const c10::optional<at::Tensor>& key_padding_mask) {
+  // Any bucket size gives the same buckets; 1 keeps the padded length equal to L.
+  const LshShape s = check_hash_args(qk, rotations, key_padding_mask, /*bucket_size=*/1);
+  const auto acc = qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto buckets = hash_buckets(qk.to(acc).contiguous(), rotations.to(acc),
+                              padding_flags(s, key_padding_mask), s);
+  return buckets.to(at::kLong);
+}
+
+}  // namespace reformer::cpu

@@ -1,0 +1,61 @@
+// Torch-facing declarations of the LSH attention operators (SPEC §1): argument checks shared by
+// every backend, and the per-backend kernels that the dispatcher registrations call.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <tuple>
+
+namespace reformer {
+
+// Sizes of one LSH attention call, derived once from checked arguments.
+struct LshShape {
+  int64_t batch = 0, heads = 0, length = 0, dim = 0, value_dim = 0;
+  int64_t rotation_heads = 0, n_hashes = 0, n_buckets = 0;
+  int64_t bucket_size = 0, padded_length = 0;
+  int64_t chunks_per_round = 0, n_chunks = 0;  // n_chunks = n_hashes * chunks_per_round
+};
+
+// Validates qk, rotations and the mask (and bucket_size when > 0) and returns the sizes.
+// Every message names the argument, what was expected and what was given.
+LshShape check_hash_args(const at::Tensor& qk, const at::Tensor& rotations,
+                         const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size);
+
+// check_hash_args plus v and the window options.
+LshShape check_attention_args(const at::Tensor& qk, const at::Tensor& v,
+                              const at::Tensor& rotations,
+                              const c10::optional<at::Tensor>& key_padding_mask,
+                              int64_t bucket_size, int64_t n_chunks_before,
+                              int64_t n_chunks_after);
+
+// Checks the backward's arguments and returns the sizes; n_hashes is read off sorted_positions.
+LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse,
+                             const at::Tensor& qk, const at::Tensor& v, const at::Tensor& out,
+                             const at::Tensor& lse, const at::Tensor& sorted_positions,
+                             const c10::optional<at::Tensor>& key_padding_mask,
+                             int64_t bucket_size, int64_t n_chunks_before,
+                             int64_t n_chunks_after);
+
+namespace cpu {
+
+// Buckets (B, H, R, L) int64 of SPEC §1 step 1.
+at::Tensor lsh_buckets(const at::Tensor& qk, const at::Tensor& rotations,
+                       const c10::optional<at::Tensor>& key_padding_mask);
+
+// Returns (out, lse, sorted_positions): sorted_positions (B, H, R * L') int32 lists, per round,
+// the original positions ordered by (bucket, position); it is what backward reuses.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lsh_attention(
+    const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
+    const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size, bool causal,
+    int64_t n_chunks_before, int64_t n_chunks_after, double scale);
+
+std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
+    const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& qk,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& sorted_positions, const c10::optional<at::Tensor>& key_padding_mask,
+    int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
+    double scale);
+
+}  // namespace cpu
+}  // namespace reformer

@@ -1,0 +1,93 @@
+// Index math and constants of LSH attention (SPEC §1) shared by the CPU kernel, the CUDA
+// kernels and the C++ tests. Torch-free and __host__ __device__, so the logic the GPU runs is
+// exercised by every CPU test run.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define RX_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define RX_HOST_DEVICE inline
+#endif
+
+namespace reformer {
+
+// Logit replacements of SPEC §1 step 5, applied in the accumulator type.
+constexpr float kMaskedLogit = -1e9f;  // padding key, or causal and key after query
+constexpr float kSelfLogit = -1e5f;    // key == query: used only when nothing else is valid
+// Epsilon of the key normalisation k = x * rsqrt(mean(x^2) + eps) / sqrt(D).
+constexpr double kKeyNormEps = 1e-6;
+
+// Largest window: n_chunks_before + 1 + n_chunks_after chunks. Bounded so windows fit in
+// fixed-size arrays on the device; checked at the operator boundary.
+constexpr int kMaxWindowChunks = 64;
+
+// Sequence length after padding to a multiple of the bucket size.
+RX_HOST_DEVICE int64_t padded_length(int64_t length, int64_t bucket_size) {
+  return (length + bucket_size - 1) / bucket_size * bucket_size;
+}
+
+// Positive modulo for cyclic chunk indices.
+RX_HOST_DEVICE int64_t wrap_chunk(int64_t chunk, int64_t n_chunks) {
+  const int64_t r = chunk % n_chunks;
+  return r < 0 ? r + n_chunks : r;
+}
+
+// The distinct chunks that query chunk `chunk` attends to, in the fixed order of offsets
+// -before..+after (SPEC §1 step 3). With few chunks, offsets wrap onto the same chunk; each chunk
+// is kept once, at its first offset. Returns the count written to `out` (<= before+after+1).
+RX_HOST_DEVICE int window_chunks(int64_t chunk, int64_t n_chunks, int before, int after,
+                                 int64_t* out) {
+  int count = 0;
+  for (int offset = -before; offset <= after; ++offset) {
+    const int64_t c = wrap_chunk(chunk + offset, n_chunks);
+    bool seen = false;
+    for (int k = 0; k < count; ++k) seen = seen || (out[k] == c);
+    if (!seen) out[count++] = c;
+  }
+  return count;
+}
+
+// The distinct query chunks whose window contains key chunk `chunk`: the mirror image of
+// window_chunks (offsets +before..-after), so a key chunk's gradient is summed in a fixed order.
+RX_HOST_DEVICE int chunks_seeing(int64_t chunk, int64_t n_chunks, int before, int after,
+                                 int64_t* out) {
+  int count = 0;
+  for (int offset = before; offset >= -after; --offset) {
+    const int64_t c = wrap_chunk(chunk + offset, n_chunks);
+    bool seen = false;
+    for (int k = 0; k < count; ++k) seen = seen || (out[k] == c);
+    if (!seen) out[count++] = c;
+  }
+  return count;
+}
+
+// A logit after the masks of SPEC §1 step 5 (padding keys are never passed here: their
+// weight exp(-1e9 - lse) is exactly zero, since the query always sees itself at >= -1e5).
+template <typename acc_t>
+RX_HOST_DEVICE acc_t masked_logit(acc_t logit, int64_t query_pos, int64_t key_pos, bool causal) {
+  if (causal && key_pos > query_pos) return static_cast<acc_t>(kMaskedLogit);
+  if (key_pos == query_pos) return static_cast<acc_t>(kSelfLogit);
+  return logit;
+}
+
+// True when the logit was replaced by a constant, so it has no gradient.
+RX_HOST_DEVICE bool logit_is_replaced(int64_t query_pos, int64_t key_pos, bool causal) {
+  return key_pos == query_pos || (causal && key_pos > query_pos);
+}
+
+// Bucket of one hash round: argmax over [p, -p] (length 2 * half), ties to the lowest index
+// (SPEC §1 step 1). `p` holds the `half` projections of this round.
+template <typename acc_t>
+RX_HOST_DEVICE int64_t bucket_from_projections(const acc_t* p, int64_t half) {
+  int64_t best_pos = 0, best_neg = 0;
+  for (int64_t k = 1; k < half; ++k) {
+    if (p[k] > p[best_pos]) best_pos = k;
+    if (-p[k] > -p[best_neg]) best_neg = k;
+  }
+  // Every index of +p is below every index of -p, so a tie goes to +p.
+  return p[best_pos] >= -p[best_neg] ? best_pos : half + best_neg;
+}
+
+}  // namespace reformer

@@ -1,0 +1,11 @@
+"""reformer_ext: the Reformer's LSH attention, reversible layers and chunked feed-forward as
+PyTorch operators (torch.ops.reformer.*) with C++ and CUDA kernels."""
+
+from . import _library
+
+_library.load()
+
+from .ops import lsh_attention, lsh_buckets, random_rotations  # noqa: E402
+
+__all__ = ["lsh_attention", "lsh_buckets", "random_rotations"]
+__version__ = "0.1.0"

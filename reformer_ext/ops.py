@@ -1,0 +1,168 @@
+"""Functional API (SPEC §4) over the torch.ops.reformer operators, and the Python-side
+registrations that make the operators work with autograd, fake tensors and torch.compile."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+# ---------------------------------------------------------------------------------------------
+# Fake (meta) kernels: output shapes never depend on data, only on input shapes.
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _padded_length(length, bucket_size):
+    return (length + bucket_size - 1) // bucket_size * bucket_size
+
+
+@torch.library.register_fake("reformer::lsh_buckets")
+def _lsh_buckets_fake(qk, rotations, key_padding_mask=None):
+    batch, heads, length, _ = qk.shape
+    return qk.new_empty((batch, heads, rotations.shape[2], length), dtype=torch.int64)
+
+
+@torch.library.register_fake("reformer::lsh_attention")
+def _lsh_attention_fake(qk, v, rotations, key_padding_mask, bucket_size, causal,
+                        n_chunks_before, n_chunks_after, scale):
+    batch, heads, length, _ = qk.shape
+    items = rotations.shape[2] * _padded_length(length, bucket_size)
+    out = v.new_empty(v.shape)
+    lse = qk.new_empty((batch, heads, length), dtype=_accumulation_dtype(qk.dtype))
+    sorted_positions = qk.new_empty((batch, heads, items), dtype=torch.int32)
+    return out, lse, sorted_positions
+
+
+@torch.library.register_fake("reformer::lsh_attention_backward")
+def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, lse, sorted_positions,
+                                 key_padding_mask, bucket_size, causal, n_chunks_before,
+                                 n_chunks_after, scale):
+    return qk.new_empty(qk.shape), v.new_empty(v.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd: the backward recomputes logits chunk by chunk from what the forward returned.
+
+
+def _lsh_attention_setup_context(ctx, inputs, output):
+    qk, v, _rotations, key_padding_mask, bucket_size, causal, before, after, scale = inputs
+    out, lse, sorted_positions = output
+    ctx.save_for_backward(qk, v, out, lse, sorted_positions, key_padding_mask)
+    ctx.options = (bucket_size, causal, before, after, scale)
+    ctx.mark_non_differentiable(sorted_positions)
+
+
+def _lsh_attention_backward(ctx, grad_out, grad_lse, _grad_sorted_positions):
+    qk, v, out, lse, sorted_positions, key_padding_mask = ctx.saved_tensors
+    grad_qk, grad_v = torch.ops.reformer.lsh_attention_backward(
+        grad_out, grad_lse, qk, v, out, lse, sorted_positions, key_padding_mask, *ctx.options
+    )
+    return grad_qk, grad_v, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "reformer::lsh_attention", _lsh_attention_backward, setup_context=_lsh_attention_setup_context
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Functional API
+
+
+def _require_tensor(value, name: str) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _require_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def default_n_buckets(length: int, bucket_size: int) -> int:
+    """The number of buckets per round when none is given: about two chunks per bucket pair."""
+    return max(2, 2 * math.ceil(length / bucket_size))
+
+
+def random_rotations(qk: Tensor, n_hashes: int, n_buckets: int,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
+    """Draws per-head rotations (H, D, n_hashes, n_buckets // 2) from N(0, 1)."""
+    _require_tensor(qk, "qk")
+    if qk.dim() != 4:
+        raise ValueError(f"qk must have shape (batch, heads, length, dim), got {tuple(qk.shape)}")
+    n_hashes = _require_int(n_hashes, "n_hashes", 1)
+    n_buckets = _check_n_buckets(n_buckets)
+    shape = (qk.shape[1], qk.shape[3], n_hashes, n_buckets // 2)
+    return torch.randn(shape, generator=generator, device=qk.device,
+                       dtype=_accumulation_dtype(qk.dtype))
+
+
+def _check_n_buckets(n_buckets) -> int:
+    if isinstance(n_buckets, (list, tuple)):
+        raise ValueError("n_buckets given as a list of factors (factorised buckets) is not "
+                         f"supported yet, got {n_buckets}; pass one even int")
+    n_buckets = _require_int(n_buckets, "n_buckets", 2)
+    if n_buckets % 2:
+        raise ValueError(f"n_buckets must be even (buckets come from argmax over [p, -p]), "
+                         f"got {n_buckets}")
+    return n_buckets
+
+
+def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int = 64,
+                  n_buckets=None, causal: bool = False,
+                  key_padding_mask: Optional[Tensor] = None, rotations: Optional[Tensor] = None,
+                  generator: Optional[torch.Generator] = None, n_chunks_before: int = 1,
+                  n_chunks_after: int = 0, scale: float = 1.0, return_lse: bool = False):
+    """LSH self-attention with shared query/keys (SPEC §1).
+
+    qk: (B, H, L, D) shared queries/keys; v: (B, H, L, Dv). key_padding_mask: (B, L) bool,
+    True marks padding. rotations: (1 or H, D, n_hashes, n_buckets // 2); when given they define
+    n_hashes and n_buckets (an explicit n_buckets must agree). When None they are drawn from
+    N(0, 1) with `generator`, with n_buckets defaulting to max(2, 2 * ceil(L / bucket_size)).
+
+    Returns out (B, H, L, Dv), or (out, lse) with lse (B, H, L) in float32 (float64 for float64
+    inputs) when return_lse. Padding query positions give out 0 and lse 0.
+    """
+    _require_tensor(qk, "qk")
+    _require_tensor(v, "v")
+    n_hashes = _require_int(n_hashes, "n_hashes", 1)
+    bucket_size = _require_int(bucket_size, "bucket_size", 1)
+    n_chunks_before = _require_int(n_chunks_before, "n_chunks_before", 0)
+    n_chunks_after = _require_int(n_chunks_after, "n_chunks_after", 0)
+    if key_padding_mask is not None:
+        _require_tensor(key_padding_mask, "key_padding_mask")
+    if rotations is None:
+        if qk.dim() != 4:
+            raise ValueError(f"qk must have shape (batch, heads, length, dim), got shape "
+                             f"{tuple(qk.shape)}")
+        if n_buckets is None:
+            n_buckets = default_n_buckets(qk.shape[2], bucket_size)
+        rotations = random_rotations(qk, n_hashes, n_buckets, generator)
+    else:
+        _require_tensor(rotations, "rotations")
+        if n_buckets is not None and rotations.dim() == 4:
+            n_buckets = _check_n_buckets(n_buckets)
+            if n_buckets != 2 * rotations.shape[3]:
+                raise ValueError(f"n_buckets ({n_buckets}) does not match rotations of shape "
+                                 f"{tuple(rotations.shape)} (n_buckets // 2 in dimension 3)")
+    out, lse, _ = torch.ops.reformer.lsh_attention(
+        qk, v, rotations, key_padding_mask, bucket_size, bool(causal), n_chunks_before,
+        n_chunks_after, float(scale)
+    )
+    return (out, lse) if return_lse else out
+
+
+def lsh_buckets(qk: Tensor, rotations: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+    """Buckets (B, H, n_hashes, L) int64 of SPEC §1 step 1; padding positions get n_buckets."""
+    _require_tensor(qk, "qk")
+    _require_tensor(rotations, "rotations")
+    return torch.ops.reformer.lsh_buckets(qk, rotations, key_padding_mask)
