@@ -77,17 +77,14 @@ RX_HOST_DEVICE bool logit_is_replaced(int64_t query_pos, int64_t key_pos, bool c
   return key_pos == query_pos || (causal && key_pos > query_pos);
 }
 
-// Bucket of one hash round: argmax over [p, -p] (length 2 * half), ties to the lowest index
-// (SPEC §1 step 1). `p` holds the `half` projections of this round.
-template <typename acc_t>
-RX_HOST_DEVICE int64_t bucket_from_projections(const acc_t* p, int64_t half) {
-  int64_t best_pos = 0, best_neg = 0;
-  for (int64_t k = 1; k < half; ++k) {
-    if (p[k] > p[best_pos]) best_pos = k;
-    if (-p[k] > -p[best_neg]) best_neg = k;
-  }
-  // Every index of +p is below every index of -p, so a tie goes to +p.
-  return p[best_pos] >= -p[best_neg] ? best_pos : half + best_neg;
+// Bucket of one hash round from the largest and smallest of its `half` projections p: the argmax
+// over [p, -p] (length 2 * half) with ties to the lowest index (SPEC §1 step 1). `first_index_of`
+// returns the first k with p[k] == value. Every index of +p is below every index of -p, so a tie
+// between max(p) and -min(p) goes to +p.
+template <typename acc_t, typename FirstIndexOf>
+RX_HOST_DEVICE int64_t bucket_from_extremes(acc_t max_p, acc_t min_p, int64_t half,
+                                            const FirstIndexOf& first_index_of) {
+  return max_p >= -min_p ? first_index_of(max_p) : half + first_index_of(min_p);
 }
 
 }  // namespace reformer

@@ -160,16 +160,9 @@ void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk, acc_
     const int64_t rows = std::min<int64_t>(kTileRows * 64, nq - i0);
     for (int64_t i = i0; i < i0 + rows; ++i) {
       acc_t* row = scores + i * nkp;
-      acc_t mx = -std::numeric_limits<acc_t>::infinity();
-      for (int64_t n = 0; n < nk; ++n) {
-        row[n] = in.logit(row[n], qpos[i], kpos[n]);
-        mx = std::max(mx, row[n]);
-      }
-      acc_t sum = 0;
-      for (int64_t n = 0; n < nk; ++n) {
-        row[n] = fast_exp(row[n] - mx);
-        sum += row[n];
-      }
+      for (int64_t n = 0; n < nk; ++n) row[n] = in.logit(row[n], qpos[i], kpos[n]);
+      const acc_t mx = row_max(row, nk);
+      const acc_t sum = exp_shift_sum(row, nk, mx);
       const acc_t inv = acc_t(1) / sum;
       for (int64_t n = 0; n < nk; ++n) row[n] *= inv;
       row_lse[i - i0] = mx + std::log(sum);

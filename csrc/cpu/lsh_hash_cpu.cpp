@@ -33,9 +33,18 @@ void hash_rows(const acc_t* qk, const acc_t* rotations, const uint8_t* padding, 
       for (int64_t i = 0; i < std::min(kHashRows, Lp - row0); ++i) {
         const int64_t pos = row0 + i;
         const bool pad = padding[b * Lp + pos] != 0;
-        for (int64_t r = 0; r < s.n_hashes; ++r)
+        for (int64_t r = 0; r < s.n_hashes; ++r) {
+          const acc_t* p = proj + i * padded_cols + r * half;
+          const auto first_index_of = [&](acc_t value) {
+            int64_t k = 0;  // bounded: with NaN projections no element may equal `value`
+            while (k + 1 < half && p[k] != value) ++k;
+            return k;
+          };
           buckets[(bh * s.n_hashes + r) * Lp + pos] = static_cast<int32_t>(
-              pad ? s.n_buckets : bucket_from_projections(proj + i * padded_cols + r * half, half));
+              pad ? s.n_buckets
+                  : bucket_from_extremes(row_max(p, half), row_min(p, half), half,
+                                         first_index_of));
+        }
       }
     }
   });

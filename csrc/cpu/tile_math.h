@@ -84,6 +84,50 @@ inline float fast_exp(float x) {
 
 inline double fast_exp(double x) { return std::exp(x); }
 
+// Reductions over explicit lanes: the compiler vectorises them without reassociating (no
+// -ffast-math), and the summation order is fixed, so results are reproducible.
+constexpr int64_t kLanes = 16;
+
+template <typename T>
+T row_max(const T* x, int64_t n) {
+  T lanes[kLanes];
+  for (int64_t j = 0; j < kLanes; ++j) lanes[j] = -std::numeric_limits<T>::infinity();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
+  T result = -std::numeric_limits<T>::infinity();
+  for (; i < n; ++i) result = x[i] > result ? x[i] : result;
+  for (int64_t j = 0; j < kLanes; ++j) result = lanes[j] > result ? lanes[j] : result;
+  return result;
+}
+
+template <typename T>
+T row_min(const T* x, int64_t n) {
+  T lanes[kLanes];
+  for (int64_t j = 0; j < kLanes; ++j) lanes[j] = std::numeric_limits<T>::infinity();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] = x[i + j] < lanes[j] ? x[i + j] : lanes[j];
+  T result = std::numeric_limits<T>::infinity();
+  for (; i < n; ++i) result = x[i] < result ? x[i] : result;
+  for (int64_t j = 0; j < kLanes; ++j) result = lanes[j] < result ? lanes[j] : result;
+  return result;
+}
+
+// x[i] = exp(x[i] - shift); returns the sum of the new x.
+template <typename T>
+T exp_shift_sum(T* x, int64_t n, T shift) {
+  for (int64_t i = 0; i < n; ++i) x[i] = fast_exp(x[i] - shift);
+  T lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += x[i + j];
+  T result = 0;
+  for (; i < n; ++i) result += x[i];
+  for (int64_t j = 0; j < kLanes; ++j) result += lanes[j];
+  return result;
+}
+
 // Grow-only scratch memory per thread, so tasks do not allocate in the hot loop.
 template <typename T>
 T* thread_scratch(int64_t count) {

@@ -1,0 +1,241 @@
+// The reformer operators called through the dispatcher from C++ (LibTorch, no Python), checked
+// against the naive reference in naive_lsh.h and against finite differences.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <gtest/gtest.h>
+
+#include <optional>
+#include <random>
+#include <tuple>
+
+#include "kernels/lsh_common.h"
+#include "naive_lsh.h"
+
+namespace {
+
+using Tensor = at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+std::tuple<Tensor, Tensor, Tensor> lsh_attention(const Tensor& qk, const Tensor& v,
+                                                 const Tensor& rot, const OptTensor& mask,
+                                                 int64_t m, bool causal, int64_t before,
+                                                 int64_t after, double scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("reformer::lsh_attention", "")
+                       .typed<std::tuple<Tensor, Tensor, Tensor>(
+                           const Tensor&, const Tensor&, const Tensor&, const OptTensor&, int64_t,
+                           bool, int64_t, int64_t, double)>();
+  return op.call(qk, v, rot, mask, m, causal, before, after, scale);
+}
+
+std::tuple<Tensor, Tensor> lsh_attention_backward(const Tensor& grad_out, const OptTensor& grad_lse,
+                                                  const Tensor& qk, const Tensor& v,
+                                                  const Tensor& out, const Tensor& lse,
+                                                  const Tensor& sorted, const OptTensor& mask,
+                                                  int64_t m, bool causal, int64_t before,
+                                                  int64_t after, double scale) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("reformer::lsh_attention_backward", "")
+          .typed<std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
+                                            const Tensor&, const Tensor&, const Tensor&,
+                                            const Tensor&, const OptTensor&, int64_t, bool,
+                                            int64_t, int64_t, double)>();
+  return op.call(grad_out, grad_lse, qk, v, out, lse, sorted, mask, m, causal, before, after,
+                 scale);
+}
+
+Tensor lsh_buckets(const Tensor& qk, const Tensor& rot, const OptTensor& mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("reformer::lsh_buckets", "")
+                       .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&)>();
+  return op.call(qk, rot, mask);
+}
+
+std::vector<double> to_vector(const Tensor& t) {
+  auto c = t.to(at::kDouble).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+Tensor from_vector(const std::vector<double>& values, at::IntArrayRef shape) {
+  return at::tensor(values, at::dtype(at::kDouble)).reshape(shape);
+}
+
+struct Config {
+  int64_t B, H, L, D, Dv, Hr, R, nb, m;
+  bool causal;
+  int64_t before, after;
+  bool masked;
+};
+
+// A random problem for `c`: tensors for the operators and the same data for the naive code.
+struct Case {
+  naive::Problem problem;
+  Tensor qk, v, rot;
+  OptTensor mask;
+};
+
+Case make_case(const Config& c, uint64_t seed) {
+  at::manual_seed(seed);
+  Case k;
+  k.qk = at::randn({c.B, c.H, c.L, c.D}, at::kDouble);
+  k.v = at::randn({c.B, c.H, c.L, c.Dv}, at::kDouble);
+  k.rot = at::randn({c.Hr, c.D, c.R, c.nb / 2}, at::kDouble);
+  naive::Problem& p = k.problem;
+  p = {c.B, c.H, c.L, c.D, c.Dv, c.Hr, c.R, c.nb, c.m, c.causal, c.before, c.after, 0.7,
+       to_vector(k.qk), to_vector(k.v), to_vector(k.rot), {}};
+  if (c.masked) {
+    auto mask = at::rand({c.B, c.L}, at::kDouble) < 0.3;
+    mask[c.B - 1].fill_(true);  // one batch row that is all padding
+    k.mask = mask;
+    auto m8 = mask.to(at::kByte).contiguous();
+    p.padding.assign(m8.data_ptr<uint8_t>(), m8.data_ptr<uint8_t>() + m8.numel());
+  }
+  return k;
+}
+
+const std::vector<Config> kConfigs = {
+    {1, 1, 1, 4, 4, 1, 1, 2, 4, false, 1, 0, false},    // L = 1
+    {2, 2, 7, 8, 5, 2, 2, 4, 8, false, 1, 0, false},    // L = m - 1, one chunk per round
+    {2, 3, 16, 6, 6, 1, 4, 4, 4, true, 1, 0, true},     // shared rotations, causal, padding
+    {1, 2, 37, 8, 3, 2, 3, 8, 4, false, 2, 1, true},    // L not a multiple of m, wide window
+    {2, 2, 29, 5, 7, 2, 8, 6, 4, true, 0, 0, false},    // no neighbours, many rounds
+};
+
+TEST(LshIndexMath, WindowChunksAreDistinctAndCyclic) {
+  int64_t out[reformer::kMaxWindowChunks];
+  ASSERT_EQ(reformer::window_chunks(0, 10, 1, 0, out), 2);
+  EXPECT_EQ(out[0], 9);
+  EXPECT_EQ(out[1], 0);
+  ASSERT_EQ(reformer::window_chunks(0, 1, 2, 1, out), 1);  // everything wraps onto chunk 0
+  EXPECT_EQ(out[0], 0);
+  ASSERT_EQ(reformer::window_chunks(1, 3, 2, 1, out), 3);  // offsets -2..1 on 3 chunks
+  EXPECT_EQ(out[0], 2);
+  EXPECT_EQ(out[1], 0);
+  EXPECT_EQ(out[2], 1);
+}
+
+TEST(LshIndexMath, ChunksSeeingIsTheInverseOfWindows) {
+  for (int64_t n : {1, 2, 3, 5, 16})
+    for (int before : {0, 1, 2})
+      for (int after : {0, 1, 3}) {
+        std::vector<std::vector<int64_t>> seen_by(n);
+        int64_t w[reformer::kMaxWindowChunks];
+        for (int64_t c = 0; c < n; ++c) {
+          const int count = reformer::window_chunks(c, n, before, after, w);
+          for (int k = 0; k < count; ++k) seen_by[w[k]].push_back(c);
+        }
+        for (int64_t key = 0; key < n; ++key) {
+          const int count = reformer::chunks_seeing(key, n, before, after, w);
+          std::vector<int64_t> got(w, w + count);
+          std::sort(got.begin(), got.end());
+          std::sort(seen_by[key].begin(), seen_by[key].end());
+          EXPECT_EQ(got, seen_by[key]) << "n=" << n << " before=" << before << " after=" << after;
+        }
+      }
+}
+
+TEST(LshBuckets, MatchNaiveArgmax) {
+  for (const auto& c : kConfigs) {
+    auto k = make_case(c, 1);
+    auto got = lsh_buckets(k.qk, k.rot, k.mask);
+    ASSERT_EQ(got.sizes(), (std::vector<int64_t>{c.B, c.H, c.R, c.L}));
+    auto want = naive::buckets(k.problem);
+    const int64_t Lp = naive::padded_length(k.problem);
+    auto g = got.contiguous();
+    for (int64_t row = 0; row < c.B * c.H * c.R; ++row)
+      for (int64_t i = 0; i < c.L; ++i)
+        ASSERT_EQ(g.data_ptr<int64_t>()[row * c.L + i], want[row * Lp + i]);
+  }
+}
+
+TEST(LshAttention, ForwardMatchesNaive) {
+  for (const auto& c : kConfigs) {
+    auto k = make_case(c, 2);
+    auto [out, lse, sorted] =
+        lsh_attention(k.qk, k.v, k.rot, k.mask, c.m, c.causal, c.before, c.after, 0.7);
+    std::vector<double> want_out, want_lse;
+    naive::attention(k.problem, want_out, want_lse);
+    auto got_out = to_vector(out), got_lse = to_vector(lse);
+    ASSERT_EQ(got_out.size(), want_out.size());
+    for (size_t i = 0; i < want_out.size(); ++i) ASSERT_NEAR(got_out[i], want_out[i], 1e-10);
+    for (size_t i = 0; i < want_lse.size(); ++i)
+      ASSERT_NEAR(got_lse[i], want_lse[i], 1e-9 * (1 + std::abs(want_lse[i])));
+    EXPECT_EQ(sorted.scalar_type(), at::kInt);
+    EXPECT_EQ(sorted.size(2), c.R * naive::padded_length(k.problem));
+  }
+}
+
+// <grad, direction> against a central difference of <out, w_out> + <lse, w_lse>.
+TEST(LshAttention, BackwardMatchesFiniteDifferences) {
+  for (const auto& c : kConfigs) {
+    auto k = make_case(c, 3);
+    auto [out, lse, sorted] =
+        lsh_attention(k.qk, k.v, k.rot, k.mask, c.m, c.causal, c.before, c.after, 0.7);
+    auto w_out = at::randn_like(out), w_lse = at::randn_like(lse);
+    auto [dqk, dv] = lsh_attention_backward(w_out, w_lse, k.qk, k.v, out, lse, sorted, k.mask,
+                                            c.m, c.causal, c.before, c.after, 0.7);
+    auto dir_qk = at::randn_like(k.qk), dir_v = at::randn_like(k.v);
+    const double eps = 1e-6;
+    auto objective = [&](double t) {
+      auto [o, l, s] = lsh_attention(k.qk + t * dir_qk, k.v + t * dir_v, k.rot, k.mask, c.m,
+                                     c.causal, c.before, c.after, 0.7);
+      return ((o * w_out).sum() + (l * w_lse).sum()).item<double>();
+    };
+    const double numeric = (objective(eps) - objective(-eps)) / (2 * eps);
+    const double analytic = ((dqk * dir_qk).sum() + (dv * dir_v).sum()).item<double>();
+    EXPECT_NEAR(analytic, numeric, 1e-5 * (1 + std::abs(numeric)))
+        << "L=" << c.L << " R=" << c.R << " causal=" << c.causal;
+  }
+}
+
+TEST(LshAttention, RunsAreBitwiseIdentical) {
+  auto k = make_case(kConfigs[3], 4);
+  auto qk = k.qk.to(at::kFloat), v = k.v.to(at::kFloat);
+  auto a = lsh_attention(qk, v, k.rot, k.mask, 4, false, 2, 1, 1.0);
+  auto b = lsh_attention(qk, v, k.rot, k.mask, 4, false, 2, 1, 1.0);
+  EXPECT_TRUE(at::equal(std::get<0>(a), std::get<0>(b)));
+  EXPECT_TRUE(at::equal(std::get<1>(a), std::get<1>(b)));
+  auto g = at::ones_like(std::get<0>(a));
+  auto ga = lsh_attention_backward(g, std::nullopt, qk, v, std::get<0>(a), std::get<1>(a),
+                                   std::get<2>(a), k.mask, 4, false, 2, 1, 1.0);
+  auto gb = lsh_attention_backward(g, std::nullopt, qk, v, std::get<0>(a), std::get<1>(a),
+                                   std::get<2>(a), k.mask, 4, false, 2, 1, 1.0);
+  EXPECT_TRUE(at::equal(std::get<0>(ga), std::get<0>(gb)));
+  EXPECT_TRUE(at::equal(std::get<1>(ga), std::get<1>(gb)));
+}
+
+// Expects a c10::ValueError whose message mentions `name`.
+template <typename F>
+void expect_value_error(F&& call, const std::string& name) {
+  try {
+    call();
+    ADD_FAILURE() << "expected an error naming " << name;
+  } catch (const c10::ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+  }
+}
+
+TEST(LshAttention, BadInputNamesTheArgument) {
+  auto qk = at::randn({1, 2, 8, 4}), v = at::randn({1, 2, 8, 4}), rot = at::randn({2, 4, 1, 2});
+  expect_value_error([&] { lsh_attention(qk[0], v, rot, {}, 4, false, 1, 0, 1); }, "qk");
+  expect_value_error([&] { lsh_attention(qk, v.narrow(2, 0, 7), rot, {}, 4, false, 1, 0, 1); },
+                     "v");
+  expect_value_error([&] { lsh_attention(qk, v.to(at::kDouble), rot, {}, 4, false, 1, 0, 1); },
+                     "v");
+  expect_value_error([&] { lsh_attention(qk, v, at::randn({2, 3, 1, 2}), {}, 4, false, 1, 0, 1); },
+                     "rotations");
+  expect_value_error([&] { lsh_attention(qk, v, at::randn({3, 4, 1, 2}), {}, 4, false, 1, 0, 1); },
+                     "rotations");
+  expect_value_error([&] { lsh_attention(qk, v, rot, {}, 0, false, 1, 0, 1); }, "bucket_size");
+  expect_value_error([&] { lsh_attention(qk, v, rot, {}, 4, false, -1, 0, 1); },
+                     "n_chunks_before");
+  expect_value_error(
+      [&] { lsh_attention(qk, v, rot, at::zeros({1, 8}), 4, false, 1, 0, 1); }, "key_padding_mask");
+  expect_value_error(
+      [&] { lsh_attention(qk, v, rot, at::zeros({1, 7}, at::kBool), 4, false, 1, 0, 1); },
+      "key_padding_mask");
+  expect_value_error([&] { lsh_buckets(qk, at::randn({2, 4, 0, 2}), {}); }, "n_hashes");
+}
+
+}  // namespace
