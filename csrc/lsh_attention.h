@@ -32,7 +32,7 @@ LshShape check_attention_args(const at::Tensor& qk, const at::Tensor& v,
 // Checks the backward's arguments and returns the sizes; n_hashes is read off sorted_positions.
 LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse,
                              const at::Tensor& qk, const at::Tensor& v, const at::Tensor& out,
-                             const at::Tensor& lse, const at::Tensor& sorted_positions,
+                             const at::Tensor& softmax_stats, const at::Tensor& sorted_positions,
                              const c10::optional<at::Tensor>& key_padding_mask,
                              int64_t bucket_size, int64_t n_chunks_before,
                              int64_t n_chunks_after);
@@ -43,16 +43,17 @@ namespace cpu {
 at::Tensor lsh_buckets(const at::Tensor& qk, const at::Tensor& rotations,
                        const c10::optional<at::Tensor>& key_padding_mask);
 
-// Returns (out, lse, sorted_positions): sorted_positions (B, H, R * L') int32 lists, per round,
-// the original positions ordered by (bucket, position); it is what backward reuses.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lsh_attention(
+// Returns (out, lse, sorted_positions, softmax_stats): sorted_positions (B, H, R * L') int32
+// lists, per round, the original positions ordered by (bucket, position); softmax_stats
+// (B, H, L, 2) holds (max logit, log-sum-exp relative to it) per query. Backward reuses both.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention(
     const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size, bool causal,
     int64_t n_chunks_before, int64_t n_chunks_after, double scale);
 
 std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
     const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& qk,
-    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& softmax_stats,
     const at::Tensor& sorted_positions, const c10::optional<at::Tensor>& key_padding_mask,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
     double scale);

@@ -115,7 +115,7 @@ LshShape check_attention_args(const at::Tensor& qk, const at::Tensor& v,
 
 LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse,
                              const at::Tensor& qk, const at::Tensor& v, const at::Tensor& out,
-                             const at::Tensor& lse, const at::Tensor& sorted_positions,
+                             const at::Tensor& softmax_stats, const at::Tensor& sorted_positions,
                              const c10::optional<at::Tensor>& key_padding_mask,
                              int64_t bucket_size, int64_t n_chunks_before,
                              int64_t n_chunks_after) {
@@ -139,10 +139,11 @@ LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at:
   }
   const auto acc_type = qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const std::vector<int64_t> lse_shape{s.batch, s.heads, s.length};
-  TORCH_CHECK_VALUE(lse.sizes() == lse_shape && lse.scalar_type() == acc_type,
-                    "lse must have shape ", at::IntArrayRef(lse_shape), " and dtype ", acc_type,
-                    ", got ", lse.sizes(), " ", lse.scalar_type());
-  check_same_device(lse, "lse", qk);
+  const std::vector<int64_t> stats_shape{s.batch, s.heads, s.length, 2};
+  TORCH_CHECK_VALUE(softmax_stats.sizes() == stats_shape && softmax_stats.scalar_type() == acc_type,
+                    "softmax_stats must have shape ", at::IntArrayRef(stats_shape), " and dtype ",
+                    acc_type, ", got ", softmax_stats.sizes(), " ", softmax_stats.scalar_type());
+  check_same_device(softmax_stats, "softmax_stats", qk);
   if (grad_lse.has_value()) {
     TORCH_CHECK_VALUE(grad_lse->sizes() == lse_shape && grad_lse->scalar_type() == acc_type,
                       "grad_lse must have shape ", at::IntArrayRef(lse_shape), " and dtype ",

@@ -36,11 +36,12 @@ def _lsh_attention_fake(qk, v, rotations, key_padding_mask, bucket_size, causal,
     out = v.new_empty(v.shape)
     lse = qk.new_empty((batch, heads, length), dtype=_accumulation_dtype(qk.dtype))
     sorted_positions = qk.new_empty((batch, heads, items), dtype=torch.int32)
-    return out, lse, sorted_positions
+    softmax_stats = qk.new_empty((batch, heads, length, 2), dtype=_accumulation_dtype(qk.dtype))
+    return out, lse, sorted_positions, softmax_stats
 
 
 @torch.library.register_fake("reformer::lsh_attention_backward")
-def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, lse, sorted_positions,
+def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions,
                                  key_padding_mask, bucket_size, causal, n_chunks_before,
                                  n_chunks_after, scale):
     return qk.new_empty(qk.shape), v.new_empty(v.shape)
@@ -52,16 +53,17 @@ def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, lse, sorted_pos
 
 def _lsh_attention_setup_context(ctx, inputs, output):
     qk, v, _rotations, key_padding_mask, bucket_size, causal, before, after, scale = inputs
-    out, lse, sorted_positions = output
-    ctx.save_for_backward(qk, v, out, lse, sorted_positions, key_padding_mask)
+    out, _lse, sorted_positions, softmax_stats = output
+    ctx.save_for_backward(qk, v, out, softmax_stats, sorted_positions, key_padding_mask)
     ctx.options = (bucket_size, causal, before, after, scale)
-    ctx.mark_non_differentiable(sorted_positions)
+    ctx.mark_non_differentiable(sorted_positions, softmax_stats)
 
 
-def _lsh_attention_backward(ctx, grad_out, grad_lse, _grad_sorted_positions):
-    qk, v, out, lse, sorted_positions, key_padding_mask = ctx.saved_tensors
+def _lsh_attention_backward(ctx, grad_out, grad_lse, _grad_sorted_positions, _grad_stats):
+    qk, v, out, softmax_stats, sorted_positions, key_padding_mask = ctx.saved_tensors
     grad_qk, grad_v = torch.ops.reformer.lsh_attention_backward(
-        grad_out, grad_lse, qk, v, out, lse, sorted_positions, key_padding_mask, *ctx.options
+        grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions, key_padding_mask,
+        *ctx.options
     )
     return grad_qk, grad_v, None, None, None, None, None, None, None
 
@@ -154,7 +156,7 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
             if n_buckets != 2 * rotations.shape[3]:
                 raise ValueError(f"n_buckets ({n_buckets}) does not match rotations of shape "
                                  f"{tuple(rotations.shape)} (n_buckets // 2 in dimension 3)")
-    out, lse, _ = torch.ops.reformer.lsh_attention(
+    out, lse, _, _ = torch.ops.reformer.lsh_attention(
         qk, v, rotations, key_padding_mask, bucket_size, bool(causal), n_chunks_before,
         n_chunks_after, float(scale)
     )

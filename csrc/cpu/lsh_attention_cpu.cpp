@@ -130,11 +130,11 @@ void for_each_chunk_of_round(const LshShape& s, int64_t r, const Task& task) {
   });
 }
 
-// One query chunk of the forward: softmax over its window, merged into the running (out, lse)
-// of its positions: lse = logaddexp(lse, lse_r), out = weighted mean of out and out_r.
+// One query chunk of the forward: softmax over its window, merged into the running softmax of its
+// positions: stats = (max logit m, log Σ exp(s - m)) and out = the matching weighted mean.
 template <typename acc_t>
 void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk, acc_t* out,
-                   acc_t* lse) {
+                   acc_t* stats) {
   const LshShape& s = in.s;
   constexpr int64_t NR = kTileCols<acc_t>;
   const int64_t m = s.bucket_size, W = in.max_window();
@@ -155,7 +155,7 @@ void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk, acc_
   in.gather_rows(in.v, s.value_dim, bh, kpos, nk, vt, dvp, false);
   tile_gemm<acc_t>(nq, nkp, s.dim, q, s.dim, kt, nkp, scores, nkp, false);
 
-  acc_t row_lse[kTileRows * 64];  // small stack buffer per block of rows
+  acc_t row_max_logit[kTileRows * 64], row_log_sum[kTileRows * 64];  // per block of rows
   for (int64_t i0 = 0; i0 < nq; i0 += kTileRows * 64) {
     const int64_t rows = std::min<int64_t>(kTileRows * 64, nq - i0);
     for (int64_t i = i0; i < i0 + rows; ++i) {
@@ -165,40 +165,46 @@ void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk, acc_
       const acc_t sum = exp_shift_sum(row, nk, mx);
       const acc_t inv = acc_t(1) / sum;
       for (int64_t n = 0; n < nk; ++n) row[n] *= inv;
-      row_lse[i - i0] = mx + std::log(sum);
+      row_max_logit[i - i0] = mx;
+      row_log_sum[i - i0] = std::log(sum);
     }
     tile_gemm<acc_t>(rows, dvp, nk, scores + i0 * nkp, nkp, vt, dvp, o, dvp, false);
     for (int64_t i = i0; i < i0 + rows; ++i) {
       const int64_t at = bh * s.length + qpos[i];
-      const acc_t prev = lse[at], cur = row_lse[i - i0];
+      acc_t* st = stats + 2 * at;
+      const acc_t cur_max = row_max_logit[i - i0], cur_log_sum = row_log_sum[i - i0];
       acc_t* dst = out + at * s.value_dim;
       const acc_t* src = o + (i - i0) * dvp;
-      if (prev == -std::numeric_limits<acc_t>::infinity()) {
-        lse[at] = cur;
+      if (st[0] == -std::numeric_limits<acc_t>::infinity()) {  // first round of this query
+        st[0] = cur_max;
+        st[1] = cur_log_sum;
         for (int64_t d = 0; d < s.value_dim; ++d) dst[d] = src[d];
       } else {
-        const acc_t mx = std::max(prev, cur);
-        const acc_t a = std::exp(prev - mx), b = std::exp(cur - mx), total = a + b;
-        lse[at] = mx + std::log(total);
+        const acc_t mx = std::max(st[0], cur_max);
+        const acc_t a = std::exp(st[0] - mx + st[1]), b = std::exp(cur_max - mx + cur_log_sum);
+        const acc_t total = a + b;
+        st[0] = mx;
+        st[1] = std::log(total);
         for (int64_t d = 0; d < s.value_dim; ++d) dst[d] = (dst[d] * a + src[d] * b) / total;
       }
     }
   }
 }
 
-// Gradient tile of one (query chunk, key set) pair: recomputes P = exp(S - lse) with the final
-// lse, dP = dO·Vᵀ and dS = P ∘ (dP - Δ) (zero where the logit was replaced by a constant).
+// Gradient tile of one (query chunk, key set) pair: recomputes P = exp((S - m) - log Σ) with the
+// final softmax stats, dP = dO·Vᵀ and dS = P ∘ (dP - Δ) (zero where the logit was replaced).
 // On return `p` and `ds` hold P and dS (nq x nkp); both are also needed transposed in pass B.
 template <typename acc_t>
 void probabilities_and_logit_grads(const ChunkInputs<acc_t>& in, const int64_t* qpos, int64_t nq,
                                    const int64_t* kpos, int64_t nk, int64_t nkp,
-                                   const acc_t* lse_q, const acc_t* delta_q, acc_t* p,
+                                   const acc_t* stats_q, const acc_t* delta_q, acc_t* p,
                                    acc_t* ds) {
   for (int64_t i = 0; i < nq; ++i) {
     acc_t* prow = p + i * nkp;
     acc_t* dsrow = ds + i * nkp;
     for (int64_t n = 0; n < nk; ++n) {
-      const acc_t prob = fast_exp(in.logit(prow[n], qpos[i], kpos[n]) - lse_q[i]);
+      const acc_t prob =
+          fast_exp((in.logit(prow[n], qpos[i], kpos[n]) - stats_q[2 * i]) - stats_q[2 * i + 1]);
       const bool replaced = logit_is_replaced(qpos[i], kpos[n], in.causal);
       dsrow[n] = replaced ? acc_t(0) : prob * (dsrow[n] - delta_q[i]);
       prow[n] = prob;
@@ -209,7 +215,7 @@ void probabilities_and_logit_grads(const ChunkInputs<acc_t>& in, const int64_t* 
 // Pass A of the backward, one query chunk: dq_i += scale · Σ_j dS_ij k_j over its window.
 template <typename acc_t>
 void backward_query_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk,
-                          const acc_t* dout, const acc_t* lse, const acc_t* delta, acc_t* dqk) {
+                          const acc_t* dout, const acc_t* stats, const acc_t* delta, acc_t* dqk) {
   const LshShape& s = in.s;
   constexpr int64_t NR = kTileCols<acc_t>;
   const int64_t m = s.bucket_size, W = in.max_window();
@@ -222,7 +228,7 @@ void backward_query_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chun
   const int64_t D = s.dim, Dv = s.value_dim;
 
   acc_t* q = thread_scratch<acc_t>(nq * D + D * nkp + nk * dp + Dv * nkp + nq * Dv +
-                                   2 * nq * nkp + nq * dp + 2 * nq);
+                                   2 * nq * nkp + nq * dp + 3 * nq);
   acc_t* kt = q + nq * D;
   acc_t* k = kt + D * nkp;
   acc_t* vt = k + nk * dp;
@@ -230,20 +236,21 @@ void backward_query_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chun
   acc_t* p = dout_q + nq * Dv;
   acc_t* ds = p + nq * nkp;
   acc_t* dq = ds + nq * nkp;
-  acc_t* lse_q = dq + nq * dp;
-  acc_t* delta_q = lse_q + nq;
+  acc_t* stats_q = dq + nq * dp;
+  acc_t* delta_q = stats_q + 2 * nq;
   in.gather_rows(in.qk, D, bh, qpos, nq, q, D, false);
   in.gather_columns(in.qk, D, bh, kpos, nk, kt, nkp, true);
   in.gather_rows(in.qk, D, bh, kpos, nk, k, dp, true);
   in.gather_columns(in.v, Dv, bh, kpos, nk, vt, nkp, false);
   in.gather_rows(dout, Dv, bh, qpos, nq, dout_q, Dv, false);
   for (int64_t i = 0; i < nq; ++i) {
-    lse_q[i] = lse[bh * s.length + qpos[i]];
+    stats_q[2 * i] = stats[2 * (bh * s.length + qpos[i])];
+    stats_q[2 * i + 1] = stats[2 * (bh * s.length + qpos[i]) + 1];
     delta_q[i] = delta[bh * s.length + qpos[i]];
   }
   tile_gemm<acc_t>(nq, nkp, D, q, D, kt, nkp, p, nkp, false);
   tile_gemm<acc_t>(nq, nkp, Dv, dout_q, Dv, vt, nkp, ds, nkp, false);
-  probabilities_and_logit_grads(in, qpos, nq, kpos, nk, nkp, lse_q, delta_q, p, ds);
+  probabilities_and_logit_grads(in, qpos, nq, kpos, nk, nkp, stats_q, delta_q, p, ds);
   tile_gemm<acc_t>(nq, dp, nk, ds, nkp, k, dp, dq, dp, false);
   for (int64_t i = 0; i < nq; ++i) {
     acc_t* dst = dqk + (bh * s.length + qpos[i]) * D;
@@ -255,7 +262,7 @@ void backward_query_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chun
 // the query chunks that see this key chunk, in a fixed order.
 template <typename acc_t>
 void backward_key_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk,
-                        const acc_t* dout, const acc_t* lse, const acc_t* delta, acc_t* dqk,
+                        const acc_t* dout, const acc_t* stats, const acc_t* delta, acc_t* dqk,
                         acc_t* dv) {
   const LshShape& s = in.s;
   constexpr int64_t NR = kTileCols<acc_t>;
@@ -268,7 +275,7 @@ void backward_key_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk,
   const int64_t nkp = round_up(nk, NR), dp = round_up(D, NR), dvp = round_up(Dv, NR);
 
   acc_t* kt = thread_scratch<acc_t>(D * nkp + Dv * nkp + nk * dvp + nk * dp + m * dp + m * dvp +
-                                    4 * m * nkp + 2 * m);
+                                    4 * m * nkp + 3 * m);
   acc_t* vt = kt + D * nkp;
   acc_t* dv_k = vt + Dv * nkp;
   acc_t* dk_k = dv_k + nk * dvp;
@@ -278,8 +285,8 @@ void backward_key_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk,
   acc_t* ds = p + m * nkp;
   acc_t* p_t = ds + m * nkp;
   acc_t* ds_t = p_t + m * nkp;
-  acc_t* lse_q = ds_t + m * nkp;
-  acc_t* delta_q = lse_q + m;
+  acc_t* stats_q = ds_t + m * nkp;
+  acc_t* delta_q = stats_q + 2 * m;
   in.gather_columns(in.qk, D, bh, kpos, nk, kt, nkp, true);
   in.gather_columns(in.v, Dv, bh, kpos, nk, vt, nkp, false);
   std::fill(dv_k, dv_k + nk * dvp + nk * dp, acc_t(0));
@@ -292,12 +299,13 @@ void backward_key_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk,
     in.gather_rows(in.qk, D, bh, qpos, nq, q, dp, false);
     in.gather_rows(dout, Dv, bh, qpos, nq, dout_q, dvp, false);
     for (int64_t i = 0; i < nq; ++i) {
-      lse_q[i] = lse[bh * s.length + qpos[i]];
+      stats_q[2 * i] = stats[2 * (bh * s.length + qpos[i])];
+      stats_q[2 * i + 1] = stats[2 * (bh * s.length + qpos[i]) + 1];
       delta_q[i] = delta[bh * s.length + qpos[i]];
     }
     tile_gemm<acc_t>(nq, nkp, D, q, dp, kt, nkp, p, nkp, false);
     tile_gemm<acc_t>(nq, nkp, Dv, dout_q, dvp, vt, nkp, ds, nkp, false);
-    probabilities_and_logit_grads(in, qpos, nq, kpos, nk, nkp, lse_q, delta_q, p, ds);
+    probabilities_and_logit_grads(in, qpos, nq, kpos, nk, nkp, stats_q, delta_q, p, ds);
     for (int64_t i = 0; i < nq; ++i)
       for (int64_t n = 0; n < nk; ++n) {
         p_t[n * nq + i] = p[i * nkp + n];
@@ -350,7 +358,7 @@ void check_cpu(const at::Tensor& t, const char* name) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lsh_attention(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention(
     const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size, bool causal,
     int64_t n_chunks_before, int64_t n_chunks_after, double scale) {
@@ -365,41 +373,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lsh_attention(
 
   // Accumulate straight into `out` when it has the accumulation type (float32, float64).
   auto out_acc = at::zeros({s.batch, s.heads, s.length, s.value_dim}, qk_acc.options());
-  auto lse = at::full({s.batch, s.heads, s.length}, -std::numeric_limits<double>::infinity(),
-                      qk_acc.options());
+  // Running softmax per query: (max logit, log-sum) with -inf marking "no round merged yet".
+  auto stats = at::full({s.batch, s.heads, s.length, 2}, -std::numeric_limits<double>::infinity(),
+                        qk_acc.options());
   if (out_acc.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(acc, "lsh_attention_cpu", [&] {
       const auto g = key_scales<scalar_t>(qk_acc, s);
       const auto in = make_inputs<scalar_t>(s, qk_acc, v_acc, g, padding, sorted, causal,
                                             n_chunks_before, n_chunks_after, scale);
       scalar_t* out_ptr = out_acc.data_ptr<scalar_t>();
-      scalar_t* lse_ptr = lse.data_ptr<scalar_t>();
+      scalar_t* stats_ptr = stats.data_ptr<scalar_t>();
       for (int64_t r = 0; r < s.n_hashes; ++r)
         for_each_chunk_of_round(s, r, [&](int64_t bh, int64_t chunk) {
-          forward_chunk<scalar_t>(in, bh, chunk, out_ptr, lse_ptr);
+          forward_chunk<scalar_t>(in, bh, chunk, out_ptr, stats_ptr);
         });
     });
   }
-  // Padding queries were never merged: their lse is defined as 0 (and their output is 0).
-  lse.masked_fill_(lse.isneginf(), 0);
-  return {out_acc.to(qk.scalar_type()), lse, sorted};
+  // Padding queries were never merged: their stats and lse are defined as 0 (output 0 too).
+  stats.masked_fill_(stats.isneginf(), 0);
+  auto lse = at::add(stats.select(3, 0), stats.select(3, 1));
+  return {out_acc.to(qk.scalar_type()), lse, sorted, stats};
 }
 
 std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
     const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& qk,
-    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& softmax_stats,
     const at::Tensor& sorted_positions, const c10::optional<at::Tensor>& key_padding_mask,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
     double scale) {
   check_cpu(qk, "qk");
   const LshShape s =
-      check_backward_args(grad_out, grad_lse, qk, v, out, lse, sorted_positions,
+      check_backward_args(grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions,
                           key_padding_mask, bucket_size, n_chunks_before, n_chunks_after);
   const auto acc = accumulation_type(qk);
   const auto qk_acc = qk.to(acc).contiguous();
   const auto v_acc = v.to(acc).contiguous();
   const auto dout = grad_out.to(acc).contiguous();
-  const auto lse_c = lse.contiguous();
+  const auto stats = softmax_stats.contiguous();
   const auto sorted = sorted_positions.contiguous();
   const auto padding = padding_flags(s, key_padding_mask);
   const auto out_acc = out.to(acc).contiguous();
@@ -414,17 +424,17 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
       const auto in = make_inputs<scalar_t>(s, qk_acc, v_acc, g, padding, sorted, causal,
                                             n_chunks_before, n_chunks_after, scale);
       const scalar_t* dout_ptr = dout.data_ptr<scalar_t>();
-      const scalar_t* lse_ptr = lse_c.data_ptr<scalar_t>();
+      const scalar_t* stats_ptr = stats.data_ptr<scalar_t>();
       const scalar_t* delta_ptr = delta.data_ptr<scalar_t>();
       scalar_t* dqk_ptr = dqk.data_ptr<scalar_t>();
       scalar_t* dv_ptr = dv.data_ptr<scalar_t>();
       for (int64_t r = 0; r < s.n_hashes; ++r)
         for_each_chunk_of_round(s, r, [&](int64_t bh, int64_t chunk) {
-          backward_query_chunk<scalar_t>(in, bh, chunk, dout_ptr, lse_ptr, delta_ptr, dqk_ptr);
+          backward_query_chunk<scalar_t>(in, bh, chunk, dout_ptr, stats_ptr, delta_ptr, dqk_ptr);
         });
       for (int64_t r = 0; r < s.n_hashes; ++r)
         for_each_chunk_of_round(s, r, [&](int64_t bh, int64_t chunk) {
-          backward_key_chunk<scalar_t>(in, bh, chunk, dout_ptr, lse_ptr, delta_ptr, dqk_ptr,
+          backward_key_chunk<scalar_t>(in, bh, chunk, dout_ptr, stats_ptr, delta_ptr, dqk_ptr,
                                        dv_ptr);
         });
     });

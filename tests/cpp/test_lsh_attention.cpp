@@ -16,13 +16,13 @@ namespace {
 using Tensor = at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-std::tuple<Tensor, Tensor, Tensor> lsh_attention(const Tensor& qk, const Tensor& v,
+std::tuple<Tensor, Tensor, Tensor, Tensor> lsh_attention(const Tensor& qk, const Tensor& v,
                                                  const Tensor& rot, const OptTensor& mask,
                                                  int64_t m, bool causal, int64_t before,
                                                  int64_t after, double scale) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("reformer::lsh_attention", "")
-                       .typed<std::tuple<Tensor, Tensor, Tensor>(
+                       .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
                            const Tensor&, const Tensor&, const Tensor&, const OptTensor&, int64_t,
                            bool, int64_t, int64_t, double)>();
   return op.call(qk, v, rot, mask, m, causal, before, after, scale);
@@ -30,7 +30,7 @@ std::tuple<Tensor, Tensor, Tensor> lsh_attention(const Tensor& qk, const Tensor&
 
 std::tuple<Tensor, Tensor> lsh_attention_backward(const Tensor& grad_out, const OptTensor& grad_lse,
                                                   const Tensor& qk, const Tensor& v,
-                                                  const Tensor& out, const Tensor& lse,
+                                                  const Tensor& out, const Tensor& stats,
                                                   const Tensor& sorted, const OptTensor& mask,
                                                   int64_t m, bool causal, int64_t before,
                                                   int64_t after, double scale) {
@@ -41,7 +41,7 @@ std::tuple<Tensor, Tensor> lsh_attention_backward(const Tensor& grad_out, const 
                                             const Tensor&, const Tensor&, const Tensor&,
                                             const Tensor&, const OptTensor&, int64_t, bool,
                                             int64_t, int64_t, double)>();
-  return op.call(grad_out, grad_lse, qk, v, out, lse, sorted, mask, m, causal, before, after,
+  return op.call(grad_out, grad_lse, qk, v, out, stats, sorted, mask, m, causal, before, after,
                  scale);
 }
 
@@ -152,7 +152,7 @@ TEST(LshBuckets, MatchNaiveArgmax) {
 TEST(LshAttention, ForwardMatchesNaive) {
   for (const auto& c : kConfigs) {
     auto k = make_case(c, 2);
-    auto [out, lse, sorted] =
+    auto [out, lse, sorted, stats] =
         lsh_attention(k.qk, k.v, k.rot, k.mask, c.m, c.causal, c.before, c.after, 0.7);
     std::vector<double> want_out, want_lse;
     naive::attention(k.problem, want_out, want_lse);
@@ -170,15 +170,15 @@ TEST(LshAttention, ForwardMatchesNaive) {
 TEST(LshAttention, BackwardMatchesFiniteDifferences) {
   for (const auto& c : kConfigs) {
     auto k = make_case(c, 3);
-    auto [out, lse, sorted] =
+    auto [out, lse, sorted, stats] =
         lsh_attention(k.qk, k.v, k.rot, k.mask, c.m, c.causal, c.before, c.after, 0.7);
     auto w_out = at::randn_like(out), w_lse = at::randn_like(lse);
-    auto [dqk, dv] = lsh_attention_backward(w_out, w_lse, k.qk, k.v, out, lse, sorted, k.mask,
+    auto [dqk, dv] = lsh_attention_backward(w_out, w_lse, k.qk, k.v, out, stats, sorted, k.mask,
                                             c.m, c.causal, c.before, c.after, 0.7);
     auto dir_qk = at::randn_like(k.qk), dir_v = at::randn_like(k.v);
     const double eps = 1e-6;
     auto objective = [&](double t) {
-      auto [o, l, s] = lsh_attention(k.qk + t * dir_qk, k.v + t * dir_v, k.rot, k.mask, c.m,
+      auto [o, l, s, st] = lsh_attention(k.qk + t * dir_qk, k.v + t * dir_v, k.rot, k.mask, c.m,
                                      c.causal, c.before, c.after, 0.7);
       return ((o * w_out).sum() + (l * w_lse).sum()).item<double>();
     };
@@ -197,9 +197,9 @@ TEST(LshAttention, RunsAreBitwiseIdentical) {
   EXPECT_TRUE(at::equal(std::get<0>(a), std::get<0>(b)));
   EXPECT_TRUE(at::equal(std::get<1>(a), std::get<1>(b)));
   auto g = at::ones_like(std::get<0>(a));
-  auto ga = lsh_attention_backward(g, std::nullopt, qk, v, std::get<0>(a), std::get<1>(a),
+  auto ga = lsh_attention_backward(g, std::nullopt, qk, v, std::get<0>(a), std::get<3>(a),
                                    std::get<2>(a), k.mask, 4, false, 2, 1, 1.0);
-  auto gb = lsh_attention_backward(g, std::nullopt, qk, v, std::get<0>(a), std::get<1>(a),
+  auto gb = lsh_attention_backward(g, std::nullopt, qk, v, std::get<0>(a), std::get<3>(a),
                                    std::get<2>(a), k.mask, 4, false, 2, 1, 1.0);
   EXPECT_TRUE(at::equal(std::get<0>(ga), std::get<0>(gb)));
   EXPECT_TRUE(at::equal(std::get<1>(ga), std::get<1>(gb)));

@@ -1,0 +1,45 @@
+// CUDA entry point of reformer::lsh_buckets: checks, device guard, current stream, dtype
+// dispatch and launch of the torch-free kernel in kernels/lsh_hash.cuh.
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Functions.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAException.h>
+#include <torch/library.h>
+
+#include "../../kernels/lsh_hash.cuh"
+#include "../lsh_attention.h"
+
+namespace reformer::cuda {
+namespace {
+
+at::Tensor lsh_buckets_cuda(const at::Tensor& qk, const at::Tensor& rotations,
+                            const c10::optional<at::Tensor>& key_padding_mask) {
+  const LshShape s = check_hash_args(qk, rotations, key_padding_mask, /*bucket_size=*/1);
+  const c10::cuda::CUDAGuard guard(qk.device());
+  const auto acc = qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto x = qk.contiguous();
+  const auto rot = rotations.to(acc).contiguous();
+  const auto mask = key_padding_mask.has_value() ? key_padding_mask->contiguous() : at::Tensor();
+  auto buckets = at::empty({s.batch, s.heads, s.n_hashes, s.length}, qk.options().dtype(at::kLong));
+  const HashParams params{s.batch, s.heads, s.length, s.dim, s.rotation_heads, s.n_hashes,
+                          s.n_buckets / 2};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_buckets_cuda",
+                                  [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    const cudaError_t status = launch_lsh_hash<scalar_t, acc_t>(
+        x.data_ptr<scalar_t>(), rot.data_ptr<acc_t>(),
+        mask.defined() ? mask.data_ptr<bool>() : nullptr, params, buckets.data_ptr<int64_t>(),
+        c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_CHECK(status);
+  });
+  return buckets;
+}
+
+}  // namespace
+}  // namespace reformer::cuda
+
+TORCH_LIBRARY_IMPL(reformer, CUDA, m) {
+  m.impl("lsh_buckets", &reformer::cuda::lsh_buckets_cuda);
+}

@@ -1,0 +1,172 @@
+"""Plain-PyTorch reference of the Reformer LSH attention (SPEC section 1).
+
+This is the oracle the C++/CUDA kernels are tested against. It is written to be
+read, not to be fast: it follows the paper step by step (hash, sort, chunk,
+attend within a window of chunks, per-round softmax, combine the rounds by their
+log-sum-exp) and leaves every gradient to autograd.
+
+Batch and heads are handled by broadcasting; the chunk windows are built as a
+small index table, so a (B=1, H=2, L=300, D=16, R=4, m=16) call takes a few
+milliseconds.
+"""
+
+import math
+
+import torch
+
+__all__ = ["lsh_buckets_reference", "lsh_attention_reference"]
+
+# Mask constants of SPEC step 5, used by replacement in the accumulator dtype.
+MASK_VALUE = -1e9  # padding key, or causal j > i
+SELF_MASK_VALUE = -1e5  # j == i: a token attends to itself only as a last resort
+KEY_NORM_EPS = 1e-6
+
+
+def _compute_dtype(dtype):
+    # float64 inputs stay float64 (for gradcheck); everything else accumulates in float32.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _padding(key_padding_mask, B, L, L_pad, device):
+    """(B, L_pad) bool: True for user padding and for the internal tail L..L_pad-1."""
+    pad = torch.ones(B, L_pad, dtype=torch.bool, device=device)
+    if key_padding_mask is None:
+        pad[:, :L] = False
+    else:
+        pad[:, :L] = key_padding_mask.to(device=device, dtype=torch.bool)
+    return pad
+
+
+def _hash(x, rotations, pad):
+    """Buckets of SPEC step 1.
+
+    x: (B, H, Lx, D) in the compute dtype, rotations: (Hr, D, R, nb/2) with Hr in {1, H},
+    pad: (B, Lx) bool. Returns int64 (B, H, R, Lx); padding positions get bucket nb.
+    """
+    rot = rotations.to(x.dtype)
+    nb = 2 * rot.shape[-1]
+    # p[b, h, r, l, k] = x[b, h, l, :] . rot[h, :, r, k]; Hr == 1 broadcasts over heads.
+    p = torch.einsum("bhld,hdrk->bhrlk", x, rot.expand(x.shape[1], -1, -1, -1))
+    # argmax over [p, -p]: torch.argmax returns the first maximum, i.e. ties go to the lowest index.
+    buckets = torch.argmax(torch.cat([p, -p], dim=-1), dim=-1)
+    return buckets.masked_fill(pad[:, None, None, :], nb)
+
+
+def lsh_buckets_reference(qk, rotations, key_padding_mask=None):
+    """int64 (B, H, R, L) buckets of every position in every hash round (padding -> nb)."""
+    B, H, L, _ = qk.shape
+    x = qk.detach().to(_compute_dtype(qk.dtype))
+    return _hash(x, rotations.detach(), _padding(key_padding_mask, B, L, L, qk.device))
+
+
+def _window_chunks(n_chunks, before, after, device):
+    """(n_c, W) table: row c lists the distinct chunks c-before .. c+after, taken modulo n_c.
+
+    When there are few chunks, two offsets can name the same chunk (e.g. c-1 == c+1 with
+    n_c = 2); it is attended once, not twice.
+    """
+    rows = []
+    for c in range(n_chunks):
+        rows.append(sorted({(c + d) % n_chunks for d in range(-before, after + 1)}))
+    # The number of distinct chunks is min(before + after + 1, n_c) for every c.
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def _sorted_positions(buckets):
+    """Positions sorted by (round, bucket, position): (B, H, R, L') int64.
+
+    The key bucket * L' + position is unique, so any sort of it is the stable sort by bucket
+    that keeps the original order inside a bucket.
+    """
+    L_pad = buckets.shape[-1]
+    pos = torch.arange(L_pad, device=buckets.device)
+    return torch.argsort(buckets * L_pad + pos, dim=-1)
+
+
+def lsh_attention_reference(
+    qk,
+    v,
+    rotations,
+    *,
+    bucket_size,
+    causal=False,
+    key_padding_mask=None,
+    n_chunks_before=1,
+    n_chunks_after=0,
+    scale=1.0,
+):
+    """LSH self-attention of SPEC section 1. Returns (out, lse).
+
+    qk: (B, H, L, D), v: (B, H, L, Dv), rotations: (Hr, D, R, nb/2), key_padding_mask: (B, L)
+    bool with True = padding. out: (B, H, L, Dv) in the input dtype; lse: (B, H, L) in float32
+    (float64 for float64 inputs). Padding query positions get out = 0 and lse = 0.
+    """
+    B, H, L, D = qk.shape
+    Dv = v.shape[-1]
+    m = bucket_size
+    R = rotations.shape[2]
+    cdt = _compute_dtype(qk.dtype)
+    dev = qk.device
+
+    # Pad the sequence to L' = next multiple of m; the tail is padding (zeros, never attended).
+    L_pad = -(-L // m) * m
+    x = torch.nn.functional.pad(qk.to(cdt), (0, 0, 0, L_pad - L))
+    val = torch.nn.functional.pad(v.to(cdt), (0, 0, 0, L_pad - L))
+    pad = _padding(key_padding_mask, B, L, L_pad, dev)  # (B, L')
+
+    # Steps 1-2: hash and sort. The buckets are piecewise constant in qk: no gradient.
+    buckets = _hash(x.detach(), rotations.detach(), pad)  # (B, H, R, L')
+    order = _sorted_positions(buckets)  # (B, H, R, L')
+
+    # Step 3: the R*L' sorted items, rounds one after another, cut into n_c chunks of m.
+    n_items = R * L_pad
+    n_chunks = n_items // m
+    item_pos = order.reshape(B, H, n_items)  # original position of every sorted item
+    win = _window_chunks(n_chunks, n_chunks_before, n_chunks_after, dev)  # (n_c, W)
+    chunk_pos = item_pos.reshape(B, H, n_chunks, m)
+    q_pos = chunk_pos  # (B, H, n_c, m)
+    k_pos = chunk_pos[:, :, win, :].reshape(B, H, n_chunks, -1)  # (B, H, n_c, W*m)
+
+    def gather(t, idx):
+        # t: (B, H, L', E), idx: (B, H, ...) positions -> (B, H, ..., E)
+        flat = idx.reshape(B, H, -1, 1).expand(-1, -1, -1, t.shape[-1])
+        return torch.gather(t, 2, flat).reshape(*idx.shape, t.shape[-1])
+
+    # Step 4: keys are the queries normalised to unit length (up to the epsilon).
+    k_all = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + KEY_NORM_EPS) / math.sqrt(D)
+    q = gather(x, q_pos)  # (B, H, n_c, m, D)
+    k = gather(k_all, k_pos)  # (B, H, n_c, W*m, D)
+    vk = gather(val, k_pos)  # (B, H, n_c, W*m, Dv)
+    s = scale * torch.einsum("bhcid,bhcjd->bhcij", q, k)
+
+    # Step 5: masks on original positions, by replacement (not addition).
+    i_pos = q_pos[..., :, None]
+    j_pos = k_pos[..., None, :]
+    j_pad = torch.gather(pad[:, None, :].expand(B, H, L_pad), 2, k_pos.reshape(B, H, -1))
+    j_pad = j_pad.reshape(B, H, n_chunks, 1, -1)
+    hard = j_pad | (j_pos > i_pos) if causal else j_pad.expand_as(s)
+    s = torch.where(j_pos == i_pos, torch.full_like(s, SELF_MASK_VALUE), s)
+    s = torch.where(hard, torch.full_like(s, MASK_VALUE), s)
+
+    # Per-round softmax of every item over its window.
+    lse_item = torch.logsumexp(s, dim=-1)  # (B, H, n_c, m)
+    out_item = torch.einsum("bhcij,bhcjd->bhcid", torch.softmax(s, dim=-1), vk)
+
+    # Back to original positions: item t of round r sits at position order[..., r, t].
+    lse_item = lse_item.reshape(B, H, R, L_pad)
+    out_item = out_item.reshape(B, H, R, L_pad, Dv)
+    unsort = torch.argsort(order, dim=-1)  # inverse permutation per round
+    lse_r = torch.gather(lse_item, 3, unsort)  # (B, H, R, L')
+    out_r = torch.gather(out_item, 3, unsort[..., None].expand(-1, -1, -1, -1, Dv))
+
+    # Step 6: combine the rounds with weights softmax_r(lse_r) (paper eq. 14). This equals
+    # exp(lse_r - lse), but torch.softmax normalises exactly: a query that can only attend to
+    # itself has lse ~ -1e5, where a float32 lse is only good to ~4e-3 absolute.
+    lse = torch.logsumexp(lse_r, dim=2)  # (B, H, L')
+    out = (torch.softmax(lse_r, dim=2)[..., None] * out_r).sum(dim=2)
+
+    # Step 7: padding queries output 0 (and, through torch.where, receive no gradient).
+    q_pad = pad[:, None, :, None]
+    out = torch.where(q_pad, torch.zeros_like(out), out)
+    lse = torch.where(q_pad[..., 0], torch.zeros_like(lse), lse)
+    return out[:, :, :L].to(v.dtype), lse[:, :, :L]

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine and runs the whole test suite: the GoogleTest suite (LibTorch, through
+# CMake/ctest) and pytest. Idempotent: already-installed pieces are kept.
+#   TORCH_CUDA_ARCH_LIST  CUDA architectures to compile for (default 9.0)
+#   MAX_JOBS              parallel compile jobs (default 2)
+#   FORCE_CUDA=1          fail unless the CUDA sources are compiled (CI sets it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export MAX_JOBS="${MAX_JOBS:-2}"
+PY="${PYTHON:-python3}"
+
+if ! dpkg -s libgtest-dev >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q && $SUDO apt-get install -y -q libgtest-dev
+fi
+"$PY" -m pip install -q torch==2.14.1 ninja
+"$PY" -m pip install -q pytest hypothesis expecttest
+"$PY" -m pip install -q --no-build-isolation -e .
+
+if [ "${FORCE_CUDA:-}" = "1" ]; then
+  # The CUDA kernels must be compiled and linked even where no GPU can run them.
+  "$PY" -c "import torch, reformer_ext; assert torch._C._dispatch_has_kernel_for_dispatch_key('reformer::lsh_buckets', 'CUDA'), 'CUDA kernels missing from reformer_ext._C'; print('CUDA kernels compiled and registered')"
+fi
+
+cmake -S . -B build -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+cmake --build build -j "$MAX_JOBS"
+ctest --test-dir build --output-on-failure
+"$PY" -m pytest -q tests
