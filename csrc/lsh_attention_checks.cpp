@@ -15,14 +15,23 @@ bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+void check_defined(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.defined(), name, " must be a tensor, got None");
+}
+
 void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& qk) {
+  check_defined(t, name);
   TORCH_CHECK_VALUE(t.device() == qk.device(), name, " must be on the same device as qk (",
                     qk.device(), "), got ", t.device());
 }
 
 void check_window(int64_t n_chunks_before, int64_t n_chunks_after) {
-  TORCH_CHECK_VALUE(n_chunks_before >= 0, "n_chunks_before must be >= 0, got ", n_chunks_before);
-  TORCH_CHECK_VALUE(n_chunks_after >= 0, "n_chunks_after must be >= 0, got ", n_chunks_after);
+  // Each bound is checked before the sum, which could otherwise overflow.
+  TORCH_CHECK_VALUE(n_chunks_before >= 0 && n_chunks_before < kMaxWindowChunks,
+                    "n_chunks_before must be in [0, ", kMaxWindowChunks, "), got ",
+                    n_chunks_before);
+  TORCH_CHECK_VALUE(n_chunks_after >= 0 && n_chunks_after < kMaxWindowChunks,
+                    "n_chunks_after must be in [0, ", kMaxWindowChunks, "), got ", n_chunks_after);
   TORCH_CHECK_VALUE(n_chunks_before + n_chunks_after + 1 <= kMaxWindowChunks,
                     "n_chunks_before + n_chunks_after + 1 must be <= ", kMaxWindowChunks,
                     ", got ", n_chunks_before + n_chunks_after + 1);
@@ -31,6 +40,7 @@ void check_window(int64_t n_chunks_before, int64_t n_chunks_after) {
 // qk, mask and bucket_size; fills the sizes that do not depend on rotations.
 LshShape check_qk_and_mask(const at::Tensor& qk, const c10::optional<at::Tensor>& key_padding_mask,
                            int64_t bucket_size) {
+  check_defined(qk, "qk");
   TORCH_CHECK_VALUE(qk.dim() == 4, "qk must have shape (batch, heads, length, dim), got ",
                     qk.dim(), " dimensions ", qk.sizes());
   TORCH_CHECK_VALUE(is_supported_float(qk.scalar_type()),
@@ -43,7 +53,8 @@ LshShape check_qk_and_mask(const at::Tensor& qk, const c10::optional<at::Tensor>
   TORCH_CHECK_VALUE(s.length >= 1, "qk must have length >= 1 (dimension 2), got shape ",
                     qk.sizes());
   TORCH_CHECK_VALUE(s.dim >= 1, "qk must have dim >= 1 (dimension 3), got shape ", qk.sizes());
-  TORCH_CHECK_VALUE(bucket_size >= 1, "bucket_size must be >= 1, got ", bucket_size);
+  TORCH_CHECK_VALUE(bucket_size >= 1 && bucket_size < std::numeric_limits<int32_t>::max(),
+                    "bucket_size must be in [1, 2^31), got ", bucket_size);
   s.bucket_size = bucket_size;
   s.padded_length = padded_length(s.length, bucket_size);
   TORCH_CHECK_VALUE(s.padded_length < std::numeric_limits<int32_t>::max(),
@@ -68,6 +79,7 @@ LshShape check_qk_and_mask(const at::Tensor& qk, const c10::optional<at::Tensor>
 LshShape check_hash_args(const at::Tensor& qk, const at::Tensor& rotations,
                          const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size) {
   LshShape s = check_qk_and_mask(qk, key_padding_mask, bucket_size);
+  check_defined(rotations, "rotations");
   TORCH_CHECK_VALUE(rotations.dim() == 4,
                     "rotations must have shape (heads or 1, dim, n_hashes, n_buckets // 2), got ",
                     rotations.dim(), " dimensions ", rotations.sizes());
@@ -99,6 +111,7 @@ LshShape check_attention_args(const at::Tensor& qk, const at::Tensor& v,
                               int64_t bucket_size, int64_t n_chunks_before,
                               int64_t n_chunks_after) {
   LshShape s = check_hash_args(qk, rotations, key_padding_mask, bucket_size);
+  check_defined(v, "v");
   TORCH_CHECK_VALUE(v.dim() == 4 && v.size(0) == s.batch && v.size(1) == s.heads &&
                         v.size(2) == s.length,
                     "v must have shape (batch, heads, length, value_dim) with (batch, heads, "
@@ -120,6 +133,7 @@ LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at:
                              int64_t bucket_size, int64_t n_chunks_before,
                              int64_t n_chunks_after) {
   LshShape s = check_qk_and_mask(qk, key_padding_mask, bucket_size);
+  check_defined(v, "v");
   TORCH_CHECK_VALUE(v.dim() == 4 && v.size(0) == s.batch && v.size(1) == s.heads &&
                         v.size(2) == s.length && v.size(3) >= 1,
                     "v must have shape (", s.batch, ", ", s.heads, ", ", s.length,
@@ -131,6 +145,7 @@ LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at:
   s.value_dim = v.size(3);
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{grad_out, "grad_out"},
                                 {out, "out"}}) {
+    check_defined(t, name);
     TORCH_CHECK_VALUE(t.sizes() == v.sizes(), name, " must have the shape of v ", v.sizes(),
                       ", got ", t.sizes());
     TORCH_CHECK_VALUE(t.scalar_type() == qk.scalar_type(), name, " must have the dtype of qk (",
@@ -140,6 +155,7 @@ LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at:
   const auto acc_type = qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const std::vector<int64_t> lse_shape{s.batch, s.heads, s.length};
   const std::vector<int64_t> stats_shape{s.batch, s.heads, s.length, 2};
+  check_defined(softmax_stats, "softmax_stats");
   TORCH_CHECK_VALUE(softmax_stats.sizes() == stats_shape && softmax_stats.scalar_type() == acc_type,
                     "softmax_stats must have shape ", at::IntArrayRef(stats_shape), " and dtype ",
                     acc_type, ", got ", softmax_stats.sizes(), " ", softmax_stats.scalar_type());
@@ -150,6 +166,7 @@ LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at:
                       acc_type, ", got ", grad_lse->sizes(), " ", grad_lse->scalar_type());
     check_same_device(*grad_lse, "grad_lse", qk);
   }
+  check_defined(sorted_positions, "sorted_positions");
   TORCH_CHECK_VALUE(sorted_positions.dim() == 3 && sorted_positions.size(0) == s.batch &&
                         sorted_positions.size(1) == s.heads &&
                         sorted_positions.scalar_type() == at::kInt &&

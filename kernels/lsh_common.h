@@ -65,26 +65,26 @@ RX_HOST_DEVICE int chunks_seeing(int64_t chunk, int64_t n_chunks, int before, in
 
 // A logit after the masks of SPEC §1 step 5 (padding keys are never passed here: their
 // weight exp(-1e9 - lse) is exactly zero, since the query always sees itself at >= -1e5).
-template <typename acc_t>
-RX_HOST_DEVICE acc_t masked_logit(acc_t logit, int64_t query_pos, int64_t key_pos, bool causal) {
-  if (causal && key_pos > query_pos) return static_cast<acc_t>(kMaskedLogit);
-  if (key_pos == query_pos) return static_cast<acc_t>(kSelfLogit);
-  return logit;
+// Selects instead of branches, so loops over keys vectorise.
+template <typename acc_t, typename pos_t>
+RX_HOST_DEVICE acc_t masked_logit(acc_t logit, pos_t query_pos, pos_t key_pos, bool causal) {
+  const acc_t value = key_pos == query_pos ? static_cast<acc_t>(kSelfLogit) : logit;
+  return (causal && key_pos > query_pos) ? static_cast<acc_t>(kMaskedLogit) : value;
 }
 
 // True when the logit was replaced by a constant, so it has no gradient.
-RX_HOST_DEVICE bool logit_is_replaced(int64_t query_pos, int64_t key_pos, bool causal) {
+template <typename pos_t>
+RX_HOST_DEVICE bool logit_is_replaced(pos_t query_pos, pos_t key_pos, bool causal) {
   return key_pos == query_pos || (causal && key_pos > query_pos);
 }
 
-// Bucket of one hash round from the largest and smallest of its `half` projections p: the argmax
-// over [p, -p] (length 2 * half) with ties to the lowest index (SPEC §1 step 1). `first_index_of`
-// returns the first k with p[k] == value. Every index of +p is below every index of -p, so a tie
-// between max(p) and -min(p) goes to +p.
-template <typename acc_t, typename FirstIndexOf>
-RX_HOST_DEVICE int64_t bucket_from_extremes(acc_t max_p, acc_t min_p, int64_t half,
-                                            const FirstIndexOf& first_index_of) {
-  return max_p >= -min_p ? first_index_of(max_p) : half + first_index_of(min_p);
+// Bucket of one hash round: the argmax over [p, -p] (length 2 * half) with ties to the lowest
+// index (SPEC §1 step 1), from the first index of the largest and of the smallest projection.
+// Every index of +p is below every index of -p, so a tie between max(p) and -min(p) goes to +p.
+template <typename acc_t>
+RX_HOST_DEVICE int64_t bucket_from_extremes(acc_t max_p, int64_t arg_max, acc_t min_p,
+                                            int64_t arg_min, int64_t half) {
+  return max_p >= -min_p ? arg_max : half + arg_min;
 }
 
 }  // namespace reformer

@@ -46,9 +46,7 @@ __global__ void lsh_hash_kernel(const scalar_t* __restrict__ qk,
       if (k == 0 || dot > max_p) max_p = dot, arg_max = k;
       if (k == 0 || dot < min_p) min_p = dot, arg_min = k;
     }
-    buckets[idx] = bucket_from_extremes(max_p, min_p, p.half, [&](acc_t value) {
-      return value == max_p ? arg_max : arg_min;
-    });
+    buckets[idx] = bucket_from_extremes(max_p, arg_max, min_p, arg_min, p.half);
   }
 }
 

@@ -11,7 +11,9 @@ import torch
 from torch import Tensor
 
 # ---------------------------------------------------------------------------------------------
-# Fake (meta) kernels: output shapes never depend on data, only on input shapes.
+# Fake (meta) kernels: output shapes never depend on data, only on input shapes. They repeat the
+# C++ kernels' shape and device checks (csrc/lsh_attention_checks.cpp) with torch._check_value,
+# which also works on symbolic sizes, so tracing rejects what eager mode would.
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -22,8 +24,43 @@ def _padded_length(length, bucket_size):
     return (length + bucket_size - 1) // bucket_size * bucket_size
 
 
+def _check(condition, message: str) -> None:
+    torch._check_value(condition, lambda: message)
+
+
+def _check_tensor_arg(t, name: str, qk, shape=None, dtype=None) -> None:
+    _check(isinstance(t, Tensor), f"{name} must be a tensor, got {type(t).__name__}")
+    _check(t.device == qk.device, f"{name} must be on the same device as qk ({qk.device}), "
+                                  f"got {t.device}")
+    if shape is not None:
+        _check(t.dim() == len(shape) and all(a == b for a, b in zip(t.shape, shape)),
+               f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if dtype is not None:
+        _check(t.dtype == dtype, f"{name} must have dtype {dtype}, got {t.dtype}")
+
+
+def _fake_check_hash_args(qk, rotations, key_padding_mask):
+    _check(isinstance(qk, Tensor) and qk.dim() == 4,
+           "qk must have shape (batch, heads, length, dim)")
+    batch, heads, length, dim = qk.shape
+    _check_tensor_arg(rotations, "rotations", qk)
+    _check(rotations.dim() == 4 and (rotations.shape[0] == 1 or rotations.shape[0] == heads)
+           and rotations.shape[1] == dim and rotations.shape[2] >= 1 and rotations.shape[3] >= 1,
+           f"rotations must have shape (1 or {heads}, {dim}, n_hashes, n_buckets // 2), got "
+           f"{tuple(rotations.shape)}")
+    if key_padding_mask is not None:
+        _check_tensor_arg(key_padding_mask, "key_padding_mask", qk, (batch, length), torch.bool)
+
+
+def _fake_check_window(bucket_size, n_chunks_before, n_chunks_after):
+    _check(bucket_size >= 1, f"bucket_size must be >= 1, got {bucket_size}")
+    _check(n_chunks_before >= 0 and n_chunks_after >= 0,
+           "n_chunks_before and n_chunks_after must be >= 0")
+
+
 @torch.library.register_fake("reformer::lsh_buckets")
 def _lsh_buckets_fake(qk, rotations, key_padding_mask=None):
+    _fake_check_hash_args(qk, rotations, key_padding_mask)
     batch, heads, length, _ = qk.shape
     return qk.new_empty((batch, heads, rotations.shape[2], length), dtype=torch.int64)
 
@@ -31,12 +68,16 @@ def _lsh_buckets_fake(qk, rotations, key_padding_mask=None):
 @torch.library.register_fake("reformer::lsh_attention")
 def _lsh_attention_fake(qk, v, rotations, key_padding_mask, bucket_size, causal,
                         n_chunks_before, n_chunks_after, scale):
+    _fake_check_hash_args(qk, rotations, key_padding_mask)
+    _fake_check_window(bucket_size, n_chunks_before, n_chunks_after)
     batch, heads, length, _ = qk.shape
+    _check_tensor_arg(v, "v", qk, (batch, heads, length, v.shape[-1]), qk.dtype)
     items = rotations.shape[2] * _padded_length(length, bucket_size)
+    acc = _accumulation_dtype(qk.dtype)
     out = v.new_empty(v.shape)
-    lse = qk.new_empty((batch, heads, length), dtype=_accumulation_dtype(qk.dtype))
+    lse = qk.new_empty((batch, heads, length), dtype=acc)
     sorted_positions = qk.new_empty((batch, heads, items), dtype=torch.int32)
-    softmax_stats = qk.new_empty((batch, heads, length, 2), dtype=_accumulation_dtype(qk.dtype))
+    softmax_stats = qk.new_empty((batch, heads, length, 2), dtype=acc)
     return out, lse, sorted_positions, softmax_stats
 
 
@@ -44,6 +85,25 @@ def _lsh_attention_fake(qk, v, rotations, key_padding_mask, bucket_size, causal,
 def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions,
                                  key_padding_mask, bucket_size, causal, n_chunks_before,
                                  n_chunks_after, scale):
+    _check(isinstance(qk, Tensor) and qk.dim() == 4,
+           "qk must have shape (batch, heads, length, dim)")
+    _fake_check_window(bucket_size, n_chunks_before, n_chunks_after)
+    batch, heads, length, _ = qk.shape
+    acc = _accumulation_dtype(qk.dtype)
+    _check_tensor_arg(v, "v", qk, (batch, heads, length, v.shape[-1]), qk.dtype)
+    _check_tensor_arg(grad_out, "grad_out", qk, v.shape, qk.dtype)
+    _check_tensor_arg(out, "out", qk, v.shape, qk.dtype)
+    if grad_lse is not None:
+        _check_tensor_arg(grad_lse, "grad_lse", qk, (batch, heads, length), acc)
+    _check_tensor_arg(softmax_stats, "softmax_stats", qk, (batch, heads, length, 2), acc)
+    _check_tensor_arg(sorted_positions, "sorted_positions", qk, None, torch.int32)
+    _check(sorted_positions.dim() == 3 and sorted_positions.shape[0] == batch
+           and sorted_positions.shape[1] == heads
+           and sorted_positions.shape[2] % _padded_length(length, bucket_size) == 0,
+           f"sorted_positions must have shape (batch, heads, n_hashes * padded length), got "
+           f"{tuple(sorted_positions.shape)}")
+    if key_padding_mask is not None:
+        _check_tensor_arg(key_padding_mask, "key_padding_mask", qk, (batch, length), torch.bool)
     return qk.new_empty(qk.shape), v.new_empty(v.shape)
 
 
@@ -80,6 +140,18 @@ torch.library.register_autograd(
 def _require_tensor(value, name: str) -> None:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _require_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def _require_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
 
 
 def _require_int(value, name: str, minimum: int) -> int:
@@ -140,6 +212,9 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
     bucket_size = _require_int(bucket_size, "bucket_size", 1)
     n_chunks_before = _require_int(n_chunks_before, "n_chunks_before", 0)
     n_chunks_after = _require_int(n_chunks_after, "n_chunks_after", 0)
+    causal = _require_bool(causal, "causal")
+    return_lse = _require_bool(return_lse, "return_lse")
+    scale = _require_float(scale, "scale")
     if key_padding_mask is not None:
         _require_tensor(key_padding_mask, "key_padding_mask")
     if rotations is None:
@@ -157,8 +232,8 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
                 raise ValueError(f"n_buckets ({n_buckets}) does not match rotations of shape "
                                  f"{tuple(rotations.shape)} (n_buckets // 2 in dimension 3)")
     out, lse, _, _ = torch.ops.reformer.lsh_attention(
-        qk, v, rotations, key_padding_mask, bucket_size, bool(causal), n_chunks_before,
-        n_chunks_after, float(scale)
+        qk, v, rotations, key_padding_mask, bucket_size, causal, n_chunks_before,
+        n_chunks_after, scale
     )
     return (out, lse) if return_lse else out
 

@@ -2,8 +2,9 @@
 //
 // Work is split by chunk of the bucket-sorted sequence: a task gathers one chunk's queries and
 // the keys of its window into cache-sized tiles, computes the logits with a tiled GEMM, the row
-// softmax, and P·V. Rounds run one after another: inside a round every position occurs exactly
-// once, so a task owns the output rows it writes and rounds merge in a fixed order. Results are
+// softmax, and P·V. Forward rounds run one after another: inside a round every position occurs
+// exactly once, so a task owns the output rows it writes and rounds merge in a fixed order. The
+// backward gives each head to one thread, which walks its chunks in order. Results are
 // therefore the same for any number of threads, and no tensor of size R·L·window ever exists.
 #include <ATen/Dispatch.h>
 #include <ATen/Functions.h>
@@ -37,7 +38,7 @@ struct ChunkInputs {
   int64_t max_window() const { return int64_t(before + after + 1) * s.bucket_size; }
 
   // Appends the non-padding positions of sorted chunk `chunk` of head `bh`; returns the count.
-  int64_t gather_positions(int64_t bh, int64_t chunk, int64_t* positions) const {
+  int64_t gather_positions(int64_t bh, int64_t chunk, int32_t* positions) const {
     const int32_t* items = sorted + bh * s.n_hashes * s.padded_length + chunk * s.bucket_size;
     const uint8_t* pad = padding + (bh / s.heads) * s.padded_length;
     int64_t count = 0;
@@ -47,7 +48,7 @@ struct ChunkInputs {
   }
 
   // Non-padding positions of every chunk in query chunk `chunk`'s window, in window order.
-  int64_t gather_window(int64_t bh, int64_t chunk, int64_t* positions) const {
+  int64_t gather_window(int64_t bh, int64_t chunk, int32_t* positions) const {
     int64_t window[kMaxWindowChunks];
     const int count = window_chunks(chunk, s.n_chunks, before, after, window);
     int64_t total = 0;
@@ -56,7 +57,7 @@ struct ChunkInputs {
   }
 
   // rows[i, :cols] = source[bh, positions[i], :cols] * (scaled ? g : 1); the row stride is `ld`.
-  void gather_rows(const acc_t* source, int64_t cols, int64_t bh, const int64_t* positions,
+  void gather_rows(const acc_t* source, int64_t cols, int64_t bh, const int32_t* positions,
                    int64_t n, acc_t* rows, int64_t ld, bool scaled) const {
     for (int64_t i = 0; i < n; ++i) {
       const acc_t* src = source + (bh * s.length + positions[i]) * cols;
@@ -67,20 +68,34 @@ struct ChunkInputs {
   }
 
   // cols_t[d, i] = source[bh, positions[i], d] * (scaled ? g : 1): a transposed tile whose
-  // `ld` >= n columns are zero-padded, ready to be the right-hand side of tile_gemm.
-  void gather_columns(const acc_t* source, int64_t cols, int64_t bh, const int64_t* positions,
+  // `ld` >= n columns are zero-padded, ready to be the right-hand side of tile_gemm. Built in
+  // blocks of positions so the strided writes stay in L1.
+  void gather_columns(const acc_t* source, int64_t cols, int64_t bh, const int32_t* positions,
                       int64_t n, acc_t* cols_t, int64_t ld, bool scaled) const {
     for (int64_t d = 0; d < cols; ++d)
       for (int64_t i = n; i < ld; ++i) cols_t[d * ld + i] = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const acc_t* src = source + (bh * s.length + positions[i]) * cols;
-      const acc_t g = scaled ? key_scale[bh * s.length + positions[i]] : acc_t(1);
-      for (int64_t d = 0; d < cols; ++d) cols_t[d * ld + i] = src[d] * g;
+    constexpr int64_t kBlock = 16;
+    const acc_t* rows[kBlock];
+    acc_t g[kBlock];
+    for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+      const int64_t count = std::min(kBlock, n - i0);
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t at = bh * s.length + positions[i0 + i];
+        rows[i] = source + at * cols;
+        g[i] = scaled ? key_scale[at] : acc_t(1);
+      }
+      for (int64_t d = 0; d < cols; ++d)
+        for (int64_t i = 0; i < count; ++i) cols_t[d * ld + i0 + i] = rows[i][d] * g[i];
     }
   }
 
-  acc_t logit(acc_t dot, int64_t query_pos, int64_t key_pos) const {
-    return masked_logit<acc_t>(scale * dot, query_pos, key_pos, causal);
+  // row[n] = scale * row[n] with the masks of SPEC §1 step 5, for the keys kpos[0..nk) of the
+  // query at query_pos.
+  void mask_logits(acc_t* row, int64_t nk, int32_t query_pos, const int32_t* kpos) const {
+    const acc_t sc = scale;
+    const bool is_causal = causal;
+    for (int64_t n = 0; n < nk; ++n)
+      row[n] = masked_logit<acc_t, int32_t>(sc * row[n], query_pos, kpos[n], is_causal);
   }
 };
 
@@ -121,11 +136,21 @@ at::Tensor softmax_row_terms(const at::Tensor& dout, const at::Tensor& out, cons
   return delta;
 }
 
+// Multiply-adds of one chunk task (its logits and P·V), and how many tasks to give a thread at
+// least: small problems run on fewer threads rather than paying to wake them.
+inline int64_t chunk_work(const LshShape& s, int64_t window_chunks) {
+  return s.bucket_size * s.bucket_size * window_chunks * (s.dim + s.value_dim);
+}
+inline int64_t grain_for(int64_t work_per_task) {
+  constexpr int64_t kMinWorkPerThread = int64_t(1) << 18;
+  return std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, work_per_task));
+}
+
 // Runs task(bh, chunk) for every chunk of round r of every head, in parallel.
 template <typename Task>
-void for_each_chunk_of_round(const LshShape& s, int64_t r, const Task& task) {
+void for_each_chunk_of_round(const LshShape& s, int64_t r, int64_t grain, const Task& task) {
   const int64_t per_round = s.chunks_per_round;
-  at::parallel_for(0, s.batch * s.heads * per_round, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.batch * s.heads * per_round, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) task(t / per_round, r * per_round + t % per_round);
   });
 }
@@ -138,8 +163,9 @@ void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk, acc_
   const LshShape& s = in.s;
   constexpr int64_t NR = kTileCols<acc_t>;
   const int64_t m = s.bucket_size, W = in.max_window();
-  int64_t* positions = thread_scratch<int64_t>(m + W);
-  int64_t *qpos = positions, *kpos = positions + m;
+  // Positions fit int32 (L' < 2^31 is checked), which keeps the mask loops vector-friendly.
+  int32_t* positions = thread_scratch<int32_t>(m + W);
+  int32_t *qpos = positions, *kpos = positions + m;
   const int64_t nq = in.gather_positions(bh, chunk, qpos);
   if (nq == 0) return;
   const int64_t nk = in.gather_window(bh, chunk, kpos);
@@ -160,7 +186,7 @@ void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk, acc_
     const int64_t rows = std::min<int64_t>(kTileRows * 64, nq - i0);
     for (int64_t i = i0; i < i0 + rows; ++i) {
       acc_t* row = scores + i * nkp;
-      for (int64_t n = 0; n < nk; ++n) row[n] = in.logit(row[n], qpos[i], kpos[n]);
+      in.mask_logits(row, nk, qpos[i], kpos);
       const acc_t mx = row_max(row, nk);
       const acc_t sum = exp_shift_sum(row, nk, mx);
       const acc_t inv = acc_t(1) / sum;
@@ -195,136 +221,103 @@ void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk, acc_
 // final softmax stats, dP = dO·Vᵀ and dS = P ∘ (dP - Δ) (zero where the logit was replaced).
 // On return `p` and `ds` hold P and dS (nq x nkp); both are also needed transposed in pass B.
 template <typename acc_t>
-void probabilities_and_logit_grads(const ChunkInputs<acc_t>& in, const int64_t* qpos, int64_t nq,
-                                   const int64_t* kpos, int64_t nk, int64_t nkp,
+void probabilities_and_logit_grads(const ChunkInputs<acc_t>& in, const int32_t* qpos, int64_t nq,
+                                   const int32_t* kpos, int64_t nk, int64_t nkp,
                                    const acc_t* stats_q, const acc_t* delta_q, acc_t* p,
                                    acc_t* ds) {
+  const bool causal = in.causal;
   for (int64_t i = 0; i < nq; ++i) {
     acc_t* prow = p + i * nkp;
     acc_t* dsrow = ds + i * nkp;
+    const int32_t query_pos = qpos[i];
+    const acc_t row_max = stats_q[2 * i], log_sum = stats_q[2 * i + 1], delta = delta_q[i];
+    in.mask_logits(prow, nk, query_pos, kpos);
+    for (int64_t n = 0; n < nk; ++n) prow[n] = fast_exp((prow[n] - row_max) - log_sum);
     for (int64_t n = 0; n < nk; ++n) {
-      const acc_t prob =
-          fast_exp((in.logit(prow[n], qpos[i], kpos[n]) - stats_q[2 * i]) - stats_q[2 * i + 1]);
-      const bool replaced = logit_is_replaced(qpos[i], kpos[n], in.causal);
-      dsrow[n] = replaced ? acc_t(0) : prob * (dsrow[n] - delta_q[i]);
-      prow[n] = prob;
+      // A replaced logit is a constant: it has no gradient (SPEC §1 step 5).
+      const bool replaced = logit_is_replaced<int32_t>(query_pos, kpos[n], causal);
+      dsrow[n] = replaced ? acc_t(0) : prow[n] * (dsrow[n] - delta);
     }
   }
 }
 
-// Pass A of the backward, one query chunk: dq_i += scale · Σ_j dS_ij k_j over its window.
+// The backward of one head, one query chunk after another in a fixed order: for each chunk,
+// recompute P and dS over its whole window once, then add dq to the query rows and Pᵀ·dO and
+// dSᵀ·Q to the key rows (dv and the gradient of the normalised keys). One thread owns a head,
+// so there are no races, no atomics, and the summation order does not depend on threading.
 template <typename acc_t>
-void backward_query_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk,
-                          const acc_t* dout, const acc_t* stats, const acc_t* delta, acc_t* dqk) {
+void backward_head(const ChunkInputs<acc_t>& in, int64_t bh, const acc_t* dout,
+                   const acc_t* stats, const acc_t* delta, acc_t* dqk, acc_t* dkey, acc_t* dv) {
   const LshShape& s = in.s;
   constexpr int64_t NR = kTileCols<acc_t>;
   const int64_t m = s.bucket_size, W = in.max_window();
-  int64_t* positions = thread_scratch<int64_t>(m + W);
-  int64_t *qpos = positions, *kpos = positions + m;
-  const int64_t nq = in.gather_positions(bh, chunk, qpos);
-  if (nq == 0) return;
-  const int64_t nk = in.gather_window(bh, chunk, kpos);
-  const int64_t nkp = round_up(nk, NR), dp = round_up(s.dim, NR);
   const int64_t D = s.dim, Dv = s.value_dim;
-
-  acc_t* q = thread_scratch<acc_t>(nq * D + D * nkp + nk * dp + Dv * nkp + nq * Dv +
-                                   2 * nq * nkp + nq * dp + 3 * nq);
-  acc_t* kt = q + nq * D;
-  acc_t* k = kt + D * nkp;
-  acc_t* vt = k + nk * dp;
-  acc_t* dout_q = vt + Dv * nkp;
-  acc_t* p = dout_q + nq * Dv;
-  acc_t* ds = p + nq * nkp;
-  acc_t* dq = ds + nq * nkp;
-  acc_t* stats_q = dq + nq * dp;
-  acc_t* delta_q = stats_q + 2 * nq;
-  in.gather_rows(in.qk, D, bh, qpos, nq, q, D, false);
-  in.gather_columns(in.qk, D, bh, kpos, nk, kt, nkp, true);
-  in.gather_rows(in.qk, D, bh, kpos, nk, k, dp, true);
-  in.gather_columns(in.v, Dv, bh, kpos, nk, vt, nkp, false);
-  in.gather_rows(dout, Dv, bh, qpos, nq, dout_q, Dv, false);
-  for (int64_t i = 0; i < nq; ++i) {
-    stats_q[2 * i] = stats[2 * (bh * s.length + qpos[i])];
-    stats_q[2 * i + 1] = stats[2 * (bh * s.length + qpos[i]) + 1];
-    delta_q[i] = delta[bh * s.length + qpos[i]];
-  }
-  tile_gemm<acc_t>(nq, nkp, D, q, D, kt, nkp, p, nkp, false);
-  tile_gemm<acc_t>(nq, nkp, Dv, dout_q, Dv, vt, nkp, ds, nkp, false);
-  probabilities_and_logit_grads(in, qpos, nq, kpos, nk, nkp, stats_q, delta_q, p, ds);
-  tile_gemm<acc_t>(nq, dp, nk, ds, nkp, k, dp, dq, dp, false);
-  for (int64_t i = 0; i < nq; ++i) {
-    acc_t* dst = dqk + (bh * s.length + qpos[i]) * D;
-    for (int64_t d = 0; d < D; ++d) dst[d] += in.scale * dq[i * dp + d];
-  }
-}
-
-// Pass B of the backward, one key chunk: dv_j and the key-path gradient of qk_j, summed over
-// the query chunks that see this key chunk, in a fixed order.
-template <typename acc_t>
-void backward_key_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk,
-                        const acc_t* dout, const acc_t* stats, const acc_t* delta, acc_t* dqk,
-                        acc_t* dv) {
-  const LshShape& s = in.s;
-  constexpr int64_t NR = kTileCols<acc_t>;
-  const int64_t m = s.bucket_size;
-  const int64_t D = s.dim, Dv = s.value_dim;
-  int64_t* positions = thread_scratch<int64_t>(2 * m);
-  int64_t *kpos = positions, *qpos = positions + m;
-  const int64_t nk = in.gather_positions(bh, chunk, kpos);
-  if (nk == 0) return;
-  const int64_t nkp = round_up(nk, NR), dp = round_up(D, NR), dvp = round_up(Dv, NR);
-
-  acc_t* kt = thread_scratch<acc_t>(D * nkp + Dv * nkp + nk * dvp + nk * dp + m * dp + m * dvp +
-                                    4 * m * nkp + 3 * m);
-  acc_t* vt = kt + D * nkp;
-  acc_t* dv_k = vt + Dv * nkp;
-  acc_t* dk_k = dv_k + nk * dvp;
-  acc_t* q = dk_k + nk * dp;
-  acc_t* dout_q = q + m * dp;
-  acc_t* p = dout_q + m * dvp;
-  acc_t* ds = p + m * nkp;
-  acc_t* p_t = ds + m * nkp;
-  acc_t* ds_t = p_t + m * nkp;
-  acc_t* stats_q = ds_t + m * nkp;
+  const int64_t dp = round_up(D, NR), dvp = round_up(Dv, NR), wp = round_up(W, NR);
+  // Positions fit int32 (L' < 2^31 is checked), which keeps the mask loops vector-friendly.
+  int32_t* positions = thread_scratch<int32_t>(m + W);
+  int32_t *qpos = positions, *kpos = positions + m;
+  // Tiles sized for the largest window; each chunk uses the leading part.
+  acc_t* q = thread_scratch<acc_t>(m * dp + m * dvp + D * wp + W * dp + Dv * wp + 2 * m * wp +
+                                   2 * W * m + m * dp + W * dp + W * dvp + 3 * m);
+  acc_t* dout_q = q + m * dp;      // dO (nq x dvp)
+  acc_t* kt = dout_q + m * dvp;    // Kᵀ (D x nkp), normalised keys
+  acc_t* k = kt + D * wp;          // K (nk x dp)
+  acc_t* vt = k + W * dp;          // Vᵀ (Dv x nkp)
+  acc_t* p = vt + Dv * wp;         // P (nq x nkp)
+  acc_t* ds = p + m * wp;          // dP, then dS (nq x nkp)
+  acc_t* p_t = ds + m * wp;        // Pᵀ (nk x nq)
+  acc_t* ds_t = p_t + W * m;       // dSᵀ (nk x nq)
+  acc_t* dq = ds_t + W * m;        // dS·K (nq x dp)
+  acc_t* dk = dq + m * dp;         // dSᵀ·Q (nk x dp)
+  acc_t* dvk = dk + W * dp;        // Pᵀ·dO (nk x dvp)
+  acc_t* stats_q = dvk + W * dvp;
   acc_t* delta_q = stats_q + 2 * m;
-  in.gather_columns(in.qk, D, bh, kpos, nk, kt, nkp, true);
-  in.gather_columns(in.v, Dv, bh, kpos, nk, vt, nkp, false);
-  std::fill(dv_k, dv_k + nk * dvp + nk * dp, acc_t(0));
 
-  int64_t seeing[kMaxWindowChunks];
-  const int count = chunks_seeing(chunk, s.n_chunks, in.before, in.after, seeing);
-  for (int w = 0; w < count; ++w) {
-    const int64_t nq = in.gather_positions(bh, seeing[w], qpos);
+  for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
+    const int64_t nq = in.gather_positions(bh, chunk, qpos);
     if (nq == 0) continue;
+    const int64_t nk = in.gather_window(bh, chunk, kpos);
+    const int64_t nkp = round_up(nk, NR);
     in.gather_rows(in.qk, D, bh, qpos, nq, q, dp, false);
     in.gather_rows(dout, Dv, bh, qpos, nq, dout_q, dvp, false);
+    in.gather_columns(in.qk, D, bh, kpos, nk, kt, nkp, true);
+    in.gather_rows(in.qk, D, bh, kpos, nk, k, dp, true);
+    in.gather_columns(in.v, Dv, bh, kpos, nk, vt, nkp, false);
     for (int64_t i = 0; i < nq; ++i) {
-      stats_q[2 * i] = stats[2 * (bh * s.length + qpos[i])];
-      stats_q[2 * i + 1] = stats[2 * (bh * s.length + qpos[i]) + 1];
-      delta_q[i] = delta[bh * s.length + qpos[i]];
+      const int64_t at = bh * s.length + qpos[i];
+      stats_q[2 * i] = stats[2 * at];
+      stats_q[2 * i + 1] = stats[2 * at + 1];
+      delta_q[i] = delta[at];
     }
     tile_gemm<acc_t>(nq, nkp, D, q, dp, kt, nkp, p, nkp, false);
     tile_gemm<acc_t>(nq, nkp, Dv, dout_q, dvp, vt, nkp, ds, nkp, false);
     probabilities_and_logit_grads(in, qpos, nq, kpos, nk, nkp, stats_q, delta_q, p, ds);
-    for (int64_t i = 0; i < nq; ++i)
-      for (int64_t n = 0; n < nk; ++n) {
-        p_t[n * nq + i] = p[i * nkp + n];
-        ds_t[n * nq + i] = ds[i * nkp + n];
-      }
-    tile_gemm<acc_t>(nk, dvp, nq, p_t, nq, dout_q, dvp, dv_k, dvp, true);
-    tile_gemm<acc_t>(nk, dp, nq, ds_t, nq, q, dp, dk_k, dp, true);
+    transpose_tile(p, nq, nk, nkp, p_t, nq);
+    transpose_tile(ds, nq, nk, nkp, ds_t, nq);
+    tile_gemm<acc_t>(nq, dp, nk, ds, nkp, k, dp, dq, dp, false);       // dS·K
+    tile_gemm<acc_t>(nk, dp, nq, ds_t, nq, q, dp, dk, dp, false);      // dSᵀ·Q
+    tile_gemm<acc_t>(nk, dvp, nq, p_t, nq, dout_q, dvp, dvk, dvp, false);  // Pᵀ·dO
+    for (int64_t i = 0; i < nq; ++i) {
+      acc_t* dst = dqk + (bh * s.length + qpos[i]) * D;
+      for (int64_t d = 0; d < D; ++d) dst[d] += in.scale * dq[i * dp + d];
+    }
+    for (int64_t n = 0; n < nk; ++n) {
+      acc_t* dkey_row = dkey + (bh * s.length + kpos[n]) * D;
+      acc_t* dv_row = dv + (bh * s.length + kpos[n]) * Dv;
+      for (int64_t d = 0; d < D; ++d) dkey_row[d] += in.scale * dk[n * dp + d];
+      for (int64_t d = 0; d < Dv; ++d) dv_row[d] += dvk[n * dvp + d];
+    }
   }
-  // Through the key normalisation k = g x: dx = g (dk - g^2 x (x . dk)), with dk = scale · dK.
-  for (int64_t n = 0; n < nk; ++n) {
-    const int64_t at = bh * s.length + kpos[n];
+  // Through the key normalisation k = g x (linear in the key gradient dk, so it is applied once
+  // to the sum over all windows): dx = g (dk - g^2 x (x . dk)).
+  for (int64_t j = 0; j < s.length; ++j) {
+    const int64_t at = bh * s.length + j;
     const acc_t* x = in.qk + at * D;
+    const acc_t* dk = dkey + at * D;
     const acc_t g = in.key_scale[at];
     acc_t dot = 0;
-    for (int64_t d = 0; d < D; ++d) dot += x[d] * dk_k[n * dp + d];
-    dot *= in.scale;
-    for (int64_t d = 0; d < D; ++d)
-      dqk[at * D + d] += g * (in.scale * dk_k[n * dp + d] - g * g * dot * x[d]);
-    for (int64_t d = 0; d < Dv; ++d) dv[at * Dv + d] += dv_k[n * dvp + d];
+    for (int64_t d = 0; d < D; ++d) dot += x[d] * dk[d];
+    for (int64_t d = 0; d < D; ++d) dqk[at * D + d] += g * (dk[d] - g * g * dot * x[d]);
   }
 }
 
@@ -362,9 +355,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention(
     const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size, bool causal,
     int64_t n_chunks_before, int64_t n_chunks_after, double scale) {
-  check_cpu(qk, "qk");
   const LshShape s = check_attention_args(qk, v, rotations, key_padding_mask, bucket_size,
                                           n_chunks_before, n_chunks_after);
+  check_cpu(qk, "qk");
   const auto acc = accumulation_type(qk);
   const auto qk_acc = qk.to(acc).contiguous();
   const auto v_acc = v.to(acc).contiguous();
@@ -383,8 +376,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention(
                                             n_chunks_before, n_chunks_after, scale);
       scalar_t* out_ptr = out_acc.data_ptr<scalar_t>();
       scalar_t* stats_ptr = stats.data_ptr<scalar_t>();
+      const int64_t grain = grain_for(chunk_work(s, n_chunks_before + n_chunks_after + 1));
       for (int64_t r = 0; r < s.n_hashes; ++r)
-        for_each_chunk_of_round(s, r, [&](int64_t bh, int64_t chunk) {
+        for_each_chunk_of_round(s, r, grain, [&](int64_t bh, int64_t chunk) {
           forward_chunk<scalar_t>(in, bh, chunk, out_ptr, stats_ptr);
         });
     });
@@ -401,10 +395,18 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
     const at::Tensor& sorted_positions, const c10::optional<at::Tensor>& key_padding_mask,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
     double scale) {
-  check_cpu(qk, "qk");
   const LshShape s =
       check_backward_args(grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions,
                           key_padding_mask, bucket_size, n_chunks_before, n_chunks_after);
+  check_cpu(qk, "qk");
+  // The kernel indexes with these values: anything outside [0, L') would read out of bounds.
+  if (sorted_positions.numel() > 0) {
+    const auto [lowest, highest] = at::aminmax(sorted_positions);
+    TORCH_CHECK_VALUE(lowest.item<int32_t>() >= 0 && highest.item<int32_t>() < s.padded_length,
+                      "sorted_positions must hold positions in [0, ", s.padded_length,
+                      ") as returned by lsh_attention, got values in [", lowest.item<int32_t>(),
+                      ", ", highest.item<int32_t>(), "]");
+  }
   const auto acc = accumulation_type(qk);
   const auto qk_acc = qk.to(acc).contiguous();
   const auto v_acc = v.to(acc).contiguous();
@@ -417,6 +419,7 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
 
   auto dqk = at::zeros({s.batch, s.heads, s.length, s.dim}, qk_acc.options());
   auto dv = at::zeros({s.batch, s.heads, s.length, s.value_dim}, qk_acc.options());
+  auto dkey = at::zeros_like(dqk);  // gradient w.r.t. the normalised keys, summed per position
   if (dqk.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(acc, "lsh_attention_backward_cpu", [&] {
       const auto g = key_scales<scalar_t>(qk_acc, s);
@@ -428,15 +431,15 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
       const scalar_t* delta_ptr = delta.data_ptr<scalar_t>();
       scalar_t* dqk_ptr = dqk.data_ptr<scalar_t>();
       scalar_t* dv_ptr = dv.data_ptr<scalar_t>();
-      for (int64_t r = 0; r < s.n_hashes; ++r)
-        for_each_chunk_of_round(s, r, [&](int64_t bh, int64_t chunk) {
-          backward_query_chunk<scalar_t>(in, bh, chunk, dout_ptr, stats_ptr, delta_ptr, dqk_ptr);
-        });
-      for (int64_t r = 0; r < s.n_hashes; ++r)
-        for_each_chunk_of_round(s, r, [&](int64_t bh, int64_t chunk) {
-          backward_key_chunk<scalar_t>(in, bh, chunk, dout_ptr, stats_ptr, delta_ptr, dqk_ptr,
-                                       dv_ptr);
-        });
+      scalar_t* dkey_ptr = dkey.data_ptr<scalar_t>();
+      const int64_t head_work =
+          3 * s.n_chunks * chunk_work(s, n_chunks_before + n_chunks_after + 1);
+      at::parallel_for(0, s.batch * s.heads, grain_for(head_work), [&](int64_t begin,
+                                                                       int64_t end) {
+        for (int64_t bh = begin; bh < end; ++bh)
+          backward_head<scalar_t>(in, bh, dout_ptr, stats_ptr, delta_ptr, dqk_ptr, dkey_ptr,
+                                  dv_ptr);
+      });
     });
   }
   return {dqk.to(qk.scalar_type()), dv.to(v.scalar_type())};

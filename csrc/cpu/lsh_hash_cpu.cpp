@@ -12,7 +12,7 @@
 namespace reformer::cpu {
 namespace {
 
-constexpr int64_t kHashRows = 32;  // rows per GEMM block: the projections stay in L1/L2
+constexpr int64_t kHashRows = 32;  // rows per GEMM block: the projections stay in L2
 
 template <typename acc_t>
 void hash_rows(const acc_t* qk, const acc_t* rotations, const uint8_t* padding, const LshShape& s,
@@ -29,21 +29,18 @@ void hash_rows(const acc_t* qk, const acc_t* rotations, const uint8_t* padding, 
       const acc_t* rot = rotations + (s.rotation_heads == 1 ? 0 : h) * s.dim * padded_cols;
       if (rows > 0)
         tile_gemm<acc_t>(rows, padded_cols, s.dim, qk + (bh * s.length + row0) * s.dim, s.dim,
-                         rot, padded_cols, proj, padded_cols, false);
+                         rot, kTileCols<acc_t>, proj, padded_cols, false,
+                         s.dim * kTileCols<acc_t>);
       for (int64_t i = 0; i < std::min(kHashRows, Lp - row0); ++i) {
         const int64_t pos = row0 + i;
         const bool pad = padding[b * Lp + pos] != 0;
         for (int64_t r = 0; r < s.n_hashes; ++r) {
           const acc_t* p = proj + i * padded_cols + r * half;
-          const auto first_index_of = [&](acc_t value) {
-            int64_t k = 0;  // bounded: with NaN projections no element may equal `value`
-            while (k + 1 < half && p[k] != value) ++k;
-            return k;
-          };
+          int64_t arg_max = 0, arg_min = 0;
+          if (!pad) row_argmax_argmin(p, half, arg_max, arg_min);
           buckets[(bh * s.n_hashes + r) * Lp + pos] = static_cast<int32_t>(
               pad ? s.n_buckets
-                  : bucket_from_extremes(row_max(p, half), row_min(p, half), half,
-                                         first_index_of));
+                  : bucket_from_extremes(p[arg_max], arg_max, p[arg_min], arg_min, half));
         }
       }
     }
@@ -70,7 +67,10 @@ at::Tensor hash_buckets(const at::Tensor& qk_acc, const at::Tensor& rotations,
     const int64_t padded_cols = round_up(cols, kTileCols<scalar_t>);
     auto rot = at::zeros({s.rotation_heads, s.dim, padded_cols}, qk_acc.options());
     rot.narrow(2, 0, cols).copy_(rotations.reshape({s.rotation_heads, s.dim, cols}));
-    hash_rows<scalar_t>(qk_acc.data_ptr<scalar_t>(), rot.data_ptr<scalar_t>(),
+    auto packed = at::empty_like(rot);
+    for (int64_t h = 0; h < s.rotation_heads; ++h)
+      pack_panels(rot[h].data_ptr<scalar_t>(), s.dim, padded_cols, packed[h].data_ptr<scalar_t>());
+    hash_rows<scalar_t>(qk_acc.data_ptr<scalar_t>(), packed.data_ptr<scalar_t>(),
                         padding.data_ptr<uint8_t>(), s, padded_cols, buckets.data_ptr<int32_t>());
   });
   return buckets;

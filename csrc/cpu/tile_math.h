@@ -16,7 +16,7 @@ namespace reformer::cpu {
 // Column tile of the GEMM: two 256-bit vectors' worth of floats (one of doubles) per row.
 template <typename T>
 constexpr int64_t kTileCols = 64 / sizeof(T) * 2;
-constexpr int64_t kTileRows = 4;
+constexpr int64_t kTileRows = 8;
 
 inline int64_t round_up(int64_t value, int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
@@ -42,19 +42,46 @@ inline void gemm_micro(int64_t K, const T* __restrict__ A, int64_t lda, const T*
 }
 
 // C[M x N] (+)= A[M x K] * B[K x N], all row-major with leading dimensions lda/ldb/ldc.
-// N must be a multiple of kTileCols<T> (callers pad their tiles with zeros).
+// N must be a multiple of kTileCols<T> (callers pad their tiles with zeros). B's column tile
+// j0 starts at B + (j0 / kTileCols) * b_panel_stride: kTileCols for a plain row-major B, or
+// K * kTileCols (with ldb = kTileCols) for a B packed panel by panel, which a B much wider than
+// a tile needs so its rows are not 4 KiB apart (see pack_panels).
 template <typename T>
 void tile_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
-               T* C, int64_t ldc, bool accumulate) {
+               T* C, int64_t ldc, bool accumulate, int64_t b_panel_stride = kTileCols<T>) {
   constexpr int64_t NR = kTileCols<T>;
   for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    const T* panel = B + (j0 / NR) * b_panel_stride;
     int64_t i0 = 0;
     for (; i0 + kTileRows <= M; i0 += kTileRows)
-      gemm_micro<T, kTileRows>(K, A + i0 * lda, lda, B + j0, ldb, C + i0 * ldc + j0, ldc,
+      gemm_micro<T, kTileRows>(K, A + i0 * lda, lda, panel, ldb, C + i0 * ldc + j0, ldc,
                                accumulate);
     for (; i0 < M; ++i0)
-      gemm_micro<T, 1>(K, A + i0 * lda, lda, B + j0, ldb, C + i0 * ldc + j0, ldc, accumulate);
+      gemm_micro<T, 1>(K, A + i0 * lda, lda, panel, ldb, C + i0 * ldc + j0, ldc, accumulate);
   }
+}
+
+// Packs a row-major K x N matrix (N a multiple of kTileCols) panel by panel: panel p holds
+// columns [p * kTileCols, (p + 1) * kTileCols) as a contiguous K x kTileCols block.
+template <typename T>
+void pack_panels(const T* src, int64_t K, int64_t N, T* dst) {
+  constexpr int64_t NR = kTileCols<T>;
+  for (int64_t p = 0; p < N / NR; ++p)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < NR; ++j) dst[(p * K + k) * NR + j] = src[k * N + p * NR + j];
+}
+
+// dst[c, r] = src[r, c] for a rows x cols tile, in square blocks so both sides stay in L1.
+template <typename T>
+void transpose_tile(const T* __restrict__ src, int64_t rows, int64_t cols, int64_t ld_src,
+                    T* __restrict__ dst, int64_t ld_dst) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+      const int64_t r1 = std::min(rows, r0 + kBlock), c1 = std::min(cols, c0 + kBlock);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = r0; r < r1; ++r) dst[c * ld_dst + r] = src[r * ld_src + c];
+    }
 }
 
 // exp(x) for float with ~1 ulp error, branch-free so loops over it vectorise; exactly 0 below
@@ -101,17 +128,41 @@ T row_max(const T* x, int64_t n) {
   return result;
 }
 
+// First index of the largest and of the smallest of x[0..n) (NaNs are skipped), in one
+// vectorisable pass: each lane keeps its own first extreme, then lanes are merged so that ties
+// go to the lowest index.
 template <typename T>
-T row_min(const T* x, int64_t n) {
-  T lanes[kLanes];
-  for (int64_t j = 0; j < kLanes; ++j) lanes[j] = std::numeric_limits<T>::infinity();
+void row_argmax_argmin(const T* x, int64_t n, int64_t& arg_max, int64_t& arg_min) {
+  T max_v[kLanes], min_v[kLanes];
+  int32_t max_i[kLanes], min_i[kLanes];
+  for (int64_t j = 0; j < kLanes; ++j) {
+    max_v[j] = -std::numeric_limits<T>::infinity();
+    min_v[j] = std::numeric_limits<T>::infinity();
+    max_i[j] = min_i[j] = 0;
+  }
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) lanes[j] = x[i + j] < lanes[j] ? x[i + j] : lanes[j];
-  T result = std::numeric_limits<T>::infinity();
-  for (; i < n; ++i) result = x[i] < result ? x[i] : result;
-  for (int64_t j = 0; j < kLanes; ++j) result = lanes[j] < result ? lanes[j] : result;
-  return result;
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const T v = x[i + j];
+      const int32_t idx = static_cast<int32_t>(i + j);
+      const bool bigger = v > max_v[j], smaller = v < min_v[j];
+      max_v[j] = bigger ? v : max_v[j];
+      max_i[j] = bigger ? idx : max_i[j];
+      min_v[j] = smaller ? v : min_v[j];
+      min_i[j] = smaller ? idx : min_i[j];
+    }
+  T best_max = -std::numeric_limits<T>::infinity(), best_min = std::numeric_limits<T>::infinity();
+  arg_max = arg_min = 0;
+  for (int64_t j = 0; j < kLanes; ++j) {
+    if (max_v[j] > best_max || (max_v[j] == best_max && max_i[j] < arg_max))
+      best_max = max_v[j], arg_max = max_i[j];
+    if (min_v[j] < best_min || (min_v[j] == best_min && min_i[j] < arg_min))
+      best_min = min_v[j], arg_min = min_i[j];
+  }
+  for (; i < n; ++i) {  // the tail comes after every lane's indices: strict comparisons
+    if (x[i] > best_max) best_max = x[i], arg_max = i;
+    if (x[i] < best_min) best_min = x[i], arg_min = i;
+  }
 }
 
 // x[i] = exp(x[i] - shift); returns the sum of the new x.
