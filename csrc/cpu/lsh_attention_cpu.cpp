@@ -242,12 +242,12 @@ void probabilities_and_logit_grads(const ChunkInputs<acc_t>& in, const int32_t* 
 }
 
 // The backward of one head, one query chunk after another in a fixed order: for each chunk,
-// recompute P and dS over its whole window once, then add dq to the query rows and Pᵀ·dO and
-// dSᵀ·Q to the key rows (dv and the gradient of the normalised keys). One thread owns a head,
+// recompute P and dS over its whole window once, then add dq to the query rows, and Pᵀ·dO and
+// dSᵀ·Q (through the key normalisation) to the key rows. One thread owns a head,
 // so there are no races, no atomics, and the summation order does not depend on threading.
 template <typename acc_t>
 void backward_head(const ChunkInputs<acc_t>& in, int64_t bh, const acc_t* dout,
-                   const acc_t* stats, const acc_t* delta, acc_t* dqk, acc_t* dkey, acc_t* dv) {
+                   const acc_t* stats, const acc_t* delta, acc_t* dqk, acc_t* dv) {
   const LshShape& s = in.s;
   constexpr int64_t NR = kTileCols<acc_t>;
   const int64_t m = s.bucket_size, W = in.max_window();
@@ -301,23 +301,21 @@ void backward_head(const ChunkInputs<acc_t>& in, int64_t bh, const acc_t* dout,
       acc_t* dst = dqk + (bh * s.length + qpos[i]) * D;
       for (int64_t d = 0; d < D; ++d) dst[d] += in.scale * dq[i * dp + d];
     }
+    // Keys: dv, and through the key normalisation k = g x: dx = g (dk - g^2 x (x . dk)) with
+    // dk = scale · dSᵀ·Q (applied per window, so no per-position key-gradient buffer exists).
     for (int64_t n = 0; n < nk; ++n) {
-      acc_t* dkey_row = dkey + (bh * s.length + kpos[n]) * D;
-      acc_t* dv_row = dv + (bh * s.length + kpos[n]) * Dv;
-      for (int64_t d = 0; d < D; ++d) dkey_row[d] += in.scale * dk[n * dp + d];
+      const int64_t at = bh * s.length + kpos[n];
+      const acc_t* x = in.qk + at * D;
+      const acc_t* dk_row = dk + n * dp;
+      const acc_t g = in.key_scale[at];
+      acc_t dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += x[d] * dk_row[d];
+      const acc_t a = g * in.scale, b = g * g * g * in.scale * dot;
+      acc_t* dx = dqk + at * D;
+      for (int64_t d = 0; d < D; ++d) dx[d] += a * dk_row[d] - b * x[d];
+      acc_t* dv_row = dv + at * Dv;
       for (int64_t d = 0; d < Dv; ++d) dv_row[d] += dvk[n * dvp + d];
     }
-  }
-  // Through the key normalisation k = g x (linear in the key gradient dk, so it is applied once
-  // to the sum over all windows): dx = g (dk - g^2 x (x . dk)).
-  for (int64_t j = 0; j < s.length; ++j) {
-    const int64_t at = bh * s.length + j;
-    const acc_t* x = in.qk + at * D;
-    const acc_t* dk = dkey + at * D;
-    const acc_t g = in.key_scale[at];
-    acc_t dot = 0;
-    for (int64_t d = 0; d < D; ++d) dot += x[d] * dk[d];
-    for (int64_t d = 0; d < D; ++d) dqk[at * D + d] += g * (dk[d] - g * g * dot * x[d]);
   }
 }
 
@@ -419,7 +417,6 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
 
   auto dqk = at::zeros({s.batch, s.heads, s.length, s.dim}, qk_acc.options());
   auto dv = at::zeros({s.batch, s.heads, s.length, s.value_dim}, qk_acc.options());
-  auto dkey = at::zeros_like(dqk);  // gradient w.r.t. the normalised keys, summed per position
   if (dqk.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(acc, "lsh_attention_backward_cpu", [&] {
       const auto g = key_scales<scalar_t>(qk_acc, s);
@@ -431,14 +428,12 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
       const scalar_t* delta_ptr = delta.data_ptr<scalar_t>();
       scalar_t* dqk_ptr = dqk.data_ptr<scalar_t>();
       scalar_t* dv_ptr = dv.data_ptr<scalar_t>();
-      scalar_t* dkey_ptr = dkey.data_ptr<scalar_t>();
       const int64_t head_work =
           3 * s.n_chunks * chunk_work(s, n_chunks_before + n_chunks_after + 1);
       at::parallel_for(0, s.batch * s.heads, grain_for(head_work), [&](int64_t begin,
                                                                        int64_t end) {
         for (int64_t bh = begin; bh < end; ++bh)
-          backward_head<scalar_t>(in, bh, dout_ptr, stats_ptr, delta_ptr, dqk_ptr, dkey_ptr,
-                                  dv_ptr);
+          backward_head<scalar_t>(in, bh, dout_ptr, stats_ptr, delta_ptr, dqk_ptr, dv_ptr);
       });
     });
   }
