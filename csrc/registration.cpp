@@ -20,4 +20,22 @@ TORCH_LIBRARY(reformer, m) {
       "Tensor out, Tensor softmax_stats, Tensor sorted_positions, Tensor? key_padding_mask, "
       "int bucket_size, bool causal, int n_chunks_before, int n_chunks_after, float scale) "
       "-> (Tensor grad_qk, Tensor grad_v)");
+  // Chunked feed-forward (SPEC §2), csrc/chunked_ffn.{h,cpp}: y = W2 · dropout(act(W1 · x + b1)) + b2
+  // on x (..., d_model), chunk_size positions at a time; activation "gelu", "gelu_tanh", "relu" or
+  // "silu"; dropout_p in [0, 1) on the hidden activation with a mask that is a pure function of
+  // (dropout_seed, element index). The backward recomputes the hidden activation chunk by chunk;
+  // output_mask selects (grad_x, grad_w1, grad_b1, grad_w2, grad_b2), the others (and those of
+  // absent biases) come back undefined (None).
+  // Its fake kernels and autograd live in reformer_ext/feed_forward.py (set_python_module applies
+  // to the defs that follow it, up to the next set_python_module).
+  m.set_python_module("reformer_ext.feed_forward");
+  m.def(
+      "chunked_ffn(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, int chunk_size, "
+      "str activation, float dropout_p, int dropout_seed) -> Tensor");
+  m.def(
+      "chunked_ffn_backward(Tensor grad_out, Tensor x, Tensor w1, Tensor? b1, Tensor w2, "
+      "Tensor? b2, int chunk_size, str activation, float dropout_p, int dropout_seed, "
+      "bool[5] output_mask) -> (Tensor grad_x, Tensor grad_w1, Tensor grad_b1, Tensor grad_w2, "
+      "Tensor grad_b2)");
+  m.set_python_module("reformer_ext.ops");  // back to the default for defs added below
 }

@@ -6,6 +6,8 @@ from . import _library
 _library.load()
 
 from .ops import lsh_attention, lsh_buckets, random_rotations  # noqa: E402
+from .feed_forward import chunked_feed_forward  # noqa: E402
+from . import nn  # noqa: E402
 
-__all__ = ["lsh_attention", "lsh_buckets", "random_rotations"]
+__all__ = ["chunked_feed_forward", "lsh_attention", "lsh_buckets", "nn", "random_rotations"]
 __version__ = "0.1.0"

@@ -1,0 +1,411 @@
+// reformer::chunked_ffn and reformer::chunked_ffn_backward (SPEC §2): one device-generic
+// implementation on ATen, registered below for both the CPU and the CUDA dispatch keys.
+//
+// Forward, per chunk of at most chunk_size rows of x viewed as (N, d_model):
+//   h = x_c · W1ᵀ                 (GEMM into a (chunk, d_ff) buffer reused by every chunk)
+//   h = act(h + b1) ⊙ keep        (bias, activation and dropout mask in one pass; the CPU
+//                                  kernel evaluates the mask inline, elsewhere it is a tensor)
+//   y_c = b2 + s · h · W2ᵀ        (addmm straight into the output rows; s = 1 / (1 - p))
+// Backward, per chunk, with two reused (chunk, d_ff) buffers `pre` and `a`:
+//   z = x_c · W1ᵀ + b1            (recomputed)
+//   a = act(z) ⊙ keep;  pre = act'(z) ⊙ keep      (one pass: the transcendental is shared)
+//   gW2 += s · g_cᵀ · a
+//   a = s · g_c · W2;  a = a ⊙ pre;  gb1 += Σ_rows a   (one pass)
+//   gW1 += aᵀ · x_c;  gx_c = a · W1
+// gb2 = Σ_rows g. The fused passes are the CPU kernels of cpu/ffn_cpu.cpp (float32, float64).
+// Other dtypes and devices compose the same steps from ATen operators (addmm with the bias,
+// in-place activation, masked_fill_, activation backward, sum); on CUDA, relu and gelu_tanh with
+// a bias use at::_addmm_activation (cuBLASLt's bias+activation epilogue) in the forward.
+// Weight gradients are accumulated in a fixed chunk order (deterministic), in float32 for
+// float16 / bfloat16 inputs. Nothing of size (N, d_ff) is ever allocated.
+//
+// Dropout mask (also documented in chunked_ffn.h and mirrored in reformer_ext/feed_forward.py):
+// element e = row · d_ff + col of the (N, d_ff) hidden activation gets the 64-bit word
+//   word(e) = mix64(seed + (e + 1) · γ),  γ = 0x9E3779B97F4A7C15      (arithmetic mod 2^64)
+//   mix64(z): z ^= z >> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >> 27; z *= 0x94D049BB133111EB;
+//             z ^= z >> 31                                       (logical shifts)
+// i.e. the (e + 1)-th output of Vigna's SplitMix64 seeded with dropout_seed, and is dropped iff
+// word(e), read as a signed int64, is < -2^63 + p · 2^64 (p · 2^64 is exact for a double p).
+// It is computed with int64 ATen tensor ops (two's-complement wrap-around on every backend;
+// logical shifts as arithmetic shifts followed by a mask), so the mask is the same on every
+// device, for every chunk_size, and in forward and backward.
+#include "chunked_ffn.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "cpu/ffn_cpu.h"
+
+namespace reformer {
+namespace {
+
+using ffn_dropout::kGamma;
+using ffn_dropout::kMix1;
+using ffn_dropout::kMix2;
+
+// Two's-complement reinterpretation (well defined since C++20).
+constexpr int64_t as_int64(uint64_t v) { return static_cast<int64_t>(v); }
+
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_operand(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type(), name, " must have the dtype of x (",
+                    x.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " must be on the same device as x (",
+                    x.device(), "), got ", t.device());
+}
+
+// Regenerates the dropout mask of any block of rows of the (N, d_ff) hidden activation. The
+// int64 work buffers are allocated once per call and reused by every chunk.
+class HiddenDropout {
+ public:
+  HiddenDropout(double p, int64_t seed, int64_t d_ff, int64_t max_rows,
+                const at::TensorOptions& device_options)
+      : d_ff_(d_ff), seed_(seed) {
+    threshold_ = ffn_dropout::threshold(p);  // -2^63 + p · 2^64
+    const auto i64 = device_options.dtype(at::kLong);
+    col_term_ = at::arange(1, d_ff + 1, i64).mul_(as_int64(kGamma)).unsqueeze(0);
+    word_ = at::empty({max_rows, d_ff}, i64);
+    shifted_ = at::empty({max_rows, d_ff}, i64);
+    dropped_ = at::empty({max_rows, d_ff}, device_options.dtype(at::kBool));
+  }
+
+  // Bool (n, d_ff): true where the hidden element of rows row0 .. row0 + n - 1 is dropped.
+  at::Tensor dropped(int64_t row0, int64_t n) {
+    // seed + (row · d_ff + col + 1) · γ = [seed + row · (d_ff · γ)] + [(col + 1) · γ]
+    const auto row_term = at::arange(row0, row0 + n, col_term_.options())
+                              .mul_(as_int64(static_cast<uint64_t>(d_ff_) * kGamma))
+                              .add_(seed_)
+                              .unsqueeze(1);
+    auto z = word_.narrow(0, 0, n);
+    auto t = shifted_.narrow(0, 0, n);
+    at::add_out(z, row_term, col_term_);
+    xor_shift_right(z, t, 30);
+    z.mul_(as_int64(kMix1));
+    xor_shift_right(z, t, 27);
+    z.mul_(as_int64(kMix2));
+    xor_shift_right(z, t, 31);
+    auto dropped = dropped_.narrow(0, 0, n);
+    at::lt_out(dropped, z, threshold_);
+    return dropped;
+  }
+
+ private:
+  // z ^= z >>> k (logical shift: arithmetic shift, then clear the k sign-extended bits).
+  static void xor_shift_right(at::Tensor& z, at::Tensor& t, int64_t k) {
+    at::bitwise_right_shift_out(t, z, k);
+    t.bitwise_and_(as_int64((uint64_t{1} << (64 - k)) - 1));
+    z.bitwise_xor_(t);
+  }
+
+  int64_t d_ff_;
+  int64_t seed_;
+  int64_t threshold_ = 0;
+  at::Tensor col_term_, word_, shifted_, dropped_;
+};
+
+// Everything a chunk loop needs, derived once per call.
+struct FfnProblem {
+  FfnShape shape;
+  int64_t chunk = 1;  // rows per chunk, <= max(N, 1)
+  at::Tensor x2d;     // (N, d_model), contiguous
+  at::Tensor w1t, w2t;
+  c10::optional<at::Tensor> b1, b2;
+  double dropout_p = 0.0;
+  double scale = 1.0;  // 1 / (1 - dropout_p)
+  int64_t seed = 0;
+
+  FfnProblem(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1_,
+             const at::Tensor& w2, const c10::optional<at::Tensor>& b2_, int64_t chunk_size,
+             std::string_view activation, double p, int64_t seed_)
+      : shape(check_chunked_ffn_args(x, w1, b1_, w2, b2_, chunk_size, activation, p)),
+        b1(b1_),
+        b2(b2_),
+        dropout_p(p),
+        scale(p > 0.0 ? 1.0 / (1.0 - p) : 1.0),
+        seed(seed_) {
+    chunk = std::max<int64_t>(1, std::min(chunk_size, shape.rows));
+    x2d = x.contiguous().view({shape.rows, shape.d_model});
+    w1t = w1.t();
+    w2t = w2.t();
+  }
+
+  bool has_dropout() const { return dropout_p > 0.0; }
+  cpu::HiddenDropoutRows dropout_rows(int64_t first_row) const {
+    return {dropout_p, seed, first_row};
+  }
+
+  // pre = x_c · W1ᵀ + b1, fused with the activation when `activate` and a fused kernel exists
+  // (cuBLASLt epilogue for relu / gelu_tanh on CUDA). Returns whether it was activated.
+  bool first_linear(at::Tensor& pre, const at::Tensor& x_c, bool activate) const {
+    const bool fused = activate && b1.has_value() && x_c.is_cuda() &&
+                       (shape.activation == FfnActivation::Relu ||
+                        shape.activation == FfnActivation::GeluTanh);
+    if (fused) {
+      at::_addmm_activation_out(pre, *b1, x_c, w1t, 1, 1,
+                                /*use_gelu=*/shape.activation == FfnActivation::GeluTanh);
+    } else if (b1.has_value()) {
+      at::addmm_out(pre, *b1, x_c, w1t);
+    } else {
+      at::mm_out(pre, x_c, w1t);
+    }
+    return fused;
+  }
+};
+
+void activation_inplace(at::Tensor& h, FfnActivation act) {
+  switch (act) {
+    case FfnActivation::Gelu: at::gelu_(h, "none"); break;
+    case FfnActivation::GeluTanh: at::gelu_(h, "tanh"); break;
+    case FfnActivation::Relu: at::relu_(h); break;
+    case FfnActivation::Silu: at::silu_(h); break;
+  }
+}
+
+void activation_out(at::Tensor& out, const at::Tensor& pre, FfnActivation act) {
+  switch (act) {
+    case FfnActivation::Gelu: at::gelu_out(out, pre, "none"); break;
+    case FfnActivation::GeluTanh: at::gelu_out(out, pre, "tanh"); break;
+    case FfnActivation::Relu: at::clamp_min_out(out, pre, 0); break;
+    case FfnActivation::Silu: at::silu_out(out, pre); break;
+  }
+}
+
+// grad = act'(pre) ⊙ grad, in place.
+void activation_backward_inplace(at::Tensor& grad, const at::Tensor& pre, FfnActivation act) {
+  switch (act) {
+    case FfnActivation::Gelu: at::gelu_backward_out(grad, grad, pre, "none"); break;
+    case FfnActivation::GeluTanh: at::gelu_backward_out(grad, grad, pre, "tanh"); break;
+    case FfnActivation::Relu: at::threshold_backward_out(grad, grad, pre, 0); break;
+    case FfnActivation::Silu: at::silu_backward_out(grad, grad, pre); break;
+  }
+}
+
+// Accumulates alpha · a · b into acc (float32 for reduced-precision inputs).
+void accumulate_mm(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, double alpha) {
+  if (acc.scalar_type() == a.scalar_type()) {
+    acc.addmm_(a, b, /*beta=*/1, alpha);
+  } else {
+    acc.add_(at::mm(a, b), alpha);
+  }
+}
+
+}  // namespace
+
+FfnActivation parse_ffn_activation(std::string_view activation) {
+  if (activation == "gelu") return FfnActivation::Gelu;
+  if (activation == "gelu_tanh") return FfnActivation::GeluTanh;
+  if (activation == "relu") return FfnActivation::Relu;
+  if (activation == "silu") return FfnActivation::Silu;
+  TORCH_CHECK_VALUE(false, "activation must be one of 'gelu', 'gelu_tanh', 'relu', 'silu', got '",
+                    activation, "'");
+  return FfnActivation::Gelu;  // unreachable
+}
+
+FfnShape check_chunked_ffn_args(const at::Tensor& x, const at::Tensor& w1,
+                                const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                const c10::optional<at::Tensor>& b2, int64_t chunk_size,
+                                std::string_view activation, double dropout_p) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have shape (..., d_model), got a 0-dimensional tensor");
+  TORCH_CHECK_VALUE(is_supported_float(x.scalar_type()),
+                    "x must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
+  FfnShape s;
+  s.d_model = x.size(-1);
+  s.rows = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
+  TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(1) == s.d_model,
+                    "w1 must have shape (d_ff, d_model) with d_model = ", s.d_model,
+                    " (x's last dimension), got ", w1.sizes());
+  s.d_ff = w1.size(0);
+  TORCH_CHECK_VALUE(w2.dim() == 2 && w2.size(0) == s.d_model && w2.size(1) == s.d_ff,
+                    "w2 must have shape (d_model, d_ff) = (", s.d_model, ", ", s.d_ff,
+                    ") (d_model from x, d_ff from w1), got ", w2.sizes());
+  check_operand(w1, "w1", x);
+  check_operand(w2, "w2", x);
+  if (b1.has_value()) {
+    TORCH_CHECK_VALUE(b1->dim() == 1 && b1->size(0) == s.d_ff, "b1 must have shape (d_ff,) = (",
+                      s.d_ff, ",), got ", b1->sizes());
+    check_operand(*b1, "b1", x);
+  }
+  if (b2.has_value()) {
+    TORCH_CHECK_VALUE(b2->dim() == 1 && b2->size(0) == s.d_model,
+                      "b2 must have shape (d_model,) = (", s.d_model, ",), got ", b2->sizes());
+    check_operand(*b2, "b2", x);
+  }
+  TORCH_CHECK_VALUE(chunk_size >= 1, "chunk_size must be >= 1, got ", chunk_size);
+  s.activation = parse_ffn_activation(activation);
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "dropout_p must be in [0, 1), got ",
+                    dropout_p);
+  return s;
+}
+
+at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
+                       const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                       const c10::optional<at::Tensor>& b2, int64_t chunk_size,
+                       c10::string_view activation, double dropout_p, int64_t dropout_seed) {
+  const FfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
+  const FfnShape& s = P.shape;
+  auto out = at::empty({s.rows, s.d_model}, x.options());
+  if (s.rows == 0) return out.view(x.sizes());
+  auto hidden = at::empty({P.chunk, s.d_ff}, x.options());
+  const bool fused = cpu::ffn_fused_supported(hidden);
+  c10::optional<HiddenDropout> dropout;  // the mask as tensors, where no fused kernel exists
+  if (P.has_dropout() && !fused) {
+    dropout.emplace(P.dropout_p, P.seed, s.d_ff, P.chunk, x.options());
+  }
+
+  for (int64_t row0 = 0; row0 < s.rows; row0 += P.chunk) {
+    const int64_t n = std::min(P.chunk, s.rows - row0);
+    const auto x_c = P.x2d.narrow(0, row0, n);
+    auto h = hidden.narrow(0, 0, n);
+    if (fused) {  // CPU float/double: h = act(x_c W1ᵀ + b1) ⊙ keep, one pass after the GEMM
+      at::mm_out(h, x_c, P.w1t);
+      cpu::ffn_bias_activation_(h, b1.value_or(at::Tensor()), P.dropout_rows(row0),
+                                s.activation);
+    } else {
+      if (!P.first_linear(h, x_c, /*activate=*/true)) activation_inplace(h, s.activation);
+      if (dropout) h.masked_fill_(dropout->dropped(row0, n), 0);
+    }
+    auto y_c = out.narrow(0, row0, n);
+    if (b2.has_value()) {
+      at::addmm_out(y_c, *b2, h, P.w2t, /*beta=*/1, /*alpha=*/P.scale);
+    } else if (P.scale != 1.0) {
+      at::addmm_out(y_c, y_c, h, P.w2t, /*beta=*/0, /*alpha=*/P.scale);  // beta 0: y_c ignored
+    } else {
+      at::mm_out(y_c, h, P.w2t);
+    }
+  }
+  return out.view(x.sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_ffn_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1,
+    const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+    const c10::optional<at::Tensor>& b2, int64_t chunk_size, c10::string_view activation,
+    double dropout_p, int64_t dropout_seed, std::array<bool, 5> output_mask) {
+  const FfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
+  const FfnShape& s = P.shape;
+  TORCH_CHECK_VALUE(grad_out.sizes() == x.sizes(), "grad_out must have the shape of x ",
+                    x.sizes(), ", got ", grad_out.sizes());
+  check_operand(grad_out, "grad_out", x);
+
+  const bool need_gx = output_mask[0], need_gw1 = output_mask[1];
+  const bool need_gb1 = output_mask[2] && b1.has_value();
+  const bool need_gw2 = output_mask[3];
+  const bool need_gb2 = output_mask[4] && b2.has_value();
+  const bool need_dpre = need_gx || need_gw1 || need_gb1;
+
+  const auto g2d = grad_out.contiguous().view({s.rows, s.d_model});
+  // Weight and bias gradients accumulate in float32 for float16 / bfloat16 inputs.
+  const bool reduced = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  const auto acc_opts = reduced ? x.options().dtype(at::kFloat) : x.options();
+  at::Tensor gx, gw1, gb1, gw2, gb2;
+  if (need_gx) gx = at::empty({s.rows, s.d_model}, x.options());
+  if (need_gw1) gw1 = at::zeros({s.d_ff, s.d_model}, acc_opts);
+  if (need_gb1) gb1 = at::zeros({s.d_ff}, acc_opts);
+  if (need_gw2) gw2 = at::zeros({s.d_model, s.d_ff}, acc_opts);
+  if (need_gb2) gb2 = at::sum(g2d, {0}, /*keepdim=*/false, acc_opts.dtype().toScalarType());
+
+  if (s.rows > 0 && (need_dpre || need_gw2)) {
+    auto pre_buf = at::empty({P.chunk, s.d_ff}, x.options());
+    auto a_buf = at::empty({P.chunk, s.d_ff}, x.options());
+    const bool fused = cpu::ffn_fused_supported(pre_buf);
+    c10::optional<HiddenDropout> dropout;  // the mask as tensors, where no fused kernel exists
+    if (P.has_dropout() && !fused) {
+      dropout.emplace(P.dropout_p, P.seed, s.d_ff, P.chunk, x.options());
+    }
+    // relu's derivative can be read off its output, so relu needs no separate pre-activation.
+    const bool relu = s.activation == FfnActivation::Relu;
+
+    for (int64_t row0 = 0; row0 < s.rows; row0 += P.chunk) {
+      const int64_t n = std::min(P.chunk, s.rows - row0);
+      const auto x_c = P.x2d.narrow(0, row0, n);
+      const auto g_c = g2d.narrow(0, row0, n);
+      auto pre = pre_buf.narrow(0, 0, n);
+      auto a = a_buf.narrow(0, 0, n);
+      at::Tensor dropped;
+      if (dropout) dropped = dropout->dropped(row0, n);
+
+      if (fused) {
+        // CPU float/double: one pass gives a = act(z) ⊙ keep and pre = act'(z) ⊙ keep, z the
+        // recomputed pre-activation; a second fuses the product with it and b1's column sums.
+        at::mm_out(pre, x_c, P.w1t);
+        cpu::ffn_bias_activation_grad_(pre, a, b1.value_or(at::Tensor()), P.dropout_rows(row0),
+                                       s.activation);
+        if (need_gw2) accumulate_mm(gw2, g_c.t(), a, P.scale);
+        if (!need_dpre) continue;
+        if (P.scale != 1.0) {
+          at::addmm_out(a, a, g_c, w2, /*beta=*/0, /*alpha=*/P.scale);  // beta 0: a ignored
+        } else {
+          at::mm_out(a, g_c, w2);
+        }
+        cpu::ffn_mul_colsum_(a, pre, need_gb1 ? gb1 : at::Tensor());  // a = d(loss)/d(pre)
+        if (need_gw1) accumulate_mm(gw1, a.t(), x_c, 1.0);
+        if (need_gx) {
+          auto gx_c = gx.narrow(0, row0, n);
+          at::mm_out(gx_c, a, w1);
+        }
+        continue;
+      }
+
+      const bool activated = P.first_linear(pre, x_c, /*activate=*/relu);
+      if (relu) {
+        // pre becomes the dropped-out activation itself: relu'(z) = [relu(z) > 0], and where an
+        // element is dropped its incoming gradient is zero whatever pre holds there.
+        if (!activated) at::relu_(pre);
+        if (dropout) pre.masked_fill_(dropped, 0);
+        if (need_gw2) accumulate_mm(gw2, g_c.t(), pre, P.scale);
+      } else if (need_gw2) {
+        activation_out(a, pre, s.activation);
+        if (dropout) a.masked_fill_(dropped, 0);
+        accumulate_mm(gw2, g_c.t(), a, P.scale);
+      }
+      if (!need_dpre) continue;
+      if (P.scale != 1.0) {
+        at::addmm_out(a, a, g_c, w2, /*beta=*/0, /*alpha=*/P.scale);  // beta 0: a ignored
+      } else {
+        at::mm_out(a, g_c, w2);
+      }
+      if (dropout) a.masked_fill_(dropped, 0);
+      activation_backward_inplace(a, pre, s.activation);  // a = d(loss)/d(pre)
+      if (need_gb1) {
+        if (reduced) {
+          gb1.add_(at::sum(a, {0}, /*keepdim=*/false, at::kFloat));
+        } else {
+          gb1.add_(a.sum(0));
+        }
+      }
+      if (need_gw1) accumulate_mm(gw1, a.t(), x_c, 1.0);
+      if (need_gx) {
+        auto gx_c = gx.narrow(0, row0, n);
+        at::mm_out(gx_c, a, w1);
+      }
+    }
+  }
+  const auto finish = [&](const at::Tensor& t) {
+    return t.defined() && t.scalar_type() != x.scalar_type() ? t.to(x.scalar_type()) : t;
+  };
+  return {need_gx ? gx.view(x.sizes()) : at::Tensor(), finish(gw1), finish(gb1), finish(gw2),
+          finish(gb2)};
+}
+
+}  // namespace reformer
+
+// One function for both devices: besides ATen operators (the CPU BLAS / cuBLAS GEMMs) it only
+// calls the fused CPU kernels, and only for CPU float32/float64 tensors.
+TORCH_LIBRARY_IMPL(reformer, CPU, m) {
+  m.impl("chunked_ffn", &reformer::chunked_ffn);
+  m.impl("chunked_ffn_backward", &reformer::chunked_ffn_backward);
+}
+
+TORCH_LIBRARY_IMPL(reformer, CUDA, m) {
+  m.impl("chunked_ffn", &reformer::chunked_ffn);
+  m.impl("chunked_ffn_backward", &reformer::chunked_ffn_backward);
+}

@@ -1,0 +1,175 @@
+"""Chunked feed-forward (SPEC §2): the functional API over torch.ops.reformer.chunked_ffn and the
+Python-side registrations (fake kernels, autograd) that make the operator work with autograd,
+fake tensors and torch.compile.
+
+    y = W2 · dropout(act(W1 · x + b1)) + b2,  position-wise on x (..., d_model)
+
+computed ``chunk_size`` positions at a time in the forward AND the backward: the backward
+recomputes each chunk's hidden activation, so the (N, d_ff) hidden tensor never exists.
+
+Dropout on the hidden activation is deterministic given a seed. The mask is a pure function of
+(seed, element index), the same on every device, for every chunk_size, and in the forward and
+the backward's recompute. Element e = row · d_ff + col of the (N, d_ff) hidden activation
+(row-major; N = the positions of x in order) gets the word
+
+    word(e) = mix64(seed + (e + 1) · 0x9E3779B97F4A7C15)                  (mod 2^64)
+    mix64(z): z ^= z >> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >> 27; z *= 0x94D049BB133111EB;
+              z ^= z >> 31                                          (logical shifts)
+
+(the (e + 1)-th output of SplitMix64 seeded with ``seed``) and is dropped iff word(e), read as a
+signed 64-bit integer, is < -2^63 + p · 2^64; kept elements are scaled by 1 / (1 - p).
+:func:`hidden_dropout_keep_mask` computes the same mask in Python.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["chunked_feed_forward", "draw_dropout_seed", "hidden_dropout_keep_mask", "ACTIVATIONS"]
+
+#: Accepted values of ``activation``: exact GELU, tanh-approximated GELU, ReLU, SiLU.
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+
+_MASK64 = (1 << 64) - 1
+_GAMMA = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake (meta) kernels: shapes only depend on the input shapes.
+
+
+@torch.library.register_fake("reformer::chunked_ffn")
+def _chunked_ffn_fake(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed):
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("reformer::chunked_ffn_backward")
+def _chunked_ffn_backward_fake(grad_out, x, w1, b1, w2, b2, chunk_size, activation, dropout_p,
+                               dropout_seed, output_mask):
+    def grad(t, needed):
+        return t.new_empty(t.shape) if needed and t is not None else None
+
+    return tuple(grad(t, m) for t, m in zip((x, w1, b1, w2, b2), output_mask))
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd: the backward operator recomputes the hidden activation chunk by chunk from the inputs.
+
+
+def _chunked_ffn_setup_context(ctx, inputs, output):
+    x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed = inputs
+    ctx.save_for_backward(x, w1, b1, w2, b2)
+    ctx.options = (chunk_size, activation, dropout_p, dropout_seed)
+
+
+def _chunked_ffn_backward(ctx, grad_out):
+    x, w1, b1, w2, b2 = ctx.saved_tensors
+    needed = [bool(n) for n in ctx.needs_input_grad[:5]]
+    if not any(needed):
+        return (None,) * 9
+    grads = torch.ops.reformer.chunked_ffn_backward(grad_out, x, w1, b1, w2, b2, *ctx.options,
+                                                    needed)
+    return (*grads, None, None, None, None)
+
+
+torch.library.register_autograd(
+    "reformer::chunked_ffn", _chunked_ffn_backward, setup_context=_chunked_ffn_setup_context
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout mask and seeds
+
+
+def _as_int64(value: int) -> int:
+    """Python int -> the int64 with the same low 64 bits."""
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def draw_dropout_seed(generator: Optional[torch.Generator] = None) -> int:
+    """A fresh 63-bit dropout seed from torch's CPU RNG (or ``generator``), so that
+    ``torch.manual_seed`` makes dropout reproducible."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator))
+
+
+def hidden_dropout_keep_mask(n_rows: int, d_ff: int, p: float, seed: int, *, row_offset: int = 0,
+                             device=None) -> Tensor:
+    """The keep mask (bool, ``(n_rows, d_ff)``) that ``chunked_ffn`` applies to rows
+    ``row_offset .. row_offset + n_rows - 1`` of the hidden activation for dropout rate ``p``
+    and ``seed`` (see the module docstring). Kept elements are scaled by 1 / (1 - p)."""
+    i64 = dict(dtype=torch.int64, device=device)
+    cols = torch.arange(1, d_ff + 1, **i64) * _as_int64(_GAMMA)
+    rows = (torch.arange(row_offset, row_offset + n_rows, **i64) * _as_int64(d_ff * _GAMMA)
+            + _as_int64(seed))
+    z = rows[:, None] + cols[None, :]
+    for shift, mult in ((30, _MIX1), (27, _MIX2), (31, None)):
+        z ^= (z >> shift) & ((1 << (64 - shift)) - 1)
+        if mult is not None:
+            z *= _as_int64(mult)
+    threshold = _as_int64(int(math.ldexp(p, 64)) ^ (1 << 63))  # -2^63 + p · 2^64
+    return z >= threshold
+
+
+# ---------------------------------------------------------------------------------------------
+# Functional API
+
+
+def _require_tensor(value, name: str) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def chunked_feed_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
+                         b2: Optional[Tensor], *, chunk_size: int = 1024,
+                         activation: str = "gelu", dropout: float = 0.0,
+                         dropout_seed: Optional[int] = None,
+                         generator: Optional[torch.Generator] = None) -> Tensor:
+    """Position-wise feed-forward ``W2 · dropout(act(W1 · x + b1)) + b2``, ``chunk_size``
+    positions at a time in forward and backward (SPEC §2).
+
+    x: ``(..., d_model)``; w1: ``(d_ff, d_model)`` and w2: ``(d_model, d_ff)`` (the nn.Linear
+    layout); b1 ``(d_ff,)`` and b2 ``(d_model,)`` may be None. All of one dtype (float32,
+    float64, float16, bfloat16) and device. activation: ``"gelu"`` (exact), ``"gelu_tanh"``,
+    ``"relu"`` or ``"silu"``. Memory beyond inputs, outputs and gradients is O(chunk_size · d_ff)
+    in forward and backward; the result equals the unchunked computation up to rounding.
+
+    dropout: probability in [0, 1) of zeroing a hidden activation (inverted dropout, applied
+    whenever dropout > 0; pass 0.0 for evaluation). The mask is a pure function of
+    ``dropout_seed`` and the element's index (module docstring), independent of chunk_size;
+    seeds are taken modulo 2^64. With dropout > 0 and no seed, one is drawn from torch's RNG
+    (``generator`` or the default CPU generator).
+    """
+    for value, name in ((x, "x"), (w1, "w1"), (w2, "w2")):
+        _require_tensor(value, name)
+    for value, name in ((b1, "b1"), (b2, "b2")):
+        if value is not None:
+            _require_tensor(value, name)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+        raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, "
+                         f"got {activation!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
+        raise TypeError(f"dropout must be a float, got {type(dropout).__name__}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    seed = 0
+    if dropout > 0.0:
+        if dropout_seed is None:
+            seed = draw_dropout_seed(generator)
+        elif isinstance(dropout_seed, bool) or not isinstance(dropout_seed, numbers.Integral):
+            raise TypeError(f"dropout_seed must be an int, got {type(dropout_seed).__name__}")
+        else:
+            seed = _as_int64(int(dropout_seed))
+    return torch.ops.reformer.chunked_ffn(x, w1, b1, w2, b2, int(chunk_size), activation,
+                                          float(dropout), seed)

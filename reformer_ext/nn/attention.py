@@ -1,0 +1,235 @@
+"""reformer_ext.nn.LSHSelfAttention: multi-head LSH self-attention with shared query/keys
+(SPEC §1, §4) over the ``reformer::lsh_attention`` operator."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch import nn as tnn
+
+from ..ops import lsh_attention
+
+__all__ = ["LSHSelfAttention", "seeded_rotations"]
+
+# SplitMix64 constants, as signed int64 (torch has no uint64 arithmetic).
+_MASK64 = (1 << 64) - 1
+
+
+def _i64(value: int) -> int:
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GAMMA = _i64(0x9E3779B97F4A7C15)
+_MIX1 = _i64(0xBF58476D1CE4E5B9)
+_MIX2 = _i64(0x94D049BB133111EB)
+
+
+def _mix64(z: Tensor) -> Tensor:
+    """SplitMix64's finaliser on int64 tensors (wrapping arithmetic, logical shifts)."""
+    z = z ^ ((z >> 30) & ((1 << 34) - 1))
+    z = z * _MIX1
+    z = z ^ ((z >> 27) & ((1 << 37) - 1))
+    z = z * _MIX2
+    return z ^ ((z >> 31) & ((1 << 33) - 1))
+
+
+def seeded_rotations(seed, shape, *, dtype: torch.dtype = torch.float32,
+                     device=None) -> Tensor:
+    """Deterministic N(0, 1) rotations of ``shape = (H, D, n_hashes, n_buckets // 2)``: a pure
+    function of ``seed`` (int or 0-dim int64 tensor) and of each element's index, computed with
+    tensor operations only (no torch.Generator, no host synchronisation, traceable by
+    torch.compile), identical on every device.
+
+    Element ``(h, d, r, k)`` uses the counter ``c = ((h·D + d)·n_hashes + r)·2^32 + k``: it does
+    not depend on ``n_buckets``, so the rotations for fewer buckets are a prefix (along the last
+    dimension) of those for more. Two words ``w_j = mix64(mix64(seed) + (2c + j + 1)·γ)``
+    (SplitMix64, γ = 0x9E3779B97F4A7C15) give uniforms ``u_j = ((w_j >>> 11) + 1) · 2^-53`` in
+    (0, 1], and Box-Muller ``sqrt(-2 ln u_0) · cos(2π u_1)`` the normal value (in float64, then
+    cast to ``dtype``).
+    """
+    heads, dim, n_hashes, half = shape  # no int(): sizes may be symbolic under torch.compile
+    if torch.is_tensor(seed):
+        seed_t = seed.to(dtype=torch.int64)
+        device = seed_t.device if device is None else torch.device(device)
+    else:
+        seed_t = torch.tensor(_i64(int(seed)), dtype=torch.int64)
+        device = torch.device("cpu") if device is None else torch.device(device)
+    # float64 is not available everywhere (MPS): compute there on the CPU.
+    calc = torch.device("cpu") if device.type == "mps" else device
+    seed_t = seed_t.to(calc)
+    i64 = dict(dtype=torch.int64, device=calc)
+    row = torch.arange(heads * dim * n_hashes, **i64)
+    counter = (row[:, None] << 32) + torch.arange(half, **i64)[None, :]
+    base = _mix64(seed_t.reshape(()))
+    words = [_mix64(base + (2 * counter + (j + 1)) * _GAMMA) for j in (0, 1)]
+    u0, u1 = (((w >> 11) & ((1 << 53) - 1)).to(torch.float64).add_(1.0).mul_(2.0 ** -53)
+              for w in words)
+    normal = torch.sqrt(-2.0 * torch.log(u0)) * torch.cos((2.0 * math.pi) * u1)
+    return normal.reshape(heads, dim, n_hashes, half).to(device=device, dtype=dtype)
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class LSHSelfAttention(tnn.Module):
+    """Multi-head LSH self-attention with shared query/keys (the Reformer's attention layer).
+
+    ``x (B, L, d_model)`` -> ``to_qk``, ``to_v`` (Linear, no bias) -> heads of ``d_head`` ->
+    :func:`reformer_ext.lsh_attention` -> merge heads -> ``to_out`` (Linear with bias) ->
+    dropout. Any ``L >= 1`` works.
+
+    Args:
+        d_model: input and output width.
+        n_heads: number of heads.
+        d_head: width of each head (default ``d_model // n_heads``, which must then divide).
+        bucket_size: chunk length after sorting by bucket (SPEC §1, ``m``).
+        n_hashes: hash rounds.
+        n_buckets: buckets per round (even int). Default: chosen per forward from the length,
+            ``max(2, 2 * ceil(L / bucket_size))`` (SPEC §4).
+        causal: mask keys after the query.
+        n_chunks_before, n_chunks_after: how many neighbouring chunks each chunk attends to.
+        dropout: dropout rate applied in training mode to the OUTPUT of ``to_out`` (as the
+            "hidden dropout" of the HF Reformer), with torch's default generator. The operator
+            has no dropout on the attention weights yet, so this is not attention-probability
+            dropout.
+        seed: the module's rotation seed (see below); default drawn from torch's default CPU
+            generator at construction, so ``torch.manual_seed`` before construction fixes it.
+        fixed_rotations: ``None`` (default): fresh random rotations per forward in training
+            mode, the module's fixed rotations in eval mode. ``True``: always the fixed ones.
+            ``False``: always fresh ones.
+
+    Rotations (the random projections of the hash, ``(n_heads, d_head, n_hashes,
+    n_buckets // 2)``, one set per head shared across the batch):
+
+    - fresh: drawn from N(0, 1) with torch's default generator of x's device (the CUDA
+      generator for CUDA inputs), so ``torch.manual_seed`` makes a training run reproducible
+      and :class:`~reformer_ext.nn.ReversibleSequence`'s RNG replay recomputes the same ones;
+    - fixed: :func:`seeded_rotations` of the buffer ``rotation_seed`` (an int64 scalar, saved
+      in the state_dict, so a loaded model evaluates identically). They are a pure function of
+      the seed and the shape (hence of n_buckets, i.e. of L when n_buckets is None), the same on
+      every device and in every process; no generator state is touched.
+
+    ``forward(x, key_padding_mask=None, *, rotations=None)``: ``key_padding_mask`` is ``(B, L)``
+    bool, True marks padding (outputs at padded positions are ``to_out``'s bias; outputs at the
+    other positions do not depend on padded tokens). Pass ``rotations`` to use given ones (e.g.
+    to recompute a forward); :meth:`make_rotations` returns those forward would use.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, *, d_head: Optional[int] = None,
+                 bucket_size: int = 64, n_hashes: int = 4, n_buckets: Optional[int] = None,
+                 causal: bool = False, n_chunks_before: int = 1, n_chunks_after: int = 0,
+                 dropout: float = 0.0, seed: Optional[int] = None,
+                 fixed_rotations: Optional[bool] = None, device=None, dtype=None):
+        super().__init__()
+        for value, name, minimum in ((d_model, "d_model", 1), (n_heads, "n_heads", 1),
+                                     (bucket_size, "bucket_size", 1), (n_hashes, "n_hashes", 1),
+                                     (n_chunks_before, "n_chunks_before", 0),
+                                     (n_chunks_after, "n_chunks_after", 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        if d_head is None:
+            if d_model % n_heads:
+                raise ValueError(f"d_model ({d_model}) is not divisible by n_heads ({n_heads}); "
+                                 "pass d_head")
+            d_head = d_model // n_heads
+        elif isinstance(d_head, bool) or not isinstance(d_head, int) or d_head < 1:
+            raise ValueError(f"d_head must be an int >= 1, got {d_head!r}")
+        if n_buckets is not None and (isinstance(n_buckets, bool) or not isinstance(n_buckets, int)
+                                      or n_buckets < 2 or n_buckets % 2):
+            raise ValueError(f"n_buckets must be None or an even int >= 2, got {n_buckets!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if fixed_rotations not in (None, True, False):
+            raise ValueError(f"fixed_rotations must be None, True or False, got {fixed_rotations!r}")
+        factory = dict(device=device, dtype=dtype)
+        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
+        self.bucket_size, self.n_hashes, self.n_buckets = bucket_size, n_hashes, n_buckets
+        self.causal = bool(causal)
+        self.n_chunks_before, self.n_chunks_after = n_chunks_before, n_chunks_after
+        self.dropout = float(dropout)
+        self.fixed_rotations = fixed_rotations
+        inner = n_heads * d_head
+        self.to_qk = tnn.Linear(d_model, inner, bias=False, **factory)
+        self.to_v = tnn.Linear(d_model, inner, bias=False, **factory)
+        self.to_out = tnn.Linear(inner, d_model, **factory)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()))
+        self.register_buffer("rotation_seed",
+                             torch.tensor(_i64(int(seed)), dtype=torch.int64, device=device))
+        # eager-mode cache of fixed rotations, checked against the seed buffer's identity and
+        # version counter, so reseed(), load_state_dict() and .to() invalidate it.
+        self._rotation_cache: dict = {}
+
+    # -----------------------------------------------------------------------------------------
+
+    def reseed(self, seed: int) -> None:
+        """Sets the seed of the fixed rotations."""
+        with torch.no_grad():
+            self.rotation_seed.fill_(_i64(int(seed)))
+
+    def buckets_for_length(self, length: int) -> int:
+        """n_buckets used for a sequence of ``length``."""
+        if self.n_buckets is not None:
+            return self.n_buckets
+        # = ops.default_n_buckets, in integer arithmetic (stays symbolic under torch.compile)
+        return max(2, 2 * ((length + self.bucket_size - 1) // self.bucket_size))
+
+    def uses_fixed_rotations(self) -> bool:
+        return (not self.training) if self.fixed_rotations is None else self.fixed_rotations
+
+    def make_rotations(self, length: int, device=None, dtype=torch.float32) -> Tensor:
+        """The rotations a forward on a length-``length`` input of ``dtype`` on ``device`` would
+        use now (fresh ones are drawn from the default generator: each call gives new ones)."""
+        device = self.rotation_seed.device if device is None else torch.device(device)
+        shape = (self.n_heads, self.d_head, self.n_hashes, self.buckets_for_length(length) // 2)
+        acc = _accumulation_dtype(dtype)
+        if self.uses_fixed_rotations():
+            if torch.compiler.is_compiling():
+                return seeded_rotations(self.rotation_seed, shape, dtype=acc, device=device)
+            seed = self.rotation_seed
+            key = (shape, device, acc)
+            entry = self._rotation_cache.get(key)
+            # valid while the seed is the same tensor (the entry holds it, so its memory cannot
+            # be reused by another) at the same version (fill_, copy_ by load_state_dict bump it)
+            if entry is None or entry[0] is not seed or entry[1] != seed._version:
+                if len(self._rotation_cache) >= 8:
+                    self._rotation_cache.clear()
+                entry = (seed, seed._version,
+                         seeded_rotations(seed, shape, dtype=acc, device=device))
+                self._rotation_cache[key] = entry
+            return entry[2]
+        return torch.randn(shape, dtype=acc, device=device)
+
+    def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None, *,
+                rotations: Optional[Tensor] = None) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (batch, length, {self.d_model}), got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        batch, length, _ = x.shape
+        heads, d_head = self.n_heads, self.d_head
+        qk = self.to_qk(x).view(batch, length, heads, d_head).transpose(1, 2)
+        v = self.to_v(x).view(batch, length, heads, d_head).transpose(1, 2)
+        if rotations is None:
+            rotations = self.make_rotations(length, x.device, x.dtype)
+        out = lsh_attention(qk, v, n_hashes=self.n_hashes, bucket_size=self.bucket_size,
+                            causal=self.causal, key_padding_mask=key_padding_mask,
+                            rotations=rotations, n_chunks_before=self.n_chunks_before,
+                            n_chunks_after=self.n_chunks_after)
+        out = self.to_out(out.transpose(1, 2).reshape(batch, length, heads * d_head))
+        if self.training and self.dropout > 0.0:
+            out = F.dropout(out, self.dropout, training=True)
+        return out
+
+    def extra_repr(self) -> str:
+        nb = self.n_buckets if self.n_buckets is not None else "auto"
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, d_head={self.d_head}, "
+                f"bucket_size={self.bucket_size}, n_hashes={self.n_hashes}, n_buckets={nb}, "
+                f"causal={self.causal}, n_chunks_before={self.n_chunks_before}, "
+                f"n_chunks_after={self.n_chunks_after}, dropout={self.dropout}, "
+                f"fixed_rotations={self.fixed_rotations}")

@@ -1,0 +1,552 @@
+"""Tests of the reversible Reformer modules (SPEC §3, §4): rx.nn.LSHSelfAttention,
+rx.nn.ReversibleSequence, rx.nn.Reformer and rx.nn.ReformerLM.
+
+- the reversible stack's output and every gradient (input and each parameter) equal those of the
+  same stack with reversible=False (float64 <= 1e-8, float32 <= 1e-4 relative), with dropout on
+  (same seed before each run) and off, causal and not, with a padding mask;
+- ReversibleSequence against the plain composition for generic blocks (Linear + dropout, shared
+  and frozen parameters, keyword arguments to f and g);
+- the global random state after backward is what it was before it;
+- the reversible forward saves the same tensors whatever the depth;
+- a 2-process DistributedDataParallel (gloo, CPU) step of ReformerLM gives the gradients of one
+  process on the whole batch;
+- a tiny ReformerLM learns a copy task;
+- padding, rotations (fresh in training, fixed in eval), any length, state_dict round trips.
+"""
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+import reformer_ext as rx
+from reformer_ext.nn.attention import seeded_rotations
+
+F64, F32 = torch.float64, torch.float32
+TOL = {F64: 1e-8, F32: 1e-4}
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tensors here are small: one thread is as fast, and on a shared machine a second
+    thread that waits for a busy core slows every operator down many times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _mask(batch, length, pad_from):
+    """(batch, length) bool: batch element 1 (if any) is padded from pad_from on."""
+    mask = torch.zeros(batch, length, dtype=torch.bool)
+    if batch > 1:
+        mask[1, pad_from:] = True
+    return mask
+
+
+def _step(model, x, mask, seed, grad_seed=1):
+    """Forward + backward of a fixed random output gradient after torch.manual_seed(seed).
+    Returns (output, [x.grad, *param grads]) and checks backward left the RNG state alone."""
+    for p in model.parameters():
+        p.grad = None
+    torch.manual_seed(seed)
+    x = x.detach().clone().requires_grad_(True)
+    out = model(x, mask)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed),
+                           dtype=out.dtype)
+    state = torch.get_rng_state()
+    out.backward(grad_out)
+    assert torch.equal(torch.get_rng_state(), state), "backward changed the global RNG state"
+    return out.detach(), [x.grad] + [p.grad for p in model.parameters()]
+
+
+def _assert_close(out_a, grads_a, out_b, grads_b, tol, names=None):
+    assert _rel(out_a, out_b) <= tol, f"output: {_rel(out_a, out_b):.3g}"
+    names = names or [str(i) for i in range(len(grads_a))]
+    assert len(grads_a) == len(grads_b)
+    for name, a, b in zip(names, grads_a, grads_b):
+        assert a is not None and b is not None, f"missing gradient for {name}"
+        assert _rel(a, b) <= tol, f"gradient of {name}: relative error {_rel(a, b):.3g}"
+
+
+def _small_reformer(dtype=F64, **kwargs):
+    kw = dict(bucket_size=8, n_hashes=2, ff_chunk_size=16)
+    kw.update(kwargs)
+    torch.manual_seed(0)
+    return rx.nn.Reformer(32, 3, 2, **kw).to(dtype)
+
+
+# ------------------------------------------------------------------------ Reformer: reversible == plain
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dropout", [0.0, 0.2], ids=["nodrop", "dropout"])
+def test_reformer_reversible_equals_plain(dtype, causal, dropout):
+    model = _small_reformer(dtype, causal=causal, dropout=dropout)
+    x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    mask = _mask(2, 37, 29)
+    names = ["x"] + [n for n, _ in model.named_parameters()]
+    assert model.reversible
+    out_r, grads_r = _step(model, x, mask, seed=5)
+    model.reversible = False
+    out_p, grads_p = _step(model, x, mask, seed=5)
+    _assert_close(out_r, grads_r, out_p, grads_p, TOL[dtype], names)
+    if dropout > 0:  # the seed matters: dropout and fresh rotations are really random
+        out_other, _ = _step(model, x, mask, seed=6)
+        assert _rel(out_other, out_p) > 1e-3
+
+
+@pytest.mark.parametrize("merge", ["concat", "mean"])
+def test_reformer_eval_and_merge(merge):
+    """Eval mode (fixed rotations, no dropout) gives the same forward and gradients in both
+    modes, for both merges; the merge decides the output layers."""
+    model = _small_reformer(F64, merge=merge, dropout=0.3).eval()
+    x = torch.randn(3, 20, 32, dtype=F64)
+    out_r, grads_r = _step(model, x, None, seed=1)
+    model.reversible = False
+    out_p, grads_p = _step(model, x, None, seed=2)  # another seed: eval needs none
+    _assert_close(out_r, grads_r, out_p, grads_p, TOL[F64])
+    assert out_r.shape == (3, 20, 32)
+    assert (model.proj is not None) == (merge == "concat")
+    assert model.norm.normalized_shape == ((64,) if merge == "concat" else (32,))
+
+
+def test_reversible_under_autocast():
+    """The recompute runs under the autocast state of the forward (bfloat16 on the CPU)."""
+    model = _small_reformer(F32, dropout=0.1)
+    x = torch.randn(2, 37, 32)
+    results = []
+    for reversible in (True, False):
+        model.reversible = reversible
+        for p in model.parameters():
+            p.grad = None
+        xr = x.clone().requires_grad_(True)
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(xr, _mask(2, 37, 30))
+        assert out.dtype == torch.bfloat16
+        out.float().sum().backward()
+        results.append([out.float(), xr.grad] + [p.grad for p in model.parameters()])
+    for a, b in zip(*results):
+        assert _rel(a, b) <= 1e-4
+
+
+def test_autograd_grad_and_accumulation():
+    """torch.autograd.grad sees the parameters' gradients (nothing goes to .grad behind its
+    back); two backward passes accumulate; retain_graph allows a second backward."""
+    model = _small_reformer(F64).eval()
+    params = list(model.parameters())
+    x = torch.randn(2, 21, 32, dtype=F64, requires_grad=True)
+    out = model(x)
+    loss = (out ** 2).sum()
+    grads = torch.autograd.grad(loss, [x] + params, retain_graph=True)
+    assert all(p.grad is None for p in params)
+    loss.backward(retain_graph=True)
+    first = [p.grad.clone() for p in params]
+    loss.backward()
+    for g, p, f in zip(grads[1:], params, first):
+        assert _rel(f, g) <= 1e-12
+        assert _rel(p.grad, 2 * g) <= 1e-12
+    model.reversible = False
+    x2 = x.detach().requires_grad_(True)
+    ref = torch.autograd.grad((model(x2) ** 2).sum(), [x2] + params)
+    for a, b in zip(grads, ref):
+        assert _rel(a, b) <= TOL[F64]
+
+
+def test_saved_memory_independent_of_depth():
+    """The reversible forward saves the same tensors for depth 2 and depth 6; the plain stack
+    saves more the deeper it is."""
+
+    def saved_bytes(depth, reversible):
+        torch.manual_seed(0)
+        model = rx.nn.Reformer(32, depth, 2, bucket_size=8, n_hashes=2, reversible=reversible)
+        param_ptrs = {p.data_ptr() for p in model.parameters()}
+        x = torch.randn(2, 64, 32, requires_grad=True)
+        seen = {}
+
+        def pack(t):
+            if t.data_ptr() not in param_ptrs:
+                seen[t.data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)  # what the forward keeps for the backward
+        out.sum().backward()
+        return sum(seen.values())
+
+    assert saved_bytes(2, True) == saved_bytes(6, True)
+    assert saved_bytes(6, False) > 2 * saved_bytes(2, True)
+
+
+# ------------------------------------------------------------------------ generic ReversibleSequence
+
+
+def _generic_blocks(p=0.3, shared=None):
+    torch.manual_seed(0)
+    blocks = []
+    for i in range(3):
+        f = nn.Sequential(nn.Linear(16, 16), nn.Dropout(p), nn.Tanh())
+        g = nn.Sequential(nn.Linear(16, 16), nn.Dropout(p), nn.GELU(), nn.Linear(16, 16))
+        if shared is not None:
+            g[3] = shared  # the same Linear in every g
+        blocks.append((f, g))
+    blocks[1][0][0].bias.requires_grad_(False)  # a frozen parameter
+    return blocks
+
+
+def _plain_composition(blocks, x1, x2):
+    for f, g in blocks:
+        x1 = x1 + f(x2)
+        x2 = x2 + g(x1)
+    return x1, x2
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+def test_reversible_sequence_equals_plain_composition(dropout, dtype):
+    shared = nn.Linear(16, 16)
+    blocks = _generic_blocks(dropout, shared)
+    seq = rx.nn.ReversibleSequence(blocks).to(dtype)
+    params = [p for p in seq.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(3)
+    x1 = torch.randn(4, 5, 16, generator=gen, dtype=dtype)
+    x2 = torch.randn(4, 5, 16, generator=gen, dtype=dtype)
+    gy = [torch.randn(4, 5, 16, generator=gen, dtype=dtype) for _ in range(2)]
+
+    def run(fn):
+        a, b = x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)
+        torch.manual_seed(11)
+        y1, y2 = fn(a, b)
+        state = torch.get_rng_state()
+        grads = torch.autograd.grad((y1 * gy[0]).sum() + (y2 * gy[1]).sum(), [a, b] + params)
+        assert torch.equal(torch.get_rng_state(), state)
+        # the stream after backward is the one the caller would see without recomputation
+        return y1.detach(), y2.detach(), grads, torch.rand(4)
+
+    rev = run(seq)
+    plain = run(lambda a, b: _plain_composition(blocks, a, b))
+    assert _rel(rev[0], plain[0]) <= TOL[dtype] and _rel(rev[1], plain[1]) <= TOL[dtype]
+    for a, b in zip(rev[2], plain[2]):
+        assert _rel(a, b) <= TOL[dtype]
+    assert torch.equal(rev[3], plain[3])
+    assert blocks[1][0][0].bias.grad is None
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x, scale=None, add=0.0):
+        out = self.lin(x)
+        return out * scale if scale is not None else out + add
+
+
+def test_reversible_sequence_kwargs_and_errors():
+    torch.manual_seed(0)
+    seq = rx.nn.ReversibleSequence([rx.nn.ReversibleBlock(_Scaled(), _Scaled()) for _ in range(2)])
+    x1, x2 = torch.randn(2, 8, requires_grad=True), torch.randn(2, 8, requires_grad=True)
+    scale = torch.rand(2, 1)
+    y1, y2 = seq(x1, x2, scale=scale, g_kwargs={"add": 0.5})
+    (y1.sum() + y2.sum()).backward()
+    grads = [x1.grad, x2.grad] + [p.grad.clone() for p in seq.parameters()]
+    seq.zero_grad()
+    x1.grad = x2.grad = None
+    seq.reversible = False
+    z1, z2 = seq(x1, x2, scale=scale, g_kwargs={"add": 0.5})
+    (z1.sum() + z2.sum()).backward()
+    ref = [x1.grad, x2.grad] + [p.grad for p in seq.parameters()]
+    assert _rel(y1, z1) < 1e-6 and _rel(y2, z2) < 1e-6
+    for a, b in zip(grads, ref):
+        assert _rel(a, b) < 1e-5
+    seq.reversible = True
+    with pytest.raises(ValueError, match="requires grad"):
+        seq(x1, x2, scale=scale.requires_grad_(True))
+    with pytest.raises(ValueError, match="same shape"):
+        seq(x1, x2[:1])
+    with pytest.raises(TypeError):
+        rx.nn.ReversibleSequence([nn.Linear(2, 2)])
+    with torch.no_grad():  # no autograd: the blocks simply run
+        w1, w2 = seq(x1, x2, scale=scale.detach(), g_kwargs={"add": 0.5})
+    assert torch.allclose(w1, z1) and torch.allclose(w2, z2)
+    inv = seq.blocks[1].inverse(z1, z2, {"scale": scale.detach()}, {"add": 0.5})
+    mid = seq.blocks[0](x1, x2, {"scale": scale.detach()}, {"add": 0.5})
+    assert torch.allclose(inv[0], mid[0], atol=1e-6) and torch.allclose(inv[1], mid[1], atol=1e-6)
+
+
+# ------------------------------------------------------------------------ LSHSelfAttention
+
+
+def test_attention_padding_independence():
+    torch.manual_seed(0)
+    attn = rx.nn.LSHSelfAttention(32, 4, bucket_size=8, n_hashes=3).train()
+    x = torch.randn(3, 45, 32)
+    mask = torch.zeros(3, 45, dtype=torch.bool)
+    mask[0, 40:] = True
+    mask[2, 10:] = True
+    y = x.clone()
+    y[mask] = torch.randn(int(mask.sum()), 32) * 100
+    rot = attn.make_rotations(45)
+    a = attn(x, mask, rotations=rot)
+    b = attn(y, mask, rotations=rot)
+    keep = ~mask
+    assert torch.allclose(a[keep], b[keep], rtol=1e-5, atol=1e-5)
+    # padded positions output to_out's bias (the operator gives 0 there)
+    assert torch.allclose(a[mask], attn.to_out.bias.expand(int(mask.sum()), 32))
+    # the whole stack: non-padded outputs do not depend on padded tokens either
+    model = _small_reformer(F32).eval()
+    assert torch.allclose(model(x, mask)[keep], model(y, mask)[keep], rtol=1e-4, atol=1e-4)
+
+
+def test_attention_rotations_train_and_eval():
+    torch.manual_seed(0)
+    attn = rx.nn.LSHSelfAttention(32, 2, bucket_size=8, n_hashes=2)
+    x = torch.randn(2, 30, 32)
+    # training: fresh rotations from the default generator, reproducible with manual_seed
+    attn.train()
+    torch.manual_seed(4)
+    a = attn(x)
+    torch.manual_seed(4)
+    assert torch.equal(attn(x), a)
+    torch.manual_seed(4)
+    rot = attn.make_rotations(30)
+    assert rot.shape == (2, 16, 2, 4)  # n_buckets = 2 * ceil(30 / 8) = 8
+    assert torch.equal(attn(x, rotations=rot), a)
+    assert not torch.equal(attn(x), attn(x))
+    # eval: fixed rotations from the module seed; the global RNG is not touched
+    attn.eval()
+    state = torch.get_rng_state()
+    e = attn(x)
+    assert torch.equal(attn(x), e)
+    assert torch.equal(torch.get_rng_state(), state)
+    fixed = attn.make_rotations(30)
+    assert torch.equal(fixed, seeded_rotations(attn.rotation_seed, (2, 16, 2, 4)))
+    assert torch.equal(attn(x, rotations=fixed), e)
+    attn.reseed(attn.rotation_seed.item() + 1)
+    assert not torch.equal(attn(x), e)
+    # fixed rotations in training too, when asked; fresh ones in eval when asked
+    attn.fixed_rotations = True
+    attn.train()
+    assert torch.equal(attn(x), attn(x))
+    attn.fixed_rotations = False
+    attn.eval()
+    assert not torch.equal(attn(x), attn(x))
+    # the seed is fixed by manual_seed before construction
+    torch.manual_seed(9)
+    s1 = rx.nn.LSHSelfAttention(32, 2).rotation_seed
+    torch.manual_seed(9)
+    assert torch.equal(rx.nn.LSHSelfAttention(32, 2).rotation_seed, s1)
+
+
+def test_seeded_rotations_are_normal_and_prefix_stable():
+    r = seeded_rotations(123, (4, 16, 4, 64))
+    assert r.dtype == F32 and r.shape == (4, 16, 4, 64)
+    assert abs(r.mean().item()) < 0.03 and abs(r.std().item() - 1) < 0.03
+    assert torch.equal(seeded_rotations(123, (4, 16, 4, 8), dtype=F64).float(), r[..., :8])
+    assert not torch.equal(seeded_rotations(124, (4, 16, 4, 64)), r)
+
+
+@pytest.mark.parametrize("length", [1, 5, 8, 37])
+def test_any_length(length):
+    model = _small_reformer(F32, causal=True)
+    x = torch.randn(2, length, 32, requires_grad=True)
+    out = model(x, _mask(2, length, max(1, length - 2)))
+    out.sum().backward()
+    assert out.shape == (2, length, 32) and torch.isfinite(x.grad).all()
+
+
+# ------------------------------------------------------------------------ state_dict
+
+
+def _roundtrip(make, inputs):
+    torch.manual_seed(0)
+    a = make().eval()
+    torch.manual_seed(1)
+    b = make().eval()
+    b.load_state_dict(a.state_dict())
+    assert a.state_dict().keys() == b.state_dict().keys()
+    with torch.no_grad():
+        out_a, out_b = a(*inputs), b(*inputs)
+    if isinstance(out_a, tuple):
+        assert all(torch.equal(u, v) for u, v in zip(out_a, out_b))
+    else:
+        assert torch.equal(out_a, out_b)
+
+
+def test_state_dict_roundtrip():
+    x = torch.randn(2, 19, 32)
+    mask = _mask(2, 19, 15)
+    _roundtrip(lambda: rx.nn.LSHSelfAttention(32, 4, bucket_size=4, n_hashes=2), (x, mask))
+    attn = rx.nn.LSHSelfAttention(32, 4)
+    assert set(attn.state_dict()) == {"to_qk.weight", "to_v.weight", "to_out.weight",
+                                      "to_out.bias", "rotation_seed"}
+    _roundtrip(lambda: rx.nn.Reformer(32, 2, 2, bucket_size=4, n_hashes=2), (x, mask))
+    _roundtrip(lambda: rx.nn.Reformer(32, 2, 2, bucket_size=4, merge="mean"), (x,))
+    tokens = torch.randint(0, 11, (2, 19))
+    _roundtrip(lambda: rx.nn.ReformerLM(11, 32, 2, 2, 24, bucket_size=4), (tokens, mask))
+
+    def seq():
+        return rx.nn.ReversibleSequence([(nn.Linear(32, 32), nn.Linear(32, 32))])
+
+    _roundtrip(seq, (x, x))
+    assert set(seq().state_dict()) == {"blocks.0.f.weight", "blocks.0.f.bias",
+                                       "blocks.0.g.weight", "blocks.0.g.bias"}
+    # a state_dict of another shape is refused with torch's size-mismatch error
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        rx.nn.LSHSelfAttention(48, 4).load_state_dict(rx.nn.LSHSelfAttention(32, 4).state_dict())
+    with pytest.raises(RuntimeError, match="Missing key"):
+        rx.nn.LSHSelfAttention(32, 4).load_state_dict({"to_qk.weight": torch.zeros(32, 32)})
+    # a copy evaluates identically (the rotation cache is not shared state)
+    torch.manual_seed(0)
+    model = rx.nn.ReformerLM(11, 32, 2, 2, 24, bucket_size=4).eval()
+    twin = copy.deepcopy(model)
+    assert torch.equal(model(tokens), twin(tokens))
+
+
+# ------------------------------------------------------------------------ ReformerLM
+
+
+def test_reformer_lm_shapes_and_max_length():
+    torch.manual_seed(0)
+    model = rx.nn.ReformerLM(13, 32, 2, 2, 24, bucket_size=4, n_hashes=2)
+    assert model(torch.randint(0, 13, (3, 24))).shape == (3, 24, 13)
+    assert model(torch.randint(0, 13, (1, 3))).shape == (1, 3, 13)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.randint(0, 13, (1, 25)))
+    assert model.reformer.layers.blocks[0].f.attn.causal  # causal by default
+
+
+def test_reformer_lm_learns_copy_task():
+    torch.manual_seed(0)
+    vocab, n, batch = 10, 16, 16
+    model = rx.nn.ReformerLM(vocab + 1, 64, 2, 2, 2 * n, bucket_size=8, n_hashes=2,
+                             ff_chunk_size=64)
+    assert model.reformer.reversible
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(80):
+        src = torch.randint(0, vocab, (batch, n), generator=gen)
+        seq = torch.cat([src, torch.full((batch, 1), vocab), src], 1)  # x SEP x
+        logits = model(seq[:, :-1])
+        # loss on the copy only: the first half is random and cannot be predicted
+        loss = F.cross_entropy(logits[:, n:].reshape(-1, vocab + 1), seq[:, n + 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
+    assert last < 0.5 * first, f"loss {first:.3f} -> {last:.3f}"
+
+
+# ------------------------------------------------------------------------ DistributedDataParallel
+
+
+def _ddp_model():
+    torch.manual_seed(0)
+    return rx.nn.ReformerLM(11, 32, 2, 2, 24, bucket_size=4, n_hashes=2, ff_chunk_size=8).double()
+
+
+def _ddp_batch():
+    gen = torch.Generator().manual_seed(7)
+    tokens = torch.randint(0, 11, (4, 24), generator=gen)
+    mask = torch.zeros(4, 23, dtype=torch.bool)
+    mask[1, 20:] = True
+    mask[2, 18:] = True
+    return tokens, mask
+
+
+def _lm_loss(model, tokens, mask, divisor):
+    logits = model(tokens[:, :-1], mask)
+    targets = tokens[:, 1:].masked_fill(mask, -100)  # no loss at padded positions
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           reduction="sum") / divisor
+
+
+def _train_two_steps(model, module, tokens, mask, divisor):
+    """Two SGD steps of ``model`` (``module`` or its DDP wrapper) in training mode: fresh
+    rotations drawn after manual_seed, so every process draws the same ones. Returns the first
+    step's gradients and the parameters after the second step."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = None
+    for step in range(2):
+        torch.manual_seed(100 + step)
+        opt.zero_grad()
+        _lm_loss(model, tokens, mask, divisor).backward()
+        if first is None:
+            first = {n: p.grad.clone() for n, p in module.named_parameters()}
+        opt.step()
+    return first, {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def _ddp_worker(rank, world_size, store_path, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
+                            world_size=world_size)
+    try:
+        module = _ddp_model()
+        model = nn.parallel.DistributedDataParallel(module)
+        tokens, mask = _ddp_batch()
+        n_valid = int((~mask).sum())
+        part = slice(2 * rank, 2 * rank + 2)
+        # DDP averages the ranks' gradients: with each rank's loss = its sum / (n_valid / 2),
+        # the average is the gradient of the whole batch's mean loss.
+        grads, params = _train_two_steps(model, module, tokens[part], mask[part],
+                                         n_valid / world_size)
+        torch.save({"grads": grads, "params": params}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_matches_single_process(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    model = _ddp_model()
+    tokens, mask = _ddp_batch()
+    grads, params = _train_two_steps(model, model, tokens, mask, int((~mask).sum()))  # mean
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["grads"].keys() == grads.keys()
+        for name, g in grads.items():
+            assert _rel(got["grads"][name], g) <= 1e-10, name
+            assert g.abs().sum() > 0, name
+        for name, p in params.items():
+            assert _rel(got["params"][name], p) <= 1e-10, name
+
+
+# ------------------------------------------------------------------------ CUDA
+
+
+@cuda
+def test_cuda_reversible_equals_plain_with_dropout():
+    model = _small_reformer(F32, dropout=0.2, causal=True).cuda()
+    x = torch.randn(2, 37, 32, device="cuda")
+    mask = _mask(2, 37, 29).cuda()
+    out = []
+    for reversible in (True, False):
+        model.reversible = reversible
+        for p in model.parameters():
+            p.grad = None
+        torch.manual_seed(5)
+        xr = x.clone().requires_grad_(True)
+        y = model(xr, mask)
+        cuda_state = torch.cuda.get_rng_state()
+        y.sum().backward()
+        assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
+        out.append([y.detach(), xr.grad] + [p.grad for p in model.parameters()])
+    for a, b in zip(*out):
+        assert _rel(a, b) <= TOL[F32]
