@@ -9,6 +9,7 @@
 // so no mask tensor exists. Loops are parallel over rows (element-wise kernels) or column blocks
 // (the column sum), so every result is independent of the thread count.
 #include "ffn_cpu.h"
+#include "tile_math.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -26,24 +27,8 @@ constexpr int64_t kGrainElements = 1 << 15;  // elements per parallel task, at l
 
 // ---------------------------------------------------------------------------------- scalar math
 
-inline float exp_approx(float x) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693145751953125f;
-  constexpr float kLn2Lo = 1.42860682030941723212e-6f;
-  x = std::min(std::max(x, -87.0f), 88.0f);  // 2^n below stays a normal float
-  const float n = std::floor(x * kLog2e + 0.5f);
-  const float r = (x - n * kLn2Hi) - n * kLn2Lo;  // |r| <= ln2 / 2
-  // Taylor polynomial of degree 7: truncation error < 6e-9 relative for |r| <= 0.347.
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-}
+// exp with ~1 ulp error that vectorises: shared with the attention kernel.
+inline float exp_approx(float x) { return fast_exp(x); }
 
 // erf(x) given e = exp(-x²) (Abramowitz & Stegun 7.1.26).
 inline float erf_approx(float x, float e) {
