@@ -1,0 +1,381 @@
+// LSH attention backward on the GPU: flash-style recompute, deterministic without atomics.
+//
+// With the final softmax stats (max m_i, log-sum l_i) of the forward, for a query item i and a
+// key item j of its window:
+//   P_ij = exp((s_ij - m_i) - l_i),  dP_ij = dO_i · v_j,  dS_ij = P_ij (dP_ij - Δ_i)
+// (dS = 0 where the logit was replaced by a mask constant), Δ_i = dO_i · O_i - dlse_i, and
+//   dq_i  = scale Σ_j dS_ij k_j          with k_j = g_j x_j (normalised key)
+//   dv_j  = Σ_i P_ij dO_i
+//   dk̂_j = Σ_i dS_ij x_i                 (k̂: the unnormalised key gradient, before scale)
+//   dx_j += scale (g_j dk̂_j - g_j³ (x_j · dk̂_j) x_j)   (through k_j = g_j x_j)
+//
+// Two kernels, each launched once per hash round, all on one stream in a fixed order:
+//   - query-major (dQ): a CTA owns query items of one chunk and streams its window's keys;
+//   - key-major (dK, dV): a CTA owns key items of one chunk and streams the queries of the
+//     chunks whose window contains it (chunks_seeing of lsh_common.h, a fixed order).
+// Inside a round every position is exactly one item, so each CTA owns the gradient rows it adds
+// to; rounds and the two passes follow each other in a fixed order. No floating-point atomics.
+#pragma once
+
+#include "lsh_attention_tile.cuh"
+
+namespace reformer::cuda {
+
+template <typename scalar_t, typename acc_t>
+struct BackwardArgs {
+  const scalar_t* qk;      // (B*H, L, D)
+  const scalar_t* v;       // (B*H, L, Dv)
+  const scalar_t* dout;    // (B*H, L, Dv)
+  const acc_t* key_scale;  // (B*H, L): g_j
+  const acc_t* stats;      // (B*H, L, 2): final (max, log-sum) of the forward
+  const acc_t* delta;      // (B*H, L): Δ_i
+  acc_t* dqk;              // (B*H, L, D) accumulated gradient, zero-initialised
+  acc_t* dv;               // (B*H, L, Dv) accumulated gradient, zero-initialised
+};
+
+// Logit gradient of one (query, key) pair given both dot products; 0 when either is not a valid
+// token or the logit was replaced by a mask constant. `weight` receives P_ij.
+template <typename acc_t>
+__device__ __forceinline__ acc_t logit_gradient(const AttentionParams& p, acc_t qk_dot,
+                                                acc_t dp, int32_t qpos, int32_t kpos,
+                                                acc_t row_max, acc_t row_log_sum, acc_t delta,
+                                                acc_t& weight) {
+  if (qpos < 0 || kpos < 0) {
+    weight = 0;
+    return 0;
+  }
+  const acc_t logit = masked_logit<acc_t, int32_t>(static_cast<acc_t>(p.scale) * qk_dot, qpos,
+                                                   kpos, p.causal);
+  weight = acc_exp((logit - row_max) - row_log_sum);
+  return logit_is_replaced<int32_t>(qpos, kpos, p.causal) ? acc_t(0) : weight * (dp - delta);
+}
+
+// ----------------------------------------------------------------------------------- dQ pass
+
+template <typename acc_t>
+struct QueryPassShared {
+  acc_t* q;         // kRowsPerCta x D, owned query rows
+  acc_t* dout;      // kRowsPerCta x Dv
+  acc_t* k;         // kTileItems x (D + 1), normalised keys
+  acc_t* v;         // kTileItems x (Dv + 1)
+  int64_t* window;  // kMaxWindowChunks
+  int32_t* qpos;    // kRowsPerCta, -1 when not a valid query
+  int32_t* kpos;    // kTileItems, -1 when not a valid key
+
+  __host__ __device__ static QueryPassShared carve(SharedCarver& c, int64_t D, int64_t Dv) {
+    QueryPassShared s;
+    s.q = c.take<acc_t>(kRowsPerCta * D);
+    s.dout = c.take<acc_t>(kRowsPerCta * Dv);
+    s.k = c.take<acc_t>(kTileItems * (D + 1));
+    s.v = c.take<acc_t>(kTileItems * (Dv + 1));
+    s.window = c.take<int64_t>(kMaxWindowChunks);
+    s.qpos = c.take<int32_t>(kRowsPerCta);
+    s.kpos = c.take<int32_t>(kTileItems);
+    return s;
+  }
+};
+
+template <typename scalar_t, typename acc_t, int kSlots>
+__global__ void __launch_bounds__(kThreads)
+    lsh_backward_query_kernel(AttentionParams p, BackwardArgs<scalar_t, acc_t> a, int64_t round) {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  SharedCarver carver{shared_bytes};
+  const int64_t D = p.dim, Dv = p.value_dim;
+  const QueryPassShared<acc_t> sh = QueryPassShared<acc_t>::carve(carver, D, Dv);
+  const OwnedTile tile = owned_tile(p, round);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t head_rows = tile.bh * p.length;
+
+  if (tid < kRowsPerCta) {
+    const int64_t offset = tile.first + tid;
+    int32_t pos = -1;
+    if (offset < p.bucket_size) {
+      const int32_t candidate = item_position(p, tile.bh, tile.chunk * p.bucket_size + offset);
+      if (position_is_valid(p, tile.bh, candidate)) pos = candidate;
+    }
+    sh.qpos[tid] = pos;
+  }
+  if (tid == 0) {  // the window's chunks, then -1 up to kMaxWindowChunks
+    const int count = window_chunks(tile.chunk, p.n_chunks, p.before, p.after, sh.window);
+    for (int w = count; w < kMaxWindowChunks; ++w) sh.window[w] = -1;
+  }
+  __syncthreads();
+  if (!__syncthreads_or(tid < kRowsPerCta && sh.qpos[tid] >= 0)) return;
+  for (int64_t e = tid; e < kRowsPerCta * D; e += kThreads) {
+    const int32_t pos = sh.qpos[e / D];
+    sh.q[e] = pos >= 0 ? static_cast<acc_t>(a.qk[(head_rows + pos) * D + e % D]) : acc_t(0);
+  }
+  for (int64_t e = tid; e < kRowsPerCta * Dv; e += kThreads) {
+    const int32_t pos = sh.qpos[e / Dv];
+    sh.dout[e] = pos >= 0 ? static_cast<acc_t>(a.dout[(head_rows + pos) * Dv + e % Dv])
+                          : acc_t(0);
+  }
+  int n_window = 0;
+  while (n_window < kMaxWindowChunks && sh.window[n_window] >= 0) ++n_window;
+  const int64_t n_keys = n_window * p.bucket_size;
+
+  acc_t dq[kRowsPerWarp][kSlots], row_max[kRowsPerWarp], row_log_sum[kRowsPerWarp],
+      delta[kRowsPerWarp];
+  int32_t my_qpos[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    my_qpos[r] = sh.qpos[warp * kRowsPerWarp + r];
+    const int64_t at = head_rows + (my_qpos[r] >= 0 ? my_qpos[r] : 0);
+    row_max[r] = a.stats[2 * at];
+    row_log_sum[r] = a.stats[2 * at + 1];
+    delta[r] = a.delta[at];
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) dq[r][s] = 0;
+  }
+
+  for (int64_t t0 = 0; t0 < n_keys; t0 += kTileItems) {
+    __syncthreads();
+    if (tid < kTileItems) {
+      const int64_t t = t0 + tid;
+      int32_t pos = -1;
+      if (t < n_keys) {
+        const int32_t candidate = item_position(p, tile.bh, item_of_chunk_list(p, sh.window, t));
+        if (position_is_valid(p, tile.bh, candidate)) pos = candidate;
+      }
+      sh.kpos[tid] = pos;
+    }
+    __syncthreads();
+    for (int64_t e = tid; e < kTileItems * D; e += kThreads) {
+      const int64_t j = e / D, d = e % D;
+      const int32_t pos = sh.kpos[j];
+      sh.k[j * (D + 1) + d] =
+          pos >= 0 ? static_cast<acc_t>(a.qk[(head_rows + pos) * D + d]) *
+                         a.key_scale[head_rows + pos]
+                   : acc_t(0);
+    }
+    for (int64_t e = tid; e < kTileItems * Dv; e += kThreads) {
+      const int64_t j = e / Dv, d = e % Dv;
+      const int32_t pos = sh.kpos[j];
+      sh.v[j * (Dv + 1) + d] =
+          pos >= 0 ? static_cast<acc_t>(a.v[(head_rows + pos) * Dv + d]) : acc_t(0);
+    }
+    __syncthreads();
+
+    const int32_t key_pos = sh.kpos[lane];
+    const acc_t* k_row = sh.k + lane * (D + 1);
+    const acc_t* v_row = sh.v + lane * (Dv + 1);
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      if (my_qpos[r] < 0) continue;  // warp-uniform
+      const int row = warp * kRowsPerWarp + r;
+      acc_t qk_dot = 0, dp = 0;
+      for (int64_t d = 0; d < D; ++d) qk_dot += sh.q[row * D + d] * k_row[d];
+      for (int64_t d = 0; d < Dv; ++d) dp += sh.dout[row * Dv + d] * v_row[d];
+      acc_t weight;
+      const acc_t ds = logit_gradient(p, qk_dot, dp, my_qpos[r], key_pos, row_max[r],
+                                      row_log_sum[r], delta[r], weight);
+      for (int j = 0; j < kTileItems; ++j) {
+        const acc_t ds_j = __shfl_sync(0xffffffffu, ds, j);
+#pragma unroll
+        for (int s = 0; s < kSlots; ++s) {
+          const int64_t d = lane + 32 * s;
+          if (d < D) dq[r][s] += ds_j * sh.k[j * (D + 1) + d];
+        }
+      }
+    }
+  }
+
+  const acc_t scale = static_cast<acc_t>(p.scale);
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    if (my_qpos[r] < 0) continue;
+    acc_t* dst = a.dqk + (head_rows + my_qpos[r]) * D;
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) {
+      const int64_t d = lane + 32 * s;
+      if (d < D) dst[d] += scale * dq[r][s];
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ dK, dV pass
+
+template <typename acc_t>
+struct KeyPassShared {
+  acc_t* x;          // kRowsPerCta x D, owned key rows (unnormalised)
+  acc_t* v;          // kRowsPerCta x Dv
+  acc_t* q;          // kTileItems x (D + 1), streamed query rows
+  acc_t* dout;       // kTileItems x (Dv + 1)
+  acc_t* qstats;     // kTileItems x 3: max, log-sum, Δ
+  int64_t* seeing;   // kMaxWindowChunks query chunks whose window holds the owned chunk
+  int32_t* kpos;     // kRowsPerCta, -1 when not a valid key
+  int32_t* qpos;     // kTileItems, -1 when not a valid query
+
+  __host__ __device__ static KeyPassShared carve(SharedCarver& c, int64_t D, int64_t Dv) {
+    KeyPassShared s;
+    s.x = c.take<acc_t>(kRowsPerCta * D);
+    s.v = c.take<acc_t>(kRowsPerCta * Dv);
+    s.q = c.take<acc_t>(kTileItems * (D + 1));
+    s.dout = c.take<acc_t>(kTileItems * (Dv + 1));
+    s.qstats = c.take<acc_t>(kTileItems * 3);
+    s.seeing = c.take<int64_t>(kMaxWindowChunks);
+    s.kpos = c.take<int32_t>(kRowsPerCta);
+    s.qpos = c.take<int32_t>(kTileItems);
+    return s;
+  }
+};
+
+template <typename scalar_t, typename acc_t, int kSlots>
+__global__ void __launch_bounds__(kThreads)
+    lsh_backward_key_kernel(AttentionParams p, BackwardArgs<scalar_t, acc_t> a, int64_t round) {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  SharedCarver carver{shared_bytes};
+  const int64_t D = p.dim, Dv = p.value_dim;
+  const KeyPassShared<acc_t> sh = KeyPassShared<acc_t>::carve(carver, D, Dv);
+  const OwnedTile tile = owned_tile(p, round);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t head_rows = tile.bh * p.length;
+
+  if (tid < kRowsPerCta) {
+    const int64_t offset = tile.first + tid;
+    int32_t pos = -1;
+    if (offset < p.bucket_size) {
+      const int32_t candidate = item_position(p, tile.bh, tile.chunk * p.bucket_size + offset);
+      if (position_is_valid(p, tile.bh, candidate)) pos = candidate;
+    }
+    sh.kpos[tid] = pos;
+  }
+  if (tid == 0) {  // the query chunks that see this one, then -1 up to kMaxWindowChunks
+    const int count = chunks_seeing(tile.chunk, p.n_chunks, p.before, p.after, sh.seeing);
+    for (int w = count; w < kMaxWindowChunks; ++w) sh.seeing[w] = -1;
+  }
+  __syncthreads();
+  if (!__syncthreads_or(tid < kRowsPerCta && sh.kpos[tid] >= 0)) return;  // padding keys
+  for (int64_t e = tid; e < kRowsPerCta * D; e += kThreads) {
+    const int32_t pos = sh.kpos[e / D];
+    sh.x[e] = pos >= 0 ? static_cast<acc_t>(a.qk[(head_rows + pos) * D + e % D]) : acc_t(0);
+  }
+  for (int64_t e = tid; e < kRowsPerCta * Dv; e += kThreads) {
+    const int32_t pos = sh.kpos[e / Dv];
+    sh.v[e] = pos >= 0 ? static_cast<acc_t>(a.v[(head_rows + pos) * Dv + e % Dv]) : acc_t(0);
+  }
+  int n_seeing = 0;
+  while (n_seeing < kMaxWindowChunks && sh.seeing[n_seeing] >= 0) ++n_seeing;
+  const int64_t n_queries = n_seeing * p.bucket_size;
+
+  acc_t dk[kRowsPerWarp][kSlots], dv[kRowsPerWarp][kSlots], g[kRowsPerWarp];
+  int32_t my_kpos[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    my_kpos[r] = sh.kpos[warp * kRowsPerWarp + r];
+    g[r] = a.key_scale[head_rows + (my_kpos[r] >= 0 ? my_kpos[r] : 0)];
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) dk[r][s] = 0, dv[r][s] = 0;
+  }
+
+  for (int64_t t0 = 0; t0 < n_queries; t0 += kTileItems) {
+    __syncthreads();
+    if (tid < kTileItems) {
+      const int64_t t = t0 + tid;
+      int32_t pos = -1;
+      if (t < n_queries) {
+        const int32_t candidate =
+            item_position(p, tile.bh, item_of_chunk_list(p, sh.seeing, t));
+        if (position_is_valid(p, tile.bh, candidate)) pos = candidate;
+      }
+      sh.qpos[tid] = pos;
+      const int64_t at = head_rows + (pos >= 0 ? pos : 0);
+      sh.qstats[3 * tid] = a.stats[2 * at];
+      sh.qstats[3 * tid + 1] = a.stats[2 * at + 1];
+      sh.qstats[3 * tid + 2] = a.delta[at];
+    }
+    __syncthreads();
+    for (int64_t e = tid; e < kTileItems * D; e += kThreads) {
+      const int64_t j = e / D, d = e % D;
+      const int32_t pos = sh.qpos[j];
+      sh.q[j * (D + 1) + d] =
+          pos >= 0 ? static_cast<acc_t>(a.qk[(head_rows + pos) * D + d]) : acc_t(0);
+    }
+    for (int64_t e = tid; e < kTileItems * Dv; e += kThreads) {
+      const int64_t j = e / Dv, d = e % Dv;
+      const int32_t pos = sh.qpos[j];
+      sh.dout[j * (Dv + 1) + d] =
+          pos >= 0 ? static_cast<acc_t>(a.dout[(head_rows + pos) * Dv + d]) : acc_t(0);
+    }
+    __syncthreads();
+
+    const int32_t query_pos = sh.qpos[lane];
+    const acc_t* q_row = sh.q + lane * (D + 1);
+    const acc_t* dout_row = sh.dout + lane * (Dv + 1);
+    const acc_t q_max = sh.qstats[3 * lane], q_log_sum = sh.qstats[3 * lane + 1],
+                q_delta = sh.qstats[3 * lane + 2];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      if (my_kpos[r] < 0) continue;  // warp-uniform
+      const int row = warp * kRowsPerWarp + r;
+      acc_t xq = 0, dp = 0;
+      for (int64_t d = 0; d < D; ++d) xq += sh.x[row * D + d] * q_row[d];
+      for (int64_t d = 0; d < Dv; ++d) dp += sh.v[row * Dv + d] * dout_row[d];
+      acc_t weight;
+      const acc_t ds = logit_gradient(p, g[r] * xq, dp, query_pos, my_kpos[r], q_max,
+                                      q_log_sum, q_delta, weight);
+      for (int j = 0; j < kTileItems; ++j) {
+        const acc_t w_j = __shfl_sync(0xffffffffu, weight, j);
+        const acc_t ds_j = __shfl_sync(0xffffffffu, ds, j);
+#pragma unroll
+        for (int s = 0; s < kSlots; ++s) {
+          const int64_t d = lane + 32 * s;
+          if (d < Dv) dv[r][s] += w_j * sh.dout[j * (Dv + 1) + d];
+          if (d < D) dk[r][s] += ds_j * sh.q[j * (D + 1) + d];
+        }
+      }
+    }
+  }
+
+  // dx_j = scale (g dk̂ - g³ (x · dk̂) x), added to the owned rows together with dv.
+  const acc_t scale = static_cast<acc_t>(p.scale);
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    if (my_kpos[r] < 0) continue;
+    const int row = warp * kRowsPerWarp + r;
+    acc_t partial = 0;
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) {
+      const int64_t d = lane + 32 * s;
+      if (d < D) partial += sh.x[row * D + d] * dk[r][s];
+    }
+    const acc_t x_dot_dk = warp_sum(partial);
+    const acc_t ga = scale * g[r], gb = scale * g[r] * g[r] * g[r] * x_dot_dk;
+    acc_t* dx = a.dqk + (head_rows + my_kpos[r]) * D;
+    acc_t* dv_row = a.dv + (head_rows + my_kpos[r]) * Dv;
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) {
+      const int64_t d = lane + 32 * s;
+      if (d < D) dx[d] += ga * dk[r][s] - gb * sh.x[row * D + d];
+      if (d < Dv) dv_row[d] += dv[r][s];
+    }
+  }
+}
+
+// Runs the whole backward on `stream`: the dQ pass of every round, then the dK/dV pass of every
+// round. dqk and dv must be zero initially.
+template <typename scalar_t, typename acc_t, int kSlots>
+cudaError_t launch_lsh_backward(const AttentionParams& p, const BackwardArgs<scalar_t, acc_t>& a,
+                                int64_t n_hashes, cudaStream_t stream) {
+  const int64_t ctas = ctas_per_round(p);
+  if (ctas == 0) return cudaSuccess;
+  SharedCarver query_carver{nullptr}, key_carver{nullptr};
+  QueryPassShared<acc_t>::carve(query_carver, p.dim, p.value_dim);
+  KeyPassShared<acc_t>::carve(key_carver, p.dim, p.value_dim);
+  const auto query_kernel = lsh_backward_query_kernel<scalar_t, acc_t, kSlots>;
+  const auto key_kernel = lsh_backward_key_kernel<scalar_t, acc_t, kSlots>;
+  cudaError_t status = allow_shared_memory(query_kernel, query_carver.used);
+  if (status == cudaSuccess) status = allow_shared_memory(key_kernel, key_carver.used);
+  if (status != cudaSuccess) return status;
+  for (int64_t r = 0; r < n_hashes; ++r) {
+    query_kernel<<<static_cast<unsigned>(ctas), kThreads, query_carver.used, stream>>>(p, a, r);
+    if ((status = cudaGetLastError()) != cudaSuccess) return status;
+  }
+  for (int64_t r = 0; r < n_hashes; ++r) {
+    key_kernel<<<static_cast<unsigned>(ctas), kThreads, key_carver.used, stream>>>(p, a, r);
+    if ((status = cudaGetLastError()) != cudaSuccess) return status;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace reformer::cuda

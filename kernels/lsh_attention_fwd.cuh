@@ -1,0 +1,211 @@
+// LSH attention forward on the GPU (SPEC §1 steps 3-6), one hash round per launch.
+//
+// A CTA owns kRowsPerCta query items of one chunk of the round (lsh_attention_tile.cuh). It
+// gathers their qk rows by the sorted positions, then streams the keys of the chunk's window
+// (window_chunks of lsh_common.h, cyclic over all rounds) in tiles of 32: normalised keys
+// g_j * x_j and values, masks on original positions, and an online softmax in the accumulation
+// type. At the end it merges the round's (normalised output, max, log-sum) into the running
+// output and softmax stats of each query's original position.
+//
+// Rounds are launched one after another: inside a round every position is exactly one item, so
+// a CTA owns the output rows it merges into, rounds merge in a fixed order, and the result is
+// deterministic without atomics. The merge is the one of the CPU kernel:
+//   stats = (max m, log Σ exp(s - m)), out = the weighted mean of the two partial outputs.
+#pragma once
+
+#include "lsh_attention_tile.cuh"
+
+namespace reformer::cuda {
+
+template <typename scalar_t, typename acc_t>
+struct ForwardArgs {
+  const scalar_t* qk;       // (B*H, L, D)
+  const scalar_t* v;        // (B*H, L, Dv)
+  const acc_t* key_scale;   // (B*H, L): g_j = rsqrt(mean(x_j^2) + eps) / sqrt(D)
+  acc_t* out;               // (B*H, L, Dv) running output, zero-initialised
+  acc_t* stats;             // (B*H, L, 2) running (max, log-sum); max = -inf before any round
+};
+
+// Shared memory of one forward CTA; the device and the host carve it the same way.
+template <typename acc_t>
+struct ForwardShared {
+  acc_t* q;          // kRowsPerCta x D, query rows
+  acc_t* k;          // kTileItems x (D + 1), normalised keys (+1: lanes read rows, no conflicts)
+  acc_t* v;          // kTileItems x Dv
+  int64_t* window;   // kMaxWindowChunks chunk indices
+  int32_t* qpos;     // kRowsPerCta query positions, -1 when the row is not a valid query
+  int32_t* kpos;     // kTileItems key positions, -1 when not a valid key
+
+  __host__ __device__ static ForwardShared carve(SharedCarver& c, int64_t D, int64_t Dv) {
+    ForwardShared s;
+    s.q = c.take<acc_t>(kRowsPerCta * D);
+    s.k = c.take<acc_t>(kTileItems * (D + 1));
+    s.v = c.take<acc_t>(kTileItems * Dv);
+    s.window = c.take<int64_t>(kMaxWindowChunks);
+    s.qpos = c.take<int32_t>(kRowsPerCta);
+    s.kpos = c.take<int32_t>(kTileItems);
+    return s;
+  }
+};
+
+template <typename scalar_t, typename acc_t, int kSlots>
+__global__ void __launch_bounds__(kThreads)
+    lsh_forward_round_kernel(AttentionParams p, ForwardArgs<scalar_t, acc_t> a, int64_t round) {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  SharedCarver carver{shared_bytes};
+  const int64_t D = p.dim, Dv = p.value_dim;
+  const ForwardShared<acc_t> sh = ForwardShared<acc_t>::carve(carver, D, Dv);
+  const OwnedTile tile = owned_tile(p, round);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t head_rows = tile.bh * p.length;  // first row of this head in (B*H, L, .)
+
+  // Query rows of this CTA.
+  if (tid < kRowsPerCta) {
+    const int64_t offset = tile.first + tid;
+    int32_t pos = -1;
+    if (offset < p.bucket_size) {
+      const int32_t candidate = item_position(p, tile.bh, tile.chunk * p.bucket_size + offset);
+      if (position_is_valid(p, tile.bh, candidate)) pos = candidate;
+    }
+    sh.qpos[tid] = pos;
+  }
+  if (tid == 0) {  // the window's chunks, then -1 up to kMaxWindowChunks
+    const int count = window_chunks(tile.chunk, p.n_chunks, p.before, p.after, sh.window);
+    for (int w = count; w < kMaxWindowChunks; ++w) sh.window[w] = -1;
+  }
+  __syncthreads();
+  const bool any_query = __syncthreads_or(tid < kRowsPerCta && sh.qpos[tid] >= 0);
+  if (!any_query) return;  // padding-only rows: nothing to write
+  for (int64_t e = tid; e < kRowsPerCta * D; e += kThreads) {
+    const int32_t pos = sh.qpos[e / D];
+    sh.q[e] = pos >= 0 ? static_cast<acc_t>(a.qk[(head_rows + pos) * D + e % D]) : acc_t(0);
+  }
+  int n_window = 0;
+  while (n_window < kMaxWindowChunks && sh.window[n_window] >= 0) ++n_window;
+  const int64_t n_keys = n_window * p.bucket_size;
+
+  // Online softmax state of this warp's rows (identical in every lane).
+  acc_t row_max[kRowsPerWarp], row_sum[kRowsPerWarp], o[kRowsPerWarp][kSlots];
+  int32_t my_qpos[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    row_max[r] = negative_infinity<acc_t>();
+    row_sum[r] = 0;
+    my_qpos[r] = sh.qpos[warp * kRowsPerWarp + r];
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) o[r][s] = 0;
+  }
+  const acc_t scale = static_cast<acc_t>(p.scale);
+
+  for (int64_t t0 = 0; t0 < n_keys; t0 += kTileItems) {
+    __syncthreads();  // the previous tile is no longer read
+    if (tid < kTileItems) {
+      const int64_t t = t0 + tid;
+      int32_t pos = -1;
+      if (t < n_keys) {
+        const int32_t candidate = item_position(p, tile.bh, item_of_chunk_list(p, sh.window, t));
+        if (position_is_valid(p, tile.bh, candidate)) pos = candidate;
+      }
+      sh.kpos[tid] = pos;
+    }
+    __syncthreads();
+    for (int64_t e = tid; e < kTileItems * D; e += kThreads) {
+      const int64_t j = e / D, d = e % D;
+      const int32_t pos = sh.kpos[j];
+      sh.k[j * (D + 1) + d] =
+          pos >= 0 ? static_cast<acc_t>(a.qk[(head_rows + pos) * D + d]) *
+                         a.key_scale[head_rows + pos]
+                   : acc_t(0);
+    }
+    for (int64_t e = tid; e < kTileItems * Dv; e += kThreads) {
+      const int32_t pos = sh.kpos[e / Dv];
+      sh.v[e] = pos >= 0 ? static_cast<acc_t>(a.v[(head_rows + pos) * Dv + e % Dv]) : acc_t(0);
+    }
+    __syncthreads();
+
+    const int32_t key_pos = sh.kpos[lane];
+    const acc_t* k_row = sh.k + lane * (D + 1);
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      if (my_qpos[r] < 0) continue;  // warp-uniform
+      const acc_t* q_row = sh.q + (warp * kRowsPerWarp + r) * D;
+      acc_t dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += q_row[d] * k_row[d];
+      const acc_t logit = key_pos >= 0
+                              ? masked_logit<acc_t, int32_t>(scale * dot, my_qpos[r], key_pos,
+                                                             p.causal)
+                              : negative_infinity<acc_t>();
+      const acc_t new_max = fmax(row_max[r], warp_max(logit));
+      if (new_max == negative_infinity<acc_t>()) continue;  // no valid key yet (warp-uniform)
+      const acc_t rescale = acc_exp(row_max[r] - new_max);  // 0 on the first valid tile
+      const acc_t weight = acc_exp(logit - new_max);         // 0 for invalid keys
+      row_sum[r] = row_sum[r] * rescale + warp_sum(weight);
+      row_max[r] = new_max;
+#pragma unroll
+      for (int s = 0; s < kSlots; ++s) o[r][s] *= rescale;
+      for (int j = 0; j < kTileItems; ++j) {
+        const acc_t w = __shfl_sync(0xffffffffu, weight, j);
+#pragma unroll
+        for (int s = 0; s < kSlots; ++s) {
+          const int64_t d = lane + 32 * s;
+          if (d < Dv) o[r][s] += w * sh.v[j * Dv + d];
+        }
+      }
+    }
+  }
+
+  // Merge this round into the running output and stats of each query position.
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int32_t pos = my_qpos[r];
+    if (pos < 0) continue;
+    // Every valid query sees itself (its own chunk is in its window), so row_sum >= 1 here.
+    const acc_t cur_max = row_max[r], cur_log_sum = acc_log(row_sum[r]);
+    const acc_t inv = acc_t(1) / row_sum[r];
+    acc_t* st = a.stats + 2 * (head_rows + pos);
+    acc_t* dst = a.out + (head_rows + pos) * Dv;
+    const acc_t old_max = st[0], old_log_sum = st[1];
+    __syncwarp();  // every lane has read the stats before lane 0 overwrites them
+    if (old_max == negative_infinity<acc_t>()) {  // first round of this query
+#pragma unroll
+      for (int s = 0; s < kSlots; ++s) {
+        const int64_t d = lane + 32 * s;
+        if (d < Dv) dst[d] = o[r][s] * inv;
+      }
+      if (lane == 0) st[0] = cur_max, st[1] = cur_log_sum;
+    } else {
+      const acc_t mx = fmax(old_max, cur_max);
+      const acc_t wa = acc_exp(old_max - mx + old_log_sum);
+      const acc_t wb = acc_exp(cur_max - mx + cur_log_sum);
+      const acc_t total = wa + wb;
+#pragma unroll
+      for (int s = 0; s < kSlots; ++s) {
+        const int64_t d = lane + 32 * s;
+        if (d < Dv) dst[d] = (dst[d] * wa + o[r][s] * inv * wb) / total;
+      }
+      if (lane == 0) st[0] = mx, st[1] = acc_log(total);
+    }
+  }
+}
+
+// Runs every round of the forward on `stream`. out must be zero and stats (max) -inf initially.
+template <typename scalar_t, typename acc_t, int kSlots>
+cudaError_t launch_lsh_forward(const AttentionParams& p, const ForwardArgs<scalar_t, acc_t>& a,
+                               int64_t n_hashes, cudaStream_t stream) {
+  SharedCarver carver{nullptr};
+  ForwardShared<acc_t>::carve(carver, p.dim, p.value_dim);
+  const size_t shared = carver.used;
+  const auto kernel = lsh_forward_round_kernel<scalar_t, acc_t, kSlots>;
+  cudaError_t status = allow_shared_memory(kernel, shared);
+  if (status != cudaSuccess) return status;
+  const int64_t ctas = ctas_per_round(p);
+  if (ctas == 0) return cudaSuccess;
+  for (int64_t r = 0; r < n_hashes; ++r) {
+    kernel<<<static_cast<unsigned>(ctas), kThreads, shared, stream>>>(p, a, r);
+    status = cudaGetLastError();
+    if (status != cudaSuccess) return status;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace reformer::cuda

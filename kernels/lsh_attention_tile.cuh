@@ -1,0 +1,142 @@
+// Device building blocks shared by the LSH attention forward and backward kernels
+// (lsh_attention_fwd.cuh, lsh_attention_bwd.cuh): the launch parameters, the mapping from sorted
+// items to original positions, warp reductions and the float/double math overloads.
+// Torch-free: raw pointers and plain structs only.
+//
+// Thread layout of every attention kernel: a CTA of kWarps warps owns kRowsPerCta "owned" rows
+// (query items in the forward and the dQ pass, key items in the dK/dV pass), kRowsPerWarp rows
+// per warp. It streams the other side (keys, or queries) in tiles of 32 items, one item per
+// lane, so a lane computes one logit per owned row, and the per-row sums over the tile are warp
+// shuffles. Feature dimensions (D, Dv) are spread over the lanes in kSlots slots of 32
+// (d = lane + 32 * slot), so D and Dv must be <= 32 * kSlots.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "lsh_common.h"
+
+namespace reformer::cuda {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRowsPerWarp = 4;
+constexpr int kRowsPerCta = kWarps * kRowsPerWarp;  // owned rows of one CTA
+constexpr int kTileItems = 32;                        // streamed items per tile: one per lane
+constexpr int kMaxSlots = 4;                          // D, Dv <= 128
+
+// Sizes and options of one call; every kernel of the attention gets a copy by value.
+struct AttentionParams {
+  int64_t batch, heads, length, padded_length;  // length L, padded to a multiple of bucket_size
+  int64_t dim, value_dim;                       // D, Dv
+  int64_t bucket_size, chunks_per_round, n_chunks;
+  int before, after;  // window: n_chunks_before, n_chunks_after
+  bool causal;
+  double scale;
+  const bool* padding;     // (B, L) key padding mask (true = padding), or null
+  const int32_t* sorted;   // (B*H, R*L') original positions in bucket order, per round
+};
+
+// Number of items (one per position and round) of one head: R * L'.
+__device__ __forceinline__ int64_t items_per_head(const AttentionParams& p) {
+  return p.n_chunks * p.bucket_size;
+}
+
+// Original position of sorted item `item` of head `bh`.
+__device__ __forceinline__ int32_t item_position(const AttentionParams& p, int64_t bh,
+                                                 int64_t item) {
+  return p.sorted[bh * items_per_head(p) + item];
+}
+
+// Whether original position `pos` of head `bh` is a real token (not masked, not the tail L..L').
+__device__ __forceinline__ bool position_is_valid(const AttentionParams& p, int64_t bh,
+                                                  int32_t pos) {
+  if (pos < 0 || pos >= p.length) return false;
+  const int64_t b = bh / p.heads;
+  return p.padding == nullptr || !p.padding[b * p.length + pos];
+}
+
+// The t-th item (0 <= t < count * bucket_size) of the concatenation of `count` chunks.
+__device__ __forceinline__ int64_t item_of_chunk_list(const AttentionParams& p,
+                                                      const int64_t* chunks, int64_t t) {
+  return chunks[t / p.bucket_size] * p.bucket_size + t % p.bucket_size;
+}
+
+// CTA-index decomposition shared by all kernels: a CTA owns kRowsPerCta consecutive items of
+// chunk `chunk` (a chunk of round `round`) of head `bh`, starting at offset `first` in the chunk.
+struct OwnedTile {
+  int64_t bh, chunk, first;
+};
+
+__device__ __forceinline__ OwnedTile owned_tile(const AttentionParams& p, int64_t round) {
+  const int64_t tiles_per_chunk = (p.bucket_size + kRowsPerCta - 1) / kRowsPerCta;
+  const int64_t cta = blockIdx.x;
+  OwnedTile t;
+  t.first = (cta % tiles_per_chunk) * kRowsPerCta;
+  t.chunk = round * p.chunks_per_round + (cta / tiles_per_chunk) % p.chunks_per_round;
+  t.bh = cta / (tiles_per_chunk * p.chunks_per_round);
+  return t;
+}
+
+// CTAs of one round's launch.
+inline int64_t ctas_per_round(const AttentionParams& p) {
+  const int64_t tiles_per_chunk = (p.bucket_size + kRowsPerCta - 1) / kRowsPerCta;
+  return p.batch * p.heads * p.chunks_per_round * tiles_per_chunk;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_max(acc_t x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1)
+    x = fmax(x, __shfl_xor_sync(0xffffffffu, x, offset));
+  return x;
+}
+
+// Accurate exp/log in the accumulation type (expf/logf for float, exp/log for double).
+__device__ __forceinline__ float acc_exp(float x) { return expf(x); }
+__device__ __forceinline__ double acc_exp(double x) { return exp(x); }
+__device__ __forceinline__ float acc_log(float x) { return logf(x); }
+__device__ __forceinline__ double acc_log(double x) { return log(x); }
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t negative_infinity() {
+  return -static_cast<acc_t>(INFINITY);
+}
+
+// Slots of 32 lanes needed for a feature dimension; the kernels are instantiated for 1, 2, 4.
+inline int slots_for(int64_t dim) {
+  return dim <= 32 ? 1 : dim <= 64 ? 2 : dim <= 128 ? 4 : 0;
+}
+
+// Bump allocator over a CTA's dynamic shared memory; the same sequence of take() calls on the
+// host (with base = nullptr) gives the byte count to launch with. Sub-buffers are 16-byte aligned.
+struct SharedCarver {
+  unsigned char* base;
+  size_t used = 0;
+  template <typename T>
+  __host__ __device__ T* take(int64_t count) {
+    used = (used + 15) / 16 * 16;
+    T* at = reinterpret_cast<T*>(base + used);
+    used += static_cast<size_t>(count) * sizeof(T);
+    return at;
+  }
+};
+
+// Raises a kernel's dynamic shared memory limit when it needs more than the default 48 KiB.
+template <typename Kernel>
+cudaError_t allow_shared_memory(Kernel kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(bytes));
+}
+
+}  // namespace reformer::cuda
