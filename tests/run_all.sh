@@ -20,7 +20,7 @@ fi
 
 if [ "${FORCE_CUDA:-}" = "1" ]; then
   # The CUDA kernels must be compiled and linked even where no GPU can run them.
-  "$PY" -c "import torch, reformer_ext; assert torch._C._dispatch_has_kernel_for_dispatch_key('reformer::lsh_buckets', 'CUDA'), 'CUDA kernels missing from reformer_ext._C'; print('CUDA kernels compiled and registered')"
+  "$PY" -c "import torch, reformer_ext; missing = [op for op in ('lsh_buckets', 'lsh_attention', 'lsh_attention_backward', 'chunked_ffn') if not torch._C._dispatch_has_kernel_for_dispatch_key('reformer::' + op, 'CUDA')]; assert not missing, f'CUDA kernels missing from reformer_ext._C: {missing}'; print('CUDA kernels compiled and registered')"
 fi
 
 cmake -S . -B build -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')"

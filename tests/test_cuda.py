@@ -1,0 +1,153 @@
+"""CUDA kernels of the reformer operators against the CPU kernel and reference.py.
+
+Every test needs a CUDA device and is skipped without one. The LSH attention cases are the
+foundation matrix of tests/test_lsh_attention.py (CASES), run on the GPU in float32, bfloat16 and
+float16, plus float64 against the float64 reference; then shapes that exercise the kernels' tiling
+(several CTAs per chunk, head dims 32/64/128, windows of many chunks), gradcheck in float64,
+opcheck on CUDA tensors, bitwise determinism, the head-dim error, and the chunked feed-forward on
+CUDA against the CPU.
+"""
+
+import pytest
+import torch
+
+import reformer_ext as rx
+from test_lsh_attention import (CASES, DET_CASE, F16, F32, F64, BF16, _assert_bitwise,
+                                _assert_close, _assert_lowp, _case, _case_id, _cotangents,
+                                _inputs, _kwargs, _run_ours, _run_ref, _seed)
+
+ops = torch.ops.reformer
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _compare_to_cpu_and_reference(c, dtype, seed=None):
+    seed = _seed(c) if seed is None else seed
+    qk, v, rot, mask = _inputs(c, dtype, seed)
+    go, gl = _cotangents(c, seed, dtype)
+    on_gpu = _run_ours(c, qk, v, rot, mask, go, gl, device="cuda")
+    on_cpu = _run_ours(c, qk, v, rot, mask, go, gl)
+    for a, b in zip(on_gpu, on_cpu):
+        assert a.dtype == b.dtype and a.shape == b.shape
+    ref64 = _run_ref(c, qk, v, rot, mask, go, gl, F64)
+    if dtype == F64:
+        _assert_close(on_gpu, ref64, rtol=1e-10, atol=1e-10)
+    elif dtype == F32:
+        _assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
+        _assert_close(on_gpu, ref64, rtol=1e-4, atol=1e-4)
+    else:
+        ref_lp = [t.to(dtype) if i != 1 else t
+                  for i, t in enumerate(_run_ref(c, qk, v, rot, mask, go, gl, F32))]
+        _assert_lowp(on_gpu, ref64, ref_lp, dtype)
+
+
+@pytest.mark.parametrize("dtype", [F64, F32, BF16, F16], ids=["f64", "f32", "bf16", "f16"])
+@pytest.mark.parametrize("c", CASES, ids=_case_id)
+def test_foundation_matrix_on_cuda(c, dtype):
+    _compare_to_cpu_and_reference(c, dtype)
+
+
+# Shapes the small matrix does not reach: chunks longer than one CTA's 16 rows (several CTAs per
+# chunk, key tiles that straddle chunk boundaries), every head-dim bucket, D != Dv, long windows.
+TILING_CASES = [
+    _case(B=1, H=2, L=200, D=32, Dv=32, m=48, R=2, half=2, causal=True, mask="suffix"),
+    _case(B=1, H=2, Hr=1, L=300, D=64, Dv=64, m=64, R=4, half=3),
+    _case(B=1, H=1, L=130, D=128, Dv=128, m=20, R=2, half=4, before=3, after=2, causal=True),
+    _case(B=2, H=1, L=90, D=128, Dv=40, m=17, R=3, half=2, mask="random"),
+    _case(B=1, H=2, L=64, D=33, Dv=1, m=8, R=2, half=2, before=5, after=5),
+]
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("c", TILING_CASES, ids=_case_id)
+def test_tiling_shapes(c, dtype):
+    _compare_to_cpu_and_reference(c, dtype)
+
+
+@pytest.mark.parametrize("causal,mask", [(False, None), (True, "random"), (True, "row")])
+def test_gradcheck_float64(causal, mask):
+    c = _case(B=1, H=2, L=9, D=4, Dv=3, m=3, R=2, half=2, causal=causal, mask=mask, after=1)
+    qk, v, rot, m = _inputs(c, F64, _seed(c, "cuda"), margin=1e-3)
+    kw = _kwargs(c, rot.cuda(), None if m is None else m.cuda())
+
+    def f(qk, v):
+        return rx.lsh_attention(qk, v, return_lse=True, **kw)
+
+    assert torch.autograd.gradcheck(f, (qk.cuda().requires_grad_(), v.cuda().requires_grad_()))
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
+def test_opcheck(dtype):
+    c = _case(L=12, D=8, Dv=5, R=2, m=4, mask="row", before=2, after=1, scale=0.5)
+    qk, v, rot, mask = (t.cuda() for t in _inputs(c, dtype, _seed(c)))
+    go, gl = (t.cuda() for t in _cotangents(c, 5, dtype))
+    args = (mask, c["m"], c["causal"], c["before"], c["after"], c["scale"])
+    torch.library.opcheck(ops.lsh_attention.default,
+                          (qk.clone().requires_grad_(), v.clone().requires_grad_(), rot, *args))
+    out, lse, sp, st = ops.lsh_attention(qk, v, rot, *args)
+    assert out.is_cuda and lse.is_cuda and sp.is_cuda and st.is_cuda
+    torch.library.opcheck(ops.lsh_attention_backward.default, (go, gl, qk, v, out, st, sp, *args))
+    torch.library.opcheck(ops.lsh_attention_backward.default,
+                          (go, None, qk, v, out, st, sp, *args))
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=["f32", "bf16", "f16"])
+def test_deterministic(dtype):
+    qk, v, rot, mask = _inputs(DET_CASE, dtype, 21)
+    go, gl = _cotangents(DET_CASE, 21, dtype)
+    first = _run_ours(DET_CASE, qk, v, rot, mask, go, gl, "cuda")
+    for _ in range(2):
+        _assert_bitwise(first, _run_ours(DET_CASE, qk, v, rot, mask, go, gl, "cuda"))
+
+
+def test_sorted_positions_and_stats_equal_cpu():
+    c = _case(B=2, H=3, Hr=1, L=211, D=16, Dv=16, m=8, R=4, half=8, mask="random")
+    qk, v, rot, mask = _inputs(c, F32, 22)
+    args = (c["m"], c["causal"], c["before"], c["after"], c["scale"])
+    _, _, sp_cpu, st_cpu = ops.lsh_attention(qk, v, rot, mask, *args)
+    _, _, sp_gpu, st_gpu = ops.lsh_attention(qk.cuda(), v.cuda(), rot.cuda(), mask.cuda(), *args)
+    assert sp_gpu.dtype == torch.int32 and torch.equal(sp_gpu.cpu(), sp_cpu)
+    torch.testing.assert_close(st_gpu.cpu(), st_cpu, rtol=1e-5, atol=1e-5)
+
+
+def test_head_dim_above_128_is_a_clear_error():
+    qk = torch.randn(1, 1, 8, 160, device="cuda")
+    v = torch.randn(1, 1, 8, 16, device="cuda")
+    with pytest.raises(ValueError, match="head dims up to 128"):
+        rx.lsh_attention(qk, v, n_hashes=1, bucket_size=4, n_buckets=2)
+
+
+def test_other_cuda_stream_and_device_guard():
+    c = _case(L=40, m=8, R=2, half=4, causal=True)
+    qk, v, rot, mask = _inputs(c, F32, 23)
+    expected = rx.lsh_attention(qk.cuda(), v.cuda(), **_kwargs(c, rot.cuda(), None))
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        got = rx.lsh_attention(qk.cuda(), v.cuda(), **_kwargs(c, rot.cuda(), None))
+    stream.synchronize()
+    assert torch.equal(got, expected)
+
+
+# ------------------------------------------------------------------ chunked feed-forward
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "silu"])
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25])
+def test_chunked_ffn_cuda_matches_cpu(activation, dtype, dropout_p):
+    g = torch.Generator().manual_seed(31)
+    x = torch.randn(3, 37, 24, generator=g)
+    w1, b1 = torch.randn(64, 24, generator=g) / 5, torch.randn(64, generator=g)
+    w2, b2 = torch.randn(24, 64, generator=g) / 8, torch.randn(24, generator=g)
+    grad = torch.randn(3, 37, 24, generator=g)
+
+    def run(device):
+        leaves = [t.to(device=device, dtype=dtype).requires_grad_() for t in (x, w1, b1, w2, b2)]
+        y = ops.chunked_ffn(*leaves, 16, activation, dropout_p, 1234)
+        grads = torch.autograd.grad((y * grad.to(device=device, dtype=dtype)).sum(), leaves)
+        return [t.detach().float().cpu() for t in (y, *grads)]
+
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == F32 else dict(rtol=3e-2, atol=3e-2)
+    for name, a, b in zip(("y", "x", "w1", "b1", "w2", "b2"), run("cuda"), run("cpu")):
+        scale = max(1.0, float(b.abs().max()))
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * scale,
+                                   msg=lambda m, name=name: f"{name}: {m}")
