@@ -12,10 +12,10 @@
 //   gW2 += s · g_cᵀ · a
 //   a = s · g_c · W2;  a = a ⊙ pre;  gb1 += Σ_rows a   (one pass)
 //   gW1 += aᵀ · x_c;  gx_c = a · W1
-// gb2 = Σ_rows g. The fused passes are the CPU kernels of cpu/ffn_cpu.cpp (float32, float64).
-// Other dtypes and devices compose the same steps from ATen operators (addmm with the bias,
-// in-place activation, masked_fill_, activation backward, sum); on CUDA, relu and gelu_tanh with
-// a bias use at::_addmm_activation (cuBLASLt's bias+activation epilogue) in the forward.
+// gb2 = Σ_rows g. The fused passes are the CPU kernels of cpu/ffn_cpu.cpp (float32, float64) and,
+// in a CUDA build, the CUDA kernels of cuda/ffn_cuda.cu (every dtype). Elsewhere (CPU float16 /
+// bfloat16) the same steps are composed from ATen operators (addmm with the bias, in-place
+// activation, masked_fill_, activation backward, sum).
 // Weight gradients are accumulated in a fixed chunk order (deterministic), in float32 for
 // float16 / bfloat16 inputs. Nothing of size (N, d_ff) is ever allocated.
 //
@@ -41,6 +41,9 @@
 #include <cstdint>
 
 #include "cpu/ffn_cpu.h"
+#ifdef REFORMER_WITH_CUDA
+#include "cuda/ffn_cuda.h"
+#endif
 
 namespace reformer {
 namespace {
@@ -198,6 +201,41 @@ void accumulate_mm(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, do
   }
 }
 
+// The fused element-wise kernels of a chunk, on the hidden buffer's device: the CPU ones
+// (float32/float64) or, in a CUDA build, the CUDA ones (every dtype). Where none applies, the
+// callers compose the same steps from ATen operators.
+bool fused_supported(const at::Tensor& h) {
+#ifdef REFORMER_WITH_CUDA
+  if (h.is_cuda()) return cuda::ffn_fused_supported(h);
+#endif
+  return cpu::ffn_fused_supported(h);
+}
+
+void fused_bias_activation_(const at::Tensor& h, const at::Tensor& bias,
+                            const cpu::HiddenDropoutRows& dropout, FfnActivation act) {
+#ifdef REFORMER_WITH_CUDA
+  if (h.is_cuda()) return cuda::ffn_bias_activation_(h, bias, dropout, act);
+#endif
+  cpu::ffn_bias_activation_(h, bias, dropout, act);
+}
+
+void fused_bias_activation_grad_(const at::Tensor& h, const at::Tensor& act_out,
+                                 const at::Tensor& bias, const cpu::HiddenDropoutRows& dropout,
+                                 FfnActivation act) {
+#ifdef REFORMER_WITH_CUDA
+  if (h.is_cuda()) return cuda::ffn_bias_activation_grad_(h, act_out, bias, dropout, act);
+#endif
+  cpu::ffn_bias_activation_grad_(h, act_out, bias, dropout, act);
+}
+
+void fused_mul_colsum_(const at::Tensor& grad, const at::Tensor& deriv,
+                       const at::Tensor& col_sums) {
+#ifdef REFORMER_WITH_CUDA
+  if (grad.is_cuda()) return cuda::ffn_mul_colsum_(grad, deriv, col_sums);
+#endif
+  cpu::ffn_mul_colsum_(grad, deriv, col_sums);
+}
+
 }  // namespace
 
 FfnActivation parse_ffn_activation(std::string_view activation) {
@@ -255,7 +293,7 @@ at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
   auto out = at::empty({s.rows, s.d_model}, x.options());
   if (s.rows == 0) return out.view(x.sizes());
   auto hidden = at::empty({P.chunk, s.d_ff}, x.options());
-  const bool fused = cpu::ffn_fused_supported(hidden);
+  const bool fused = fused_supported(hidden);
   c10::optional<HiddenDropout> dropout;  // the mask as tensors, where no fused kernel exists
   if (P.has_dropout() && !fused) {
     dropout.emplace(P.dropout_p, P.seed, s.d_ff, P.chunk, x.options());
@@ -265,10 +303,9 @@ at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
     const int64_t n = std::min(P.chunk, s.rows - row0);
     const auto x_c = P.x2d.narrow(0, row0, n);
     auto h = hidden.narrow(0, 0, n);
-    if (fused) {  // CPU float/double: h = act(x_c W1ᵀ + b1) ⊙ keep, one pass after the GEMM
+    if (fused) {  // h = act(x_c W1ᵀ + b1) ⊙ keep, one pass after the GEMM
       at::mm_out(h, x_c, P.w1t);
-      cpu::ffn_bias_activation_(h, b1.value_or(at::Tensor()), P.dropout_rows(row0),
-                                s.activation);
+      fused_bias_activation_(h, b1.value_or(at::Tensor()), P.dropout_rows(row0), s.activation);
     } else {
       if (!P.first_linear(h, x_c, /*activate=*/true)) activation_inplace(h, s.activation);
       if (dropout) h.masked_fill_(dropout->dropped(row0, n), 0);
@@ -316,7 +353,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_f
   if (s.rows > 0 && (need_dpre || need_gw2)) {
     auto pre_buf = at::empty({P.chunk, s.d_ff}, x.options());
     auto a_buf = at::empty({P.chunk, s.d_ff}, x.options());
-    const bool fused = cpu::ffn_fused_supported(pre_buf);
+    const bool fused = fused_supported(pre_buf);
     c10::optional<HiddenDropout> dropout;  // the mask as tensors, where no fused kernel exists
     if (P.has_dropout() && !fused) {
       dropout.emplace(P.dropout_p, P.seed, s.d_ff, P.chunk, x.options());
@@ -334,11 +371,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_f
       if (dropout) dropped = dropout->dropped(row0, n);
 
       if (fused) {
-        // CPU float/double: one pass gives a = act(z) ⊙ keep and pre = act'(z) ⊙ keep, z the
+        // One pass gives a = act(z) ⊙ keep and pre = act'(z) ⊙ keep, z the
         // recomputed pre-activation; a second fuses the product with it and b1's column sums.
         at::mm_out(pre, x_c, P.w1t);
-        cpu::ffn_bias_activation_grad_(pre, a, b1.value_or(at::Tensor()), P.dropout_rows(row0),
-                                       s.activation);
+        fused_bias_activation_grad_(pre, a, b1.value_or(at::Tensor()), P.dropout_rows(row0),
+                                    s.activation);
         if (need_gw2) accumulate_mm(gw2, g_c.t(), a, P.scale);
         if (!need_dpre) continue;
         if (P.scale != 1.0) {
@@ -346,7 +383,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_f
         } else {
           at::mm_out(a, g_c, w2);
         }
-        cpu::ffn_mul_colsum_(a, pre, need_gb1 ? gb1 : at::Tensor());  // a = d(loss)/d(pre)
+        fused_mul_colsum_(a, pre, need_gb1 ? gb1 : at::Tensor());  // a = d(loss)/d(pre)
         if (need_gw1) accumulate_mm(gw1, a.t(), x_c, 1.0);
         if (need_gx) {
           auto gx_c = gx.narrow(0, row0, n);

@@ -23,32 +23,19 @@
 #include <string_view>
 #include <tuple>
 
+#include "../kernels/ffn_dropout.h"
+
 namespace reformer {
 
 enum class FfnActivation { Gelu, GeluTanh, Relu, Silu };
 
-// The dropout rule above, shared by the ATen implementation (int64 tensors) and the fused CPU
-// kernels (scalar uint64 arithmetic).
+// The dropout rule above: the mask itself (kGamma, mix, dropped) is in kernels/ffn_dropout.h,
+// shared by the ATen implementation, the fused CPU kernels and the CUDA kernel.
 namespace ffn_dropout {
-constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;
-constexpr uint64_t kMix1 = 0xBF58476D1CE4E5B9ull;
-constexpr uint64_t kMix2 = 0x94D049BB133111EBull;
-
 // -2^63 + p · 2^64 as a signed 64-bit integer (p · 2^64 is exact for a double 0 <= p < 1).
 inline int64_t threshold(double p) {
   const auto scaled = static_cast<uint64_t>(std::ldexp(p, 64));
   return static_cast<int64_t>(scaled ^ (uint64_t{1} << 63));
-}
-
-inline uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * kMix1;
-  z = (z ^ (z >> 27)) * kMix2;
-  return z ^ (z >> 31);
-}
-
-// Whether element `index` of the (N, d_ff) hidden activation is dropped.
-inline bool dropped(uint64_t seed, uint64_t index, int64_t threshold) {
-  return static_cast<int64_t>(mix(seed + (index + 1) * kGamma)) < threshold;
 }
 }  // namespace ffn_dropout
 

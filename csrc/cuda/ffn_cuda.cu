@@ -1,0 +1,79 @@
+// CUDA fused element-wise kernels of the chunked feed-forward (ffn_cuda.h): dtype dispatch,
+// device guard and current stream around kernels/ffn_activation.cuh.
+#include "ffn_cuda.h"
+
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Functions.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "../../kernels/ffn_activation.cuh"
+
+namespace reformer::cuda {
+namespace {
+
+FfnAct kernel_activation(FfnActivation act) {
+  switch (act) {
+    case FfnActivation::Gelu: return FfnAct::Gelu;
+    case FfnActivation::GeluTanh: return FfnAct::GeluTanh;
+    case FfnActivation::Relu: return FfnAct::Relu;
+    case FfnActivation::Silu: return FfnAct::Silu;
+  }
+  return FfnAct::Gelu;  // unreachable
+}
+
+FfnDropoutRows kernel_dropout(const cpu::HiddenDropoutRows& d) {
+  const bool enabled = d.p > 0.0;
+  return {enabled, static_cast<uint64_t>(d.seed), enabled ? ffn_dropout::threshold(d.p) : 0,
+          d.first_row};
+}
+
+// out = act(h + bias) ⊙ keep, and deriv = act'(h + bias) ⊙ keep when defined.
+void bias_activation(const at::Tensor& h, const at::Tensor& bias,
+                     const cpu::HiddenDropoutRows& dropout, FfnActivation act,
+                     const at::Tensor& out, const at::Tensor& deriv) {
+  TORCH_CHECK(ffn_fused_supported(h) && out.is_contiguous() &&
+                  (!deriv.defined() || deriv.is_contiguous()),
+              "chunked_ffn CUDA kernels need contiguous CUDA tensors");
+  const c10::cuda::CUDAGuard guard(h.device());
+  const auto b = bias.defined() ? bias.contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(),
+                                  "chunked_ffn_bias_activation_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    C10_CUDA_CHECK((launch_ffn_bias_activation<scalar_t, acc_t>(
+        kernel_activation(act), h.data_ptr<scalar_t>(),
+        b.defined() ? b.data_ptr<scalar_t>() : nullptr, h.size(0), h.size(1),
+        kernel_dropout(dropout), out.data_ptr<scalar_t>(),
+        deriv.defined() ? deriv.data_ptr<scalar_t>() : nullptr,
+        c10::cuda::getCurrentCUDAStream())));
+  });
+}
+
+}  // namespace
+
+bool ffn_fused_supported(const at::Tensor& h) {
+  return h.is_cuda() && h.dim() == 2 && h.is_contiguous() &&
+         (h.scalar_type() == at::kFloat || h.scalar_type() == at::kDouble ||
+          h.scalar_type() == at::kHalf || h.scalar_type() == at::kBFloat16);
+}
+
+void ffn_bias_activation_(const at::Tensor& h, const at::Tensor& bias,
+                          const cpu::HiddenDropoutRows& dropout, FfnActivation act) {
+  bias_activation(h, bias, dropout, act, h, at::Tensor());
+}
+
+void ffn_bias_activation_grad_(const at::Tensor& h, const at::Tensor& act_out,
+                               const at::Tensor& bias, const cpu::HiddenDropoutRows& dropout,
+                               FfnActivation act) {
+  bias_activation(h, bias, dropout, act, act_out, h);
+}
+
+void ffn_mul_colsum_(const at::Tensor& grad, const at::Tensor& deriv, const at::Tensor& col_sums) {
+  grad.mul_(deriv);
+  if (col_sums.defined())
+    col_sums.add_(at::sum(grad, {0}, /*keepdim=*/false, col_sums.scalar_type()));
+}
+
+}  // namespace reformer::cuda
