@@ -51,8 +51,9 @@ def test_foundation_matrix_on_cuda(c, dtype):
 TILING_CASES = [
     _case(B=1, H=2, L=200, D=32, Dv=32, m=48, R=2, half=2, causal=True, mask="suffix"),
     _case(B=1, H=2, Hr=1, L=300, D=64, Dv=64, m=64, R=4, half=3),
-    _case(B=1, H=1, L=130, D=128, Dv=128, m=20, R=2, half=4, before=3, after=2, causal=True),
-    _case(B=2, H=1, L=90, D=128, Dv=40, m=17, R=3, half=2, mask="random"),
+    _case(B=1, H=1, Hr=1, L=130, D=128, Dv=128, m=20, R=2, half=4, before=3, after=2,
+          causal=True),
+    _case(B=2, H=1, Hr=1, L=90, D=128, Dv=40, m=17, R=3, half=2, mask="random"),
     _case(B=1, H=2, L=64, D=33, Dv=1, m=8, R=2, half=2, before=5, after=5),
 ]
 
