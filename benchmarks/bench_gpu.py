@@ -5,6 +5,8 @@ Configuration: bfloat16, B=1, H=8, D=Dv=64, n_hashes=4, bucket_size=64 (one chun
 L in {4K, 16K, 64K}; modes "fwd" (forward under no_grad) and "fwdbwd" (forward, then backward of a
 fixed output gradient). Rows:
   ours        rx.lsh_attention(qk, v, rotations=<drawn once>), qk, v (B, H, L, D)
+  ours_hash   forward only: torch.ops.reformer.lsh_buckets(qk, rotations), the hashing part of
+              ours (where its time goes; n_buckets = 2 * L / bucket_size grows with L)
   sdpa        F.scaled_dot_product_attention(q, k, v), full non-causal attention; PyTorch picks the
               fused backend (flash or cuDNN on H100/H200)
   reformer_pytorch  reformer-pytorch's LSHAttention(bucket_size, n_hashes) on (B*H, L, D)
@@ -36,8 +38,8 @@ import traceback
 
 LENGTHS = (4096, 16384, 65536)
 MODES = ("fwd", "fwdbwd")
-IMPLS = ("ours", "sdpa", "reformer_pytorch", "ours_proj", "hf")
-BASELINE = {"ours": "ours", "sdpa": "ours", "reformer_pytorch": "ours", "ours_proj": "ours_proj",
+IMPLS = ("ours", "ours_hash", "sdpa", "reformer_pytorch", "ours_proj", "hf")
+BASELINE = {"ours": "ours", "ours_hash": "ours", "sdpa": "ours", "reformer_pytorch": "ours", "ours_proj": "ours_proj",
             "hf": "ours_proj"}
 
 
@@ -64,11 +66,14 @@ def build(impl: str, L: int, mode: str, a):
         return [p for mod in mods for p in mod.parameters()]
 
     rot = torch.randn(H, D, R, nb // 2, generator=g, device=dev)
-    if impl in ("ours", "ours_proj"):
-        import reformer_ext as rx
+    if impl in ("ours", "ours_hash", "ours_proj"):
+        import reformer_ext as rx  # noqa: F401 - also registers torch.ops.reformer
     if impl == "ours":
         qk, v = randn(B, H, L, D), randn(B, H, L, D)
         return (lambda: rx.lsh_attention(qk, v, n_hashes=R, bucket_size=m, rotations=rot)), [qk, v]
+    if impl == "ours_hash":
+        qk = randn(B, H, L, D).detach()
+        return (lambda: torch.ops.reformer.lsh_buckets(qk, rot, None)), []
     if impl == "sdpa":
         q, k, v = randn(B, H, L, D), randn(B, H, L, D), randn(B, H, L, D)
         return (lambda: F.scaled_dot_product_attention(q, k, v)), [q, k, v]
@@ -178,6 +183,8 @@ def run(a) -> None:
             reason = available(impl)
             for L in a.lengths:
                 for mode in MODES:
+                    if impl == "ours_hash" and mode != "fwd":
+                        continue  # hashing has no backward
                     if reason or impl in too_big:
                         row = {"impl": impl, "L": L, "mode": mode,
                                "skipped": reason or too_big[impl]}

@@ -58,14 +58,35 @@ peers() {
   fi
 }
 
-export -f build peers
+memcheck() {
+  # Out-of-bounds or misaligned accesses in the kernels, on one small forward + backward.
+  local sanitizer
+  sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null) ||
+    { echo "compute-sanitizer not found: skipped"; return 0; }
+  "$sanitizer" --tool memcheck --error-exitcode 1 "$PY" - <<'EOF'
+import torch, reformer_ext as rx
+g = torch.Generator(device="cuda").manual_seed(0)
+for dtype, D in ((torch.bfloat16, 64), (torch.float32, 128), (torch.float64, 32)):
+    qk = torch.randn(2, 2, 300, D, device="cuda", dtype=dtype, generator=g).requires_grad_()
+    v = torch.randn(2, 2, 300, D, device="cuda", dtype=dtype, generator=g).requires_grad_()
+    mask = torch.rand(2, 300, device="cuda", generator=g) < 0.2
+    out, lse = rx.lsh_attention(qk, v, n_hashes=2, bucket_size=40, causal=True,
+                                key_padding_mask=mask, return_lse=True)
+    (out.float().sum() + lse.sum()).backward()
+torch.cuda.synchronize()
+print("memcheck run finished")
+EOF
+}
+
+export -f build peers memcheck
 
 stage info 15 bash -c "nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))'"
-stage peers 45 bash -c peers
+stage peers 30 bash -c peers
 stage build 180 bash -c build
-stage tests 110 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+stage tests 100 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
   tests/test_lsh_attention.py -k "cuda or CUDA"
-stage bench 120 "$PY" benchmarks/bench_gpu.py --budget 1.5 --step-limit 1.0 --results "$LOGS/bench.jsonl"
+stage memcheck 40 bash -c memcheck
+stage bench 110 "$PY" benchmarks/bench_gpu.py --budget 1.5 --step-limit 1.0 --results "$LOGS/bench.jsonl"
 
 echo
 echo "=== stages"
