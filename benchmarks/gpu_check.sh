@@ -84,7 +84,7 @@ stage info 15 bash -c "nvidia-smi; $PY -c 'import torch; print(torch.__version__
 stage peers 30 bash -c peers
 stage build 180 bash -c build
 stage tests 100 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-  tests/test_lsh_attention.py -k "cuda or CUDA"
+  tests/test_lsh_attention.py tests/test_chunked_ffn.py -k "cuda or CUDA"
 stage memcheck 40 bash -c memcheck
 stage bench 110 "$PY" benchmarks/bench_gpu.py --budget 1.5 --step-limit 1.0 --results "$LOGS/bench.jsonl"
 
