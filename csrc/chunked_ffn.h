@@ -4,14 +4,8 @@
 // activation never exists. One device-generic implementation on ATen (GEMMs through at::addmm /
 // at::mm: the CPU BLAS on CPU, cuBLAS on CUDA), registered for both the CPU and CUDA keys.
 //
-// Dropout on the hidden activation is a pure function of (dropout_seed, element index), so the
-// backward regenerates exactly the forward's mask whatever the chunking (see chunked_ffn.cpp and
-// reformer_ext/feed_forward.py, which mirrors it in Python):
-//   word(e) = the (e + 1)-th output of SplitMix64 seeded with dropout_seed
-//           = mix64(dropout_seed + (e + 1) · 0x9E3779B97F4A7C15)   (mod 2^64),
-//   e = row · d_ff + column, the row-major index into the (N, d_ff) hidden activation;
-//   the element is kept iff word(e), read as a signed 64-bit integer, is >= -2^63 + round(p · 2^64);
-//   kept elements are scaled by 1 / (1 - p).
+// Dropout on the hidden activation uses the seeded mask of seeded_dropout.h over the (N, d_ff)
+// hidden activation, so the backward regenerates exactly the forward's mask whatever the chunking.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -23,34 +17,12 @@
 #include <string_view>
 #include <tuple>
 
+#include "seeded_dropout.h"
+
 namespace reformer {
 
 enum class FfnActivation { Gelu, GeluTanh, Relu, Silu };
 
-// The dropout rule above, shared by the ATen implementation (int64 tensors) and the fused CPU
-// kernels (scalar uint64 arithmetic).
-namespace ffn_dropout {
-constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;
-constexpr uint64_t kMix1 = 0xBF58476D1CE4E5B9ull;
-constexpr uint64_t kMix2 = 0x94D049BB133111EBull;
-
-// -2^63 + p · 2^64 as a signed 64-bit integer (p · 2^64 is exact for a double 0 <= p < 1).
-inline int64_t threshold(double p) {
-  const auto scaled = static_cast<uint64_t>(std::ldexp(p, 64));
-  return static_cast<int64_t>(scaled ^ (uint64_t{1} << 63));
-}
-
-inline uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * kMix1;
-  z = (z ^ (z >> 27)) * kMix2;
-  return z ^ (z >> 31);
-}
-
-// Whether element `index` of the (N, d_ff) hidden activation is dropped.
-inline bool dropped(uint64_t seed, uint64_t index, int64_t threshold) {
-  return static_cast<int64_t>(mix(seed + (index + 1) * kGamma)) < threshold;
-}
-}  // namespace ffn_dropout
 
 // Sizes and options of one chunked_ffn call, derived once from checked arguments.
 struct FfnShape {
@@ -76,13 +48,26 @@ at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
                        const c10::optional<at::Tensor>& b2, int64_t chunk_size,
                        c10::string_view activation, double dropout_p, int64_t dropout_seed);
 
-// (grad_x, grad_w1, grad_b1, grad_w2, grad_b2). output_mask selects which are computed, in that
-// order; a gradient that is not asked for, or whose bias is absent, is an undefined tensor
-// (None in Python). Weight and bias gradients are accumulated across chunks in a fixed order.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_ffn_backward(
+// (grad_x, grad_w1, grad_b1, grad_w2, grad_b2).
+using FfnGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The gradients; output_mask selects which are computed, in that order; a gradient that is not
+// asked for, or whose bias is absent, is an undefined tensor (None in Python). Weight and bias
+// gradients are accumulated across chunks in a fixed order.
+FfnGradients chunked_ffn_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                                  const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                                  int64_t chunk_size, c10::string_view activation,
+                                  double dropout_p, int64_t dropout_seed,
+                                  std::array<bool, 5> output_mask);
+
+// All five gradients, and the forward's output y in `forward_out`, in one pass over the chunks
+// (the backward recomputes the hidden activation anyway; y costs one more GEMM per chunk instead
+// of a second forward). For recomputing callers such as the reversible stack.
+FfnGradients chunked_ffn_backward_with_output(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1,
     const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
     const c10::optional<at::Tensor>& b2, int64_t chunk_size, c10::string_view activation,
-    double dropout_p, int64_t dropout_seed, std::array<bool, 5> output_mask);
+    double dropout_p, int64_t dropout_seed, at::Tensor& forward_out);
 
 }  // namespace reformer

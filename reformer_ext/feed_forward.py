@@ -30,7 +30,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["chunked_feed_forward", "draw_dropout_seed", "hidden_dropout_keep_mask", "ACTIVATIONS"]
+__all__ = ["chunked_feed_forward", "draw_dropout_seed", "hidden_dropout_keep_mask", "seeded_dropout",
+           "ACTIVATIONS"]
 
 #: Accepted values of ``activation``: exact GELU, tanh-approximated GELU, ReLU, SiLU.
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
@@ -116,6 +117,17 @@ def hidden_dropout_keep_mask(n_rows: int, d_ff: int, p: float, seed: int, *, row
             z *= _as_int64(mult)
     threshold = _as_int64(int(math.ldexp(p, 64)) ^ (1 << 63))  # -2^63 + p · 2^64
     return z >= threshold
+
+
+def seeded_dropout(x: Tensor, p: float, seed: int) -> Tensor:
+    """Inverted dropout of ``x`` viewed as ``(N, x.shape[-1])`` rows, with the mask rule above
+    (:func:`hidden_dropout_keep_mask` over those rows): what the reversible stack operator
+    applies to its branch outputs (csrc/seeded_dropout.h). ``p == 0`` returns ``x``."""
+    if p == 0.0:
+        return x
+    width = x.shape[-1]
+    keep = hidden_dropout_keep_mask(x.numel() // width, width, p, seed, device=x.device)
+    return torch.where(keep.view(x.shape), x, 0).mul(1.0 / (1.0 - p))
 
 
 # ---------------------------------------------------------------------------------------------
