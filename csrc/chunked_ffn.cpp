@@ -380,16 +380,56 @@ FfnGradients chunked_ffn_backward_with_output(
   return backward_impl(P, grad_out, x, w1, w2, {true, true, true, true, true}, &forward_out);
 }
 
+int64_t read_dropout_seed(const c10::optional<at::Tensor>& dropout_seed, double dropout_p) {
+  // the rate first, so that a bad rate is reported as such whatever the seed
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "dropout_p must be in [0, 1), got ",
+                    dropout_p);
+  if (!dropout_seed.has_value()) {
+    TORCH_CHECK_VALUE(dropout_p == 0.0, "dropout_seed must be given when dropout_p > 0 (got ",
+                      "dropout_p = ", dropout_p, " and dropout_seed = None)");
+    return 0;
+  }
+  const auto& seed = *dropout_seed;
+  TORCH_CHECK_VALUE(seed.scalar_type() == at::kLong && seed.numel() == 1 && seed.is_cpu(),
+                    "dropout_seed must be a one-element int64 tensor on the CPU, got ",
+                    seed.scalar_type(), " of shape ", seed.sizes(), " on ", seed.device());
+  return seed.item<int64_t>();
+}
+
+namespace {
+
+// The operator entry points: the seed tensor read once, then the integer-seed functions above.
+at::Tensor chunked_ffn_op(const at::Tensor& x, const at::Tensor& w1,
+                          const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                          const c10::optional<at::Tensor>& b2, int64_t chunk_size,
+                          c10::string_view activation, double dropout_p,
+                          const c10::optional<at::Tensor>& dropout_seed) {
+  return chunked_ffn(x, w1, b1, w2, b2, chunk_size, activation, dropout_p,
+                     read_dropout_seed(dropout_seed, dropout_p));
+}
+
+FfnGradients chunked_ffn_backward_op(const at::Tensor& grad_out, const at::Tensor& x,
+                                     const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                                     const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                                     int64_t chunk_size, c10::string_view activation,
+                                     double dropout_p,
+                                     const c10::optional<at::Tensor>& dropout_seed,
+                                     std::array<bool, 5> output_mask) {
+  return chunked_ffn_backward(grad_out, x, w1, b1, w2, b2, chunk_size, activation, dropout_p,
+                              read_dropout_seed(dropout_seed, dropout_p), output_mask);
+}
+
+}  // namespace
 }  // namespace reformer
 
 // One function for both devices: besides ATen operators (the CPU BLAS / cuBLAS GEMMs) it only
 // calls the fused CPU kernels, and only for CPU float32/float64 tensors.
 TORCH_LIBRARY_IMPL(reformer, CPU, m) {
-  m.impl("chunked_ffn", &reformer::chunked_ffn);
-  m.impl("chunked_ffn_backward", &reformer::chunked_ffn_backward);
+  m.impl("chunked_ffn", &reformer::chunked_ffn_op);
+  m.impl("chunked_ffn_backward", &reformer::chunked_ffn_backward_op);
 }
 
 TORCH_LIBRARY_IMPL(reformer, CUDA, m) {
-  m.impl("chunked_ffn", &reformer::chunked_ffn);
-  m.impl("chunked_ffn_backward", &reformer::chunked_ffn_backward);
+  m.impl("chunked_ffn", &reformer::chunked_ffn_op);
+  m.impl("chunked_ffn_backward", &reformer::chunked_ffn_backward_op);
 }

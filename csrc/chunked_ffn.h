@@ -42,6 +42,10 @@ FfnShape check_chunked_ffn_args(const at::Tensor& x, const at::Tensor& w1,
                                 const c10::optional<at::Tensor>& b2, int64_t chunk_size,
                                 std::string_view activation, double dropout_p);
 
+// The operators' dropout_seed argument as an integer: a one-element int64 CPU tensor, or None
+// (then 0) when dropout_p is 0. A ValueError naming dropout_seed otherwise.
+int64_t read_dropout_seed(const c10::optional<at::Tensor>& dropout_seed, double dropout_p);
+
 // y (same shape as x).
 at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
                        const c10::optional<at::Tensor>& b1, const at::Tensor& w2,

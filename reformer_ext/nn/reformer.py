@@ -34,7 +34,7 @@ class PreNormAttention(tnn.Module):
         self.dropout = float(dropout)
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None, *,
-                rotations: Optional[Tensor] = None, dropout_seed: Optional[int] = None) -> Tensor:
+                rotations: Optional[Tensor] = None, dropout_seed=None) -> Tensor:
         out = self.attn(self.norm(x), key_padding_mask, rotations=rotations)
         return _branch_dropout(out, self.dropout if self.training else 0.0, dropout_seed)
 
@@ -51,13 +51,12 @@ class PreNormFeedForward(tnn.Module):
         self.ff = ff
         self.dropout = float(dropout)
 
-    def forward(self, x: Tensor, *, hidden_seed: Optional[int] = None,
-                dropout_seed: Optional[int] = None) -> Tensor:
+    def forward(self, x: Tensor, *, hidden_seed=None, dropout_seed=None) -> Tensor:
         out = self.ff(self.norm(x), dropout_seed=hidden_seed)
         return _branch_dropout(out, self.dropout if self.training else 0.0, dropout_seed)
 
 
-def _branch_dropout(x: Tensor, p: float, seed: Optional[int]) -> Tensor:
+def _branch_dropout(x: Tensor, p: float, seed) -> Tensor:
     if p == 0.0:
         return x
     return seeded_dropout(x, p, draw_dropout_seed() if seed is None else seed)
@@ -196,8 +195,7 @@ class Reformer(tnn.Module):
                     layer_norm_eps=self.layers[0].f.norm.eps)
         x1 = x2 = x
         for i, block in enumerate(self.layers):
-            # int() of a seed only when dropout is active (it would break a compiled graph)
-            s = [int(v) for v in seeds[i]] if p > 0.0 else [None] * 3
+            s = seeds[i]
             x1 = x1 + block.f(x2, key_padding_mask, rotations=rotations[i], dropout_seed=s[0])
             x2 = x2 + block.g(x1, hidden_seed=s[1], dropout_seed=s[2])
         return x1, x2
