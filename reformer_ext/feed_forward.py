@@ -30,6 +30,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._autocast import register_low_precision_autocast
+
 __all__ = ["chunked_feed_forward", "draw_dropout_seed", "hidden_dropout_keep_mask", "seed_tensor",
            "seeded_dropout", "ACTIVATIONS"]
 
@@ -83,6 +85,9 @@ def _chunked_ffn_backward(ctx, grad_out):
 torch.library.register_autograd(
     "reformer::chunked_ffn", _chunked_ffn_backward, setup_context=_chunked_ffn_setup_context
 )
+
+# Autocast (reformer_ext/_autocast.py): the nn.Linear rule, all five tensors in low precision.
+register_low_precision_autocast("reformer::chunked_ffn", cast=("x", "w1", "b1", "w2", "b2"))
 
 
 # ---------------------------------------------------------------------------------------------
