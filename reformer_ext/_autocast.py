@@ -14,6 +14,8 @@ low precision. The output has the low-precision dtype; ``lse`` stays float32.
 - ``reformer::lsh_buckets``: qk is cast, so the buckets it reports in an autocast region are the
   ones ``lsh_attention`` uses there.
 - ``reformer::chunked_ffn``: x, w1, b1, w2 and b2 are cast (the ``nn.Linear`` rule).
+- ``reformer::reformer_stack``: the streams x1, x2 and every weight are cast, so the whole
+  stack (and its recompute in the backward) runs in the low-precision dtype; rotations are not.
 - The backward operators get no rule: autograd calls them with the dtypes the forward saved,
   and the gradients flow back through the casts to the float32 inputs.
 
@@ -37,7 +39,10 @@ _LIBRARY = torch.library.Library("reformer", "IMPL")
 
 
 def _cast_to(value, device_type: str, dtype: torch.dtype):
-    """What autocast does to one argument of a low-precision operator."""
+    """What autocast does to one argument of a low-precision operator (each tensor of a list
+    argument alike)."""
+    if isinstance(value, (list, tuple)):
+        return [_cast_to(v, device_type, dtype) for v in value]
     if (isinstance(value, torch.Tensor) and value.is_floating_point()
             and value.dtype is not torch.float64 and value.device.type == device_type):
         return value.to(dtype)

@@ -21,6 +21,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ._autocast import register_low_precision_autocast
+
 __all__ = ["WEIGHTS_PER_LAYER", "WEIGHT_NAMES", "reformer_stack"]
 
 # The order of one layer's weights in the operator's `weights` list (csrc/reformer_stack.h).
@@ -86,6 +88,10 @@ def _backward(ctx, grad_y1, grad_y2):
 
 torch.library.register_autograd("reformer::reformer_stack", _backward,
                                 setup_context=_setup_context)
+
+# Autocast (reformer_ext/_autocast.py): one opaque operator cannot follow autocast op by op, so it
+# runs entirely in the region's dtype (its kernels accumulate in float32), the recompute likewise.
+register_low_precision_autocast("reformer::reformer_stack", cast=("x1", "x2", "weights"))
 
 
 def reformer_stack(x1: Tensor, x2: Tensor, weights: Sequence[Tensor], rotations: Sequence[Tensor],

@@ -16,8 +16,6 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 import reformer_ext as rx
 
-REVERSIBLE_PENDING = pytest.mark.xfail(strict=False, reason="reversible stack operator pending")
-DROPOUT_SEED_PENDING = pytest.mark.xfail(strict=False, reason="dropout seed as tensor: pending")
 D_MODEL, HEADS, VOCAB = 16, 2, 37
 
 
@@ -161,7 +159,6 @@ def test_feed_forward_dynamic_shapes_compile_once():
     _assert_no_recompilation(_feed_forward(), "float", DYNAMIC_SHAPES, with_mask=False)
 
 
-@DROPOUT_SEED_PENDING
 def test_feed_forward_dropout_training_compiles():
     ff = _feed_forward(dropout=0.2).train()
     x = _inputs("float", 2, 9)
@@ -188,7 +185,7 @@ def _reformer_lm(reversible, training):
 
 
 REVERSIBLE = [pytest.param(False, id="plain"),
-              pytest.param(True, id="reversible", marks=REVERSIBLE_PENDING)]
+              pytest.param(True, id="reversible")]
 TRAINING = [pytest.param(True, id="train"), pytest.param(False, id="eval")]
 
 
@@ -213,7 +210,6 @@ def test_reformer_no_graph_breaks(reversible):
     _assert_no_graph_breaks(model, x, _padding_mask(2, 9))
 
 
-@DROPOUT_SEED_PENDING
 def test_reformer_with_dropout_no_graph_breaks():
     torch.manual_seed(0)
     model = rx.nn.Reformer(D_MODEL, 1, HEADS, d_ff=32, bucket_size=4, n_hashes=2, dropout=0.1,

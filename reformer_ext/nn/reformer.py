@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import List, Optional
 
 import torch
@@ -176,23 +175,12 @@ class Reformer(tnn.Module):
         if self.reversible:
             attn = self.layers[0].f.attn
             ff = self.layers[0].g.ff
-            weights = self._weights()
-            autocast = contextlib.nullcontext()
-            if torch.is_autocast_enabled(x.device.type):
-                # One opaque operator cannot follow autocast op by op: it runs entirely in the
-                # autocast dtype (its kernels accumulate in float32), its recompute likewise.
-                dtype = torch.get_autocast_dtype(x.device.type)
-                x = x.to(dtype)
-                weights = [w.to(dtype) for w in weights]
-                autocast = torch.autocast(x.device.type, enabled=False)
-            with autocast:
-                return reformer_stack(
-                    x, x, weights, rotations, seeds, n_heads=self.n_heads,
-                    key_padding_mask=key_padding_mask, bucket_size=attn.bucket_size,
-                    causal=attn.causal, n_chunks_before=attn.n_chunks_before,
-                    n_chunks_after=attn.n_chunks_after, ff_chunk_size=ff.chunk_size,
-                    activation=ff.activation, dropout_p=p,
-                    layer_norm_eps=self.layers[0].f.norm.eps)
+            return reformer_stack(
+                x, x, self._weights(), rotations, seeds, n_heads=self.n_heads,
+                key_padding_mask=key_padding_mask, bucket_size=attn.bucket_size,
+                causal=attn.causal, n_chunks_before=attn.n_chunks_before,
+                n_chunks_after=attn.n_chunks_after, ff_chunk_size=ff.chunk_size,
+                activation=ff.activation, dropout_p=p, layer_norm_eps=self.layers[0].f.norm.eps)
         x1 = x2 = x
         for i, block in enumerate(self.layers):
             s = seeds[i]
