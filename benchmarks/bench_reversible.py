@@ -100,7 +100,7 @@ def build(spec: dict):
 
         def fn():
             x1 = x2 = x
-            for block in model.layers.blocks:
+            for block in model.layers:
                 x1, x2 = checkpoint(block, x1, x2, {}, {}, use_reentrant=False)
             return model.proj(model.norm(torch.cat([x1, x2], dim=-1)))
     else:

@@ -19,16 +19,10 @@
 // Weight gradients are accumulated in a fixed chunk order (deterministic), in float32 for
 // float16 / bfloat16 inputs. Nothing of size (N, d_ff) is ever allocated.
 //
-// Dropout mask (also documented in chunked_ffn.h and mirrored in reformer_ext/feed_forward.py):
-// element e = row · d_ff + col of the (N, d_ff) hidden activation gets the 64-bit word
-//   word(e) = mix64(seed + (e + 1) · γ),  γ = 0x9E3779B97F4A7C15      (arithmetic mod 2^64)
-//   mix64(z): z ^= z >> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >> 27; z *= 0x94D049BB133111EB;
-//             z ^= z >> 31                                       (logical shifts)
-// i.e. the (e + 1)-th output of Vigna's SplitMix64 seeded with dropout_seed, and is dropped iff
-// word(e), read as a signed int64, is < -2^63 + p · 2^64 (p · 2^64 is exact for a double p).
-// It is computed with int64 ATen tensor ops (two's-complement wrap-around on every backend;
-// logical shifts as arithmetic shifts followed by a mask), so the mask is the same on every
-// device, for every chunk_size, and in forward and backward.
+// Dropout: the hidden activation, viewed as (N, d_ff), gets the seeded mask of seeded_dropout.h
+// (a pure function of (dropout_seed, element index)): the CPU kernels evaluate it inline, other
+// backends as int64 tensors (SeededDropoutMask), so the mask is the same on every device, for
+// every chunk_size, and in forward and backward.
 #include "chunked_ffn.h"
 
 #include <ATen/ATen.h>
@@ -48,13 +42,6 @@
 namespace reformer {
 namespace {
 
-using ffn_dropout::kGamma;
-using ffn_dropout::kMix1;
-using ffn_dropout::kMix2;
-
-// Two's-complement reinterpretation (well defined since C++20).
-constexpr int64_t as_int64(uint64_t v) { return static_cast<int64_t>(v); }
-
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
@@ -65,55 +52,6 @@ void check_operand(const at::Tensor& t, const char* name, const at::Tensor& x) {
   TORCH_CHECK_VALUE(t.device() == x.device(), name, " must be on the same device as x (",
                     x.device(), "), got ", t.device());
 }
-
-// Regenerates the dropout mask of any block of rows of the (N, d_ff) hidden activation. The
-// int64 work buffers are allocated once per call and reused by every chunk.
-class HiddenDropout {
- public:
-  HiddenDropout(double p, int64_t seed, int64_t d_ff, int64_t max_rows,
-                const at::TensorOptions& device_options)
-      : d_ff_(d_ff), seed_(seed) {
-    threshold_ = ffn_dropout::threshold(p);  // -2^63 + p · 2^64
-    const auto i64 = device_options.dtype(at::kLong);
-    col_term_ = at::arange(1, d_ff + 1, i64).mul_(as_int64(kGamma)).unsqueeze(0);
-    word_ = at::empty({max_rows, d_ff}, i64);
-    shifted_ = at::empty({max_rows, d_ff}, i64);
-    dropped_ = at::empty({max_rows, d_ff}, device_options.dtype(at::kBool));
-  }
-
-  // Bool (n, d_ff): true where the hidden element of rows row0 .. row0 + n - 1 is dropped.
-  at::Tensor dropped(int64_t row0, int64_t n) {
-    // seed + (row · d_ff + col + 1) · γ = [seed + row · (d_ff · γ)] + [(col + 1) · γ]
-    const auto row_term = at::arange(row0, row0 + n, col_term_.options())
-                              .mul_(as_int64(static_cast<uint64_t>(d_ff_) * kGamma))
-                              .add_(seed_)
-                              .unsqueeze(1);
-    auto z = word_.narrow(0, 0, n);
-    auto t = shifted_.narrow(0, 0, n);
-    at::add_out(z, row_term, col_term_);
-    xor_shift_right(z, t, 30);
-    z.mul_(as_int64(kMix1));
-    xor_shift_right(z, t, 27);
-    z.mul_(as_int64(kMix2));
-    xor_shift_right(z, t, 31);
-    auto dropped = dropped_.narrow(0, 0, n);
-    at::lt_out(dropped, z, threshold_);
-    return dropped;
-  }
-
- private:
-  // z ^= z >>> k (logical shift: arithmetic shift, then clear the k sign-extended bits).
-  static void xor_shift_right(at::Tensor& z, at::Tensor& t, int64_t k) {
-    at::bitwise_right_shift_out(t, z, k);
-    t.bitwise_and_(as_int64((uint64_t{1} << (64 - k)) - 1));
-    z.bitwise_xor_(t);
-  }
-
-  int64_t d_ff_;
-  int64_t seed_;
-  int64_t threshold_ = 0;
-  at::Tensor col_term_, word_, shifted_, dropped_;
-};
 
 // Everything a chunk loop needs, derived once per call.
 struct FfnProblem {
@@ -236,6 +174,17 @@ void fused_mul_colsum_(const at::Tensor& grad, const at::Tensor& deriv,
   cpu::ffn_mul_colsum_(grad, deriv, col_sums);
 }
 
+// The forward's output rows y_c = b2 + s · a · W2ᵀ from the dropped-out activation a.
+void second_linear(at::Tensor& y_c, const at::Tensor& a, const FfnProblem& P) {
+  if (P.b2.has_value()) {
+    at::addmm_out(y_c, *P.b2, a, P.w2t, /*beta=*/1, /*alpha=*/P.scale);
+  } else if (P.scale != 1.0) {
+    at::addmm_out(y_c, y_c, a, P.w2t, /*beta=*/0, /*alpha=*/P.scale);  // beta 0: y_c ignored
+  } else {
+    at::mm_out(y_c, a, P.w2t);
+  }
+}
+
 }  // namespace
 
 FfnActivation parse_ffn_activation(std::string_view activation) {
@@ -294,7 +243,7 @@ at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
   if (s.rows == 0) return out.view(x.sizes());
   auto hidden = at::empty({P.chunk, s.d_ff}, x.options());
   const bool fused = fused_supported(hidden);
-  c10::optional<HiddenDropout> dropout;  // the mask as tensors, where no fused kernel exists
+  c10::optional<SeededDropoutMask> dropout;  // the mask as tensors, where no fused kernel exists
   if (P.has_dropout() && !fused) {
     dropout.emplace(P.dropout_p, P.seed, s.d_ff, P.chunk, x.options());
   }
@@ -311,23 +260,20 @@ at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
       if (dropout) h.masked_fill_(dropout->dropped(row0, n), 0);
     }
     auto y_c = out.narrow(0, row0, n);
-    if (b2.has_value()) {
-      at::addmm_out(y_c, *b2, h, P.w2t, /*beta=*/1, /*alpha=*/P.scale);
-    } else if (P.scale != 1.0) {
-      at::addmm_out(y_c, y_c, h, P.w2t, /*beta=*/0, /*alpha=*/P.scale);  // beta 0: y_c ignored
-    } else {
-      at::mm_out(y_c, h, P.w2t);
-    }
+    second_linear(y_c, h, P);
   }
   return out.view(x.sizes());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_ffn_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1,
-    const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-    const c10::optional<at::Tensor>& b2, int64_t chunk_size, c10::string_view activation,
-    double dropout_p, int64_t dropout_seed, std::array<bool, 5> output_mask) {
-  const FfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
+namespace {
+
+// The backward; with `forward_out` it also writes the forward's output there (one more GEMM per
+// chunk on the activation it recomputes anyway), for callers that need both.
+FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, const at::Tensor& x,
+                           const at::Tensor& w1, const at::Tensor& w2,
+                           std::array<bool, 5> output_mask, at::Tensor* forward_out) {
+  const auto& b1 = P.b1;
+  const auto& b2 = P.b2;
   const FfnShape& s = P.shape;
   TORCH_CHECK_VALUE(grad_out.sizes() == x.sizes(), "grad_out must have the shape of x ",
                     x.sizes(), ", got ", grad_out.sizes());
@@ -338,6 +284,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_f
   const bool need_gw2 = output_mask[3];
   const bool need_gb2 = output_mask[4] && b2.has_value();
   const bool need_dpre = need_gx || need_gw1 || need_gb1;
+  // the activation a (not just its derivative) is needed for gW2 and for the forward's output
+  const bool need_act = need_gw2 || forward_out != nullptr;
 
   const auto g2d = grad_out.contiguous().view({s.rows, s.d_model});
   // Weight and bias gradients accumulate in float32 for float16 / bfloat16 inputs.
@@ -350,11 +298,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_f
   if (need_gw2) gw2 = at::zeros({s.d_model, s.d_ff}, acc_opts);
   if (need_gb2) gb2 = at::sum(g2d, {0}, /*keepdim=*/false, acc_opts.dtype().toScalarType());
 
-  if (s.rows > 0 && (need_dpre || need_gw2)) {
+  at::Tensor out2d;
+  if (forward_out != nullptr) out2d = at::empty({s.rows, s.d_model}, x.options());
+  if (s.rows > 0 && (need_dpre || need_act)) {
     auto pre_buf = at::empty({P.chunk, s.d_ff}, x.options());
     auto a_buf = at::empty({P.chunk, s.d_ff}, x.options());
     const bool fused = fused_supported(pre_buf);
-    c10::optional<HiddenDropout> dropout;  // the mask as tensors, where no fused kernel exists
+    c10::optional<SeededDropoutMask> dropout;  // the mask as tensors, where no fused kernel exists
     if (P.has_dropout() && !fused) {
       dropout.emplace(P.dropout_p, P.seed, s.d_ff, P.chunk, x.options());
     }
@@ -377,6 +327,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_f
         fused_bias_activation_grad_(pre, a, b1.value_or(at::Tensor()), P.dropout_rows(row0),
                                     s.activation);
         if (need_gw2) accumulate_mm(gw2, g_c.t(), a, P.scale);
+        if (forward_out != nullptr) {
+          auto y_c = out2d.narrow(0, row0, n);
+          second_linear(y_c, a, P);
+        }
         if (!need_dpre) continue;
         if (P.scale != 1.0) {
           at::addmm_out(a, a, g_c, w2, /*beta=*/0, /*alpha=*/P.scale);  // beta 0: a ignored
@@ -399,10 +353,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_f
         if (!activated) at::relu_(pre);
         if (dropout) pre.masked_fill_(dropped, 0);
         if (need_gw2) accumulate_mm(gw2, g_c.t(), pre, P.scale);
-      } else if (need_gw2) {
+        if (forward_out != nullptr) {
+          auto y_c = out2d.narrow(0, row0, n);
+          second_linear(y_c, pre, P);
+        }
+      } else if (need_act) {
         activation_out(a, pre, s.activation);
         if (dropout) a.masked_fill_(dropped, 0);
-        accumulate_mm(gw2, g_c.t(), a, P.scale);
+        if (need_gw2) accumulate_mm(gw2, g_c.t(), a, P.scale);
+        if (forward_out != nullptr) {
+          auto y_c = out2d.narrow(0, row0, n);
+          second_linear(y_c, a, P);
+        }
       }
       if (!need_dpre) continue;
       if (P.scale != 1.0) {
@@ -429,20 +391,82 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_f
   const auto finish = [&](const at::Tensor& t) {
     return t.defined() && t.scalar_type() != x.scalar_type() ? t.to(x.scalar_type()) : t;
   };
+  if (forward_out != nullptr) *forward_out = out2d.view(x.sizes());
   return {need_gx ? gx.view(x.sizes()) : at::Tensor(), finish(gw1), finish(gb1), finish(gw2),
           finish(gb2)};
 }
 
+}  // namespace
+
+FfnGradients chunked_ffn_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                                  const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                                  int64_t chunk_size, c10::string_view activation,
+                                  double dropout_p, int64_t dropout_seed,
+                                  std::array<bool, 5> output_mask) {
+  const FfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
+  return backward_impl(P, grad_out, x, w1, w2, output_mask, nullptr);
+}
+
+FfnGradients chunked_ffn_backward_with_output(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1,
+    const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+    const c10::optional<at::Tensor>& b2, int64_t chunk_size, c10::string_view activation,
+    double dropout_p, int64_t dropout_seed, at::Tensor& forward_out) {
+  const FfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
+  return backward_impl(P, grad_out, x, w1, w2, {true, true, true, true, true}, &forward_out);
+}
+
+int64_t read_dropout_seed(const c10::optional<at::Tensor>& dropout_seed, double dropout_p) {
+  // the rate first, so that a bad rate is reported as such whatever the seed
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "dropout_p must be in [0, 1), got ",
+                    dropout_p);
+  if (!dropout_seed.has_value()) {
+    TORCH_CHECK_VALUE(dropout_p == 0.0, "dropout_seed must be given when dropout_p > 0 (got ",
+                      "dropout_p = ", dropout_p, " and dropout_seed = None)");
+    return 0;
+  }
+  const auto& seed = *dropout_seed;
+  TORCH_CHECK_VALUE(seed.scalar_type() == at::kLong && seed.numel() == 1 && seed.is_cpu(),
+                    "dropout_seed must be a one-element int64 tensor on the CPU, got ",
+                    seed.scalar_type(), " of shape ", seed.sizes(), " on ", seed.device());
+  return seed.item<int64_t>();
+}
+
+namespace {
+
+// The operator entry points: the seed tensor read once, then the integer-seed functions above.
+at::Tensor chunked_ffn_op(const at::Tensor& x, const at::Tensor& w1,
+                          const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                          const c10::optional<at::Tensor>& b2, int64_t chunk_size,
+                          c10::string_view activation, double dropout_p,
+                          const c10::optional<at::Tensor>& dropout_seed) {
+  return chunked_ffn(x, w1, b1, w2, b2, chunk_size, activation, dropout_p,
+                     read_dropout_seed(dropout_seed, dropout_p));
+}
+
+FfnGradients chunked_ffn_backward_op(const at::Tensor& grad_out, const at::Tensor& x,
+                                     const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                                     const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                                     int64_t chunk_size, c10::string_view activation,
+                                     double dropout_p,
+                                     const c10::optional<at::Tensor>& dropout_seed,
+                                     std::array<bool, 5> output_mask) {
+  return chunked_ffn_backward(grad_out, x, w1, b1, w2, b2, chunk_size, activation, dropout_p,
+                              read_dropout_seed(dropout_seed, dropout_p), output_mask);
+}
+
+}  // namespace
 }  // namespace reformer
 
 // One function for both devices: besides ATen operators (the CPU BLAS / cuBLAS GEMMs) it only
 // calls the fused CPU kernels, and only for CPU float32/float64 tensors.
 TORCH_LIBRARY_IMPL(reformer, CPU, m) {
-  m.impl("chunked_ffn", &reformer::chunked_ffn);
-  m.impl("chunked_ffn_backward", &reformer::chunked_ffn_backward);
+  m.impl("chunked_ffn", &reformer::chunked_ffn_op);
+  m.impl("chunked_ffn_backward", &reformer::chunked_ffn_backward_op);
 }
 
 TORCH_LIBRARY_IMPL(reformer, CUDA, m) {
-  m.impl("chunked_ffn", &reformer::chunked_ffn);
-  m.impl("chunked_ffn_backward", &reformer::chunked_ffn_backward);
+  m.impl("chunked_ffn", &reformer::chunked_ffn_op);
+  m.impl("chunked_ffn_backward", &reformer::chunked_ffn_backward_op);
 }

@@ -4,14 +4,8 @@
 // activation never exists. One device-generic implementation on ATen (GEMMs through at::addmm /
 // at::mm: the CPU BLAS on CPU, cuBLAS on CUDA), registered for both the CPU and CUDA keys.
 //
-// Dropout on the hidden activation is a pure function of (dropout_seed, element index), so the
-// backward regenerates exactly the forward's mask whatever the chunking (see chunked_ffn.cpp and
-// reformer_ext/feed_forward.py, which mirrors it in Python):
-//   word(e) = the (e + 1)-th output of SplitMix64 seeded with dropout_seed
-//           = mix64(dropout_seed + (e + 1) · 0x9E3779B97F4A7C15)   (mod 2^64),
-//   e = row · d_ff + column, the row-major index into the (N, d_ff) hidden activation;
-//   the element is kept iff word(e), read as a signed 64-bit integer, is >= -2^63 + round(p · 2^64);
-//   kept elements are scaled by 1 / (1 - p).
+// Dropout on the hidden activation uses the seeded mask of seeded_dropout.h over the (N, d_ff)
+// hidden activation, so the backward regenerates exactly the forward's mask whatever the chunking.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -23,21 +17,11 @@
 #include <string_view>
 #include <tuple>
 
-#include "../kernels/ffn_dropout.h"
+#include "seeded_dropout.h"
 
 namespace reformer {
 
 enum class FfnActivation { Gelu, GeluTanh, Relu, Silu };
-
-// The dropout rule above: the mask itself (kGamma, mix, dropped) is in kernels/ffn_dropout.h,
-// shared by the ATen implementation, the fused CPU kernels and the CUDA kernel.
-namespace ffn_dropout {
-// -2^63 + p · 2^64 as a signed 64-bit integer (p · 2^64 is exact for a double 0 <= p < 1).
-inline int64_t threshold(double p) {
-  const auto scaled = static_cast<uint64_t>(std::ldexp(p, 64));
-  return static_cast<int64_t>(scaled ^ (uint64_t{1} << 63));
-}
-}  // namespace ffn_dropout
 
 // Sizes and options of one chunked_ffn call, derived once from checked arguments.
 struct FfnShape {
@@ -57,19 +41,36 @@ FfnShape check_chunked_ffn_args(const at::Tensor& x, const at::Tensor& w1,
                                 const c10::optional<at::Tensor>& b2, int64_t chunk_size,
                                 std::string_view activation, double dropout_p);
 
+// The operators' dropout_seed argument as an integer: a one-element int64 CPU tensor, or None
+// (then 0) when dropout_p is 0. A ValueError naming dropout_seed otherwise.
+int64_t read_dropout_seed(const c10::optional<at::Tensor>& dropout_seed, double dropout_p);
+
 // y (same shape as x).
 at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
                        const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                        const c10::optional<at::Tensor>& b2, int64_t chunk_size,
                        c10::string_view activation, double dropout_p, int64_t dropout_seed);
 
-// (grad_x, grad_w1, grad_b1, grad_w2, grad_b2). output_mask selects which are computed, in that
-// order; a gradient that is not asked for, or whose bias is absent, is an undefined tensor
-// (None in Python). Weight and bias gradients are accumulated across chunks in a fixed order.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_ffn_backward(
+// (grad_x, grad_w1, grad_b1, grad_w2, grad_b2).
+using FfnGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The gradients; output_mask selects which are computed, in that order; a gradient that is not
+// asked for, or whose bias is absent, is an undefined tensor (None in Python). Weight and bias
+// gradients are accumulated across chunks in a fixed order.
+FfnGradients chunked_ffn_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                                  const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                                  int64_t chunk_size, c10::string_view activation,
+                                  double dropout_p, int64_t dropout_seed,
+                                  std::array<bool, 5> output_mask);
+
+// All five gradients, and the forward's output y in `forward_out`, in one pass over the chunks
+// (the backward recomputes the hidden activation anyway; y costs one more GEMM per chunk instead
+// of a second forward). For recomputing callers such as the reversible stack.
+FfnGradients chunked_ffn_backward_with_output(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1,
     const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
     const c10::optional<at::Tensor>& b2, int64_t chunk_size, c10::string_view activation,
-    double dropout_p, int64_t dropout_seed, std::array<bool, 5> output_mask);
+    double dropout_p, int64_t dropout_seed, at::Tensor& forward_out);
 
 }  // namespace reformer

@@ -1,7 +1,7 @@
 // Fused element-wise CUDA kernels of the chunked feed-forward (csrc/chunked_ffn.cpp): bias,
 // activation and dropout mask in one pass over a chunk's (rows, d_ff) hidden activation, in the
 // forward (h = act(h + b) ⊙ keep) and the backward (a = act(z) ⊙ keep, h = act'(z) ⊙ keep with
-// z = h + b). The mask is evaluated inline from (seed, element index) by kernels/ffn_dropout.h,
+// z = h + b). The mask is evaluated inline from (seed, element index) by kernels/dropout_hash.h,
 // so no mask tensor exists. Math in the accumulation type (float for half types). Torch-free.
 #pragma once
 
@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-#include "ffn_dropout.h"
+#include "dropout_hash.h"
 
 namespace reformer::cuda {
 
@@ -19,7 +19,7 @@ enum class FfnAct : int { Gelu = 0, GeluTanh = 1, Relu = 2, Silu = 3 };
 struct FfnDropoutRows {
   bool enabled;
   uint64_t seed;
-  int64_t threshold;  // ffn_dropout::threshold(p), computed on the host
+  int64_t threshold;  // dropout_hash::threshold(p), computed on the host
   int64_t first_row;
 };
 
@@ -73,7 +73,7 @@ __global__ void ffn_bias_activation_kernel(const scalar_t* h,
     ffn_activation<kAct>(z, a, d, deriv != nullptr);
     if (drop.enabled) {
       const uint64_t element = static_cast<uint64_t>(drop.first_row) * cols + idx;
-      if (ffn_dropout::dropped(drop.seed, element, drop.threshold)) a = 0, d = 0;
+      if (dropout_hash::dropped(drop.seed, element, drop.threshold)) a = 0, d = 0;
     }
     out[idx] = static_cast<scalar_t>(a);
     if (deriv != nullptr) deriv[idx] = static_cast<scalar_t>(d);

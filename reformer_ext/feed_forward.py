@@ -30,7 +30,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["chunked_feed_forward", "draw_dropout_seed", "hidden_dropout_keep_mask", "ACTIVATIONS"]
+from ._autocast import register_low_precision_autocast
+
+__all__ = ["chunked_feed_forward", "draw_dropout_seed", "hidden_dropout_keep_mask", "seed_tensor",
+           "seeded_dropout", "ACTIVATIONS"]
 
 #: Accepted values of ``activation``: exact GELU, tanh-approximated GELU, ReLU, SiLU.
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
@@ -65,23 +68,26 @@ def _chunked_ffn_backward_fake(grad_out, x, w1, b1, w2, b2, chunk_size, activati
 
 def _chunked_ffn_setup_context(ctx, inputs, output):
     x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed = inputs
-    ctx.save_for_backward(x, w1, b1, w2, b2)
-    ctx.options = (chunk_size, activation, dropout_p, dropout_seed)
+    ctx.save_for_backward(x, w1, b1, w2, b2, dropout_seed)
+    ctx.options = (chunk_size, activation, dropout_p)
 
 
 def _chunked_ffn_backward(ctx, grad_out):
-    x, w1, b1, w2, b2 = ctx.saved_tensors
+    x, w1, b1, w2, b2, dropout_seed = ctx.saved_tensors
     needed = [bool(n) for n in ctx.needs_input_grad[:5]]
     if not any(needed):
         return (None,) * 9
     grads = torch.ops.reformer.chunked_ffn_backward(grad_out, x, w1, b1, w2, b2, *ctx.options,
-                                                    needed)
+                                                    dropout_seed, needed)
     return (*grads, None, None, None, None)
 
 
 torch.library.register_autograd(
     "reformer::chunked_ffn", _chunked_ffn_backward, setup_context=_chunked_ffn_setup_context
 )
+
+# Autocast (reformer_ext/_autocast.py): the nn.Linear rule, all five tensors in low precision.
+register_low_precision_autocast("reformer::chunked_ffn", cast=("x", "w1", "b1", "w2", "b2"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,21 +100,37 @@ def _as_int64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def draw_dropout_seed(generator: Optional[torch.Generator] = None) -> int:
+def draw_dropout_seed(generator: Optional[torch.Generator] = None) -> Tensor:
     """A fresh 63-bit dropout seed from torch's CPU RNG (or ``generator``), so that
-    ``torch.manual_seed`` makes dropout reproducible."""
-    return int(torch.empty((), dtype=torch.int64).random_(generator=generator))
+    ``torch.manual_seed`` makes dropout reproducible: a 0-dim int64 CPU tensor (drawn with a
+    tensor op, so a compiled graph draws it without a graph break)."""
+    return torch.randint(0, 2**62, (), dtype=torch.int64, generator=generator)
 
 
-def hidden_dropout_keep_mask(n_rows: int, d_ff: int, p: float, seed: int, *, row_offset: int = 0,
+def seed_tensor(seed) -> Tensor:
+    """A dropout seed as the operators take it (a 0-dim int64 CPU tensor): an int (taken modulo
+    2^64) or such a tensor, which is returned as it is."""
+    if isinstance(seed, Tensor):
+        if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device.type != "cpu":
+            raise ValueError("dropout_seed must be an int or a one-element int64 CPU tensor, got "
+                             f"{seed.dtype} of shape {tuple(seed.shape)} on {seed.device}")
+        return seed.reshape(())
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"dropout_seed must be an int or an int64 tensor, got "
+                        f"{type(seed).__name__}")
+    return torch.tensor(_as_int64(int(seed)), dtype=torch.int64)
+
+
+def hidden_dropout_keep_mask(n_rows: int, d_ff: int, p: float, seed, *, row_offset: int = 0,
                              device=None) -> Tensor:
     """The keep mask (bool, ``(n_rows, d_ff)``) that ``chunked_ffn`` applies to rows
     ``row_offset .. row_offset + n_rows - 1`` of the hidden activation for dropout rate ``p``
-    and ``seed`` (see the module docstring). Kept elements are scaled by 1 / (1 - p)."""
+    and ``seed`` (an int or a 0-dim int64 tensor; see the module docstring). Kept elements are scaled by 1 / (1 - p)."""
     i64 = dict(dtype=torch.int64, device=device)
     cols = torch.arange(1, d_ff + 1, **i64) * _as_int64(_GAMMA)
+    seed = seed.to(device) if isinstance(seed, Tensor) else _as_int64(seed)
     rows = (torch.arange(row_offset, row_offset + n_rows, **i64) * _as_int64(d_ff * _GAMMA)
-            + _as_int64(seed))
+            + seed)
     z = rows[:, None] + cols[None, :]
     for shift, mult in ((30, _MIX1), (27, _MIX2), (31, None)):
         z ^= (z >> shift) & ((1 << (64 - shift)) - 1)
@@ -116,6 +138,17 @@ def hidden_dropout_keep_mask(n_rows: int, d_ff: int, p: float, seed: int, *, row
             z *= _as_int64(mult)
     threshold = _as_int64(int(math.ldexp(p, 64)) ^ (1 << 63))  # -2^63 + p · 2^64
     return z >= threshold
+
+
+def seeded_dropout(x: Tensor, p: float, seed) -> Tensor:
+    """Inverted dropout of ``x`` viewed as ``(N, x.shape[-1])`` rows, with the mask rule above
+    (:func:`hidden_dropout_keep_mask` over those rows): what the reversible stack operator
+    applies to its branch outputs (csrc/seeded_dropout.h). ``p == 0`` returns ``x``."""
+    if p == 0.0:
+        return x
+    width = x.shape[-1]
+    keep = hidden_dropout_keep_mask(x.numel() // width, width, p, seed, device=x.device)
+    return torch.where(keep.view(x.shape), x, 0).mul(1.0 / (1.0 - p))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +163,7 @@ def _require_tensor(value, name: str) -> None:
 def chunked_feed_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
                          b2: Optional[Tensor], *, chunk_size: int = 1024,
                          activation: str = "gelu", dropout: float = 0.0,
-                         dropout_seed: Optional[int] = None,
+                         dropout_seed=None,
                          generator: Optional[torch.Generator] = None) -> Tensor:
     """Position-wise feed-forward ``W2 · dropout(act(W1 · x + b1)) + b2``, ``chunk_size``
     positions at a time in forward and backward (SPEC §2).
@@ -143,9 +176,9 @@ def chunked_feed_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor
 
     dropout: probability in [0, 1) of zeroing a hidden activation (inverted dropout, applied
     whenever dropout > 0; pass 0.0 for evaluation). The mask is a pure function of
-    ``dropout_seed`` and the element's index (module docstring), independent of chunk_size;
-    seeds are taken modulo 2^64. With dropout > 0 and no seed, one is drawn from torch's RNG
-    (``generator`` or the default CPU generator).
+    ``dropout_seed`` (an int, taken modulo 2^64, or a one-element int64 CPU tensor) and the
+    element's index (module docstring), independent of chunk_size. With dropout > 0 and no
+    seed, one is drawn from torch's RNG (``generator`` or the default CPU generator).
     """
     for value, name in ((x, "x"), (w1, "w1"), (w2, "w2")):
         _require_tensor(value, name)
@@ -163,13 +196,8 @@ def chunked_feed_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor
         raise TypeError(f"dropout must be a float, got {type(dropout).__name__}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    seed = 0
+    seed = None
     if dropout > 0.0:
-        if dropout_seed is None:
-            seed = draw_dropout_seed(generator)
-        elif isinstance(dropout_seed, bool) or not isinstance(dropout_seed, numbers.Integral):
-            raise TypeError(f"dropout_seed must be an int, got {type(dropout_seed).__name__}")
-        else:
-            seed = _as_int64(int(dropout_seed))
+        seed = draw_dropout_seed(generator) if dropout_seed is None else seed_tensor(dropout_seed)
     return torch.ops.reformer.chunked_ffn(x, w1, b1, w2, b2, int(chunk_size), activation,
                                           float(dropout), seed)

@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._autocast import register_low_precision_autocast
+
 # ---------------------------------------------------------------------------------------------
 # Fake (meta) kernels: output shapes never depend on data, only on input shapes. They repeat the
 # C++ kernels' shape and device checks (csrc/lsh_attention_checks.cpp) with torch._check_value,
@@ -131,6 +133,10 @@ def _lsh_attention_backward(ctx, grad_out, grad_lse, _grad_sorted_positions, _gr
 torch.library.register_autograd(
     "reformer::lsh_attention", _lsh_attention_backward, setup_context=_lsh_attention_setup_context
 )
+
+# Autocast (reformer_ext/_autocast.py): qk and v run in the region's low-precision dtype.
+register_low_precision_autocast("reformer::lsh_attention", cast=("qk", "v"))
+register_low_precision_autocast("reformer::lsh_buckets", cast=("qk",))
 
 
 # ---------------------------------------------------------------------------------------------

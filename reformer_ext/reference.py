@@ -1,4 +1,5 @@
-"""Plain-PyTorch reference of the Reformer LSH attention (SPEC section 1).
+"""Plain-PyTorch references of the Reformer LSH attention (SPEC section 1) and of the
+reversible Reformer stack (SPEC section 3).
 
 This is the oracle the C++/CUDA kernels are tested against. It is written to be
 read, not to be fast: it follows the paper step by step (hash, sort, chunk,
@@ -14,7 +15,7 @@ import math
 
 import torch
 
-__all__ = ["lsh_buckets_reference", "lsh_attention_reference"]
+__all__ = ["lsh_buckets_reference", "lsh_attention_reference", "reformer_stack_reference"]
 
 # Mask constants of SPEC step 5, used by replacement in the accumulator dtype.
 MASK_VALUE = -1e9  # padding key, or causal j > i
@@ -170,3 +171,55 @@ def lsh_attention_reference(
     out = torch.where(q_pad, torch.zeros_like(out), out)
     lse = torch.where(q_pad[..., 0], torch.zeros_like(lse), lse)
     return out[:, :, :L].to(v.dtype), lse[:, :, :L]
+
+
+def _seeded_dropout(x, p, seed):
+    """Inverted dropout of x viewed as (rows, width) with the seeded mask rule of
+    csrc/seeded_dropout.h (the same keep mask as the chunked feed-forward's hidden dropout)."""
+    from .feed_forward import hidden_dropout_keep_mask
+
+    if p == 0.0:
+        return x
+    width = x.shape[-1]
+    keep = hidden_dropout_keep_mask(x.numel() // width, width, p, int(seed), device=x.device)
+    return torch.where(keep.view(x.shape), x, torch.zeros_like(x)) / (1.0 - p)
+
+
+_ACTIVATIONS = {
+    "gelu": lambda h: torch.nn.functional.gelu(h),
+    "gelu_tanh": lambda h: torch.nn.functional.gelu(h, approximate="tanh"),
+    "relu": torch.relu,
+    "silu": torch.nn.functional.silu,
+}
+
+
+def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
+                             key_padding_mask=None, bucket_size=64, causal=False,
+                             n_chunks_before=1, n_chunks_after=0, activation="gelu",
+                             dropout_p=0.0, layer_norm_eps=1e-5):
+    """The reversible stack of SPEC section 3 run forward with ordinary autograd (everything
+    stored): 12 weights per layer in the order of reformer_ext.reformer_stack.WEIGHT_NAMES, one
+    rotation tensor per layer, seeds (depth, 3) = the dropout seeds of the attention output, the
+    FFN hidden activation and the FFN output. Returns (y1, y2)."""
+    import torch.nn.functional as F
+
+    B, L, d = x1.shape
+    act = _ACTIVATIONS[activation]
+    for layer, rot in enumerate(rotations):
+        (n1w, n1b, w_qk, w_v, w_out, b_out, n2w, n2b, w1, b1, w2, b2) = \
+            weights[12 * layer:12 * layer + 12]
+        s_attn, s_hidden, s_out = seeds[layer].tolist()
+        # F: attention branch
+        h = F.layer_norm(x2, (d,), n1w, n1b, layer_norm_eps)
+        heads = lambda t: t.view(B, L, n_heads, -1).transpose(1, 2)  # noqa: E731
+        out, _ = lsh_attention_reference(
+            heads(h @ w_qk.t()), heads(h @ w_v.t()), rot, bucket_size=bucket_size,
+            causal=causal, key_padding_mask=key_padding_mask, n_chunks_before=n_chunks_before,
+            n_chunks_after=n_chunks_after)
+        a = out.transpose(1, 2).reshape(B, L, -1) @ w_out.t() + b_out
+        x1 = x1 + _seeded_dropout(a, dropout_p, s_attn)
+        # G: feed-forward branch (hidden dropout over the (B·L, d_ff) activation)
+        h = F.layer_norm(x1, (d,), n2w, n2b, layer_norm_eps)
+        hidden = _seeded_dropout(act(h @ w1.t() + b1), dropout_p, s_hidden)
+        x2 = x2 + _seeded_dropout(hidden @ w2.t() + b2, dropout_p, s_out)
+    return x1, x2

@@ -4,6 +4,9 @@
 #   TORCH_CUDA_ARCH_LIST  CUDA architectures to compile for (default 9.0)
 #   MAX_JOBS              parallel compile jobs (default 2)
 #   FORCE_CUDA=1          fail unless the CUDA sources are compiled (CI sets it)
+#   SANITIZERS=0          skip the GoogleTest run under ASan+UBSan (build-asan; from scratch
+#                         ~5 min of compiler CPU time, i.e. ~3 min on 2 free cores, then
+#                         ~15 s CPU / ~20-40 s wall of tests: one process per test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
@@ -23,7 +26,19 @@ if [ "${FORCE_CUDA:-}" = "1" ]; then
   "$PY" -c "import torch, reformer_ext; missing = [op for op in ('lsh_buckets', 'lsh_attention', 'lsh_attention_backward', 'chunked_ffn') if not torch._C._dispatch_has_kernel_for_dispatch_key('reformer::' + op, 'CUDA')]; assert not missing, f'CUDA kernels missing from reformer_ext._C: {missing}'; print('CUDA kernels compiled and registered')"
 fi
 
-cmake -S . -B build -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+TORCH_CMAKE="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+cmake -S . -B build -DCMAKE_PREFIX_PATH="$TORCH_CMAKE"
 cmake --build build -j "$MAX_JOBS"
 ctest --test-dir build --output-on-failure
+
+if [ "${SANITIZERS:-1}" != "0" ]; then
+  # The same GoogleTest suite under AddressSanitizer + UndefinedBehaviorSanitizer (CMake option
+  # REFORMER_SANITIZE; any report fails the test). LibTorch needs no special ASAN_OPTIONS here;
+  # leak checking (LeakSanitizer) stays on. RelWithDebInfo: -O2 -g, for file:line in reports.
+  cmake -S . -B build-asan -DREFORMER_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCMAKE_PREFIX_PATH="$TORCH_CMAKE"
+  cmake --build build-asan -j "$MAX_JOBS"
+  UBSAN_OPTIONS="print_stacktrace=1" ctest --test-dir build-asan --output-on-failure
+fi
+
 "$PY" -m pytest -q tests

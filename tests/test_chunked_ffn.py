@@ -105,7 +105,7 @@ def _mask_through_op(n_rows, d_ff, p, seed, chunk_size, device="cpu"):
     x = torch.ones(n_rows, d_ff, dtype=F64, device=device)
     w1 = torch.full((d_ff, d_ff), 1.0 / d_ff, dtype=F64, device=device)
     w2 = torch.eye(d_ff, dtype=F64, device=device)
-    y = ops.chunked_ffn(x, w1, None, w2, None, chunk_size, "relu", p, seed)
+    y = ops.chunked_ffn(x, w1, None, w2, None, chunk_size, "relu", p, torch.tensor(seed))
     scaled = y * (1.0 - p)
     assert torch.all((scaled == 0) | ((scaled - 1).abs() < 1e-12))
     return scaled > 0.5
@@ -165,7 +165,7 @@ def test_partial_gradients():
     for mask in ([True, False, False, False, False], [False, False, False, True, True],
                  [False, False, True, False, False]):
         grads = ops.chunked_ffn_backward(torch.ones_like(x), x, w1.detach(), b1, w2, b2, 3,
-                                         "gelu", 0.0, 0, mask)
+                                         "gelu", 0.0, None, mask)
         for got, wanted, ref in zip(grads, mask, grads_ref):
             assert (got is not None) == wanted
             if wanted:
@@ -177,7 +177,7 @@ def test_empty_input():
     x = torch.zeros(0, 3, 8, dtype=F64, requires_grad=True)
     y = rx.chunked_feed_forward(x, w1, b1, w2, b2, chunk_size=4)
     assert y.shape == x.shape
-    grads = ops.chunked_ffn_backward(y, x.detach(), w1, b1, w2, b2, 4, "gelu", 0.0, 0, [True] * 5)
+    grads = ops.chunked_ffn_backward(y, x.detach(), w1, b1, w2, b2, 4, "gelu", 0.0, None, [True] * 5)
     assert grads[0].shape == x.shape
     for g, t in zip(grads[1:], (w1, b1, w2, b2)):
         assert g.shape == t.shape and not g.any()
@@ -249,10 +249,10 @@ def _op_samples():
     full = (x, *_params(6, 10))
     nobias = (x, full[1], None, full[3], None)
     return [
-        (full, 4, "gelu", 0.0, 0),
-        (nobias, 3, "relu", 0.0, 0),
-        (full, 100, "silu", 0.25, 1234),
-        (nobias, 1, "gelu_tanh", 0.5, -7),
+        (full, 4, "gelu", 0.0, None),
+        (nobias, 3, "relu", 0.0, None),
+        (full, 100, "silu", 0.25, torch.tensor(1234)),
+        (nobias, 1, "gelu_tanh", 0.5, torch.tensor(-7)),
     ]
 
 
@@ -291,6 +291,7 @@ def _bad_calls():
     w1, b1, w2, b2 = _params(8, 12)
     x = _randn((4, 8))
     kw = dict(chunk_size=4)
+    seed = torch.tensor(3)
     return [
         ("w1", lambda: rx.chunked_feed_forward(x, w1[:, :7], b1, w2, b2, **kw)),
         ("w1", lambda: rx.chunked_feed_forward(x, w1[0], b1, w2, b2, **kw)),
@@ -309,16 +310,25 @@ def _bad_calls():
         ("x must be float", lambda: rx.chunked_feed_forward(x.long(), w1, b1, w2, b2, **kw)),
         ("x must have shape", lambda: rx.chunked_feed_forward(x[0, 0], w1, b1, w2, b2, **kw)),
         # the raw operators check their arguments themselves
-        ("chunk_size", lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 0, "gelu", 0.0, 0)),
-        ("activation", lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "GELU", 0.0, 0)),
-        ("dropout_p", lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "gelu", 1.5, 0)),
-        ("dropout_p", lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "gelu", math.nan, 0)),
+        ("chunk_size", lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 0, "gelu", 0.0, None)),
+        ("activation", lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "GELU", 0.0, None)),
+        ("dropout_p", lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "gelu", 1.5, seed)),
+        ("dropout_p", lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "gelu", math.nan, seed)),
+        ("dropout_seed must be given",
+         lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "gelu", 0.5, None)),
+        ("dropout_seed must be a one-element int64",
+         lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "gelu", 0.5, seed.double())),
+        ("dropout_seed must be a one-element int64",
+         lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "gelu", 0.5, seed.expand(2))),
+        ("dropout_seed must be an int or", lambda: rx.chunked_feed_forward(
+            x, w1, b1, w2, b2, dropout=0.5, dropout_seed=seed.int())),
         ("w1 must have the dtype",
-         lambda: ops.chunked_ffn(x, w1.float(), b1, w2, b2, 4, "gelu", 0.0, 0)),
+         lambda: ops.chunked_ffn(x, w1.float(), b1, w2, b2, 4, "gelu", 0.0, None)),
         ("grad_out must have the shape",
-         lambda: ops.chunked_ffn_backward(x[:3], x, w1, b1, w2, b2, 4, "gelu", 0.0, 0, [True] * 5)),
+         lambda: ops.chunked_ffn_backward(x[:3], x, w1, b1, w2, b2, 4, "gelu", 0.0, None,
+                                          [True] * 5)),
         ("grad_out must have the dtype",
-         lambda: ops.chunked_ffn_backward(x.float(), x, w1, b1, w2, b2, 4, "gelu", 0.0, 0,
+         lambda: ops.chunked_ffn_backward(x.float(), x, w1, b1, w2, b2, 4, "gelu", 0.0, None,
                                           [True] * 5)),
     ]
 

@@ -143,7 +143,7 @@ def test_chunked_ffn_cuda_matches_cpu(activation, dtype, dropout_p):
 
     def run(device):
         leaves = [t.to(device=device, dtype=dtype).requires_grad_() for t in (x, w1, b1, w2, b2)]
-        y = ops.chunked_ffn(*leaves, 16, activation, dropout_p, 1234)
+        y = ops.chunked_ffn(*leaves, 16, activation, dropout_p, torch.tensor(1234))
         grads = torch.autograd.grad((y * grad.to(device=device, dtype=dtype)).sum(), leaves)
         return [t.detach().float().cpu() for t in (y, *grads)]
 

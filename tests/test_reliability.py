@@ -9,7 +9,9 @@
   RX_HUGE_TESTS=1 and the memory is there.
 - Resource hygiene: 1,000 forward+backward calls with stable resident memory; 4 Python threads
   at once give the results of sequential calls.
-- Checkpoints (state_dict) are skipped: there is no LSH attention module yet.
+- Checkpoints (state_dict round trips of LSHSelfAttention, rotation_seed included, and of
+  every other module): tests/test_checkpoints.py. The chunked feed-forward's reliability:
+  tests/test_ffn_reliability.py.
 """
 
 import gc
@@ -379,12 +381,3 @@ def test_concurrent_python_threads_match_sequential_calls():
     for k in range(len(configs)):
         for rep in range(3):
             _assert_bitwise(expected[k], results[k][rep], f"in thread {k}, call {rep}")
-
-
-# ------------------------------------------------------------------------------ checkpoints
-
-
-@pytest.mark.skip(reason="no LSH attention module yet (rx.nn.LSHSelfAttention): its state_dict "
-                         "round trip and wrong-shape load are tested when it lands")
-def test_state_dict_round_trip():
-    pass

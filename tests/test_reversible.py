@@ -126,23 +126,29 @@ def test_reformer_eval_and_merge(merge):
 
 
 def test_reversible_under_autocast():
-    """The recompute runs under the autocast state of the forward (bfloat16 on the CPU)."""
+    """Under autocast (bfloat16 on the CPU) both modes return bfloat16 close to the float32
+    result: the stack operator runs in the autocast dtype (float32 accumulation in its kernels),
+    the plain modules follow autocast layer by layer."""
     model = _small_reformer(F32, dropout=0.1)
     x = torch.randn(2, 37, 32)
-    results = []
-    for reversible in (True, False):
-        model.reversible = reversible
+    results = {}
+    for mode in ("float32", True, False):
+        model.reversible = mode is not False
         for p in model.parameters():
             p.grad = None
         xr = x.clone().requires_grad_(True)
         torch.manual_seed(3)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "float32"):
             out = model(xr, _mask(2, 37, 30))
-        assert out.dtype == torch.bfloat16
+        assert out.dtype == (torch.float32 if mode == "float32" else torch.bfloat16)
         out.float().sum().backward()
-        results.append([out.float(), xr.grad] + [p.grad for p in model.parameters()])
-    for a, b in zip(*results):
-        assert _rel(a, b) <= 1e-4
+        results[mode] = [out.float(), xr.grad] + [p.grad for p in model.parameters()]
+    for mode in (True, False):
+        out, *grads = results[mode]
+        assert torch.isfinite(out).all() and _rel(out, results["float32"][0]) <= 0.05
+        # looser for gradients: in bfloat16 a few positions hash to other buckets
+        for a, b in zip(grads, results["float32"][1:]):
+            assert torch.isfinite(a).all() and _rel(a, b) <= 0.2
 
 
 def test_autograd_grad_and_accumulation():
@@ -169,8 +175,8 @@ def test_autograd_grad_and_accumulation():
 
 
 def test_saved_memory_independent_of_depth():
-    """The reversible forward saves the same tensors for depth 2 and depth 6; the plain stack
-    saves more the deeper it is."""
+    """The reversible forward saves the same tensors for depth 2 and depth 6, but for each
+    layer's random state (rotations and dropout seeds, SPEC §3); the plain stack saves more the deeper it is."""
 
     def saved_bytes(depth, reversible):
         torch.manual_seed(0)
@@ -189,7 +195,10 @@ def test_saved_memory_independent_of_depth():
         out.sum().backward()
         return sum(seen.values())
 
-    assert saved_bytes(2, True) == saved_bytes(6, True)
+    rotation_bytes = rx.nn.Reformer(32, 1, 2, bucket_size=8, n_hashes=2).layers[0].f.attn \
+        .make_rotations(64).nbytes
+    seed_bytes = 3 * 8  # a layer's three int64 dropout seeds
+    assert saved_bytes(6, True) - saved_bytes(2, True) == 4 * (rotation_bytes + seed_bytes)
     assert saved_bytes(6, False) > 2 * saved_bytes(2, True)
 
 
@@ -428,7 +437,7 @@ def test_reformer_lm_shapes_and_max_length():
     assert model(torch.randint(0, 13, (1, 3))).shape == (1, 3, 13)
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.randint(0, 13, (1, 25)))
-    assert model.reformer.layers.blocks[0].f.attn.causal  # causal by default
+    assert model.reformer.layers[0].f.attn.causal  # causal by default
 
 
 def test_reformer_lm_learns_copy_task():

@@ -5,7 +5,7 @@
 // tanh-GELU one exp for tanh, SiLU one exp for the sigmoid. float32 uses branch-free exp / erf
 // approximations that the compiler vectorises (exp: ~1 ulp; erf: Abramowitz & Stegun 7.1.26, abs.
 // error < 1.5e-7, the formula ATen's own vectorised float GELU uses); float64 uses <cmath>.
-// The dropout mask is evaluated inline from (seed, element index) (ffn_dropout in chunked_ffn.h),
+// The dropout mask is evaluated inline from (seed, element index) (dropout_hash in seeded_dropout.h),
 // so no mask tensor exists. Loops are parallel over rows (element-wise kernels) or column blocks
 // (the column sum), so every result is independent of the thread count.
 #include "ffn_cpu.h"
@@ -135,10 +135,10 @@ struct RowDropout {
 
   uint64_t base(int64_t r, int64_t cols) const {
     return seed + (static_cast<uint64_t>(first_row + r) * static_cast<uint64_t>(cols) + 1) *
-                      ffn_dropout::kGamma;
+                      dropout_hash::kGamma;
   }
   static bool dropped(uint64_t base, int64_t j, int64_t threshold) {
-    const uint64_t z = ffn_dropout::mix(base + static_cast<uint64_t>(j) * ffn_dropout::kGamma);
+    const uint64_t z = dropout_hash::mix(base + static_cast<uint64_t>(j) * dropout_hash::kGamma);
     return static_cast<int64_t>(z) < threshold;
   }
 };
@@ -225,7 +225,7 @@ void bias_activation_impl(const at::Tensor& h, const at::Tensor& bias,
   }
   const bool enabled = dropout.p > 0.0;
   const RowDropout drop{static_cast<uint64_t>(dropout.seed),
-                        enabled ? ffn_dropout::threshold(dropout.p) : 0, dropout.first_row};
+                        enabled ? dropout_hash::threshold(dropout.p) : 0, dropout.first_row};
   if (h.scalar_type() == at::kFloat) {
     enabled ? dispatch_bias_activation<float, true>(h, b, drop, act, with_grad, act_out)
             : dispatch_bias_activation<float, false>(h, b, drop, act, with_grad, act_out);

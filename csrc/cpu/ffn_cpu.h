@@ -13,7 +13,7 @@ namespace reformer::cpu {
 bool ffn_fused_supported(const at::Tensor& h);
 
 // Dropout of the rows first_row, first_row + 1, ... of the (N, d_ff) hidden activation, by the
-// rule of chunked_ffn.h (ffn_dropout), evaluated inline per element. p == 0: no dropout.
+// rule of seeded_dropout.h (dropout_hash), evaluated inline per element. p == 0: no dropout.
 struct HiddenDropoutRows {
   double p = 0.0;
   int64_t seed = 0;

@@ -26,7 +26,7 @@ FfnAct kernel_activation(FfnActivation act) {
 
 FfnDropoutRows kernel_dropout(const cpu::HiddenDropoutRows& d) {
   const bool enabled = d.p > 0.0;
-  return {enabled, static_cast<uint64_t>(d.seed), enabled ? ffn_dropout::threshold(d.p) : 0,
+  return {enabled, static_cast<uint64_t>(d.seed), enabled ? dropout_hash::threshold(d.p) : 0,
           d.first_row};
 }
 

@@ -4,6 +4,7 @@ from .feed_forward import ChunkedFeedForward
 from .attention import LSHSelfAttention
 from .reversible import ReversibleBlock, ReversibleSequence
 from .reformer import Reformer, ReformerLM
+from .drop_in import SequenceFirstLSHAttention, replace_attention
 
 __all__ = ["ChunkedFeedForward", "LSHSelfAttention", "Reformer", "ReformerLM", "ReversibleBlock",
-           "ReversibleSequence"]
+           "ReversibleSequence", "SequenceFirstLSHAttention", "replace_attention"]

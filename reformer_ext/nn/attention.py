@@ -12,6 +12,7 @@ from torch import Tensor
 from torch import nn as tnn
 
 from ..ops import lsh_attention
+from ._mha_call import padding_mask_from_mha_call
 
 __all__ = ["LSHSelfAttention", "seeded_rotations"]
 
@@ -115,11 +116,22 @@ class LSHSelfAttention(tnn.Module):
       the seed and the shape (hence of n_buckets, i.e. of L when n_buckets is None), the same on
       every device and in every process; no generator state is touched.
 
+    Drop-in for ``nn.MultiheadAttention`` (self-attention, ``batch_first=True``): ``attn(x, x,
+    x, key_padding_mask=..., need_weights=False, attn_mask=None, is_causal=...)`` returns
+    ``(out, None)``; see :meth:`forward` and :func:`reformer_ext.nn.replace_attention`.
+
     ``forward(x, key_padding_mask=None, *, rotations=None)``: ``key_padding_mask`` is ``(B, L)``
     bool, True marks padding (outputs at padded positions are ``to_out``'s bias; outputs at the
     other positions do not depend on padded tokens). Pass ``rotations`` to use given ones (e.g.
     to recompute a forward); :meth:`make_rotations` returns those forward would use.
     """
+
+    # Read by nn.TransformerEncoder(Layer), which may hold this module as ``self_attn`` (see
+    # reformer_ext.nn.replace_attention): the nn.MultiheadAttention call it makes is
+    # batch-first, and ``in_proj_bias = None`` makes its fused inference path (which needs
+    # nn.MultiheadAttention's packed in_proj weights) decline and call this module instead.
+    batch_first = True
+    in_proj_bias = None
 
     def __init__(self, d_model: int, n_heads: int, *, d_head: Optional[int] = None,
                  bucket_size: int = 64, n_hashes: int = 4, n_buckets: Optional[int] = None,
@@ -206,8 +218,40 @@ class LSHSelfAttention(tnn.Module):
             return entry[2]
         return torch.randn(shape, dtype=acc, device=device)
 
-    def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None, *,
-                rotations: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, key=None, value: Optional[Tensor] = None,
+                key_padding_mask: Optional[Tensor] = None, need_weights: Optional[bool] = None,
+                attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
+                is_causal: Optional[bool] = None, *, rotations: Optional[Tensor] = None):
+        """Two call conventions, told apart by ``value``:
+
+        - ``forward(x, key_padding_mask=None, *, rotations=None) -> out`` (value not given):
+          the module's own call; a second positional argument is the key padding mask.
+        - ``forward(x, x, x, key_padding_mask=None, need_weights=False, attn_mask=None,
+          average_attn_weights=True, is_causal=None) -> (out, None)``: the
+          ``nn.MultiheadAttention`` self-attention call with ``batch_first=True`` tensors
+          (see reformer_ext/nn/_mha_call.py for what it accepts; ``average_attn_weights`` is
+          ignored since no weights are returned).
+        """
+        if value is None:
+            if key is not None:
+                if isinstance(key, Tensor) and key.dim() == 3:
+                    raise TypeError("LSHSelfAttention got (query, key) without value: the "
+                                    "nn.MultiheadAttention call is attn(x, x, x, ...)")
+                if key_padding_mask is not None:
+                    raise TypeError("key_padding_mask given twice (positionally and by name)")
+                key_padding_mask = key
+            if need_weights is not None or attn_mask is not None or is_causal is not None:
+                raise TypeError("need_weights, attn_mask and is_causal belong to the "
+                                "nn.MultiheadAttention call attn(x, x, x, ...), which passes "
+                                "value too")
+            return self._attend(x, key_padding_mask, rotations)
+        key_padding_mask = padding_mask_from_mha_call(x, key, value, key_padding_mask,
+                                                      need_weights, attn_mask, is_causal,
+                                                      self.causal)
+        return self._attend(x, key_padding_mask, rotations), None
+
+    def _attend(self, x: Tensor, key_padding_mask: Optional[Tensor],
+                rotations: Optional[Tensor]) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (batch, length, {self.d_model}), got "
                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")

@@ -50,10 +50,8 @@ class ChunkedFeedForward(tnn.Module):
             forward; the backward regenerates exactly the same mask.
         bias: whether w1 and w2 have biases.
 
-    Under torch.compile, a training forward with dropout > 0 draws its seed with a tensor op
-    and ``int()``, which breaks the graph: compile with ``fullgraph=True`` only in eval mode or
-    with dropout 0, or draw the seed outside (``draw_dropout_seed()``) and pass ``dropout_seed``.
-    The backward is not differentiable again (no double backward).
+    The seed is a 0-dim int64 CPU tensor drawn with a tensor op, so a compiled training forward
+    with dropout stays one graph. The backward is not differentiable again (no double backward).
 
     Weights are two nn.Linear: ``w1 = Linear(d_model, d_ff)``, ``w2 = Linear(d_ff, d_model)``,
     with nn.Linear's default initialisation.
@@ -94,9 +92,10 @@ class ChunkedFeedForward(tnn.Module):
         self.w2 = tnn.Linear(d_ff, d_model, bias=bias, **factory)
         self.register_load_state_dict_pre_hook(_rename_sequential_keys)
 
-    def forward(self, x: Tensor, dropout_seed: Optional[int] = None) -> Tensor:
-        """x: ``(..., d_model)``. ``dropout_seed`` fixes the training-mode dropout mask (e.g.
-        to replay a forward in a reversible layer); ignored in eval mode or when dropout is 0."""
+    def forward(self, x: Tensor, dropout_seed=None) -> Tensor:
+        """x: ``(..., d_model)``. ``dropout_seed`` (an int or a 0-dim int64 CPU tensor) fixes
+        the training-mode dropout mask (e.g. to replay a forward in a reversible layer); ignored
+        in eval mode or when dropout is 0."""
         p = self.dropout if self.training else 0.0
         if p > 0.0 and dropout_seed is None:
             dropout_seed = draw_dropout_seed()

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch import nn as tnn
 
+from ..feed_forward import draw_dropout_seed, seeded_dropout
+from ..reformer_stack import reformer_stack
 from .attention import LSHSelfAttention
 from .feed_forward import ChunkedFeedForward
-from .reversible import ReversibleSequence
+from .reversible import ReversibleBlock
 
 __all__ = ["PreNormAttention", "PreNormFeedForward", "Reformer", "ReformerLM"]
 
@@ -19,22 +20,28 @@ MERGES = ("concat", "mean")
 
 
 class PreNormAttention(tnn.Module):
-    """The F branch of a Reformer layer: ``attn(norm(x), key_padding_mask)``; ``attn`` is an
-    :class:`LSHSelfAttention` (its ``dropout`` acts on its output)."""
+    """The F branch of a Reformer layer: ``dropout(attn(norm(x), key_padding_mask))``; ``attn``
+    is an :class:`LSHSelfAttention` built without dropout of its own; the branch's output
+    dropout uses the seeded mask of ``reformer_ext.feed_forward.seeded_dropout`` (what the stack
+    operator applies), so forward and recompute agree given the seed."""
 
-    def __init__(self, d_model: int, attn: LSHSelfAttention, *, device=None, dtype=None):
+    def __init__(self, d_model: int, attn: LSHSelfAttention, *, dropout: float = 0.0,
+                 device=None, dtype=None):
         super().__init__()
         self.norm = tnn.LayerNorm(d_model, device=device, dtype=dtype)
         self.attn = attn
+        self.dropout = float(dropout)
 
-    def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        return self.attn(self.norm(x), key_padding_mask)
+    def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None, *,
+                rotations: Optional[Tensor] = None, dropout_seed=None) -> Tensor:
+        out = self.attn(self.norm(x), key_padding_mask, rotations=rotations)
+        return _branch_dropout(out, self.dropout if self.training else 0.0, dropout_seed)
 
 
 class PreNormFeedForward(tnn.Module):
     """The G branch of a Reformer layer: ``dropout(ff(norm(x)))``; ``ff`` is a
-    :class:`ChunkedFeedForward` (its own ``dropout`` acts on the hidden activation), ``dropout``
-    here on the branch output."""
+    :class:`ChunkedFeedForward` (its own ``dropout`` acts on the hidden activation), the
+    seeded output dropout as in :class:`PreNormAttention`."""
 
     def __init__(self, d_model: int, ff: ChunkedFeedForward, *, dropout: float = 0.0,
                  device=None, dtype=None):
@@ -43,19 +50,24 @@ class PreNormFeedForward(tnn.Module):
         self.ff = ff
         self.dropout = float(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.ff(self.norm(x))
-        if self.training and self.dropout > 0.0:
-            out = F.dropout(out, self.dropout, training=True)
-        return out
+    def forward(self, x: Tensor, *, hidden_seed=None, dropout_seed=None) -> Tensor:
+        out = self.ff(self.norm(x), dropout_seed=hidden_seed)
+        return _branch_dropout(out, self.dropout if self.training else 0.0, dropout_seed)
+
+
+def _branch_dropout(x: Tensor, p: float, seed) -> Tensor:
+    if p == 0.0:
+        return x
+    return seeded_dropout(x, p, draw_dropout_seed() if seed is None else seed)
 
 
 class Reformer(tnn.Module):
     """The Reformer stack: ``depth`` reversible layers over two streams of width d_model.
 
     Layer i: ``y1 = x1 + F_i(x2)``, ``y2 = x2 + G_i(y1)`` with ``F_i`` = LayerNorm ->
-    :class:`LSHSelfAttention` and ``G_i`` = LayerNorm -> :class:`ChunkedFeedForward`. The input
-    ``x (B, L, d_model)`` is fed to both streams; the output ``(B, L, d_model)`` merges them:
+    :class:`LSHSelfAttention` -> dropout and ``G_i`` = LayerNorm -> :class:`ChunkedFeedForward`
+    -> dropout. The input ``x (B, L, d_model)`` is fed to both streams; the output
+    ``(B, L, d_model)`` merges them:
 
     - ``merge="concat"`` (default; trax / HF): ``LayerNorm(2·d_model)`` of ``[y1, y2]`` (what
       trax and HF hand to their heads), then ``Linear(2·d_model, d_model)`` (attribute
@@ -63,17 +75,33 @@ class Reformer(tnn.Module):
     - ``merge="mean"`` (reformer-pytorch): ``LayerNorm(d_model)`` of ``(y1 + y2) / 2``
       (reformer-pytorch returns the plain mean and normalises in its LM).
 
+    ``reversible=True`` (default) runs the whole stack as ONE operator,
+    ``torch.ops.reformer.reformer_stack`` (C++; reformer_ext.reformer_stack), that keeps only
+    the final streams and recomputes every layer in the backward: activation memory does not
+    grow with depth, and torch.compile sees one node. ``reversible=False`` runs the very same
+    layers (same parameters, same random draws) as ordinary modules with autograd, storing all
+    activations; the results agree to rounding. The attribute ``reversible`` can be flipped on
+    a built model.
+
+    Random state per forward: each layer's rotations (fresh N(0, 1) draws from torch's default
+    generator of x's device in training, the layer's fixed seeded ones in eval: see
+    LSHSelfAttention) and, in training with dropout > 0, three dropout seeds per layer drawn
+    from torch's default CPU generator. Dropout masks are pure functions of those seeds (the
+    rule of reformer_ext.feed_forward), so ``torch.manual_seed`` makes a step reproducible and
+    both modes see identical masks.
+
     Args (beyond SPEC §4's): ``d_ff`` defaults to ``4·d_model``; ``dropout`` is used for the
-    attention output (after to_out), the feed-forward's hidden activation and the feed-forward
-    output, in training mode only. ``reversible=False`` runs the very same layers (same
-    parameters, same random draws) with ordinary autograd, storing all activations; the results
-    agree to rounding. The attribute ``reversible`` can be flipped on a built model. Extra
-    keyword-only options: ``merge``, ``d_head``, ``n_buckets``, ``n_chunks_before``,
-    ``n_chunks_after``, ``activation``, ``fixed_rotations`` (see LSHSelfAttention: by default
-    fresh rotations per forward in training, fixed per-layer seeded ones in eval).
+    attention branch output (after to_out), the feed-forward's hidden activation and the
+    feed-forward output, in training mode only. Extra keyword-only options: ``merge``,
+    ``d_head``, ``n_buckets``, ``n_chunks_before``, ``n_chunks_after``, ``activation``,
+    ``fixed_rotations`` (see LSHSelfAttention).
 
     ``forward(x, key_padding_mask=None)``: ``key_padding_mask (B, L)`` bool, True marks padding;
     padded positions get meaningless outputs and do not influence the others. Any L works.
+
+    Low precision: in reversible mode, the reconstruction ``x2 = y2 - G(y1)``,
+    ``x1 = y1 - F(x2)`` rounds; in float16/bfloat16 that can, rarely, move a position to
+    another bucket in the recompute (the gradient then belongs to a slightly different hash).
     """
 
     def __init__(self, d_model: int, depth: int, n_heads: int, *, d_ff: Optional[int] = None,
@@ -94,18 +122,21 @@ class Reformer(tnn.Module):
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.d_model, self.depth, self.n_heads, self.d_ff = d_model, depth, n_heads, d_ff
         self.merge = merge
+        self.dropout = float(dropout)
+        self.reversible = bool(reversible)
         blocks = []
         for _ in range(depth):
             attn = LSHSelfAttention(d_model, n_heads, d_head=d_head, bucket_size=bucket_size,
                                     n_hashes=n_hashes, n_buckets=n_buckets, causal=causal,
                                     n_chunks_before=n_chunks_before,
-                                    n_chunks_after=n_chunks_after, dropout=dropout,
+                                    n_chunks_after=n_chunks_after,
                                     fixed_rotations=fixed_rotations, **factory)
             ff = ChunkedFeedForward(d_model, d_ff, chunk_size=ff_chunk_size,
                                     activation=activation, dropout=dropout, **factory)
-            blocks.append((PreNormAttention(d_model, attn, **factory),
-                           PreNormFeedForward(d_model, ff, dropout=dropout, **factory)))
-        self.layers = ReversibleSequence(blocks, reversible=reversible)
+            blocks.append(ReversibleBlock(
+                PreNormAttention(d_model, attn, dropout=dropout, **factory),
+                PreNormFeedForward(d_model, ff, dropout=dropout, **factory)))
+        self.layers = tnn.ModuleList(blocks)
         if merge == "concat":
             self.norm = tnn.LayerNorm(2 * d_model, **factory)
             self.proj = tnn.Linear(2 * d_model, d_model, **factory)
@@ -113,20 +144,49 @@ class Reformer(tnn.Module):
             self.norm = tnn.LayerNorm(d_model, **factory)
             self.proj = None
 
-    @property
-    def reversible(self) -> bool:
-        return self.layers.reversible
+    def _random_state(self, x: Tensor):
+        """Per-layer rotations and a (depth, 3) int64 CPU tensor of dropout seeds (attention
+        output, FFN hidden, FFN output) for one forward."""
+        length = x.shape[1]
+        rotations = [block.f.attn.make_rotations(length, x.device, x.dtype)
+                     for block in self.layers]
+        if self.training and self.dropout > 0.0:
+            seeds = torch.randint(0, 2**62, (self.depth, 3), dtype=torch.int64)
+        else:
+            seeds = torch.zeros((self.depth, 3), dtype=torch.int64)
+        return rotations, seeds
 
-    @reversible.setter
-    def reversible(self, value: bool) -> None:
-        self.layers.reversible = bool(value)
+    def _weights(self) -> List[Tensor]:
+        weights = []
+        for block in self.layers:
+            f, g = block.f, block.g
+            weights += [f.norm.weight, f.norm.bias, f.attn.to_qk.weight, f.attn.to_v.weight,
+                        f.attn.to_out.weight, f.attn.to_out.bias, g.norm.weight, g.norm.bias,
+                        g.ff.w1.weight, g.ff.w1.bias, g.ff.w2.weight, g.ff.w2.bias]
+        return weights
 
     def forward_streams(self, x: Tensor, key_padding_mask: Optional[Tensor] = None):
         """The two streams ``(y1, y2)`` after the last layer, before the merge."""
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (batch, length, {self.d_model}), got "
                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-        return self.layers(x, x, key_padding_mask=key_padding_mask)
+        rotations, seeds = self._random_state(x)
+        p = self.dropout if self.training else 0.0
+        if self.reversible:
+            attn = self.layers[0].f.attn
+            ff = self.layers[0].g.ff
+            return reformer_stack(
+                x, x, self._weights(), rotations, seeds, n_heads=self.n_heads,
+                key_padding_mask=key_padding_mask, bucket_size=attn.bucket_size,
+                causal=attn.causal, n_chunks_before=attn.n_chunks_before,
+                n_chunks_after=attn.n_chunks_after, ff_chunk_size=ff.chunk_size,
+                activation=ff.activation, dropout_p=p, layer_norm_eps=self.layers[0].f.norm.eps)
+        x1 = x2 = x
+        for i, block in enumerate(self.layers):
+            s = seeds[i]
+            x1 = x1 + block.f(x2, key_padding_mask, rotations=rotations[i], dropout_seed=s[0])
+            x2 = x2 + block.g(x1, hidden_seed=s[1], dropout_seed=s[2])
+        return x1, x2
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
         y1, y2 = self.forward_streams(x, key_padding_mask)
@@ -136,7 +196,7 @@ class Reformer(tnn.Module):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, depth={self.depth}, n_heads={self.n_heads}, "
-                f"d_ff={self.d_ff}, merge={self.merge!r}")
+                f"d_ff={self.d_ff}, merge={self.merge!r}, reversible={self.reversible}")
 
 
 class ReformerLM(tnn.Module):

@@ -91,11 +91,15 @@ inline void attention(const Problem& p, std::vector<double>& out, std::vector<do
           for (int64_t w : window)
             for (int64_t u = w * p.m; u < (w + 1) * p.m; ++u) {
               const int64_t j = items[u].second;
+              // Masked keys first: tail padding (j >= L) has no qk row to read.
+              if (is_padding(p, b, j) || (p.causal && j > i)) {
+                seen.push_back({j, -1e9});
+                continue;
+              }
               double s = 0;
               for (int64_t d = 0; d < p.D; ++d) s += p.qk[(bh * p.L + i) * p.D + d] * key(j, d);
               s *= p.scale;
-              if (is_padding(p, b, j) || (p.causal && j > i)) s = -1e9;
-              else if (j == i) s = -1e5;
+              if (j == i) s = -1e5;
               seen.push_back({j, s});
             }
         }

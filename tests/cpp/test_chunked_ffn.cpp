@@ -20,6 +20,9 @@ using Tensor = at::Tensor;
 using OptTensor = std::optional<Tensor>;
 using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
+// The operators take the seed as a one-element int64 CPU tensor.
+Tensor seed_tensor(int64_t seed) { return at::scalar_tensor(seed, at::kLong); }
+
 Tensor chunked_ffn(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
                    const OptTensor& b2, int64_t chunk_size, const std::string& activation,
                    double p, int64_t seed) {
@@ -27,8 +30,8 @@ Tensor chunked_ffn(const Tensor& x, const Tensor& w1, const OptTensor& b1, const
                        .findSchemaOrThrow("reformer::chunked_ffn", "")
                        .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&,
                                      const Tensor&, const OptTensor&, int64_t, c10::string_view,
-                                     double, int64_t)>();
-  return op.call(x, w1, b1, w2, b2, chunk_size, activation, p, seed);
+                                     double, const OptTensor&)>();
+  return op.call(x, w1, b1, w2, b2, chunk_size, activation, p, seed_tensor(seed));
 }
 
 Grads chunked_ffn_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w1,
@@ -39,8 +42,9 @@ Grads chunked_ffn_backward(const Tensor& grad_out, const Tensor& x, const Tensor
                        .findSchemaOrThrow("reformer::chunked_ffn_backward", "")
                        .typed<Grads(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
                                     const Tensor&, const OptTensor&, int64_t, c10::string_view,
-                                    double, int64_t, std::array<bool, 5>)>();
-  return op.call(grad_out, x, w1, b1, w2, b2, chunk_size, activation, p, seed, mask);
+                                    double, const OptTensor&, std::array<bool, 5>)>();
+  return op.call(grad_out, x, w1, b1, w2, b2, chunk_size, activation, p, seed_tensor(seed),
+                 mask);
 }
 
 // The (e + 1)-th output of SplitMix64 seeded with `seed`.

@@ -1,0 +1,394 @@
+// reformer::reformer_stack and reformer::reformer_stack_backward (SPEC §3; see reformer_stack.h).
+//
+// One device-generic implementation on ATen operators (LayerNorm, GEMMs) and the project's own
+// operators, called through the dispatcher so that each runs its CPU or CUDA kernel:
+// reformer::lsh_attention(_backward) and the chunked feed-forward. Registered for CPU and CUDA.
+//
+// Backward, per layer from the last, given its outputs (y1, y2) and their gradients (dy1, dy2):
+//   G:  h2 = LN2(y1); one chunked pass gives the FFN's output u and its gradients from
+//       dropout_o'(dy2); x2 = y2 - dropout_o(u); dy1 += LN2ᵀ(dh2)
+//   F:  h = LN1(x2); recompute qk, v, attention (out, softmax stats, sort permutation) and
+//       a = W_out · merge(out) + b_out; x1 = y1 - dropout_a(a); the attention backward from
+//       dropout_a'(dy1); dx2 = dy2 + LN1ᵀ(dh); dx1 = dy1
+// Dropout masks are pure functions of (seed, element index) (seeded_dropout.h): the recompute
+// reproduces them without storing them. Weight gradients are computed per layer with plain
+// GEMMs, in a fixed order: the result is deterministic.
+#include "reformer_stack.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <array>
+#include <string>
+
+#include "chunked_ffn.h"
+#include "seeded_dropout.h"
+
+namespace reformer {
+namespace {
+
+constexpr std::array<const char*, kWeightsPerLayer> kWeightNames = {
+    "norm1_weight", "norm1_bias", "qk_weight", "v_weight",   "out_weight", "out_bias",
+    "norm2_weight", "norm2_bias", "ffn_w1",    "ffn_b1",     "ffn_w2",     "ffn_b2"};
+
+// Seeds of the three dropout masks of a layer, columns of `seeds`.
+enum DropoutSite : int64_t { kAttentionOutput, kFfnHidden, kFfnOutput, kDropoutSites };
+
+struct StackOptions {
+  int64_t n_heads, bucket_size, n_chunks_before, n_chunks_after, ff_chunk_size;
+  bool causal;
+  c10::string_view activation;
+  double dropout_p, eps;
+};
+
+// Sizes of one call, derived once from checked arguments.
+struct StackShape {
+  int64_t depth = 0, batch = 0, length = 0, d_model = 0;
+  int64_t d_head = 0, d_ff = 0;
+  int64_t rows() const { return batch * length; }
+};
+
+std::string weight_name(int64_t index) {
+  return "weights[" + std::to_string(index) + "] (layer " +
+         std::to_string(index / kWeightsPerLayer) + ", " +
+         kWeightNames[index % kWeightsPerLayer] + ")";
+}
+
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_stream(const at::Tensor& t, const char* name, const at::Tensor& x1) {
+  TORCH_CHECK_VALUE(t.defined(), name, " must be a tensor, got None");
+  TORCH_CHECK_VALUE(t.sizes() == x1.sizes(), name, " must have the shape of x1 ", x1.sizes(),
+                    ", got ", t.sizes());
+  TORCH_CHECK_VALUE(t.scalar_type() == x1.scalar_type(), name, " must have the dtype of x1 (",
+                    x1.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x1.device(), name, " must be on the device of x1 (",
+                    x1.device(), "), got ", t.device());
+}
+
+StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::TensorList weights,
+                            at::TensorList rotations,
+                            const c10::optional<at::Tensor>& key_padding_mask,
+                            const at::Tensor& seeds, const StackOptions& o) {
+  TORCH_CHECK_VALUE(x1.defined() && x1.dim() == 3,
+                    "x1 must have shape (batch, length, d_model), got ",
+                    x1.defined() ? x1.sizes() : at::IntArrayRef{});
+  TORCH_CHECK_VALUE(is_supported_float(x1.scalar_type()),
+                    "x1 must be float32, float64, float16 or bfloat16, got ", x1.scalar_type());
+  check_stream(x2, "x2", x1);
+  StackShape s;
+  s.batch = x1.size(0);
+  s.length = x1.size(1);
+  s.d_model = x1.size(2);
+  TORCH_CHECK_VALUE(!weights.empty() && weights.size() % kWeightsPerLayer == 0,
+                    "weights must hold ", static_cast<int64_t>(kWeightsPerLayer),
+                    " tensors per layer (a positive multiple of ",
+                    static_cast<int64_t>(kWeightsPerLayer), "), got ", weights.size());
+  s.depth = static_cast<int64_t>(weights.size()) / kWeightsPerLayer;
+  TORCH_CHECK_VALUE(o.n_heads >= 1, "n_heads must be >= 1, got ", o.n_heads);
+  const auto& w_qk = weights[kQkWeight];
+  TORCH_CHECK_VALUE(w_qk.defined() && w_qk.dim() == 2 && w_qk.size(0) % o.n_heads == 0 &&
+                        w_qk.size(0) > 0,
+                    weight_name(kQkWeight), " must have shape (n_heads * d_head, d_model) with ",
+                    "n_heads = ", o.n_heads, ", got ",
+                    w_qk.defined() ? w_qk.sizes() : at::IntArrayRef{});
+  s.d_head = w_qk.size(0) / o.n_heads;
+  const auto& w1 = weights[kFfnW1];
+  TORCH_CHECK_VALUE(w1.defined() && w1.dim() == 2 && w1.size(0) >= 1,
+                    weight_name(kFfnW1), " must have shape (d_ff, d_model), got ",
+                    w1.defined() ? w1.sizes() : at::IntArrayRef{});
+  s.d_ff = w1.size(0);
+  const int64_t d = s.d_model, inner = o.n_heads * s.d_head, ff = s.d_ff;
+  const std::array<std::vector<int64_t>, kWeightsPerLayer> expected = {
+      std::vector<int64_t>{d}, {d}, {inner, d}, {inner, d}, {d, inner}, {d},
+      {d},                     {d}, {ff, d},    {ff},       {d, ff},    {d}};
+  for (int64_t i = 0; i < static_cast<int64_t>(weights.size()); ++i) {
+    const auto& w = weights[i];
+    const auto name = weight_name(i);
+    TORCH_CHECK_VALUE(w.defined(), name, " must be a tensor, got None");
+    TORCH_CHECK_VALUE(w.sizes() == at::IntArrayRef(expected[i % kWeightsPerLayer]), name,
+                      " must have shape ", at::IntArrayRef(expected[i % kWeightsPerLayer]),
+                      ", got ", w.sizes());
+    TORCH_CHECK_VALUE(w.scalar_type() == x1.scalar_type(), name, " must have the dtype of x1 (",
+                      x1.scalar_type(), "), got ", w.scalar_type());
+    TORCH_CHECK_VALUE(w.device() == x1.device(), name, " must be on the device of x1 (",
+                      x1.device(), "), got ", w.device());
+  }
+  TORCH_CHECK_VALUE(static_cast<int64_t>(rotations.size()) == s.depth,
+                    "rotations must hold one tensor per layer (", s.depth, "), got ",
+                    rotations.size());
+  for (int64_t l = 0; l < s.depth; ++l) {
+    const auto& r = rotations[l];
+    TORCH_CHECK_VALUE(r.defined() && r.dim() == 4 &&
+                          (r.size(0) == 1 || r.size(0) == o.n_heads) && r.size(1) == s.d_head &&
+                          r.size(2) >= 1 && r.size(3) >= 1,
+                      "rotations[", l, "] must have shape (1 or ", o.n_heads, ", ", s.d_head,
+                      ", n_hashes, n_buckets // 2), got ",
+                      r.defined() ? r.sizes() : at::IntArrayRef{});
+    TORCH_CHECK_VALUE(r.device() == x1.device(), "rotations[", l,
+                      "] must be on the device of x1 (", x1.device(), "), got ", r.device());
+  }
+  TORCH_CHECK_VALUE(seeds.defined() && seeds.scalar_type() == at::kLong && seeds.is_cpu() &&
+                        seeds.dim() == 2 && seeds.size(0) == s.depth &&
+                        seeds.size(1) == kDropoutSites,
+                    "seeds must be a CPU int64 tensor of shape (depth, 3) = (", s.depth,
+                    ", 3), got ",
+                    seeds.defined() ? seeds.toString() + " of shape " + c10::str(seeds.sizes())
+                                    : std::string("None"));
+  if (key_padding_mask.has_value()) {
+    const auto& m = *key_padding_mask;
+    TORCH_CHECK_VALUE(m.scalar_type() == at::kBool && m.dim() == 2 && m.size(0) == s.batch &&
+                          m.size(1) == s.length,
+                      "key_padding_mask must be a bool tensor of shape (batch, length) = (",
+                      s.batch, ", ", s.length, "), got ", m.scalar_type(), " ", m.sizes());
+  }
+  TORCH_CHECK_VALUE(o.dropout_p >= 0.0 && o.dropout_p < 1.0, "dropout_p must be in [0, 1), got ",
+                    o.dropout_p);
+  TORCH_CHECK_VALUE(o.eps > 0.0, "layer_norm_eps must be > 0, got ", o.eps);
+  TORCH_CHECK_VALUE(o.ff_chunk_size >= 1, "ff_chunk_size must be >= 1, got ", o.ff_chunk_size);
+  parse_ffn_activation(o.activation);  // a ValueError naming `activation` if unknown
+  // bucket_size and the window are checked by reformer::lsh_attention itself.
+  return s;
+}
+
+// The attention operators, through the dispatcher (CPU or CUDA kernel by the inputs' device).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_lsh_attention(
+    const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
+    const c10::optional<at::Tensor>& mask, const StackOptions& o) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("reformer::lsh_attention", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const c10::optional<at::Tensor>&, int64_t, bool, int64_t, int64_t, double)>();
+  return op.call(qk, v, rotations, mask, o.bucket_size, o.causal, o.n_chunks_before,
+                 o.n_chunks_after, 1.0);
+}
+
+std::tuple<at::Tensor, at::Tensor> call_lsh_attention_backward(
+    const at::Tensor& grad_out, const at::Tensor& qk, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& stats, const at::Tensor& sorted_positions,
+    const c10::optional<at::Tensor>& mask, const StackOptions& o) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("reformer::lsh_attention_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(
+              const at::Tensor&, const c10::optional<at::Tensor>&, const at::Tensor&,
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const c10::optional<at::Tensor>&, int64_t, bool, int64_t, int64_t, double)>();
+  return op.call(grad_out, c10::nullopt, qk, v, out, stats, sorted_positions, mask,
+                 o.bucket_size, o.causal, o.n_chunks_before, o.n_chunks_after, 1.0);
+}
+
+// One layer's weights and dropout seeds.
+struct Layer {
+  at::TensorList w;  // kWeightsPerLayer tensors
+  const at::Tensor& rotations;
+  std::array<int64_t, kDropoutSites> seed;
+
+  Layer(at::TensorList weights, at::TensorList rotations_, const at::Tensor& seeds, int64_t l)
+      : w(weights.slice(l * kWeightsPerLayer, kWeightsPerLayer)), rotations(rotations_[l]) {
+    const auto row = seeds.accessor<int64_t, 2>()[l];
+    for (int64_t i = 0; i < kDropoutSites; ++i) seed[i] = row[i];
+  }
+  const at::Tensor& operator[](LayerWeight i) const { return w[i]; }
+};
+
+// LayerNorm's backward: returns d(loss)/d(x) and writes the weight and bias gradients. Those
+// two are column sums computed here rather than by ATen's LayerNorm backward, whose CPU
+// reduction over rows depends on the thread count; this keeps the stack bitwise reproducible.
+at::Tensor layer_norm_backward(const at::Tensor& d_normed, const at::Tensor& x,
+                               const at::Tensor& mean, const at::Tensor& rstd,
+                               const at::Tensor& weight,
+                               std::vector<at::Tensor>::iterator grad_weight,
+                               std::vector<at::Tensor>::iterator grad_bias, const StackShape& s) {
+  auto dx = std::get<0>(at::native_layer_norm_backward(d_normed, x, {s.d_model}, mean, rstd,
+                                                       weight, {}, {true, false, false}));
+  // mean and rstd are float32 for reduced-precision x: so are these sums, until the cast
+  const auto x_hat = (x - mean) * rstd;
+  *grad_weight = (d_normed * x_hat).sum(0).to(weight.scalar_type());
+  *grad_bias = d_normed.sum(0, /*keepdim=*/false, x_hat.scalar_type()).to(weight.scalar_type());
+  return dx;
+}
+
+// The attention branch's intermediate values that its backward needs.
+struct AttentionState {
+  at::Tensor normed, mean, rstd;         // LN1(x) and its statistics
+  at::Tensor qk, v;                      // (B, H, L, Dh) views of the projections
+  at::Tensor out, stats, sorted_positions;
+  at::Tensor merged;                     // (B·L, H·Dh): the heads side by side
+};
+
+// (B, L, H·Dh) -> (B, H, L, Dh) view.
+at::Tensor split_heads(const at::Tensor& t, const StackShape& s, int64_t heads) {
+  return t.view({s.batch, s.length, heads, s.d_head}).transpose(1, 2);
+}
+
+// (B, H, L, Dh) -> (B·L, H·Dh), contiguous.
+at::Tensor merge_heads(const at::Tensor& t, const StackShape& s) {
+  return t.transpose(1, 2).reshape({s.rows(), t.size(1) * s.d_head});
+}
+
+// F(x) = dropout_a(W_out · attention(LN1(x)) + b_out), as (B·L, d_model); fills `state` when
+// given (the backward's recompute).
+at::Tensor attention_branch(const at::Tensor& x, const Layer& layer,
+                            const c10::optional<at::Tensor>& mask, const StackShape& s,
+                            const StackOptions& o, AttentionState* state) {
+  const auto x2d = x.reshape({s.rows(), s.d_model});
+  auto [normed, mean, rstd] = at::native_layer_norm(x2d, {s.d_model}, layer[kNorm1Weight],
+                                                    layer[kNorm1Bias], o.eps);
+  const auto qk = split_heads(at::mm(normed, layer[kQkWeight].t()), s, o.n_heads);
+  const auto v = split_heads(at::mm(normed, layer[kVWeight].t()), s, o.n_heads);
+  auto [out, lse, sorted_positions, stats] = call_lsh_attention(qk, v, layer.rotations, mask, o);
+  auto merged = merge_heads(out, s);
+  auto a = at::addmm(layer[kOutBias], merged, layer[kOutWeight].t());
+  seeded_dropout_(a, o.dropout_p, layer.seed[kAttentionOutput]);
+  if (state != nullptr) {
+    *state = {std::move(normed), std::move(mean), std::move(rstd), qk, v, std::move(out),
+              std::move(stats), std::move(sorted_positions), std::move(merged)};
+  }
+  return a;
+}
+
+// G(x) = dropout_o(FFN(LN2(x))), as (B·L, d_model).
+at::Tensor ffn_branch(const at::Tensor& x, const Layer& layer, const StackShape& s,
+                      const StackOptions& o) {
+  const auto normed = at::layer_norm(x.reshape({s.rows(), s.d_model}), {s.d_model},
+                                     layer[kNorm2Weight], layer[kNorm2Bias], o.eps);
+  auto u = chunked_ffn(normed, layer[kFfnW1], layer[kFfnB1], layer[kFfnW2], layer[kFfnB2],
+                       o.ff_chunk_size, o.activation, o.dropout_p, layer.seed[kFfnHidden]);
+  seeded_dropout_(u, o.dropout_p, layer.seed[kFfnOutput]);
+  return u;
+}
+
+// dropout'(g) for a mask of `seed`: the same mask and scale applied to a copy of g (B·L, d).
+at::Tensor dropout_backward(const at::Tensor& g, double p, int64_t seed) {
+  auto out = g.clone(at::MemoryFormat::Contiguous);
+  seeded_dropout_(out, p, seed);
+  return out;
+}
+
+// Gradients of G through LN2 and the FFN; returns the reconstructed G(y1) (the forward's
+// value) and accumulates d(loss)/d(y1) into dy1. grads: the layer's slots in the output list.
+at::Tensor ffn_branch_backward(const at::Tensor& y1, const at::Tensor& dy2, at::Tensor& dy1,
+                               const Layer& layer, const StackShape& s, const StackOptions& o,
+                               std::vector<at::Tensor>::iterator grads) {
+  auto [normed, mean, rstd] = at::native_layer_norm(y1, {s.d_model}, layer[kNorm2Weight],
+                                                    layer[kNorm2Bias], o.eps);
+  const auto du = dropout_backward(dy2, o.dropout_p, layer.seed[kFfnOutput]);
+  at::Tensor u;
+  auto [d_normed, gw1, gb1, gw2, gb2] = chunked_ffn_backward_with_output(
+      du, normed, layer[kFfnW1], layer[kFfnB1], layer[kFfnW2], layer[kFfnB2], o.ff_chunk_size,
+      o.activation, o.dropout_p, layer.seed[kFfnHidden], u);
+  seeded_dropout_(u, o.dropout_p, layer.seed[kFfnOutput]);
+  dy1.add_(layer_norm_backward(d_normed, y1, mean, rstd, layer[kNorm2Weight],
+                               grads + kNorm2Weight, grads + kNorm2Bias, s));
+  grads[kFfnW1] = gw1;
+  grads[kFfnB1] = gb1;
+  grads[kFfnW2] = gw2;
+  grads[kFfnB2] = gb2;
+  return u;
+}
+
+// Recomputes F(x2) and its gradients from dy1: returns F(x2) (the forward's value) and
+// accumulates d(loss)/d(x2) into dx2.
+at::Tensor attention_branch_backward(const at::Tensor& x2, const at::Tensor& dy1, at::Tensor& dx2,
+                                     const Layer& layer, const c10::optional<at::Tensor>& mask,
+                                     const StackShape& s, const StackOptions& o,
+                                     std::vector<at::Tensor>::iterator grads) {
+  AttentionState st;
+  auto a = attention_branch(x2, layer, mask, s, o, &st);
+  const auto da = dropout_backward(dy1, o.dropout_p, layer.seed[kAttentionOutput]);
+  grads[kOutWeight] = at::mm(da.t(), st.merged);
+  grads[kOutBias] = da.sum(0);
+  const auto d_merged = at::mm(da, layer[kOutWeight]);  // (B·L, H·Dh)
+  const auto d_out = split_heads(d_merged, s, o.n_heads);
+  auto [d_qk, d_v] = call_lsh_attention_backward(d_out, st.qk, st.v, st.out, st.stats,
+                                                 st.sorted_positions, mask, o);
+  const auto d_qk2d = merge_heads(d_qk, s);
+  const auto d_v2d = merge_heads(d_v, s);
+  grads[kQkWeight] = at::mm(d_qk2d.t(), st.normed);
+  grads[kVWeight] = at::mm(d_v2d.t(), st.normed);
+  auto d_normed = at::mm(d_qk2d, layer[kQkWeight]);
+  d_normed.addmm_(d_v2d, layer[kVWeight]);
+  dx2.add_(layer_norm_backward(d_normed, x2, st.mean, st.rstd, layer[kNorm1Weight],
+                               grads + kNorm1Weight, grads + kNorm1Bias, s));
+  return a;
+}
+
+StackOptions make_options(int64_t n_heads, int64_t bucket_size, bool causal,
+                          int64_t n_chunks_before, int64_t n_chunks_after, int64_t ff_chunk_size,
+                          c10::string_view activation, double dropout_p, double eps) {
+  return {n_heads, bucket_size, n_chunks_before, n_chunks_after, ff_chunk_size,
+          causal,  activation,  dropout_p,       eps};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> reformer_stack(
+    const at::Tensor& x1, const at::Tensor& x2, at::TensorList weights, at::TensorList rotations,
+    const c10::optional<at::Tensor>& key_padding_mask, const at::Tensor& seeds, int64_t n_heads,
+    int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
+    int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps) {
+  const auto o = make_options(n_heads, bucket_size, causal, n_chunks_before, n_chunks_after,
+                              ff_chunk_size, activation, dropout_p, layer_norm_eps);
+  const auto s = check_stack_args(x1, x2, weights, rotations, key_padding_mask, seeds, o);
+  // The streams as (B·L, d_model) rows; each layer makes new ones (the inputs are never written).
+  auto a = x1.reshape({s.rows(), s.d_model});
+  auto b = x2.reshape({s.rows(), s.d_model});
+  for (int64_t l = 0; l < s.depth; ++l) {
+    const Layer layer(weights, rotations, seeds, l);
+    a = a + attention_branch(b, layer, key_padding_mask, s, o, nullptr);
+    b = b + ffn_branch(a, layer, s, o);
+  }
+  return {a.view(x1.sizes()), b.view(x1.sizes())};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backward(
+    const at::Tensor& grad_y1, const at::Tensor& grad_y2, const at::Tensor& y1,
+    const at::Tensor& y2, at::TensorList weights, at::TensorList rotations,
+    const c10::optional<at::Tensor>& key_padding_mask, const at::Tensor& seeds, int64_t n_heads,
+    int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
+    int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps) {
+  const auto o = make_options(n_heads, bucket_size, causal, n_chunks_before, n_chunks_after,
+                              ff_chunk_size, activation, dropout_p, layer_norm_eps);
+  const auto s = check_stack_args(y1, y2, weights, rotations, key_padding_mask, seeds, o);
+  check_stream(grad_y1, "grad_y1", y1);
+  check_stream(grad_y2, "grad_y2", y1);
+  const auto rows = [&](const at::Tensor& t) { return t.reshape({s.rows(), s.d_model}); };
+  at::Tensor a = rows(y1), b = rows(y2);  // the current layer's outputs
+  // the gradients w.r.t. them, as fresh tensors that are accumulated into in place
+  at::Tensor da = rows(grad_y1).clone(at::MemoryFormat::Contiguous);
+  at::Tensor db = rows(grad_y2).clone(at::MemoryFormat::Contiguous);
+  std::vector<at::Tensor> grads(weights.size());
+  for (int64_t l = s.depth - 1; l >= 0; --l) {
+    const Layer layer(weights, rotations, seeds, l);
+    const auto layer_grads = grads.begin() + l * kWeightsPerLayer;
+    // G: b = x2 + G(a)
+    const auto g = ffn_branch_backward(a, db, da, layer, s, o, layer_grads);
+    const auto x2 = b - g;
+    // F: a = x1 + F(x2)
+    const auto f = attention_branch_backward(x2, da, db, layer, key_padding_mask, s, o,
+                                             layer_grads);
+    a = a - f;
+    b = x2;
+  }
+  return {da.view(y1.sizes()), db.view(y1.sizes()), std::move(grads)};
+}
+
+}  // namespace reformer
+
+// One function for both devices: ATen operators and dispatcher calls only.
+TORCH_LIBRARY_IMPL(reformer, CPU, m) {
+  m.impl("reformer_stack", &reformer::reformer_stack);
+  m.impl("reformer_stack_backward", &reformer::reformer_stack_backward);
+}
+
+TORCH_LIBRARY_IMPL(reformer, CUDA, m) {
+  m.impl("reformer_stack", &reformer::reformer_stack);
+  m.impl("reformer_stack_backward", &reformer::reformer_stack_backward);
+}

@@ -1,0 +1,60 @@
+// Torch-facing declarations of the reversible Reformer stack operators (SPEC §3).
+//
+// reformer::reformer_stack runs `depth` reversible layers over two streams (B, L, d_model):
+//   y1 = x1 + F(x2),   F(x) = dropout_a(W_out · LSHAttention(LN1(x)) + b_out)
+//   y2 = x2 + G(y1),   G(x) = dropout_o(ChunkedFFN(LN2(x)))   (hidden dropout inside the FFN)
+// with every layer's weights given explicitly and keeps nothing but its outputs;
+// reformer::reformer_stack_backward walks the layers in reverse from the final outputs,
+// reconstructs each layer's inputs (x2 = y2 - G(y1), x1 = y1 - F(x2)), recomputes F and G and
+// returns the gradients of x1, x2 and of every weight. Activation memory is that of one layer,
+// whatever the depth.
+//
+// Arguments shared by both operators:
+//   weights    kWeightsPerLayer tensors per layer, in the order of LayerWeight below; the
+//              nn.Linear / nn.LayerNorm layouts (w_qk, w_v: (H·Dh, d_model); w_out: (d_model,
+//              H·Dh); w1: (d_ff, d_model); w2: (d_model, d_ff)); dtype and device of x1.
+//   rotations  one (1 or H, Dh, n_hashes, n_buckets / 2) tensor per layer (SPEC §1).
+//   seeds      (depth, 3) int64 on the CPU: per layer, the seeds of the attention-output,
+//              FFN-hidden and FFN-output dropout masks (seeded_dropout.h); unused when
+//              dropout_p == 0.
+//   the LSH options of SPEC §1 (scale 1), the FFN's chunk size and activation (SPEC §2), the
+//   dropout rate of all three dropouts, and LayerNorm's eps.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+#include <c10/util/Optional.h>
+#include <c10/util/string_view.h>
+
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace reformer {
+
+// Position of each of a layer's weights within its group of kWeightsPerLayer in `weights`.
+enum LayerWeight : int64_t {
+  kNorm1Weight, kNorm1Bias,             // F's LayerNorm
+  kQkWeight, kVWeight,                  // shared query/key and value projections (no bias)
+  kOutWeight, kOutBias,                 // attention output projection
+  kNorm2Weight, kNorm2Bias,             // G's LayerNorm
+  kFfnW1, kFfnB1, kFfnW2, kFfnB2,       // the feed-forward's two linear layers
+  kWeightsPerLayer
+};
+
+// (y1, y2).
+std::tuple<at::Tensor, at::Tensor> reformer_stack(
+    const at::Tensor& x1, const at::Tensor& x2, at::TensorList weights, at::TensorList rotations,
+    const c10::optional<at::Tensor>& key_padding_mask, const at::Tensor& seeds, int64_t n_heads,
+    int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
+    int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps);
+
+// (grad_x1, grad_x2, grad_weights) from the final outputs y1, y2 and their gradients.
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backward(
+    const at::Tensor& grad_y1, const at::Tensor& grad_y2, const at::Tensor& y1,
+    const at::Tensor& y2, at::TensorList weights, at::TensorList rotations,
+    const c10::optional<at::Tensor>& key_padding_mask, const at::Tensor& seeds, int64_t n_heads,
+    int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
+    int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps);
+
+}  // namespace reformer

@@ -1,0 +1,192 @@
+"""The reversible stack operator torch.ops.reformer.reformer_stack (SPEC §3) against the
+plain-PyTorch reference (reformer_ext.reference.reformer_stack_reference): outputs and every
+gradient, gradcheck, opcheck, determinism and argument errors. The module-level comparison with
+the non-reversible stack is in test_reversible.py."""
+
+import pytest
+import torch
+
+import reformer_ext as rx
+from reformer_ext.reference import reformer_stack_reference
+from reformer_ext.reformer_stack import WEIGHT_NAMES, WEIGHTS_PER_LAYER, reformer_stack
+
+F64 = torch.float64
+
+
+def _problem(depth=2, batch=2, length=21, d_model=8, n_heads=2, d_ff=12, n_hashes=2,
+             n_buckets=4, dtype=F64, seed=0):
+    """Random streams, weights (LayerNorm weights around 1), rotations and dropout seeds."""
+    g = torch.Generator().manual_seed(seed)
+    d_head = d_model // n_heads
+    inner = n_heads * d_head
+    shapes = {"norm1_weight": (d_model,), "norm1_bias": (d_model,),
+              "qk_weight": (inner, d_model), "v_weight": (inner, d_model),
+              "out_weight": (d_model, inner), "out_bias": (d_model,),
+              "norm2_weight": (d_model,), "norm2_bias": (d_model,),
+              "ffn_w1": (d_ff, d_model), "ffn_b1": (d_ff,), "ffn_w2": (d_model, d_ff),
+              "ffn_b2": (d_model,)}
+    weights = []
+    for _ in range(depth):
+        for name in WEIGHT_NAMES:
+            w = torch.randn(shapes[name], generator=g, dtype=dtype) * 0.5
+            if name.startswith("norm") and name.endswith("weight"):
+                w = w * 0.2 + 1.0
+            weights.append(w.requires_grad_(True))
+    x1 = torch.randn(batch, length, d_model, generator=g, dtype=dtype, requires_grad=True)
+    x2 = torch.randn(batch, length, d_model, generator=g, dtype=dtype, requires_grad=True)
+    rotations = [torch.randn(n_heads, d_head, n_hashes, n_buckets // 2, generator=g, dtype=dtype)
+                 for _ in range(depth)]
+    seeds = torch.randint(0, 2**62, (depth, 3), generator=g, dtype=torch.int64)
+    return x1, x2, weights, rotations, seeds
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_matches_reference_float64(causal, dropout_p, masked, activation):
+    x1, x2, weights, rotations, seeds = _problem()
+    mask = None
+    if masked:
+        mask = torch.zeros(2, 21, dtype=torch.bool)
+        mask[1, 15:] = True
+    options = dict(n_heads=2, key_padding_mask=mask, bucket_size=4, causal=causal,
+                   activation=activation, dropout_p=dropout_p)
+    y = reformer_stack(x1, x2, weights, rotations, seeds, ff_chunk_size=5, **options)
+    y_ref = reformer_stack_reference(x1, x2, weights, rotations, seeds, **options)
+    g = [torch.randn_like(t) for t in y_ref]
+    inputs = [x1, x2, *weights]
+    grads = torch.autograd.grad(y, inputs, g)
+    grads_ref = torch.autograd.grad(y_ref, inputs, g)
+    for a, b in zip(y, y_ref):
+        assert _rel(a, b) <= 1e-10
+    for a, b, name in zip(grads, grads_ref, ["x1", "x2"] + [f"weights[{i}]" for i in
+                                                            range(len(weights))]):
+        assert _rel(a, b) <= 1e-8, name
+
+
+def test_dropout_is_applied_and_reproducible():
+    x1, x2, weights, rotations, seeds = _problem()
+    run = lambda p, s: reformer_stack(x1, x2, weights, rotations, s, n_heads=2,  # noqa: E731
+                                      bucket_size=4, dropout_p=p)
+    plain = run(0.0, seeds)
+    dropped = run(0.3, seeds)
+    again = run(0.3, seeds.clone())
+    other = run(0.3, seeds + 1)
+    assert not torch.equal(plain[0], dropped[0])
+    assert torch.equal(dropped[0], again[0]) and torch.equal(dropped[1], again[1])
+    assert not torch.equal(dropped[0], other[0])
+
+
+def test_gradcheck_float64():
+    x1, x2, weights, rotations, seeds = _problem(depth=2, batch=1, length=9, d_model=4,
+                                                 n_heads=1, d_ff=6, n_buckets=2)
+
+    def fn(x1, x2, *w):
+        return reformer_stack(x1, x2, w, rotations, seeds, n_heads=1, bucket_size=4,
+                              ff_chunk_size=4, dropout_p=0.25)
+
+    assert torch.autograd.gradcheck(fn, (x1, x2, *weights), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def _op_args(dtype=torch.float32, requires_grad=True, dropout_p=0.2, masked=True):
+    x1, x2, weights, rotations, seeds = _problem(depth=2, batch=1, length=10, dtype=dtype)
+    for t in [x1, x2, *weights]:
+        t.requires_grad_(requires_grad)
+    mask = torch.zeros(1, 10, dtype=torch.bool)
+    if masked:
+        mask[0, 8:] = True
+    return (x1, x2, weights, rotations, mask, seeds, 2, 4, True, 1, 0, 3, "gelu", dropout_p,
+            1e-5)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(requires_grad):
+    torch.library.opcheck(torch.ops.reformer.reformer_stack, _op_args(requires_grad=requires_grad))
+
+
+def test_opcheck_backward():
+    x1, x2, weights, rotations, mask, seeds, *options = _op_args(requires_grad=False)
+    y1, y2 = torch.ops.reformer.reformer_stack(x1, x2, weights, rotations, mask, seeds, *options)
+    args = (torch.randn_like(y1), torch.randn_like(y2), y1, y2, weights, rotations, mask, seeds,
+            *options)
+    torch.library.opcheck(torch.ops.reformer.reformer_stack_backward, args)
+
+
+def test_deterministic_across_runs_and_threads():
+    args = _op_args(dtype=torch.float32)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            y1, y2 = torch.ops.reformer.reformer_stack(*args)
+            grads = torch.autograd.grad((y1 * y2).sum(), [args[0], args[1], *args[2]])
+            results.append([y1, y2, *grads])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_low_precision_runs_finite():
+    for dtype in (torch.bfloat16, torch.float16):
+        args = _op_args(dtype=dtype)
+        y1, y2 = torch.ops.reformer.reformer_stack(*args)
+        assert y1.dtype == dtype and torch.isfinite(y1).all() and torch.isfinite(y2).all()
+        grads = torch.autograd.grad((y1.float() + y2.float()).sum(), [args[0], *args[2]])
+        assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
+
+
+def _replace(args, index, value):
+    args = list(args)
+    args[index] = value
+    return tuple(args)
+
+
+def _bad_calls():
+    args = _op_args(requires_grad=False)
+    x1, x2, weights, rotations, mask, seeds = args[:6]
+    w = list(weights)
+    w_bad_shape = list(w)
+    w_bad_shape[13] = torch.ones(3, dtype=torch.float32)  # layer 1's norm1_bias
+    w_bad_dtype = list(w)
+    w_bad_dtype[4] = w[4].double()
+    return [
+        ("x1", _replace(args, 0, x1[0])),
+        ("x2", _replace(args, 1, x2[:, :5])),
+        ("weights must hold 12", _replace(args, 2, w[:11])),
+        ("weights[13] (layer 1, norm1_bias)", _replace(args, 2, w_bad_shape)),
+        ("weights[4] (layer 0, out_weight)", _replace(args, 2, w_bad_dtype)),
+        ("rotations must hold one tensor per layer", _replace(args, 3, rotations[:1])),
+        ("rotations[1]", _replace(args, 3, [rotations[0], rotations[1][:, :2]])),
+        ("key_padding_mask", _replace(args, 4, mask.int())),
+        ("key_padding_mask", _replace(args, 4, mask[:, :3])),
+        ("seeds", _replace(args, 5, seeds.int())),
+        ("seeds", _replace(args, 5, seeds[:1])),
+        ("n_heads", _replace(args, 6, 3)),
+        ("bucket_size", _replace(args, 7, 0)),
+        ("n_chunks_before", _replace(args, 9, -1)),
+        ("ff_chunk_size", _replace(args, 11, 0)),
+        ("activation", _replace(args, 12, "tanh")),
+        ("dropout_p", _replace(args, 13, 1.0)),
+        ("layer_norm_eps", _replace(args, 14, 0.0)),
+    ]
+
+
+@pytest.mark.parametrize("needle,args", _bad_calls(), ids=[n for n, _ in _bad_calls()])
+def test_bad_arguments_name_the_argument(needle, args):
+    with pytest.raises((ValueError, RuntimeError)) as info:
+        torch.ops.reformer.reformer_stack(*args)
+    assert needle in str(info.value)
+
+
+def test_weights_per_layer_constant():
+    assert WEIGHTS_PER_LAYER == 12 == len(set(WEIGHT_NAMES))
+    model = rx.nn.Reformer(8, 3, 2, d_ff=12)
+    assert len(model._weights()) == 3 * WEIGHTS_PER_LAYER
