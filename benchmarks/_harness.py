@@ -25,7 +25,9 @@ Peak memory
     glibc allocation of 64 KiB or more is its own mmap and is returned to the kernel on free (the
     RSS then follows live memory instead of staying at the heap's high point).  After the inputs
     are created and the warm-up is done, we write "5" to ``/proc/self/clear_refs`` (resets
-    ``VmHWM`` to the current RSS), read ``VmRSS`` as the baseline, run ONE step and read ``VmHWM``.
+    ``VmHWM`` to the current RSS), read ``VmRSS`` as the baseline, run ONE step and read ``VmHWM``
+    (``reformer_ext._profiling.measure_peak_cpu``, which also sets the same threshold with
+    ``mallopt`` around the step and releases the heap's free memory before it).
     Reported "peak extra" = VmHWM - baseline, in MiB: the most memory the step had live at once on
     top of what existed before it (inputs, parameters, the loaded libraries).  It counts every
     allocation made by the step, tensors and anything else, at page granularity.
@@ -34,11 +36,9 @@ Peak memory
 from __future__ import annotations
 
 import datetime
-import gc
 import json
 import os
 import platform
-import re
 import shlex
 import signal
 import statistics
@@ -46,6 +46,14 @@ import subprocess
 import sys
 import time
 from typing import Callable, Sequence
+
+try:
+    from reformer_ext._profiling import (measure_peak_cpu, measure_peak_cuda, reset_rss_peak,
+                                         status_kib)
+except ImportError:  # run from a checkout without installing reformer_ext
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from reformer_ext._profiling import (measure_peak_cpu, measure_peak_cuda, reset_rss_peak,
+                                         status_kib)
 
 RESULT_TAG = "BENCH_RESULT_JSON:"
 
@@ -136,47 +144,8 @@ def machine_lines(info: dict, extra: dict | None = None) -> list[str]:
 # memory
 
 
-def _status_kib(field: str, path: str = "/proc/self/status") -> int:
-    with open(path) as f:
-        text = f.read()
-    m = re.search(rf"^{field}:\s+(\d+)\s*kB", text, re.M)
-    if m is None:
-        raise ValueError(f"{field} not in {path}")
-    return int(m.group(1))
-
-
-def reset_rss_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0). False when not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def measure_peak_cpu(step: Callable[[], None]) -> tuple[float | None, str]:
-    """Run ``step`` once; return (peak extra MiB, note). See the module docstring."""
-    gc.collect()
-    if not reset_rss_peak():
-        step()
-        return None, "could not reset VmHWM (/proc/self/clear_refs not writable)"
-    base = _status_kib("VmRSS")
-    step()
-    hwm = _status_kib("VmHWM")
-    return max(hwm - base, 0) / 1024.0, ""
-
-
-def measure_peak_cuda(step: Callable[[], None], device) -> tuple[float | None, str]:
-    import torch
-
-    gc.collect()
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    step()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20, ""
+# The measuring itself lives in the package, shared with the demo (python -m reformer_ext).
+_status_kib = status_kib
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,131 @@
+"""Smoke tests of examples/duplication.py and examples/train_char_lm.py with tiny sizes, and the
+two claims the examples rest on:
+
+- full attention in duplication.py (a ReformerLM built with bucket_size >= L and one hash round)
+  is exact softmax attention over the shared query/keys, with the masks of SPEC §1;
+- train_char_lm.py's --resume continues a run exactly like an uninterrupted one.
+"""
+
+import importlib.util
+import math
+import os
+import re
+
+import pytest
+import torch
+
+import reformer_ext as rx
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------------
+# duplication
+
+
+def test_duplication_batches_are_0_w_0_w():
+    dup = load_example("duplication")
+    tokens = dup.make_batch(3, 5, 10, torch.Generator().manual_seed(0))
+    assert tokens.shape == (3, 12)
+    assert (tokens[:, 0] == 0).all() and (tokens[:, 6] == 0).all()
+    assert torch.equal(tokens[:, 1:6], tokens[:, 7:12])
+    assert ((tokens[:, 1:6] >= 1) & (tokens[:, 1:6] < 10)).all()
+    # the evaluated positions predict exactly the second copy of w
+    assert torch.equal(tokens[:, dup.second_half_slice(5)], tokens[:, 6:11])
+
+
+def explicit_shared_qk_attention(attn, x):
+    """Full softmax attention of an LSHSelfAttention's weights, written out: keys are the
+    normalised queries, a position attends to itself only when nothing else is allowed (-1e5),
+    later positions are masked (-1e9)."""
+    B, L, _ = x.shape
+    H, D = attn.n_heads, attn.d_head
+    qk = attn.to_qk(x).view(B, L, H, D).transpose(1, 2)
+    v = attn.to_v(x).view(B, L, H, D).transpose(1, 2)
+    k = qk * torch.rsqrt(qk.pow(2).mean(-1, keepdim=True) + 1e-6) / math.sqrt(D)
+    s = qk @ k.transpose(-1, -2)
+    i = torch.arange(L)
+    s = torch.where(i[:, None] == i[None, :], torch.full_like(s, -1e5), s)
+    s = torch.where(i[None, :] > i[:, None], torch.full_like(s, -1e9), s)
+    out = torch.softmax(s, -1) @ v
+    return attn.to_out(out.transpose(1, 2).reshape(B, L, H * D))
+
+
+def test_full_attention_setting_is_exact_attention():
+    dup = load_example("duplication")
+    args = dup.parse_args(["--word-len", "23", "--d-model", "32", "--heads", "2"])
+    L = 2 * (args.word_len + 1)
+    model = dup.build_model(args, n_hashes=1, bucket_size=dup.full_attention_bucket_size(args))
+    model.eval()
+    attn = next(m for m in model.modules() if isinstance(m, rx.nn.LSHSelfAttention))
+    x = torch.randn(3, L, 32, dtype=torch.float64)
+    attn.double()
+    torch.testing.assert_close(attn(x), explicit_shared_qk_attention(attn, x), rtol=1e-9, atol=1e-9)
+
+
+def test_duplication_runs_and_prints_the_table(capsys):
+    dup = load_example("duplication")
+    argv = ["--word-len", "7", "--vocab", "8", "--d-model", "16", "--heads", "2", "--d-ff", "32",
+            "--bucket-size", "4", "--steps", "3", "--batch", "4", "--eval-batches", "1",
+            "--no-progress", "--threads", "1"]
+    assert dup.main(argv) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| training"))
+    assert [c.strip() for c in header.strip("|").split("|")][1:] == [
+        "eval full", "eval LSH-1", "eval LSH-2", "eval LSH-4", "eval LSH-8"]
+    row = next(line for line in out.splitlines() if line.startswith("| LSH-4"))
+    accuracies = [float(v) for v in re.findall(r"([\d.]+)%", row)]
+    assert len(accuracies) == 5 and all(0 <= a <= 100 for a in accuracies)
+
+
+# --------------------------------------------------------------------------------------------
+# character-level LM
+
+TINY_LM = ["--seq-len", "32", "--d-model", "16", "--depth", "1", "--heads", "2", "--bucket-size", "8",
+           "--n-hashes", "1", "--batch", "2", "--eval-every", "2", "--save-every", "2",
+           "--no-progress", "--threads", "1"]
+
+
+def test_char_lm_trains_resumes_exactly_and_samples(tmp_path, capsys):
+    lm = load_example("train_char_lm")
+    straight, resumed = str(tmp_path / "straight.pt"), str(tmp_path / "resumed.pt")
+    assert lm.main(TINY_LM + ["--steps", "4", "--checkpoint", straight, "--sample-len", "0"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"step 4: train bpc [\d.]+, validation bpc [\d.]+", out)
+
+    assert lm.main(TINY_LM + ["--steps", "2", "--checkpoint", resumed, "--sample-len", "0"]) == 0
+    assert lm.main(TINY_LM + ["--steps", "4", "--checkpoint", resumed, "--resume",
+                              "--sample-len", "0"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    a, b = torch.load(straight, weights_only=False), torch.load(resumed, weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0, msg=name)
+
+    assert lm.main(["--sample-only", "--checkpoint", straight, "--prompt", "The ",
+                    "--sample-len", "25", "--threads", "1"]) == 0
+    sample = capsys.readouterr().out[:-1]  # print added one newline; the sample may hold more
+    assert sample.startswith("The ") and len(sample) == 4 + 25
+    assert set(sample) <= set(a["alphabet"])
+
+
+def test_char_lm_rejects_unknown_prompt_characters(tmp_path):
+    lm = load_example("train_char_lm")
+    ckpt = str(tmp_path / "m.pt")
+    assert lm.main(TINY_LM + ["--steps", "1", "--checkpoint", ckpt, "--sample-len", "0"]) == 0
+    with pytest.raises(ValueError, match="alphabet"):
+        lm.main(["--sample-only", "--checkpoint", ckpt, "--prompt", "\u2603"])
