@@ -45,17 +45,82 @@ _MIX2 = 0x94D049BB133111EB
 
 
 # ---------------------------------------------------------------------------------------------
-# Fake (meta) kernels: shapes only depend on the input shapes.
+# Fake (meta) kernels: shapes only depend on the input shapes. They repeat the checks of the C++
+# operator (check_chunked_ffn_args and read_dropout_seed in csrc/chunked_ffn.cpp) with
+# torch._check_value, which also works on symbolic sizes: tracing rejects what eager mode would,
+# and so does a call that mixes meta tensors with others (the dispatcher sends it here).
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check(condition, message: str) -> None:
+    torch._check_value(condition, lambda: message)
+
+
+def _fake_check_operand(t, name: str, x) -> None:
+    _check(isinstance(t, Tensor), f"{name} must be a tensor, got {type(t).__name__}")
+    _check(t.dtype == x.dtype, f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+    _check(t.device == x.device,
+           f"{name} must be on the same device as x ({x.device}), got {t.device}")
+
+
+def _fake_check_dropout_seed(dropout_seed, dropout_p, x) -> None:
+    _check(0.0 <= dropout_p < 1.0, f"dropout_p must be in [0, 1), got {dropout_p}")
+    if dropout_seed is None:
+        _check(dropout_p == 0.0, "dropout_seed must be given when dropout_p > 0 (got "
+                                 f"dropout_p = {dropout_p} and dropout_seed = None)")
+        return
+    # The seed's value is read on the host; a meta computation never reads it, so there (and
+    # only there) a meta seed is accepted as well.
+    on_host = dropout_seed.device.type == "cpu" or (dropout_seed.device.type == "meta"
+                                                    and x.device.type == "meta")
+    _check(dropout_seed.dtype == torch.int64 and dropout_seed.numel() == 1 and on_host,
+           "dropout_seed must be a one-element int64 tensor on the CPU, got "
+           f"{dropout_seed.dtype} of shape {tuple(dropout_seed.shape)} on {dropout_seed.device}")
+
+
+def _fake_check_args(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed):
+    _fake_check_dropout_seed(dropout_seed, dropout_p, x)
+    _check(isinstance(x, Tensor) and x.dim() >= 1,
+           "x must have shape (..., d_model), got a 0-dimensional tensor")
+    _check(x.dtype in _FLOAT_DTYPES,
+           f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    d_model = x.shape[-1]
+    _check(isinstance(w1, Tensor) and w1.dim() == 2 and w1.shape[1] == d_model,
+           f"w1 must have shape (d_ff, d_model) with d_model = {d_model} (x's last dimension), "
+           f"got {tuple(w1.shape) if isinstance(w1, Tensor) else w1!r}")
+    d_ff = w1.shape[0]
+    _check(isinstance(w2, Tensor) and w2.dim() == 2 and w2.shape[0] == d_model
+           and w2.shape[1] == d_ff,
+           f"w2 must have shape (d_model, d_ff) = ({d_model}, {d_ff}) (d_model from x, d_ff "
+           f"from w1), got {tuple(w2.shape) if isinstance(w2, Tensor) else w2!r}")
+    _fake_check_operand(w1, "w1", x)
+    _fake_check_operand(w2, "w2", x)
+    for bias, name, size, size_name in ((b1, "b1", d_ff, "d_ff"), (b2, "b2", d_model, "d_model")):
+        if bias is not None:
+            _check(bias.dim() == 1 and bias.shape[0] == size,
+                   f"{name} must have shape ({size_name},) = ({size},), got {tuple(bias.shape)}")
+            _fake_check_operand(bias, name, x)
+    _check(chunk_size >= 1, f"chunk_size must be >= 1, got {chunk_size}")
+    _check(activation in ACTIVATIONS, f"activation must be one of "
+                                      f"{', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
 
 
 @torch.library.register_fake("reformer::chunked_ffn")
 def _chunked_ffn_fake(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed):
+    _fake_check_args(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed)
     return x.new_empty(x.shape)
 
 
 @torch.library.register_fake("reformer::chunked_ffn_backward")
 def _chunked_ffn_backward_fake(grad_out, x, w1, b1, w2, b2, chunk_size, activation, dropout_p,
                                dropout_seed, output_mask):
+    _fake_check_args(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed)
+    _check(isinstance(grad_out, Tensor) and grad_out.shape == x.shape,
+           f"grad_out must have the shape of x {tuple(x.shape)}, got "
+           f"{tuple(grad_out.shape) if isinstance(grad_out, Tensor) else grad_out!r}")
+    _fake_check_operand(grad_out, "grad_out", x)
+
     def grad(t, needed):
         return t.new_empty(t.shape) if needed and t is not None else None
 

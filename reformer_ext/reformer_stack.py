@@ -35,7 +35,7 @@ def _check(condition, message: str) -> None:
     torch._check_value(condition, lambda: message)
 
 
-def _fake_check(x1, x2, weights, rotations, seeds):
+def _fake_check(x1, x2, weights, rotations, key_padding_mask, seeds):
     _check(isinstance(x1, Tensor) and x1.dim() == 3,
            "x1 must have shape (batch, length, d_model)")
     _check(isinstance(x2, Tensor) and x2.shape == x1.shape and x2.dtype == x1.dtype
@@ -48,6 +48,19 @@ def _fake_check(x1, x2, weights, rotations, seeds):
     for i, w in enumerate(weights):
         _check(w.dtype == x1.dtype and w.device == x1.device,
                f"weights[{i}] must have the dtype and device of x1")
+    for i, r in enumerate(rotations):
+        _check(r.device == x1.device, f"rotations[{i}] must be on the device of x1 "
+                                      f"({x1.device}), got {r.device}")
+    if key_padding_mask is not None:
+        # a mask on another device (e.g. meta with CPU streams) is dispatched here: refuse it
+        _check(key_padding_mask.dtype == torch.bool and key_padding_mask.dim() == 2
+               and key_padding_mask.shape[0] == x1.shape[0]
+               and key_padding_mask.shape[1] == x1.shape[1],
+               "key_padding_mask must be a bool tensor of shape (batch, length) = "
+               f"{tuple(x1.shape[:2])}, got {key_padding_mask.dtype} "
+               f"{tuple(key_padding_mask.shape)}")
+        _check(key_padding_mask.device == x1.device, "key_padding_mask must be on the device "
+               f"of x1 ({x1.device}), got {key_padding_mask.device}")
     _check(seeds.dtype == torch.int64 and seeds.device.type == "cpu" and seeds.dim() == 2
            and seeds.shape[0] == depth and seeds.shape[1] == 3,
            f"seeds must be a CPU int64 tensor of shape ({depth}, 3)")
@@ -55,14 +68,14 @@ def _fake_check(x1, x2, weights, rotations, seeds):
 
 @torch.library.register_fake("reformer::reformer_stack")
 def _reformer_stack_fake(x1, x2, weights, rotations, key_padding_mask, seeds, *options):
-    _fake_check(x1, x2, weights, rotations, seeds)
+    _fake_check(x1, x2, weights, rotations, key_padding_mask, seeds)
     return x1.new_empty(x1.shape), x1.new_empty(x1.shape)
 
 
 @torch.library.register_fake("reformer::reformer_stack_backward")
 def _reformer_stack_backward_fake(grad_y1, grad_y2, y1, y2, weights, rotations, key_padding_mask,
                                   seeds, *options):
-    _fake_check(y1, y2, weights, rotations, seeds)
+    _fake_check(y1, y2, weights, rotations, key_padding_mask, seeds)
     return (y1.new_empty(y1.shape), y1.new_empty(y1.shape),
             [w.new_empty(w.shape) for w in weights])
 

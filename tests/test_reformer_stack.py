@@ -167,6 +167,10 @@ def _bad_calls():
         ("rotations[1]", _replace(args, 3, [rotations[0], rotations[1][:, :2]])),
         ("key_padding_mask", _replace(args, 4, mask.int())),
         ("key_padding_mask", _replace(args, 4, mask[:, :3])),
+        # one argument on meta sends the call to the fake kernel, which must refuse it too
+        ("key_padding_mask must be on the device", _replace(args, 4, mask.to("meta"))),
+        ("rotations[0] must be on the device",
+         _replace(args, 3, [rotations[0].to("meta"), rotations[1]])),
         ("seeds", _replace(args, 5, seeds.int())),
         ("seeds", _replace(args, 5, seeds[:1])),
         ("n_heads", _replace(args, 6, 3)),

@@ -12,6 +12,7 @@ from torch import Tensor
 from torch import nn as tnn
 
 from ..ops import lsh_attention
+from ._checks import check_bool, check_float_dtype, check_input, check_int, check_probability
 from ._mha_call import padding_mask_from_mha_call
 
 __all__ = ["LSHSelfAttention", "seeded_rotations"]
@@ -139,32 +140,32 @@ class LSHSelfAttention(tnn.Module):
                  dropout: float = 0.0, seed: Optional[int] = None,
                  fixed_rotations: Optional[bool] = None, device=None, dtype=None):
         super().__init__()
-        for value, name, minimum in ((d_model, "d_model", 1), (n_heads, "n_heads", 1),
-                                     (bucket_size, "bucket_size", 1), (n_hashes, "n_hashes", 1),
-                                     (n_chunks_before, "n_chunks_before", 0),
-                                     (n_chunks_after, "n_chunks_after", 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        d_model, n_heads = check_int(d_model, "d_model", 1), check_int(n_heads, "n_heads", 1)
+        bucket_size, n_hashes = (check_int(bucket_size, "bucket_size", 1),
+                                 check_int(n_hashes, "n_hashes", 1))
+        n_chunks_before = check_int(n_chunks_before, "n_chunks_before", 0)
+        n_chunks_after = check_int(n_chunks_after, "n_chunks_after", 0)
         if d_head is None:
             if d_model % n_heads:
                 raise ValueError(f"d_model ({d_model}) is not divisible by n_heads ({n_heads}); "
                                  "pass d_head")
             d_head = d_model // n_heads
-        elif isinstance(d_head, bool) or not isinstance(d_head, int) or d_head < 1:
-            raise ValueError(f"d_head must be an int >= 1, got {d_head!r}")
-        if n_buckets is not None and (isinstance(n_buckets, bool) or not isinstance(n_buckets, int)
-                                      or n_buckets < 2 or n_buckets % 2):
+        d_head = check_int(d_head, "d_head", 1)
+        if n_buckets is not None and check_int(n_buckets, "n_buckets", 2) % 2:
             raise ValueError(f"n_buckets must be None or an even int >= 2, got {n_buckets!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if fixed_rotations not in (None, True, False):
-            raise ValueError(f"fixed_rotations must be None, True or False, got {fixed_rotations!r}")
+        causal = check_bool(causal, "causal")
+        dropout = check_probability(dropout, "dropout")
+        if seed is not None:
+            seed = check_int(seed, "seed")  # any int: taken modulo 2^64
+        if fixed_rotations is not None:
+            fixed_rotations = check_bool(fixed_rotations, "fixed_rotations")
+        check_float_dtype(dtype)
         factory = dict(device=device, dtype=dtype)
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
         self.bucket_size, self.n_hashes, self.n_buckets = bucket_size, n_hashes, n_buckets
-        self.causal = bool(causal)
+        self.causal = causal
         self.n_chunks_before, self.n_chunks_after = n_chunks_before, n_chunks_after
-        self.dropout = float(dropout)
+        self.dropout = dropout
         self.fixed_rotations = fixed_rotations
         inner = n_heads * d_head
         self.to_qk = tnn.Linear(d_model, inner, bias=False, **factory)
@@ -234,9 +235,15 @@ class LSHSelfAttention(tnn.Module):
         """
         if value is None:
             if key is not None:
-                if isinstance(key, Tensor) and key.dim() == 3:
+                if key is x:
                     raise TypeError("LSHSelfAttention got (query, key) without value: the "
                                     "nn.MultiheadAttention call is attn(x, x, x, ...)")
+                if isinstance(key, Tensor) and key.dim() != 2:
+                    # the module's own call: the second positional argument is the mask
+                    raise ValueError(
+                        "key_padding_mask (the second positional argument) must have shape "
+                        f"(batch, length), got {tuple(key.shape)} (the nn.MultiheadAttention "
+                        "call passes value too: attn(x, x, x, ...))")
                 if key_padding_mask is not None:
                     raise TypeError("key_padding_mask given twice (positionally and by name)")
                 key_padding_mask = key
@@ -252,9 +259,10 @@ class LSHSelfAttention(tnn.Module):
 
     def _attend(self, x: Tensor, key_padding_mask: Optional[Tensor],
                 rotations: Optional[Tensor]) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must have shape (batch, length, {self.d_model}), got "
-                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        check_input(x, "x", self.to_qk.weight)
+        if x.dim() != 3 or x.shape[-1] != self.d_model or x.shape[1] < 1:
+            raise ValueError(f"x must have shape (batch, length >= 1, {self.d_model}), got "
+                             f"{tuple(x.shape)}")
         batch, length, _ = x.shape
         heads, d_head = self.n_heads, self.d_head
         qk = self.to_qk(x).view(batch, length, heads, d_head).transpose(1, 2)

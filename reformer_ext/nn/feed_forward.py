@@ -11,6 +11,7 @@ from torch import Tensor
 from torch import nn as tnn
 
 from ..feed_forward import ACTIVATIONS, chunked_feed_forward, draw_dropout_seed
+from ._checks import check_bool, check_float_dtype, check_int, check_probability
 
 __all__ = ["ChunkedFeedForward"]
 
@@ -76,18 +77,19 @@ class ChunkedFeedForward(tnn.Module):
                  activation: str = "gelu", dropout: float = 0.0, bias: bool = True,
                  device=None, dtype=None):
         super().__init__()
+        d_model, d_ff = check_int(d_model, "d_model", 1), check_int(d_ff, "d_ff", 1)
+        chunk_size = check_int(chunk_size, "chunk_size", 1)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, "
                              f"got {activation!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        dropout = check_probability(dropout, "dropout")
+        bias = check_bool(bias, "bias")
+        check_float_dtype(dtype)
         factory = dict(device=device, dtype=dtype)
         self.d_model, self.d_ff = d_model, d_ff
         self.chunk_size = chunk_size
         self.activation = activation
-        self.dropout = float(dropout)
+        self.dropout = dropout
         self.w1 = tnn.Linear(d_model, d_ff, bias=bias, **factory)
         self.w2 = tnn.Linear(d_ff, d_model, bias=bias, **factory)
         self.register_load_state_dict_pre_hook(_rename_sequential_keys)

@@ -10,6 +10,8 @@ from torch import nn as tnn
 
 from ..feed_forward import draw_dropout_seed, seeded_dropout
 from ..reformer_stack import reformer_stack
+from ._checks import (check_bool, check_float_dtype, check_input, check_int,
+                      check_key_padding_mask, check_nonnegative, check_probability, describe)
 from .attention import LSHSelfAttention
 from .feed_forward import ChunkedFeedForward
 from .reversible import ReversibleBlock
@@ -112,18 +114,19 @@ class Reformer(tnn.Module):
                  n_chunks_after: int = 0, activation: str = "gelu",
                  fixed_rotations: Optional[bool] = None, device=None, dtype=None):
         super().__init__()
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+        # The rest (n_heads, bucket_size, activation, ...) is checked by the layers' modules.
+        d_model, depth = check_int(d_model, "d_model", 1), check_int(depth, "depth", 1)
+        d_ff = 4 * d_model if d_ff is None else check_int(d_ff, "d_ff", 1)
         if merge not in MERGES:
             raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        dropout = check_probability(dropout, "dropout")
+        reversible = check_bool(reversible, "reversible")
+        check_float_dtype(dtype)
         factory = dict(device=device, dtype=dtype)
-        d_ff = 4 * d_model if d_ff is None else d_ff
         self.d_model, self.depth, self.n_heads, self.d_ff = d_model, depth, n_heads, d_ff
         self.merge = merge
-        self.dropout = float(dropout)
-        self.reversible = bool(reversible)
+        self.dropout = dropout
+        self.reversible = reversible
         blocks = []
         for _ in range(depth):
             attn = LSHSelfAttention(d_model, n_heads, d_head=d_head, bucket_size=bucket_size,
@@ -167,9 +170,12 @@ class Reformer(tnn.Module):
 
     def forward_streams(self, x: Tensor, key_padding_mask: Optional[Tensor] = None):
         """The two streams ``(y1, y2)`` after the last layer, before the merge."""
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must have shape (batch, length, {self.d_model}), got "
-                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        check_input(x, "x", self.norm.weight)
+        if x.dim() != 3 or x.shape[-1] != self.d_model or x.shape[1] < 1:
+            raise ValueError(f"x must have shape (batch, length >= 1, {self.d_model}), got "
+                             f"{tuple(x.shape)}")
+        if key_padding_mask is not None:
+            check_key_padding_mask(key_padding_mask, x)
         rotations, seeds = self._random_state(x)
         p = self.dropout if self.training else 0.0
         if self.reversible:
@@ -214,9 +220,12 @@ class ReformerLM(tnn.Module):
                  max_seq_len: int, *, causal: bool = True, init_std: float = 0.02,
                  device=None, dtype=None, **reformer_kwargs):
         super().__init__()
-        for value, name in ((num_tokens, "num_tokens"), (max_seq_len, "max_seq_len")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        num_tokens = check_int(num_tokens, "num_tokens", 1)
+        max_seq_len = check_int(max_seq_len, "max_seq_len", 1)
+        # checked here too: the embeddings are built before the Reformer checks its arguments
+        d_model = check_int(d_model, "d_model", 1)
+        init_std = check_nonnegative(init_std, "init_std")
+        check_float_dtype(dtype)
         factory = dict(device=device, dtype=dtype)
         self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
         self.token_emb = tnn.Embedding(num_tokens, d_model, **factory)
@@ -228,13 +237,24 @@ class ReformerLM(tnn.Module):
         self.to_logits = tnn.Linear(d_model, num_tokens, **factory)
 
     def forward(self, tokens: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """Token ids must lie in ``[0, num_tokens)``. That is checked in eager mode only: it
+        reads the tokens (one host synchronisation on GPU), so it is skipped while torch.compile
+        traces (an out-of-range id then fails inside nn.Embedding) and for meta tensors."""
         if not isinstance(tokens, Tensor) or tokens.dim() != 2:
-            raise ValueError("tokens must have shape (batch, length), got "
-                             f"{tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__}")
+            raise ValueError(f"tokens must have shape (batch, length), got {describe(tokens)}")
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tokens must be int64 or int32 token ids, got {tokens.dtype}")
         length = tokens.shape[1]
+        if length < 1:
+            raise ValueError("tokens must have length >= 1, got shape "
+                             f"{tuple(tokens.shape)}")
         if length > self.max_seq_len:
             raise ValueError(f"sequence length {length} exceeds max_seq_len={self.max_seq_len} "
                              "(the learned position embedding has no entry beyond it)")
+        if not torch.compiler.is_compiling() and tokens.device.type != "meta":
+            if bool(((tokens < 0) | (tokens >= self.num_tokens)).any()):
+                raise ValueError(f"tokens must lie in [0, num_tokens) = [0, {self.num_tokens}), "
+                                 f"got values from {int(tokens.min())} to {int(tokens.max())}")
         positions = torch.arange(length, device=tokens.device)
         x = self.token_emb(tokens) + self.pos_emb(positions)
         return self.to_logits(self.reformer(x, key_padding_mask))

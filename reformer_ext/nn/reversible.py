@@ -34,6 +34,8 @@ from torch import Tensor
 from torch import nn as tnn
 from torch.autograd.function import once_differentiable
 
+from ._checks import check_bool, describe
+
 __all__ = ["ReversibleBlock", "ReversibleSequence"]
 
 
@@ -273,9 +275,12 @@ class ReversibleSequence(tnn.Module):
 
     def __init__(self, blocks, *, reversible: bool = True, preserve_rng_state: bool = True):
         super().__init__()
+        if isinstance(blocks, Tensor) or not isinstance(blocks, Iterable):
+            raise TypeError("blocks must be an iterable of ReversibleBlock(f, g) or (f, g) pairs "
+                            f"of nn.Modules, got {type(blocks).__name__}")
         self.blocks = tnn.ModuleList([_as_block(b) for b in blocks])
-        self.reversible = bool(reversible)
-        self.preserve_rng_state = bool(preserve_rng_state)
+        self.reversible = check_bool(reversible, "reversible")
+        self.preserve_rng_state = check_bool(preserve_rng_state, "preserve_rng_state")
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -283,10 +288,17 @@ class ReversibleSequence(tnn.Module):
     def forward(self, x1: Tensor, x2: Tensor, *, g_kwargs: Optional[dict] = None,
                 **f_kwargs) -> Tuple[Tensor, Tensor]:
         if not isinstance(x1, Tensor) or not isinstance(x2, Tensor):
-            raise TypeError("x1 and x2 must be tensors")
+            raise TypeError("x1 and x2 must be tensors, got "
+                            f"{describe(x1)} and {describe(x2)}")
         if x1.shape != x2.shape:
             raise ValueError(f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and "
                              f"{tuple(x2.shape)}")
+        if x2.dtype != x1.dtype or x2.device != x1.device:
+            raise ValueError(f"x2 must have the dtype and device of x1 ({x1.dtype} on "
+                             f"{x1.device}), got {x2.dtype} on {x2.device}")
+        if g_kwargs is not None and not isinstance(g_kwargs, dict):
+            raise TypeError(f"g_kwargs must be a dict of keyword arguments for g, or None, got "
+                            f"{type(g_kwargs).__name__}")
         g_kwargs = dict(g_kwargs or {})
         if not self.reversible or not torch.is_grad_enabled() or not self._needs_grad(x1, x2):
             for block in self.blocks:
