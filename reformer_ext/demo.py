@@ -262,17 +262,17 @@ class CheckpointedStack(nn.Module):
 
 
 def training_step(model, x):
-    """(step, prepare): step = forward + backward of a fixed output gradient; prepare zeroes the
-    parameters' .grad in place, so the step's peak is its activations and temporaries only."""
+    """(step, prepare): step = ``zero_grad()`` (set to None, PyTorch's default) + forward +
+    backward of a fixed output gradient. The previous step's gradients exist before the step and
+    are replaced during it, so the step's peak is its activations and temporaries only."""
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(x.device)
 
     def step():
+        model.zero_grad(set_to_none=True)
         model(x).backward(grad_out)
 
     def prepare():
-        for p in model.parameters():
-            if p.grad is not None:
-                p.grad.zero_()
+        pass
     return step, prepare
 
 
