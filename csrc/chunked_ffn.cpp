@@ -459,8 +459,8 @@ FfnGradients chunked_ffn_backward_op(const at::Tensor& grad_out, const at::Tenso
 }  // namespace
 }  // namespace reformer
 
-// One function for both devices: besides ATen operators (the CPU BLAS / cuBLAS GEMMs) it only
-// calls the fused CPU kernels, and only for CPU float32/float64 tensors.
+// One function for both devices: besides ATen operators (the CPU BLAS / cuBLAS GEMMs) it calls
+// the fused element-wise kernels of the tensors' device (CPU: float32/float64; CUDA: every dtype).
 TORCH_LIBRARY_IMPL(reformer, CPU, m) {
   m.impl("chunked_ffn", &reformer::chunked_ffn_op);
   m.impl("chunked_ffn_backward", &reformer::chunked_ffn_backward_op);

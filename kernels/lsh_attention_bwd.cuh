@@ -359,6 +359,7 @@ cudaError_t launch_lsh_backward(const AttentionParams& p, const BackwardArgs<sca
                                 int64_t n_hashes, cudaStream_t stream) {
   const int64_t ctas = ctas_per_round(p);
   if (ctas == 0) return cudaSuccess;
+  if (ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;  // see launch_lsh_forward
   SharedCarver query_carver{nullptr}, key_carver{nullptr};
   QueryPassShared<acc_t>::carve(query_carver, p.dim, p.value_dim);
   KeyPassShared<acc_t>::carve(key_carver, p.dim, p.value_dim);

@@ -200,6 +200,9 @@ cudaError_t launch_lsh_forward(const AttentionParams& p, const ForwardArgs<scala
   if (status != cudaSuccess) return status;
   const int64_t ctas = ctas_per_round(p);
   if (ctas == 0) return cudaSuccess;
+  // one CTA per grid.x index: more than 2^31 - 1 cannot be launched (tiny bucket_size at huge
+  // B·H·L'); fail the launch rather than wrap the count and leave rows uncomputed
+  if (ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;
   for (int64_t r = 0; r < n_hashes; ++r) {
     kernel<<<static_cast<unsigned>(ctas), kThreads, shared, stream>>>(p, a, r);
     status = cudaGetLastError();

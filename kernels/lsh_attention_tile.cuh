@@ -25,7 +25,6 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kRowsPerWarp = 4;
 constexpr int kRowsPerCta = kWarps * kRowsPerWarp;  // owned rows of one CTA
 constexpr int kTileItems = 32;                        // streamed items per tile: one per lane
-constexpr int kMaxSlots = 4;                          // D, Dv <= 128
 
 // Sizes and options of one call; every kernel of the attention gets a copy by value.
 struct AttentionParams {

@@ -45,7 +45,8 @@ __global__ void lsh_sort_keys_kernel(const int64_t* __restrict__ buckets, SortSh
   }
 }
 
-// Bytes of temporary storage launch_lsh_sort needs (CUB's, plus the keys and values).
+// Bytes of CUB's temporary storage for launch_lsh_sort (the keys and values are allocated
+// separately by the caller). items() is passed as int64: CUB 2.x (CUDA 12+) takes 64-bit counts.
 template <typename key_t>
 cudaError_t lsh_sort_temp_bytes(const SortShape& s, size_t& cub_bytes) {
   cub_bytes = 0;

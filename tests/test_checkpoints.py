@@ -9,6 +9,7 @@ import io
 import pytest
 import torch
 
+import reformer_ext as rx
 import reformer_ext.nn as rnn
 
 B, L, D = 2, 19, 16
@@ -192,3 +193,18 @@ def test_rotation_seed_of_wrong_shape():
     state["rotation_seed"] = torch.zeros(2, dtype=torch.int64)
     with pytest.raises(RuntimeError, match="size mismatch for rotation_seed"):
         module.load_state_dict(state)
+
+
+def test_reformer_loads_state_dicts_of_the_earlier_layer_layout():
+    """Before the stack operator, Reformer's layers lived in a ReversibleSequence
+    (``layers.blocks.<i>.``); such checkpoints still load, also nested in ReformerLM."""
+    torch.manual_seed(0)
+    source = rx.nn.ReformerLM(20, 16, 2, 2, 32, bucket_size=4, n_hashes=1).eval()
+    old = {k.replace("reformer.layers.", "reformer.layers.blocks."): v
+           for k, v in source.state_dict().items()}
+    assert any(".layers.blocks.0." in k for k in old)
+    torch.manual_seed(1)
+    target = rx.nn.ReformerLM(20, 16, 2, 2, 32, bucket_size=4, n_hashes=1).eval()
+    target.load_state_dict(old)
+    tokens = torch.randint(0, 20, (2, 11))
+    assert torch.equal(target(tokens), source(tokens))

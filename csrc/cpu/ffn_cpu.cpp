@@ -5,7 +5,7 @@
 // tanh-GELU one exp for tanh, SiLU one exp for the sigmoid. float32 uses branch-free exp / erf
 // approximations that the compiler vectorises (exp: ~1 ulp; erf: Abramowitz & Stegun 7.1.26, abs.
 // error < 1.5e-7, the formula ATen's own vectorised float GELU uses); float64 uses <cmath>.
-// The dropout mask is evaluated inline from (seed, element index) (dropout_hash in seeded_dropout.h),
+// The dropout mask is evaluated inline from (seed, element index) (kernels/dropout_hash.h),
 // so no mask tensor exists. Loops are parallel over rows (element-wise kernels) or column blocks
 // (the column sum), so every result is independent of the thread count.
 #include "ffn_cpu.h"
