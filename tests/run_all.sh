@@ -18,7 +18,7 @@ if ! dpkg -s libgtest-dev >/dev/null 2>&1; then
   $SUDO apt-get update -q && $SUDO apt-get install -y -q libgtest-dev
 fi
 "$PY" -m pip install -q torch==2.14.1 ninja
-"$PY" -m pip install -q pytest hypothesis expecttest numpy
+"$PY" -m pip install -q pytest hypothesis expecttest numpy matplotlib tqdm  # tqdm, matplotlib: the demo's tests
 "$PY" -m pip install -q --no-build-isolation -e .
 
 if [ "${FORCE_CUDA:-}" = "1" ]; then
