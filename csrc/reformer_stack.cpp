@@ -145,6 +145,8 @@ StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::Tens
                           m.size(1) == s.length,
                       "key_padding_mask must be a bool tensor of shape (batch, length) = (",
                       s.batch, ", ", s.length, "), got ", m.scalar_type(), " ", m.sizes());
+    TORCH_CHECK_VALUE(m.device() == x1.device(), "key_padding_mask must be on the device of x1 (",
+                      x1.device(), "), got ", m.device());
   }
   TORCH_CHECK_VALUE(o.dropout_p >= 0.0 && o.dropout_p < 1.0, "dropout_p must be in [0, 1), got ",
                     o.dropout_p);
