@@ -319,6 +319,23 @@ FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, cons
       auto a = a_buf.narrow(0, 0, n);
       at::Tensor dropped;
       if (dropout) dropped = dropout->dropped(row0, n);
+      // What the dropped-out activation `act` is needed for: gW2 += s · g_cᵀ · act, and the
+      // forward's output rows when asked for.
+      const auto use_activation = [&](const at::Tensor& act) {
+        if (need_gw2) accumulate_mm(gw2, g_c.t(), act, P.scale);
+        if (forward_out != nullptr) {
+          auto y_c = out2d.narrow(0, row0, n);
+          second_linear(y_c, act, P);
+        }
+      };
+      // a = s · g_c · W2: the gradient reaching the dropped-out activation
+      const auto grad_of_activation = [&] {
+        if (P.scale != 1.0) {
+          at::addmm_out(a, a, g_c, w2, /*beta=*/0, /*alpha=*/P.scale);  // beta 0: a ignored
+        } else {
+          at::mm_out(a, g_c, w2);
+        }
+      };
 
       if (fused) {
         // One pass gives a = act(z) ⊙ keep and pre = act'(z) ⊙ keep, z the
@@ -326,17 +343,9 @@ FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, cons
         at::mm_out(pre, x_c, P.w1t);
         fused_bias_activation_grad_(pre, a, b1.value_or(at::Tensor()), P.dropout_rows(row0),
                                     s.activation);
-        if (need_gw2) accumulate_mm(gw2, g_c.t(), a, P.scale);
-        if (forward_out != nullptr) {
-          auto y_c = out2d.narrow(0, row0, n);
-          second_linear(y_c, a, P);
-        }
+        use_activation(a);
         if (!need_dpre) continue;
-        if (P.scale != 1.0) {
-          at::addmm_out(a, a, g_c, w2, /*beta=*/0, /*alpha=*/P.scale);  // beta 0: a ignored
-        } else {
-          at::mm_out(a, g_c, w2);
-        }
+        grad_of_activation();
         fused_mul_colsum_(a, pre, need_gb1 ? gb1 : at::Tensor());  // a = d(loss)/d(pre)
         if (need_gw1) accumulate_mm(gw1, a.t(), x_c, 1.0);
         if (need_gx) {
@@ -352,26 +361,14 @@ FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, cons
         // element is dropped its incoming gradient is zero whatever pre holds there.
         if (!activated) at::relu_(pre);
         if (dropout) pre.masked_fill_(dropped, 0);
-        if (need_gw2) accumulate_mm(gw2, g_c.t(), pre, P.scale);
-        if (forward_out != nullptr) {
-          auto y_c = out2d.narrow(0, row0, n);
-          second_linear(y_c, pre, P);
-        }
+        use_activation(pre);
       } else if (need_act) {
         activation_out(a, pre, s.activation);
         if (dropout) a.masked_fill_(dropped, 0);
-        if (need_gw2) accumulate_mm(gw2, g_c.t(), a, P.scale);
-        if (forward_out != nullptr) {
-          auto y_c = out2d.narrow(0, row0, n);
-          second_linear(y_c, a, P);
-        }
+        use_activation(a);
       }
       if (!need_dpre) continue;
-      if (P.scale != 1.0) {
-        at::addmm_out(a, a, g_c, w2, /*beta=*/0, /*alpha=*/P.scale);  // beta 0: a ignored
-      } else {
-        at::mm_out(a, g_c, w2);
-      }
+      grad_of_activation();
       if (dropout) a.masked_fill_(dropped, 0);
       activation_backward_inplace(a, pre, s.activation);  // a = d(loss)/d(pre)
       if (need_gb1) {

@@ -29,7 +29,8 @@ LshShape check_attention_args(const at::Tensor& qk, const at::Tensor& v,
                               int64_t bucket_size, int64_t n_chunks_before,
                               int64_t n_chunks_after);
 
-// Checks the backward's arguments and returns the sizes; n_hashes is read off sorted_positions.
+// Checks the backward's arguments (sorted_positions' values too: in [0, L'), one device sync
+// on CUDA) and returns the sizes; n_hashes is read off sorted_positions.
 LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse,
                              const at::Tensor& qk, const at::Tensor& v, const at::Tensor& out,
                              const at::Tensor& softmax_stats, const at::Tensor& sorted_positions,

@@ -2,6 +2,7 @@
 // Each failure is a ValueError in Python that names the argument, the expectation and the value.
 #include "lsh_attention.h"
 
+#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <limits>
@@ -176,6 +177,15 @@ LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at:
                     s.padded_length, "), got ", sorted_positions.sizes(), " ",
                     sorted_positions.scalar_type());
   check_same_device(sorted_positions, "sorted_positions", qk);
+  // The kernels index with these values: positions outside [0, L') are an error (one device
+  // sync on CUDA), not an out-of-bounds read or a silently different result.
+  if (sorted_positions.numel() > 0) {
+    const auto [lowest, highest] = at::aminmax(sorted_positions);
+    const int32_t lo = lowest.item<int32_t>(), hi = highest.item<int32_t>();
+    TORCH_CHECK_VALUE(lo >= 0 && hi < s.padded_length,
+                      "sorted_positions must hold positions in [0, ", s.padded_length,
+                      ") as returned by lsh_attention, got values in [", lo, ", ", hi, "]");
+  }
   s.n_hashes = sorted_positions.size(2) / s.padded_length;
   s.n_chunks = s.n_hashes * s.chunks_per_round;
   return s;

@@ -397,14 +397,6 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
       check_backward_args(grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions,
                           key_padding_mask, bucket_size, n_chunks_before, n_chunks_after);
   check_cpu(qk, "qk");
-  // The kernel indexes with these values: anything outside [0, L') would read out of bounds.
-  if (sorted_positions.numel() > 0) {
-    const auto [lowest, highest] = at::aminmax(sorted_positions);
-    TORCH_CHECK_VALUE(lowest.item<int32_t>() >= 0 && highest.item<int32_t>() < s.padded_length,
-                      "sorted_positions must hold positions in [0, ", s.padded_length,
-                      ") as returned by lsh_attention, got values in [", lowest.item<int32_t>(),
-                      ", ", highest.item<int32_t>(), "]");
-  }
   const auto acc = accumulation_type(qk);
   const auto qk_acc = qk.to(acc).contiguous();
   const auto v_acc = v.to(acc).contiguous();

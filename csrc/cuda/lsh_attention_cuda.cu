@@ -17,7 +17,6 @@
 
 #include <limits>
 
-#include "../../kernels/lsh_hash.cuh"
 #include "../../kernels/lsh_sort.cuh"
 #include "../lsh_attention.h"
 #include "lsh_attention_cuda.h"
@@ -54,25 +53,6 @@ AttentionParams make_params(const LshShape& s, const at::Tensor& mask, const at:
 at::Tensor key_scales(const at::Tensor& qk, const LshShape& s) {
   const auto x = qk.to(accumulation_type(qk));
   return x.square().mean(-1).add_(kKeyNormEps).mul_(static_cast<double>(s.dim)).rsqrt_();
-}
-
-// Buckets (B, H, R, L) int64 of SPEC §1 step 1 (padding positions: the bucket n_buckets).
-at::Tensor hash(const at::Tensor& qk, const at::Tensor& rotations, const at::Tensor& mask,
-                const LshShape& s) {
-  const auto acc = accumulation_type(qk);
-  const auto rot = rotations.to(acc).contiguous();
-  auto buckets = at::empty({s.batch, s.heads, s.n_hashes, s.length}, qk.options().dtype(at::kLong));
-  const HashParams params{s.batch, s.heads, s.length, s.dim, s.rotation_heads, s.n_hashes,
-                          s.n_buckets / 2};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_hash_cuda",
-                                  [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    C10_CUDA_CHECK((launch_lsh_hash<scalar_t, acc_t>(
-        qk.data_ptr<scalar_t>(), rot.data_ptr<acc_t>(),
-        mask.defined() ? mask.data_ptr<bool>() : nullptr, params, buckets.data_ptr<int64_t>(),
-        c10::cuda::getCurrentCUDAStream())));
-  });
-  return buckets;
 }
 
 template <typename key_t>
@@ -121,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention_cuda(
   const auto x = qk.contiguous();
   const auto values = v.contiguous();
   const auto mask = key_padding_mask.has_value() ? key_padding_mask->contiguous() : at::Tensor();
-  const auto sorted = sort_by_bucket(hash(x, rotations, mask, s), s);
+  const auto sorted = sort_by_bucket(hash_buckets(x, rotations, mask, s), s);
 
   auto out_acc = at::zeros({s.batch, s.heads, s.length, s.value_dim}, x.options().dtype(acc));
   // Running softmax per query: (max logit, log-sum), -inf marking "no round merged yet".
@@ -150,15 +130,6 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward_cuda(
                           key_padding_mask, bucket_size, n_chunks_before, n_chunks_after);
   check_head_dims(s.dim, s.value_dim);
   const c10::cuda::CUDAGuard guard(qk.device());
-  // As on the CPU: positions outside [0, L') are an error (one device sync). The kernels would
-  // not read out of bounds (such a position counts as padding) but would silently differ.
-  if (sorted_positions.numel() > 0) {
-    const auto [lowest, highest] = at::aminmax(sorted_positions);
-    const int32_t lo = lowest.item<int32_t>(), hi = highest.item<int32_t>();
-    TORCH_CHECK_VALUE(lo >= 0 && hi < s.padded_length,
-                      "sorted_positions must hold positions in [0, ", s.padded_length,
-                      ") as returned by lsh_attention, got values in [", lo, ", ", hi, "]");
-  }
   const auto acc = accumulation_type(qk);
   const auto x = qk.contiguous();
   const auto values = v.contiguous();

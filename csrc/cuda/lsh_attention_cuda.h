@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "../../kernels/lsh_attention_tile.cuh"
+#include "../lsh_attention.h"
 
 namespace reformer::cuda {
 
@@ -31,6 +32,11 @@ void dispatch_slots(int64_t dim, int64_t value_dim, const F& f) {
     default: f(std::integral_constant<int, 4>{}); break;
   }
 }
+
+// Buckets (B, H, R, L) int64 of SPEC §1 step 1 on the current stream (padding positions: the
+// bucket n_buckets); qk contiguous, mask contiguous bool or undefined. lsh_buckets_cuda.cu.
+at::Tensor hash_buckets(const at::Tensor& qk, const at::Tensor& rotations, const at::Tensor& mask,
+                        const LshShape& s);
 
 // Every round of the forward on the current stream. qk, v contiguous in the input dtype;
 // key_scale (B, H, L), out_acc (B, H, L, Dv) zero and stats (B, H, L, 2) -inf, in the

@@ -1,5 +1,6 @@
-// CUDA entry point of reformer::lsh_buckets: checks, device guard, current stream, dtype
-// dispatch and launch of the torch-free kernel in kernels/lsh_hash.cuh.
+// CUDA entry point of reformer::lsh_buckets, and the hash launch that the CUDA lsh_attention
+// shares (hash_buckets): checks, device guard, current stream, dtype dispatch and launch of the
+// torch-free kernel in kernels/lsh_hash.cuh.
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Functions.h>
@@ -10,31 +11,36 @@
 
 #include "../../kernels/lsh_hash.cuh"
 #include "../lsh_attention.h"
+#include "lsh_attention_cuda.h"
 
 namespace reformer::cuda {
+
+at::Tensor hash_buckets(const at::Tensor& qk, const at::Tensor& rotations, const at::Tensor& mask,
+                        const LshShape& s) {
+  const auto acc = qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto rot = rotations.to(acc).contiguous();
+  auto buckets = at::empty({s.batch, s.heads, s.n_hashes, s.length}, qk.options().dtype(at::kLong));
+  const HashParams params{s.batch, s.heads, s.length, s.dim, s.rotation_heads, s.n_hashes,
+                          s.n_buckets / 2};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_hash_cuda",
+                                  [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    C10_CUDA_CHECK((launch_lsh_hash<scalar_t, acc_t>(
+        qk.data_ptr<scalar_t>(), rot.data_ptr<acc_t>(),
+        mask.defined() ? mask.data_ptr<bool>() : nullptr, params, buckets.data_ptr<int64_t>(),
+        c10::cuda::getCurrentCUDAStream())));
+  });
+  return buckets;
+}
+
 namespace {
 
 at::Tensor lsh_buckets_cuda(const at::Tensor& qk, const at::Tensor& rotations,
                             const c10::optional<at::Tensor>& key_padding_mask) {
   const LshShape s = check_hash_args(qk, rotations, key_padding_mask, /*bucket_size=*/1);
   const c10::cuda::CUDAGuard guard(qk.device());
-  const auto acc = qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto x = qk.contiguous();
-  const auto rot = rotations.to(acc).contiguous();
   const auto mask = key_padding_mask.has_value() ? key_padding_mask->contiguous() : at::Tensor();
-  auto buckets = at::empty({s.batch, s.heads, s.n_hashes, s.length}, qk.options().dtype(at::kLong));
-  const HashParams params{s.batch, s.heads, s.length, s.dim, s.rotation_heads, s.n_hashes,
-                          s.n_buckets / 2};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_buckets_cuda",
-                                  [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    const cudaError_t status = launch_lsh_hash<scalar_t, acc_t>(
-        x.data_ptr<scalar_t>(), rot.data_ptr<acc_t>(),
-        mask.defined() ? mask.data_ptr<bool>() : nullptr, params, buckets.data_ptr<int64_t>(),
-        c10::cuda::getCurrentCUDAStream());
-    C10_CUDA_CHECK(status);
-  });
-  return buckets;
+  return hash_buckets(qk.contiguous(), rotations, mask, s);
 }
 
 }  // namespace
