@@ -173,18 +173,6 @@ def lsh_attention_reference(
     return out[:, :, :L].to(v.dtype), lse[:, :, :L]
 
 
-def _seeded_dropout(x, p, seed):
-    """Inverted dropout of x viewed as (rows, width) with the seeded mask rule of
-    csrc/seeded_dropout.h (the same keep mask as the chunked feed-forward's hidden dropout)."""
-    from .feed_forward import hidden_dropout_keep_mask
-
-    if p == 0.0:
-        return x
-    width = x.shape[-1]
-    keep = hidden_dropout_keep_mask(x.numel() // width, width, p, int(seed), device=x.device)
-    return torch.where(keep.view(x.shape), x, torch.zeros_like(x)) / (1.0 - p)
-
-
 _ACTIVATIONS = {
     "gelu": lambda h: torch.nn.functional.gelu(h),
     "gelu_tanh": lambda h: torch.nn.functional.gelu(h, approximate="tanh"),
@@ -202,6 +190,9 @@ def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
     rotation tensor per layer, seeds (depth, 3) = the dropout seeds of the attention output, the
     FFN hidden activation and the FFN output. Returns (y1, y2)."""
     import torch.nn.functional as F
+
+    # the seeded mask rule of csrc/seeded_dropout.h (the C++ side computes it independently)
+    from .feed_forward import seeded_dropout as _seeded_dropout
 
     B, L, d = x1.shape
     act = _ACTIVATIONS[activation]

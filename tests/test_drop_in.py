@@ -23,12 +23,8 @@ D_MODEL, HEADS, LENGTH = 16, 2, 12
 WHOLE_SEQUENCE = dict(bucket_size=16, n_hashes=1, n_chunks_before=0)  # 16 >= LENGTH
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# small tensors: one thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _attention(causal=False):

@@ -10,15 +10,14 @@ rx.chunked_feed_forward / torch.ops.reformer.chunked_ffn{,_backward}).
   calling at once get the results of sequential calls.
 """
 
-import gc
 import os
-import threading
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import reformer_ext as rx
+from test_reliability import assert_memory_flat_over_1000_calls, run_in_threads
 
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
@@ -152,33 +151,20 @@ def test_bitwise_deterministic_across_runs_and_thread_counts(c):
 # --------------------------------------------------------------------------- resource hygiene
 
 
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
 def test_one_thousand_iterations_keep_memory_flat():
     """1,000 forward+backward calls (with dropout: the mask path too) leave resident memory
     where it was after 100 calls: leaking one input-sized tensor (16 KiB) per call would add
-    ~14 MiB. Single-threaded to keep the loop short on a 2-core CI machine."""
+    ~14 MiB."""
     x, w1, b1, w2, b2, go = _inputs((2, 64), 32, 64, seed=4)
     leaves = [t.requires_grad_() for t in (x, w1, b1, w2, b2)]
-    n_threads = torch.get_num_threads()
-    rss = {}
-    try:
-        torch.set_num_threads(1)
-        for it in range(1, 1001):
-            y = rx.chunked_feed_forward(*leaves, chunk_size=48, dropout=0.1, dropout_seed=it)
-            torch.autograd.grad(y, leaves, go)
-            if it in (100, 1000):
-                del y
-                gc.collect()
-                rss[it] = _rss_bytes()
-    finally:
-        torch.set_num_threads(n_threads)
-    growth = rss[1000] - rss[100]
-    assert growth < 4 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MiB"
+    calls = iter(range(1, 1001))
+
+    def step():
+        y = rx.chunked_feed_forward(*leaves, chunk_size=48, dropout=0.1, dropout_seed=next(calls))
+        torch.autograd.grad(y, leaves, go)
+
+    assert_memory_flat_over_1000_calls(step)
 
 
 def test_concurrent_python_threads_match_sequential_calls():
@@ -192,25 +178,7 @@ def test_concurrent_python_threads_match_sequential_calls():
                   dropout_seed=k)
         configs.append((tensors, kw))
     expected = [_forward_backward(*t, **kw) for t, kw in configs]
-    results = [[None] * 3 for _ in configs]
-    errors = []
-    barrier = threading.Barrier(len(configs))
-
-    def worker(k):
-        try:
-            barrier.wait()
-            for rep in range(3):
-                results[k][rep] = _forward_backward(*configs[k][0], **configs[k][1])
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append((k, e))
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(configs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a worker thread hangs"
-    assert not errors, errors
+    results = run_in_threads([lambda c=c: _forward_backward(*c[0], **c[1]) for c in configs])
     for k in range(len(configs)):
         for rep in range(3):
             for name, a, b in zip(NAMES, expected[k], results[k][rep]):

@@ -319,32 +319,68 @@ def _rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
-def test_one_thousand_iterations_keep_memory_flat():
-    """1,000 forward+backward calls (each allocating ~0.1 MB of tensors) leave resident memory
-    where it was after 100 calls: a leak of even one input-sized tensor per call would add
-    ~15 MB. Single-threaded to keep the loop short on a 2-core CI machine."""
-    B, H, L, D = 2, 2, 64, 16
-    qk, v, rot, go, gl = _inputs(B, H, L, D, D, 2, 4, seed=81)
-    mask = torch.rand(B, L, generator=torch.Generator().manual_seed(82)) < 0.2
-    qk.requires_grad_()
-    v.requires_grad_()
+def assert_memory_flat_over_1000_calls(step) -> None:
+    """Calls ``step()`` 1,000 times on one thread (short on a 2-core CI machine); the resident
+    memory after call 1,000 must be within 4 MiB of that after call 100. ``step`` must drop its
+    results (a leak of one small tensor per call then shows as several MiB)."""
     n_threads = torch.get_num_threads()
     rss = {}
     try:
         torch.set_num_threads(1)
         for it in range(1, 1001):
-            out, lse = rx.lsh_attention(qk, v, rotations=rot, bucket_size=8, causal=True,
-                                        key_padding_mask=mask, return_lse=True)
-            torch.autograd.grad((out, lse), (qk, v), (go, gl))
+            step()
             if it in (100, 1000):
-                del out, lse
                 gc.collect()
                 rss[it] = _rss_bytes()
     finally:
         torch.set_num_threads(n_threads)
     growth = rss[1000] - rss[100]
     assert growth < 4 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MiB"
+
+
+def run_in_threads(calls, repeats: int = 3) -> list:
+    """Makes each call (a function without arguments) ``repeats`` times from its own Python
+    thread, all threads released at once; returns results[k][rep]. Fails if a thread raises or
+    hangs."""
+    results = [[None] * repeats for _ in calls]
+    errors = []
+    barrier = threading.Barrier(len(calls))
+
+    def worker(k):
+        try:
+            barrier.wait()
+            for rep in range(repeats):
+                results[k][rep] = calls[k]()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append((k, e))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a worker thread hangs"
+    assert not errors, errors
+    return results
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
+def test_one_thousand_iterations_keep_memory_flat():
+    """1,000 forward+backward calls (each allocating ~0.1 MB of tensors) leave resident memory
+    where it was after 100 calls: a leak of even one input-sized tensor per call would add
+    ~15 MB."""
+    B, H, L, D = 2, 2, 64, 16
+    qk, v, rot, go, gl = _inputs(B, H, L, D, D, 2, 4, seed=81)
+    mask = torch.rand(B, L, generator=torch.Generator().manual_seed(82)) < 0.2
+    qk.requires_grad_()
+    v.requires_grad_()
+
+    def step():
+        out, lse = rx.lsh_attention(qk, v, rotations=rot, bucket_size=8, causal=True,
+                                    key_padding_mask=mask, return_lse=True)
+        torch.autograd.grad((out, lse), (qk, v), (go, gl))
+
+    assert_memory_flat_over_1000_calls(step)
 
 
 def test_concurrent_python_threads_match_sequential_calls():
@@ -359,25 +395,7 @@ def test_concurrent_python_threads_match_sequential_calls():
                   n_chunks_after=k % 2)
         configs.append((qk, v, rot, go, gl, kw))
     expected = [_forward_backward(*c[:5], **c[5]) for c in configs]
-    results = [[None] * 3 for _ in configs]
-    errors = []
-    barrier = threading.Barrier(len(configs))
-
-    def worker(k):
-        try:
-            barrier.wait()
-            for rep in range(3):
-                results[k][rep] = _forward_backward(*configs[k][:5], **configs[k][5])
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append((k, e))
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(configs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a worker thread hangs"
-    assert not errors, errors
+    results = run_in_threads([lambda c=c: _forward_backward(*c[:5], **c[5]) for c in configs])
     for k in range(len(configs)):
         for rep in range(3):
             _assert_bitwise(expected[k], results[k][rep], f"in thread {k}, call {rep}")

@@ -35,14 +35,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 # ------------------------------------------------------------------------ helpers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tensors here are small: one thread is as fast, and on a shared machine a second
-    thread that waits for a busy core slows every operator down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# small tensors: one thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rel(a, b):
