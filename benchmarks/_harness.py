@@ -290,6 +290,28 @@ def child_setup(threads: int | None = None) -> int:
     return n
 
 
+def error_summary(e: BaseException) -> str:
+    """One line for a result row: the exception's type and the first line of its message."""
+    return (f"{type(e).__name__}: {e}".splitlines() or [""])[0][:300]
+
+
+def emit_calibration(spec: dict, threads: int) -> bool:
+    """In a child started for the machine check (``spec["calibrate"]``): emit the matmul
+    GFLOP/s and return True (the child is done); otherwise return False."""
+    if not spec.get("calibrate"):
+        return False
+    emit_result({"status": "ok", "gflops": calibrate(), "threads": threads})
+    return True
+
+
+def machine_check(script: str, threads: int | None) -> tuple:
+    """(matmul GFLOP/s measured in a fresh child of ``script``, 1-minute load average): taken
+    before and after a run, it shows how busy the machine was (see emit_calibration)."""
+    spec = dict(calibrate=True, threads=threads)
+    gflops = run_child(script, spec, timeout_s=120, malloc_env=False).get("gflops")
+    return gflops, load_average()
+
+
 def emit_result(result: dict) -> None:
     """Print the child's result on one tagged line (the parent parses the last such line)."""
     sys.stdout.write(RESULT_TAG + json.dumps(result) + "\n")

@@ -231,31 +231,26 @@ def build(spec: dict):
     return fn, leaves, notes
 
 
-def _err(e: BaseException) -> str:
-    return (f"{type(e).__name__}: {e}".splitlines() or [""])[0][:300]
-
-
 def child_main(spec: dict) -> None:
     threads = H.child_setup(spec.get("threads"))
     import torch
 
-    if spec.get("calibrate"):
-        H.emit_result({"status": "ok", "gflops": H.calibrate(), "threads": threads})
+    if H.emit_calibration(spec, threads):
         return
     try:
         fn, leaves, notes = build(spec)
     except ImportError as e:  # the row says why (e.g. the extension is not built yet)
-        H.emit_result({"status": f"unavailable: {_err(e)}", "threads": threads})
+        H.emit_result({"status": f"unavailable: {H.error_summary(e)}", "threads": threads})
         return
     except Exception as e:
-        H.emit_result({"status": f"error: {_err(e)}", "threads": threads})
+        H.emit_result({"status": f"error: {H.error_summary(e)}", "threads": threads})
         return
     if spec["mode"] == "fwdbwd":
         try:
             with torch.no_grad():
                 shape = fn().shape
         except Exception as e:
-            H.emit_result({"status": f"error: {_err(e)}", "threads": threads})
+            H.emit_result({"status": f"error: {H.error_summary(e)}", "threads": threads})
             return
 
     if spec["mode"] == "fwdbwd":
@@ -289,7 +284,7 @@ def child_main(spec: dict) -> None:
             prepare=prepare,
         )
     except Exception as e:
-        res = {"status": f"error: {_err(e)}"}
+        res = {"status": f"error: {H.error_summary(e)}"}
     res["threads"] = threads
     res["note"] = "; ".join(filter(None, [res.get("note", "")] + notes))
     H.emit_result(res)
@@ -405,13 +400,6 @@ def run_all(args) -> list[dict]:
     return results
 
 
-def calibration(args) -> tuple[float | None, float | None]:
-    """(matmul GFLOP/s measured in a fresh child, 1-minute load average)."""
-    r = H.run_child(__file__, {"calibrate": True, "threads": args.threads}, timeout_s=120,
-                    malloc_env=False)
-    return r.get("gflops"), H.load_average()
-
-
 def report(args, results: list[dict], info: dict, versions: dict,
            checks: tuple = ()) -> str:
     by_key = {(r["impl"], r["L"], r["mode"]): r for r in results}
@@ -509,9 +497,9 @@ def main(argv=None):
         return
     info = H.machine_info()
     check = not args.quick and args.device == "cpu"
-    c0 = calibration(args) if check else None
+    c0 = H.machine_check(__file__, args.threads) if check else None
     results = run_all(args)
-    c1 = calibration(args) if check else None
+    c1 = H.machine_check(__file__, args.threads) if check else None
     text = report(args, results, info, peer_versions(), (c0, c1) if check else ())
     print(text)
     if args.output:

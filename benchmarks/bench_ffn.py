@@ -140,24 +140,19 @@ def build(spec: dict):
     return fn, leaves, notes
 
 
-def _err(e: BaseException) -> str:
-    return (f"{type(e).__name__}: {e}".splitlines() or [""])[0][:300]
-
-
 def child_main(spec: dict) -> None:
     threads = H.child_setup(spec.get("threads"))
     import torch
 
-    if spec.get("calibrate"):
-        H.emit_result({"status": "ok", "gflops": H.calibrate(), "threads": threads})
+    if H.emit_calibration(spec, threads):
         return
     try:
         fn, leaves, notes = build(spec)
     except ImportError as e:
-        H.emit_result({"status": f"unavailable: {_err(e)}", "threads": threads})
+        H.emit_result({"status": f"unavailable: {H.error_summary(e)}", "threads": threads})
         return
     except Exception as e:
-        H.emit_result({"status": f"error: {_err(e)}", "threads": threads})
+        H.emit_result({"status": f"error: {H.error_summary(e)}", "threads": threads})
         return
     g = torch.Generator().manual_seed(spec["seed"] + 1)
     grad_out = torch.randn(spec["B"], spec["L"], spec["d_model"], generator=g)
@@ -174,7 +169,7 @@ def child_main(spec: dict) -> None:
                         min_repeats=spec["min_repeats"], warmup_s=spec["warmup_s"],
                         step_limit_s=spec["step_limit_s"], prepare=prepare)
     except Exception as e:
-        res = {"status": f"error: {_err(e)}"}
+        res = {"status": f"error: {H.error_summary(e)}"}
     res["threads"] = threads
     res["note"] = "; ".join(filter(None, [res.get("note", "")] + notes))
     H.emit_result(res)
@@ -366,10 +361,9 @@ def main(argv=None) -> None:
     import torch
 
     machine = H.machine_info()
-    cal = dict(calibrate=True, threads=args.threads)
-    before = H.run_child(__file__, cal, timeout_s=120, malloc_env=False).get("gflops", 0.0)
+    before = H.machine_check(__file__, args.threads)[0] or 0.0
     results = run_all(args)
-    after = H.run_child(__file__, cal, timeout_s=120, malloc_env=False).get("gflops", 0.0)
+    after = H.machine_check(__file__, args.threads)[0] or 0.0
     del torch
     text = report(args, results, machine, before, after)
     print(text)

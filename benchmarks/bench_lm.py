@@ -127,10 +127,6 @@ def training_step_fn(spec: dict, model, logits_fn):
     return step
 
 
-def _err(e: BaseException) -> str:
-    return (f"{type(e).__name__}: {e}".splitlines() or [""])[0][:300]
-
-
 def _watch_memory(base_kib: int, cap_kib: int) -> None:
     """Ends the process (exit OVER_CAP_EXIT) once VmHWM - base exceeds cap."""
     def loop():
@@ -170,8 +166,7 @@ def search_child(spec: dict) -> dict:
 
 def child_main(spec: dict) -> None:
     threads = H.child_setup(spec.get("threads"))
-    if spec.get("calibrate"):
-        H.emit_result({"status": "ok", "gflops": H.calibrate(), "threads": threads})
+    if H.emit_calibration(spec, threads):
         return
     try:
         if spec.get("search"):
@@ -184,9 +179,9 @@ def child_main(spec: dict) -> None:
                             step_limit_s=spec["step_limit_s"])
             res["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     except ImportError as e:
-        res = {"status": f"unavailable: {_err(e)}"}
+        res = {"status": f"unavailable: {H.error_summary(e)}"}
     except Exception as e:
-        res = {"status": f"error: {_err(e)}"}
+        res = {"status": f"error: {H.error_summary(e)}"}
     res["threads"] = threads
     H.emit_result(res)
 
@@ -472,13 +467,10 @@ def main(argv=None) -> None:
         child_main(json.loads(args.child))
         return
     machine = H.machine_info()
-    cal = dict(calibrate=True, threads=args.threads)
-    c0 = (H.run_child(__file__, cal, timeout_s=120, malloc_env=False).get("gflops"),
-          H.load_average())
+    c0 = H.machine_check(__file__, args.threads)
     results = run_timed(args)
     search = {} if args.no_search else run_search(args)
-    c1 = (H.run_child(__file__, cal, timeout_s=120, malloc_env=False).get("gflops"),
-          H.load_average())
+    c1 = H.machine_check(__file__, args.threads)
     text = report(args, results, search, machine, (c0, c1))
     print(text)
     if args.output:

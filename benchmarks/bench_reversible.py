@@ -114,16 +114,11 @@ def build(spec: dict):
     return fn, model, x
 
 
-def _err(e: BaseException) -> str:
-    return (f"{type(e).__name__}: {e}".splitlines() or [""])[0][:300]
-
-
 def child_main(spec: dict) -> None:
     threads = H.child_setup(spec.get("threads"))
     import torch
 
-    if spec.get("calibrate"):
-        H.emit_result({"status": "ok", "gflops": H.calibrate(), "threads": threads})
+    if H.emit_calibration(spec, threads):
         return
     if spec.get("paired"):
         H.emit_result(paired_main(spec))
@@ -131,10 +126,10 @@ def child_main(spec: dict) -> None:
     try:
         fn, model, x = build(spec)
     except ImportError as e:
-        H.emit_result({"status": f"unavailable: {_err(e)}", "threads": threads})
+        H.emit_result({"status": f"unavailable: {H.error_summary(e)}", "threads": threads})
         return
     except Exception as e:
-        H.emit_result({"status": f"error: {_err(e)}", "threads": threads})
+        H.emit_result({"status": f"error: {H.error_summary(e)}", "threads": threads})
         return
     params = list(model.parameters())
     n_params = sum(p.numel() for p in params)
@@ -156,7 +151,7 @@ def child_main(spec: dict) -> None:
         if res.get("peak_mib") is not None:  # the gradients the step leaves are not "extra"
             res["peak_mib"] = max(res["peak_mib"] - grads_mib, 0.0)
     except Exception as e:
-        res = {"status": f"error: {_err(e)}"}
+        res = {"status": f"error: {H.error_summary(e)}"}
     res["threads"] = threads
     res["params_mib"] = n_params * 4 / 2**20
     H.emit_result(res)
@@ -172,7 +167,7 @@ def paired_main(spec: dict) -> dict:
     try:
         fn, model, x = build(dict(spec, impl="rev"))
     except Exception as e:
-        return {"status": f"error: {_err(e)}"}
+        return {"status": f"error: {H.error_summary(e)}"}
     params = list(model.parameters())
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(spec["seed"] + 2))
 
@@ -426,13 +421,10 @@ def main(argv=None) -> None:
         child_main(json.loads(args.child))
         return
     machine = H.machine_info()
-    cal = dict(calibrate=True, threads=args.threads)
-    c0 = (H.run_child(__file__, cal, timeout_s=120, malloc_env=False).get("gflops"),
-          H.load_average())
+    c0 = H.machine_check(__file__, args.threads)
     results = run_all(args)
     paired = run_paired(args)
-    c1 = (H.run_child(__file__, cal, timeout_s=120, malloc_env=False).get("gflops"),
-          H.load_average())
+    c1 = H.machine_check(__file__, args.threads)
     text = report(args, results, machine, (c0, c1), paired)
     print(text)
     if args.output:
