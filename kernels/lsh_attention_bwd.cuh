@@ -86,15 +86,7 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t head_rows = tile.bh * p.length;
 
-  if (tid < kRowsPerCta) {
-    const int64_t offset = tile.first + tid;
-    int32_t pos = -1;
-    if (offset < p.bucket_size) {
-      const int32_t candidate = item_position(p, tile.bh, tile.chunk * p.bucket_size + offset);
-      if (position_is_valid(p, tile.bh, candidate)) pos = candidate;
-    }
-    sh.qpos[tid] = pos;
-  }
+  if (tid < kRowsPerCta) sh.qpos[tid] = owned_position(p, tile, tid);
   if (tid == 0) {  // the window's chunks, then -1 up to kMaxWindowChunks
     const int count = window_chunks(tile.chunk, p.n_chunks, p.before, p.after, sh.window);
     for (int w = count; w < kMaxWindowChunks; ++w) sh.window[w] = -1;
@@ -131,12 +123,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t0 = 0; t0 < n_keys; t0 += kTileItems) {
     __syncthreads();
     if (tid < kTileItems) {
-      const int64_t t = t0 + tid;
-      int32_t pos = -1;
-      if (t < n_keys) {
-        const int32_t candidate = item_position(p, tile.bh, item_of_chunk_list(p, sh.window, t));
-        if (position_is_valid(p, tile.bh, candidate)) pos = candidate;
-      }
+      const int32_t pos = streamed_position(p, tile.bh, sh.window, n_window, t0 + tid);
       sh.kpos[tid] = pos;
     }
     __syncthreads();
@@ -231,15 +218,7 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t head_rows = tile.bh * p.length;
 
-  if (tid < kRowsPerCta) {
-    const int64_t offset = tile.first + tid;
-    int32_t pos = -1;
-    if (offset < p.bucket_size) {
-      const int32_t candidate = item_position(p, tile.bh, tile.chunk * p.bucket_size + offset);
-      if (position_is_valid(p, tile.bh, candidate)) pos = candidate;
-    }
-    sh.kpos[tid] = pos;
-  }
+  if (tid < kRowsPerCta) sh.kpos[tid] = owned_position(p, tile, tid);
   if (tid == 0) {  // the query chunks that see this one, then -1 up to kMaxWindowChunks
     const int count = chunks_seeing(tile.chunk, p.n_chunks, p.before, p.after, sh.seeing);
     for (int w = count; w < kMaxWindowChunks; ++w) sh.seeing[w] = -1;
@@ -271,13 +250,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t0 = 0; t0 < n_queries; t0 += kTileItems) {
     __syncthreads();
     if (tid < kTileItems) {
-      const int64_t t = t0 + tid;
-      int32_t pos = -1;
-      if (t < n_queries) {
-        const int32_t candidate =
-            item_position(p, tile.bh, item_of_chunk_list(p, sh.seeing, t));
-        if (position_is_valid(p, tile.bh, candidate)) pos = candidate;
-      }
+      const int32_t pos = streamed_position(p, tile.bh, sh.seeing, n_seeing, t0 + tid);
       sh.qpos[tid] = pos;
       const int64_t at = head_rows + (pos >= 0 ? pos : 0);
       sh.qstats[3 * tid] = a.stats[2 * at];

@@ -9,7 +9,7 @@
 //
 // Rounds are launched one after another: inside a round every position is exactly one item, so
 // a CTA owns the output rows it merges into, rounds merge in a fixed order, and the result is
-// deterministic without atomics. The merge is the one of the CPU kernel:
+// deterministic without atomics. The merge (merge_round) is the one of the CPU kernel:
 //   stats = (max m, log Σ exp(s - m)), out = the weighted mean of the two partial outputs.
 #pragma once
 
@@ -60,15 +60,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t head_rows = tile.bh * p.length;  // first row of this head in (B*H, L, .)
 
   // Query rows of this CTA.
-  if (tid < kRowsPerCta) {
-    const int64_t offset = tile.first + tid;
-    int32_t pos = -1;
-    if (offset < p.bucket_size) {
-      const int32_t candidate = item_position(p, tile.bh, tile.chunk * p.bucket_size + offset);
-      if (position_is_valid(p, tile.bh, candidate)) pos = candidate;
-    }
-    sh.qpos[tid] = pos;
-  }
+  if (tid < kRowsPerCta) sh.qpos[tid] = owned_position(p, tile, tid);
   if (tid == 0) {  // the window's chunks, then -1 up to kMaxWindowChunks
     const int count = window_chunks(tile.chunk, p.n_chunks, p.before, p.after, sh.window);
     for (int w = count; w < kMaxWindowChunks; ++w) sh.window[w] = -1;
@@ -100,12 +92,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t0 = 0; t0 < n_keys; t0 += kTileItems) {
     __syncthreads();  // the previous tile is no longer read
     if (tid < kTileItems) {
-      const int64_t t = t0 + tid;
-      int32_t pos = -1;
-      if (t < n_keys) {
-        const int32_t candidate = item_position(p, tile.bh, item_of_chunk_list(p, sh.window, t));
-        if (position_is_valid(p, tile.bh, candidate)) pos = candidate;
-      }
+      const int32_t pos = streamed_position(p, tile.bh, sh.window, n_window, t0 + tid);
       sh.kpos[tid] = pos;
     }
     __syncthreads();
@@ -164,27 +151,14 @@ __global__ void __launch_bounds__(kThreads)
     const acc_t inv = acc_t(1) / row_sum[r];
     acc_t* st = a.stats + 2 * (head_rows + pos);
     acc_t* dst = a.out + (head_rows + pos) * Dv;
-    const acc_t old_max = st[0], old_log_sum = st[1];
+    const RoundMerge<acc_t> m = merge_round(st[0], st[1], cur_max, cur_log_sum);
     __syncwarp();  // every lane has read the stats before lane 0 overwrites them
-    if (old_max == negative_infinity<acc_t>()) {  // first round of this query
 #pragma unroll
-      for (int s = 0; s < kSlots; ++s) {
-        const int64_t d = lane + 32 * s;
-        if (d < Dv) dst[d] = o[r][s] * inv;
-      }
-      if (lane == 0) st[0] = cur_max, st[1] = cur_log_sum;
-    } else {
-      const acc_t mx = fmax(old_max, cur_max);
-      const acc_t wa = acc_exp(old_max - mx + old_log_sum);
-      const acc_t wb = acc_exp(cur_max - mx + cur_log_sum);
-      const acc_t total = wa + wb;
-#pragma unroll
-      for (int s = 0; s < kSlots; ++s) {
-        const int64_t d = lane + 32 * s;
-        if (d < Dv) dst[d] = (dst[d] * wa + o[r][s] * inv * wb) / total;
-      }
-      if (lane == 0) st[0] = mx, st[1] = acc_log(total);
+    for (int s = 0; s < kSlots; ++s) {
+      const int64_t d = lane + 32 * s;
+      if (d < Dv) dst[d] = (dst[d] * m.old_weight + o[r][s] * inv * m.new_weight) / m.total;
     }
+    if (lane == 0) st[0] = m.max, st[1] = m.log_sum;
   }
 }
 

@@ -69,19 +69,21 @@ struct OwnedTile {
   int64_t bh, chunk, first;
 };
 
-__device__ __forceinline__ OwnedTile owned_tile(const AttentionParams& p, int64_t round) {
-  const int64_t tiles_per_chunk = (p.bucket_size + kRowsPerCta - 1) / kRowsPerCta;
+// `rows` is the kernel family's owned rows per CTA (kRowsPerCta, or kMmaRows for tensor cores).
+__device__ __forceinline__ OwnedTile owned_tile(const AttentionParams& p, int64_t round,
+                                                int rows = kRowsPerCta) {
+  const int64_t tiles_per_chunk = (p.bucket_size + rows - 1) / rows;
   const int64_t cta = blockIdx.x;
   OwnedTile t;
-  t.first = (cta % tiles_per_chunk) * kRowsPerCta;
+  t.first = (cta % tiles_per_chunk) * rows;
   t.chunk = round * p.chunks_per_round + (cta / tiles_per_chunk) % p.chunks_per_round;
   t.bh = cta / (tiles_per_chunk * p.chunks_per_round);
   return t;
 }
 
 // CTAs of one round's launch.
-inline int64_t ctas_per_round(const AttentionParams& p) {
-  const int64_t tiles_per_chunk = (p.bucket_size + kRowsPerCta - 1) / kRowsPerCta;
+inline int64_t ctas_per_round(const AttentionParams& p, int rows = kRowsPerCta) {
+  const int64_t tiles_per_chunk = (p.bucket_size + rows - 1) / rows;
   return p.batch * p.heads * p.chunks_per_round * tiles_per_chunk;
 }
 
@@ -109,6 +111,45 @@ __device__ __forceinline__ double acc_log(double x) { return log(x); }
 template <typename acc_t>
 __device__ __forceinline__ acc_t negative_infinity() {
   return -static_cast<acc_t>(INFINITY);
+}
+
+// Original position of owned row `offset` of a tile, or -1 when the row is past the chunk's end
+// or is not a valid token.
+__device__ __forceinline__ int32_t owned_position(const AttentionParams& p, const OwnedTile& tile,
+                                                  int64_t offset) {
+  offset += tile.first;
+  if (offset >= p.bucket_size) return -1;
+  const int32_t pos = item_position(p, tile.bh, tile.chunk * p.bucket_size + offset);
+  return position_is_valid(p, tile.bh, pos) ? pos : -1;
+}
+
+// Original position of the t-th streamed item of the `count` chunks listed in `chunks` (a window,
+// or the chunks seeing one), or -1 past their end or for a non-token.
+__device__ __forceinline__ int32_t streamed_position(const AttentionParams& p, int64_t bh,
+                                                     const int64_t* chunks, int count,
+                                                     int64_t t) {
+  if (t >= count * p.bucket_size) return -1;
+  const int32_t pos = item_position(p, bh, item_of_chunk_list(p, chunks, t));
+  return position_is_valid(p, bh, pos) ? pos : -1;
+}
+
+// Merging one round's softmax (max, log-sum) into a query's running (max, log-sum): the running
+// output becomes (out * old_weight + round_out * new_weight) / total. The first round
+// (old_max = -inf) gives weights (0, 1) and total 1, which copies the round's output exactly.
+template <typename acc_t>
+struct RoundMerge {
+  acc_t old_weight, new_weight, total, max, log_sum;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ RoundMerge<acc_t> merge_round(acc_t old_max, acc_t old_log_sum,
+                                                         acc_t cur_max, acc_t cur_log_sum) {
+  if (old_max == negative_infinity<acc_t>())
+    return {acc_t(0), acc_t(1), acc_t(1), cur_max, cur_log_sum};
+  const acc_t mx = fmax(old_max, cur_max);
+  const acc_t wa = acc_exp(old_max - mx + old_log_sum);
+  const acc_t wb = acc_exp(cur_max - mx + cur_log_sum);
+  return {wa, wb, wa + wb, mx, acc_log(wa + wb)};
 }
 
 // Slots of 32 lanes needed for a feature dimension; the kernels are instantiated for 1, 2, 4.

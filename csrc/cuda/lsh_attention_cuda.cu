@@ -15,13 +15,33 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
+#include "../../kernels/lsh_attention_mma.cuh"
 #include "../../kernels/lsh_sort.cuh"
 #include "../lsh_attention.h"
 #include "lsh_attention_cuda.h"
 
 namespace reformer::cuda {
+
+bool use_tensor_cores(const at::Tensor& qk, const at::Tensor& v, const at::Tensor* dout) {
+  if (qk.scalar_type() != at::kHalf && qk.scalar_type() != at::kBFloat16) return false;
+  if (!mma_head_dims_supported(qk.size(-1), v.size(-1))) return false;
+  const auto aligned = [](const at::Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+  };
+  if (!aligned(qk) || !aligned(v) || (dout != nullptr && !aligned(*dout))) return false;
+  const char* setting = std::getenv("REFORMER_EXT_TENSOR_CORES");
+  if (setting != nullptr && std::string(setting) == "0") return false;
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                                        qk.get_device()));
+  return major >= 8;
+}
+
 namespace {
 
 at::ScalarType accumulation_type(const at::Tensor& t) {
@@ -111,7 +131,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention_cuda(
     const auto g = key_scales(x, s);
     const AttentionParams params = make_params(s, mask, sorted, causal, n_chunks_before,
                                                n_chunks_after, scale);
-    run_lsh_forward(params, s.n_hashes, x, values, g, out_acc, stats);
+    if (use_tensor_cores(x, values))
+      run_lsh_forward_mma(params, s.n_hashes, x, values, g, out_acc, stats);
+    else
+      run_lsh_forward(params, s.n_hashes, x, values, g, out_acc, stats);
   }
   // Padding queries were never merged: their stats and lse are defined as 0 (output 0 too).
   stats.masked_fill_(stats.isneginf(), 0);
@@ -148,7 +171,10 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward_cuda(
     const auto g = key_scales(x, s);
     const AttentionParams params = make_params(s, mask, sorted, causal, n_chunks_before,
                                                n_chunks_after, scale);
-    run_lsh_backward(params, s.n_hashes, x, values, dout, g, stats, delta, dqk, dv);
+    if (use_tensor_cores(x, values, &dout))
+      run_lsh_backward_mma(params, s.n_hashes, x, values, dout, g, stats, delta, dqk, dv);
+    else
+      run_lsh_backward(params, s.n_hashes, x, values, dout, g, stats, delta, dqk, dv);
   }
   return {dqk.to(qk.scalar_type()), dv.to(v.scalar_type())};
 }

@@ -52,4 +52,22 @@ void run_lsh_backward(const AttentionParams& p, int64_t n_hashes, const at::Tens
                       const at::Tensor& stats, const at::Tensor& delta, at::Tensor& dqk,
                       at::Tensor& dv);
 
+// Whether the tensor-core kernels (kernels/lsh_attention_mma_*.cuh) take this call: fp16/bf16
+// inputs, D == Dv in {32, 64, 128}, qk, v (and dout in the backward) 16-byte aligned, a device
+// of compute capability 8.0 or newer, and the environment variable REFORMER_EXT_TENSOR_CORES
+// not "0" (the switch that selects the FFMA kernels instead, e.g. to compare the two).
+// lsh_attention_cuda.cu.
+bool use_tensor_cores(const at::Tensor& qk, const at::Tensor& v,
+                      const at::Tensor* dout = nullptr);
+
+// Tensor-core forms of run_lsh_forward / run_lsh_backward, same arguments, for calls that
+// use_tensor_cores accepts. lsh_attention_mma_{fwd,bwd}_cuda.cu.
+void run_lsh_forward_mma(const AttentionParams& p, int64_t n_hashes, const at::Tensor& qk,
+                         const at::Tensor& v, const at::Tensor& key_scale, at::Tensor& out_acc,
+                         at::Tensor& stats);
+void run_lsh_backward_mma(const AttentionParams& p, int64_t n_hashes, const at::Tensor& qk,
+                          const at::Tensor& v, const at::Tensor& dout,
+                          const at::Tensor& key_scale, const at::Tensor& stats,
+                          const at::Tensor& delta, at::Tensor& dqk, at::Tensor& dv);
+
 }  // namespace reformer::cuda
