@@ -4,7 +4,9 @@
 Configuration: bfloat16, B=1, H=8, D=Dv=64, n_hashes=4, bucket_size=64 (one chunk back),
 L in {4K, 16K, 64K}; modes "fwd" (forward under no_grad) and "fwdbwd" (forward, then backward of a
 fixed output gradient). Rows:
-  ours        rx.lsh_attention(qk, v, rotations=<drawn once>), qk, v (B, H, L, D)
+  ours        rx.lsh_attention(qk, v, rotations=<drawn once>), qk, v (B, H, L, D): bf16 with
+              D = Dv = 64 runs the tensor-core kernels
+  ours_ffma   the same on the FFMA kernels (REFORMER_EXT_TENSOR_CORES=0): what tensor cores buy
   ours_hash   forward only: torch.ops.reformer.lsh_buckets(qk, rotations), the hashing part of
               ours (where its time goes; n_buckets = 2 * L / bucket_size grows with L)
   sdpa        F.scaled_dot_product_attention(q, k, v), full non-causal attention; PyTorch picks the
@@ -31,15 +33,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
 import traceback
 
 LENGTHS = (4096, 16384, 65536)
+TENSOR_CORE_SWITCH = "REFORMER_EXT_TENSOR_CORES"
 MODES = ("fwd", "fwdbwd")
-IMPLS = ("ours", "ours_hash", "sdpa", "reformer_pytorch", "ours_proj", "hf")
-BASELINE = {"ours": "ours", "ours_hash": "ours", "sdpa": "ours", "reformer_pytorch": "ours", "ours_proj": "ours_proj",
+IMPLS = ("ours", "ours_ffma", "ours_hash", "sdpa", "reformer_pytorch", "ours_proj", "hf")
+BASELINE = {"ours": "ours", "ours_ffma": "ours", "ours_hash": "ours", "sdpa": "ours", "reformer_pytorch": "ours", "ours_proj": "ours_proj",
             "hf": "ours_proj"}
 
 
@@ -66,9 +70,9 @@ def build(impl: str, L: int, mode: str, a):
         return [p for mod in mods for p in mod.parameters()]
 
     rot = torch.randn(H, D, R, nb // 2, generator=g, device=dev)
-    if impl in ("ours", "ours_hash", "ours_proj"):
+    if impl in ("ours", "ours_ffma", "ours_hash", "ours_proj"):
         import reformer_ext as rx  # noqa: F401 - also registers torch.ops.reformer
-    if impl == "ours":
+    if impl in ("ours", "ours_ffma"):
         qk, v = randn(B, H, L, D), randn(B, H, L, D)
         return (lambda: rx.lsh_attention(qk, v, n_hashes=R, bucket_size=m, rotations=rot)), [qk, v]
     if impl == "ours_hash":
@@ -118,6 +122,19 @@ def measure(impl: str, L: int, mode: str, a) -> dict:
     import torch
 
     row = {"impl": impl, "L": L, "mode": mode}
+    # the kernels read the switch at every call: set it for this row only
+    os.environ.pop(TENSOR_CORE_SWITCH, None)
+    if impl == "ours_ffma":
+        os.environ[TENSOR_CORE_SWITCH] = "0"
+    try:
+        return _measure(row, impl, L, mode, a)
+    finally:
+        os.environ.pop(TENSOR_CORE_SWITCH, None)
+
+
+def _measure(row: dict, impl: str, L: int, mode: str, a) -> dict:
+    import torch
+
     step_fn, leaves = build(impl, L, mode, a)
     grad_out = None
 

@@ -66,7 +66,9 @@ memcheck() {
   "$sanitizer" --tool memcheck --error-exitcode 1 "$PY" - <<'EOF'
 import torch, reformer_ext as rx
 g = torch.Generator(device="cuda").manual_seed(0)
-for dtype, D in ((torch.bfloat16, 64), (torch.float32, 128), (torch.float64, 32)):
+# bf16/fp16 with D == Dv in {32, 64, 128}: tensor-core kernels; the others: FFMA kernels
+for dtype, D in ((torch.bfloat16, 64), (torch.float16, 128), (torch.bfloat16, 32),
+                 (torch.float32, 128), (torch.float64, 32)):
     qk = torch.randn(2, 2, 300, D, device="cuda", dtype=dtype, generator=g).requires_grad_()
     v = torch.randn(2, 2, 300, D, device="cuda", dtype=dtype, generator=g).requires_grad_()
     mask = torch.rand(2, 300, device="cuda", generator=g) < 0.2
@@ -81,12 +83,12 @@ EOF
 export -f build peers memcheck
 
 stage info 15 bash -c "nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))'"
-stage peers 30 bash -c peers
-stage build 180 bash -c build
-stage tests 100 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+stage peers 20 bash -c peers
+stage build 170 bash -c build
+stage tests 110 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
   tests/test_lsh_attention.py tests/test_chunked_ffn.py -k "cuda or CUDA"
-stage memcheck 40 bash -c memcheck
-stage bench 110 "$PY" benchmarks/bench_gpu.py --budget 1.5 --step-limit 1.0 --results "$LOGS/bench.jsonl"
+stage memcheck 35 bash -c memcheck
+stage bench 130 "$PY" benchmarks/bench_gpu.py --budget 1.5 --step-limit 1.0 --results "$LOGS/bench.jsonl"
 
 echo
 echo "=== stages"

@@ -16,6 +16,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 #include "lsh_attention_tile.cuh"
 #include "mma_fragments.h"
 

@@ -1,7 +1,9 @@
 // LSH attention backward on tensor cores (fp16/bf16, D == Dv in {32, 64, 128}): the algorithm
 // and the fixed, atomic-free order of lsh_attention_bwd.cuh (read its header for the formulas),
 // with every product on mma.sync. Logit gradients dS are computed in fp32 on the accumulator
-// fragments and rounded to the input type only as the A operand of the next product.
+// fragments and rounded to the input type only as the A operand of the next product (as
+// FlashAttention does; in fp16 that flushes |dS| below ~6e-8 to zero and would overflow above
+// 65504, far beyond what a softmax gradient of bounded logits reaches; bf16 has fp32's range).
 //
 //   - query-major pass (dQ): per key tile, S = Q X^T and dP = dO V^T, then
 //     dQ += (dS * g_j) X, with g_j folded into dS in fp32;

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import reformer_ext as rx
+from reformer_ext.reference import lsh_buckets_reference
 from test_lsh_attention import (CASES, DET_CASE, F16, F32, F64, BF16, _assert_bitwise,
                                 _assert_close, _assert_lowp, _case, _case_id, _cotangents,
                                 _inputs, _kwargs, _run_ours, _run_ref, _seed)
@@ -152,3 +153,112 @@ def test_chunked_ffn_cuda_matches_cpu(activation, dtype, dropout_p):
         scale = max(1.0, float(b.abs().max()))
         torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * scale,
                                    msg=lambda m, name=name: f"{name}: {m}")
+
+
+# ------------------------------------------------------------------- tensor-core kernels
+# fp16/bf16 with D == Dv in {32, 64, 128} run on tensor cores (kernels/lsh_attention_mma_*.cuh);
+# REFORMER_EXT_TENSOR_CORES=0 selects the FFMA kernels instead. Shapes: every head dim, bucket
+# sizes that are not multiples of 16 or span two CTAs, partial key tiles, windows of many chunks,
+# one chunk per round, all-padding batch rows, strided inputs.
+TENSOR_CORE_CASES = [
+    _case(B=1, H=2, L=300, D=32, Dv=32, m=64, R=4, half=4, causal=True, mask="random"),
+    _case(B=2, H=2, Hr=1, L=200, D=64, Dv=64, m=48, R=2, half=3, noncontig=True),
+    _case(B=1, H=2, L=257, D=128, Dv=128, m=128, R=2, half=2, before=1, after=1, causal=True),
+    _case(B=1, H=1, L=90, D=64, Dv=64, m=20, R=3, half=2, before=3, after=2, mask="suffix"),
+    _case(B=1, H=2, L=5, D=32, Dv=32, m=8, R=2, half=1, causal=True),
+    _case(B=2, H=2, L=130, D=64, Dv=64, m=16, R=2, half=4, mask="row"),
+]
+
+
+def _kernel_names(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    names = {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
+    if not names:
+        pytest.skip("the profiler recorded no CUDA kernels")
+    return names
+
+
+def _uses_tensor_cores(c, dtype, qk=None):
+    qk_, v, rot, mask = (None if t is None else t.cuda() for t in _inputs(c, dtype, 3))
+    qk = qk_ if qk is None else qk
+    names = _kernel_names(lambda: rx.lsh_attention(qk, v, **_kwargs(c, rot, mask)))
+    return any("mma_kernel" in n for n in names)
+
+
+def test_tensor_cores_are_used_where_they_apply(monkeypatch):
+    c = TENSOR_CORE_CASES[0]
+    assert _uses_tensor_cores(c, BF16) and _uses_tensor_cores(c, F16)
+    assert not _uses_tensor_cores(c, F32)
+    assert not _uses_tensor_cores(_case(L=40, D=48, Dv=48, m=8), BF16)  # not 32/64/128
+    assert not _uses_tensor_cores(_case(L=40, D=64, Dv=32, m=8), BF16)  # D != Dv
+    # rows not 16-byte aligned: the FFMA kernels take the call
+    B, H, L, D = 1, 2, 300, 32
+    unaligned = torch.randn(B * H * L * D + 1, device="cuda", dtype=BF16)[1:].view(B, H, L, D)
+    assert not _uses_tensor_cores(c, BF16, qk=unaligned)
+    monkeypatch.setenv("REFORMER_EXT_TENSOR_CORES", "0")
+    assert not _uses_tensor_cores(c, BF16)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("c", TENSOR_CORE_CASES, ids=_case_id)
+def test_tensor_cores_match_cpu_and_reference(c, dtype):
+    _compare_to_cpu_and_reference(c, dtype)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("c", TENSOR_CORE_CASES[:3], ids=_case_id)
+def test_tensor_cores_agree_with_ffma_kernels(c, dtype, monkeypatch):
+    seed = _seed(c)
+    qk, v, rot, mask = _inputs(c, dtype, seed)
+    go, gl = _cotangents(c, seed, dtype)
+    tensor_cores = _run_ours(c, qk, v, rot, mask, go, gl, device="cuda")
+    monkeypatch.setenv("REFORMER_EXT_TENSOR_CORES", "0")
+    ffma = _run_ours(c, qk, v, rot, mask, go, gl, device="cuda")
+    ref64 = _run_ref(c, qk, v, rot, mask, go, gl, F64)
+    ref_lp = [t.to(dtype) if i != 1 else t
+              for i, t in enumerate(_run_ref(c, qk, v, rot, mask, go, gl, F32))]
+    _assert_lowp(tensor_cores, ref64, ref_lp, dtype)
+    _assert_lowp(ffma, ref64, ref_lp, dtype)
+    # the same sorted items and masks: the two differ only by rounding (P and dS in dtype)
+    eps = torch.finfo(dtype).eps
+    for name, a, b in zip(("out", "lse", "grad_qk", "grad_v"), tensor_cores, ffma):
+        mag = max(1.0, float(b.abs().max()))
+        torch.testing.assert_close(a.double(), b.double(), rtol=0, atol=8 * eps * mag,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def test_tensor_cores_deterministic():
+    c = TENSOR_CORE_CASES[0]
+    qk, v, rot, mask = _inputs(c, BF16, 31)
+    go, gl = _cotangents(c, 31, BF16)
+    first = _run_ours(c, qk, v, rot, mask, go, gl, "cuda")
+    for _ in range(2):
+        _assert_bitwise(first, _run_ours(c, qk, v, rot, mask, go, gl, "cuda"))
+
+
+# The hash on tensor cores (kernels/lsh_hash_mma.cuh): rotations split into three fp16/bf16
+# pieces, so buckets equal the CPU's (inputs keep the two largest projections apart by 1e-4).
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("D", [32, 64, 128])
+@pytest.mark.parametrize("Hr,half", [(1, 37), (3, 64), (3, 130)])
+def test_tensor_core_hash_equals_cpu(dtype, D, Hr, half, monkeypatch):
+    c = _case(B=2, H=3, Hr=Hr, L=300, D=D, Dv=D, R=3, half=half, mask="random")
+    qk, _, rot, mask = _inputs(c, dtype, D + half)
+    expected = lsh_buckets_reference(qk, rot, mask)
+    got = rx.lsh_buckets(qk.cuda(), rot.cuda(), mask.cuda())
+    assert torch.equal(got.cpu(), expected)
+    names = _kernel_names(lambda: rx.lsh_buckets(qk.cuda(), rot.cuda(), mask.cuda()))
+    assert any("lsh_hash_mma_kernel" in n for n in names)
+    monkeypatch.setenv("REFORMER_EXT_TENSOR_CORES", "0")
+    assert torch.equal(rx.lsh_buckets(qk.cuda(), rot.cuda(), mask.cuda()).cpu(), expected)
+
+
+def test_tensor_core_hash_ignores_the_rotation_scale():
+    """The pieces are taken after scaling the rotations to max |rot| <= 1 (fp16 range)."""
+    c = _case(B=1, H=2, Hr=2, L=200, D=64, Dv=64, R=2, half=16)
+    qk, _, rot, _ = _inputs(c, F16, 41)
+    for factor in (1e-20, 1.0, 1e6):
+        got = rx.lsh_buckets(qk.cuda(), (rot * factor).cuda())
+        assert torch.equal(got.cpu(), lsh_buckets_reference(qk, rot))

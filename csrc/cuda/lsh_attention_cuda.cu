@@ -36,10 +36,7 @@ bool use_tensor_cores(const at::Tensor& qk, const at::Tensor& v, const at::Tenso
   if (!aligned(qk) || !aligned(v) || (dout != nullptr && !aligned(*dout))) return false;
   const char* setting = std::getenv("REFORMER_EXT_TENSOR_CORES");
   if (setting != nullptr && std::string(setting) == "0") return false;
-  int major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
-                                        qk.get_device()));
-  return major >= 8;
+  return tensor_core_kernels_run_on(qk.get_device());
 }
 
 namespace {

@@ -53,12 +53,16 @@ void run_lsh_backward(const AttentionParams& p, int64_t n_hashes, const at::Tens
                       at::Tensor& dv);
 
 // Whether the tensor-core kernels (kernels/lsh_attention_mma_*.cuh) take this call: fp16/bf16
-// inputs, D == Dv in {32, 64, 128}, qk, v (and dout in the backward) 16-byte aligned, a device
-// of compute capability 8.0 or newer, and the environment variable REFORMER_EXT_TENSOR_CORES
+// inputs, D == Dv in {32, 64, 128}, qk, v (and dout in the backward) 16-byte aligned,
+// tensor_core_kernels_run_on(qk's device), and the environment variable REFORMER_EXT_TENSOR_CORES
 // not "0" (the switch that selects the FFMA kernels instead, e.g. to compare the two).
 // lsh_attention_cuda.cu.
 bool use_tensor_cores(const at::Tensor& qk, const at::Tensor& v,
                       const at::Tensor* dout = nullptr);
+
+// Whether `device` (the current device) has compute capability 8.0+ and loads the tensor-core
+// kernels compiled for a compute_80+ target. Cached per device. lsh_attention_mma_fwd_cuda.cu.
+bool tensor_core_kernels_run_on(int device);
 
 // Tensor-core forms of run_lsh_forward / run_lsh_backward, same arguments, for calls that
 // use_tensor_cores accepts. lsh_attention_mma_{fwd,bwd}_cuda.cu.

@@ -1,6 +1,7 @@
 // CUDA entry point of reformer::lsh_buckets, and the hash launch that the CUDA lsh_attention
 // shares (hash_buckets): checks, device guard, current stream, dtype dispatch and launch of the
-// torch-free kernel in kernels/lsh_hash.cuh.
+// torch-free kernels: tensor cores (kernels/lsh_hash_mma.cuh) where use_tensor_cores accepts
+// the call, else FFMA (kernels/lsh_hash.cuh).
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Functions.h>
@@ -9,19 +10,64 @@
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
-#include "../../kernels/lsh_hash.cuh"
+#include "../../kernels/lsh_hash_mma.cuh"
 #include "../lsh_attention.h"
 #include "lsh_attention_cuda.h"
 
 namespace reformer::cuda {
+namespace {
+
+// The rotations as lsh_hash_mma.cuh reads them: fp32 (Hr, D, R, half) -> pieces lo, mid, hi in
+// `dtype`, each (Hr, R, D, padded_half) with zero columns past half. First scaled by a power of
+// two that brings max |rot| to at most 1 (exact, computed on the device without a sync): the
+// buckets do not change under a positive scale, and fp16 pieces cannot overflow.
+at::Tensor rotation_pieces(const at::Tensor& rotations, at::ScalarType dtype) {
+  const int64_t half = rotations.size(3);
+  auto rot = rotations.to(at::kFloat);
+  const auto scale =
+      at::exp2(at::neg(at::ceil(at::log2(at::clamp_min(rot.abs().amax(), 1e-30)))));
+  auto rest = at::constant_pad_nd(at::mul(rot, scale).permute({0, 2, 1, 3}),
+                                  {0, padded_half(half) - half});
+  const auto hi = rest.to(dtype);
+  rest = at::sub(rest, hi.to(at::kFloat));
+  const auto mid = rest.to(dtype);
+  const auto lo = at::sub(rest, mid.to(at::kFloat)).to(dtype);
+  return at::stack({lo, mid, hi}).contiguous();
+}
+
+template <typename T>
+void hash_on_tensor_cores(const at::Tensor& qk, const at::Tensor& rotations,
+                          const at::Tensor& mask, const HashParams& params, at::Tensor& buckets) {
+  const auto pieces = rotation_pieces(rotations, qk.scalar_type());
+  const T* x = reinterpret_cast<const T*>(qk.const_data_ptr());
+  const T* rot = reinterpret_cast<const T*>(pieces.const_data_ptr());
+  const bool* padding = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
+  int64_t* out = buckets.data_ptr<int64_t>();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  switch (params.dim) {
+    case 32: C10_CUDA_CHECK((launch_lsh_hash_mma<T, 32>(x, rot, padding, params, out, stream))); break;
+    case 64: C10_CUDA_CHECK((launch_lsh_hash_mma<T, 64>(x, rot, padding, params, out, stream))); break;
+    default: C10_CUDA_CHECK((launch_lsh_hash_mma<T, 128>(x, rot, padding, params, out, stream))); break;
+  }
+}
+
+}  // namespace
 
 at::Tensor hash_buckets(const at::Tensor& qk, const at::Tensor& rotations, const at::Tensor& mask,
                         const LshShape& s) {
-  const auto acc = qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto rot = rotations.to(acc).contiguous();
   auto buckets = at::empty({s.batch, s.heads, s.n_hashes, s.length}, qk.options().dtype(at::kLong));
   const HashParams params{s.batch, s.heads, s.length, s.dim, s.rotation_heads, s.n_hashes,
                           s.n_buckets / 2};
+  if (buckets.numel() == 0) return buckets;
+  if (use_tensor_cores(qk, qk)) {  // fp16/bf16, D in {32, 64, 128}
+    if (qk.scalar_type() == at::kHalf)
+      hash_on_tensor_cores<__half>(qk, rotations, mask, params, buckets);
+    else
+      hash_on_tensor_cores<__nv_bfloat16>(qk, rotations, mask, params, buckets);
+    return buckets;
+  }
+  const auto acc = qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto rot = rotations.to(acc).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qk.scalar_type(), "lsh_hash_cuda",
                                   [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
