@@ -325,6 +325,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+#if !defined(REFORMER_CUDA_SIM)  // CPU simulation (tests/cuda_sim): no host launches
 // Runs the whole backward on `stream`: the dQ pass of every round, then the dK/dV pass of every
 // round. dqk and dv must be zero initially.
 template <typename scalar_t, typename acc_t, int kSlots>
@@ -351,5 +352,6 @@ cudaError_t launch_lsh_backward(const AttentionParams& p, const BackwardArgs<sca
   }
   return cudaSuccess;
 }
+#endif  // !REFORMER_CUDA_SIM
 
 }  // namespace reformer::cuda

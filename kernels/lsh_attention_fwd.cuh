@@ -162,6 +162,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+#if !defined(REFORMER_CUDA_SIM)  // CPU simulation (tests/cuda_sim): no host launches
 // Runs every round of the forward on `stream`. out must be zero and stats (max) -inf initially.
 template <typename scalar_t, typename acc_t, int kSlots>
 cudaError_t launch_lsh_forward(const AttentionParams& p, const ForwardArgs<scalar_t, acc_t>& a,
@@ -184,5 +185,6 @@ cudaError_t launch_lsh_forward(const AttentionParams& p, const ForwardArgs<scala
   }
   return cudaSuccess;
 }
+#endif  // !REFORMER_CUDA_SIM
 
 }  // namespace reformer::cuda

@@ -44,7 +44,9 @@ inline bool mma_head_dims_supported(int64_t dim, int64_t value_dim) {
 // D += A * B for one m16n8k16 block with fp32 accumulators.
 __device__ __forceinline__ void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2],
                                           __half) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(REFORMER_CUDA_SIM)  // CPU simulation (tests/cuda_sim) emulates the instruction
+  reformer_sim_mma(d, a, b, /*bf16=*/false);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
       "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
@@ -57,7 +59,9 @@ __device__ __forceinline__ void mma_16816(float d[4], const uint32_t a[4], const
 
 __device__ __forceinline__ void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2],
                                           __nv_bfloat16) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(REFORMER_CUDA_SIM)  // CPU simulation (tests/cuda_sim) emulates the instruction
+  reformer_sim_mma(d, a, b, /*bf16=*/true);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
       "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"

@@ -255,6 +255,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   }
 }
 
+#if !defined(REFORMER_CUDA_SIM)  // CPU simulation (tests/cuda_sim): no host launches
 // Runs the whole backward on `stream`: the dQ pass of every round, then the dK/dV pass of every
 // round (the order of launch_lsh_backward). dqk and dv must be zero initially.
 template <typename T, int kDim>
@@ -280,5 +281,6 @@ cudaError_t launch_lsh_backward_mma(const AttentionParams& p, const MmaBackwardA
   }
   return cudaSuccess;
 }
+#endif  // !REFORMER_CUDA_SIM
 
 }  // namespace reformer::cuda

@@ -163,6 +163,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   }
 }
 
+#if !defined(REFORMER_CUDA_SIM)  // CPU simulation (tests/cuda_sim): no host launches
 // Runs every round of the forward on `stream`. out must be zero and stats (max) -inf initially.
 template <typename T, int kDim>
 cudaError_t launch_lsh_forward_mma(const AttentionParams& p, const MmaForwardArgs<T>& a,
@@ -181,5 +182,6 @@ cudaError_t launch_lsh_forward_mma(const AttentionParams& p, const MmaForwardArg
   }
   return cudaSuccess;
 }
+#endif  // !REFORMER_CUDA_SIM
 
 }  // namespace reformer::cuda

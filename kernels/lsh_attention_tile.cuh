@@ -171,6 +171,7 @@ struct SharedCarver {
   }
 };
 
+#if !defined(REFORMER_CUDA_SIM)  // CPU simulation (tests/cuda_sim): no host launches
 // Raises a kernel's dynamic shared memory limit when it needs more than the default 48 KiB.
 template <typename Kernel>
 cudaError_t allow_shared_memory(Kernel kernel, size_t bytes) {
@@ -178,5 +179,6 @@ cudaError_t allow_shared_memory(Kernel kernel, size_t bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                               static_cast<int>(bytes));
 }
+#endif  // !REFORMER_CUDA_SIM
 
 }  // namespace reformer::cuda

@@ -157,6 +157,7 @@ __global__ void __launch_bounds__(kHashThreads)
   }
 }
 
+#if !defined(REFORMER_CUDA_SIM)  // CPU simulation (tests/cuda_sim): no host launches
 // qk (B, H, L, D) contiguous and 16-byte aligned; pieces as described at padded_half.
 template <typename T, int kDim>
 cudaError_t launch_lsh_hash_mma(const T* qk, const T* pieces, const bool* padding,
@@ -174,5 +175,6 @@ cudaError_t launch_lsh_hash_mma(const T* qk, const T* pieces, const bool* paddin
       qk, pieces, padding, p, padded_half(p.half), buckets);
   return cudaGetLastError();
 }
+#endif  // !REFORMER_CUDA_SIM
 
 }  // namespace reformer::cuda
