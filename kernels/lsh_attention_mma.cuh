@@ -32,7 +32,7 @@ constexpr int kMmaTileSteps = kMmaTile / mma::kK;    // k steps over a tile's it
 
 // Row stride in shared memory: kDim plus 8 elements of padding (keeps 16-byte alignment).
 template <int kDim>
-constexpr int mma_stride() {
+constexpr RX_HOST_DEVICE int mma_stride() {
   return kDim + 8;
 }
 

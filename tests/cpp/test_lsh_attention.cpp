@@ -10,47 +10,15 @@
 
 #include "kernels/lsh_common.h"
 #include "naive_lsh.h"
+#include "reformer_ops.h"
 
 namespace {
 
-using Tensor = at::Tensor;
-using OptTensor = std::optional<Tensor>;
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> lsh_attention(const Tensor& qk, const Tensor& v,
-                                                 const Tensor& rot, const OptTensor& mask,
-                                                 int64_t m, bool causal, int64_t before,
-                                                 int64_t after, double scale) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("reformer::lsh_attention", "")
-                       .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
-                           const Tensor&, const Tensor&, const Tensor&, const OptTensor&, int64_t,
-                           bool, int64_t, int64_t, double)>();
-  return op.call(qk, v, rot, mask, m, causal, before, after, scale);
-}
-
-std::tuple<Tensor, Tensor> lsh_attention_backward(const Tensor& grad_out, const OptTensor& grad_lse,
-                                                  const Tensor& qk, const Tensor& v,
-                                                  const Tensor& out, const Tensor& stats,
-                                                  const Tensor& sorted, const OptTensor& mask,
-                                                  int64_t m, bool causal, int64_t before,
-                                                  int64_t after, double scale) {
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("reformer::lsh_attention_backward", "")
-          .typed<std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
-                                            const Tensor&, const Tensor&, const Tensor&,
-                                            const Tensor&, const OptTensor&, int64_t, bool,
-                                            int64_t, int64_t, double)>();
-  return op.call(grad_out, grad_lse, qk, v, out, stats, sorted, mask, m, causal, before, after,
-                 scale);
-}
-
-Tensor lsh_buckets(const Tensor& qk, const Tensor& rot, const OptTensor& mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("reformer::lsh_buckets", "")
-                       .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&)>();
-  return op.call(qk, rot, mask);
-}
+using reformer_test::lsh_attention;
+using reformer_test::lsh_attention_backward;
+using reformer_test::lsh_buckets;
+using reformer_test::OptTensor;
+using reformer_test::Tensor;
 
 std::vector<double> to_vector(const Tensor& t) {
   auto c = t.to(at::kDouble).contiguous();

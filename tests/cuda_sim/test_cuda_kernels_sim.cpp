@@ -40,6 +40,9 @@
 #include "kernels/lsh_hash.cuh"
 #include "kernels/lsh_hash_mma.cuh"
 
+#include "csrc/cuda/rotation_pieces.h"
+#include "tests/cpp/reformer_ops.h"
+
 namespace {
 
 using at::Tensor;
@@ -48,41 +51,9 @@ using namespace reformer::cuda;
 
 // ------------------------------------------------------------------ the CPU operators
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lsh_attention(const Tensor& qk, const Tensor& v,
-                                                         const Tensor& rot, const OptTensor& mask,
-                                                         int64_t m, bool causal, int64_t before,
-                                                         int64_t after, double scale) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("reformer::lsh_attention", "")
-                       .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
-                           const Tensor&, const Tensor&, const Tensor&, const OptTensor&, int64_t,
-                           bool, int64_t, int64_t, double)>();
-  return op.call(qk, v, rot, mask, m, causal, before, after, scale);
-}
-
-std::tuple<Tensor, Tensor> lsh_attention_backward(const Tensor& grad_out, const OptTensor& grad_lse,
-                                                  const Tensor& qk, const Tensor& v,
-                                                  const Tensor& out, const Tensor& stats,
-                                                  const Tensor& sorted, const OptTensor& mask,
-                                                  int64_t m, bool causal, int64_t before,
-                                                  int64_t after, double scale) {
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("reformer::lsh_attention_backward", "")
-          .typed<std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
-                                            const Tensor&, const Tensor&, const Tensor&,
-                                            const Tensor&, const OptTensor&, int64_t, bool,
-                                            int64_t, int64_t, double)>();
-  return op.call(grad_out, grad_lse, qk, v, out, stats, sorted, mask, m, causal, before, after,
-                 scale);
-}
-
-Tensor lsh_buckets(const Tensor& qk, const Tensor& rot, const OptTensor& mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("reformer::lsh_buckets", "")
-                       .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&)>();
-  return op.call(qk, rot, mask);
-}
+using reformer_test::lsh_attention;
+using reformer_test::lsh_attention_backward;
+using reformer_test::lsh_buckets;
 
 template <typename T>
 T* data(const Tensor& t) {
@@ -464,22 +435,6 @@ Tensor simulate_ffma_hash(const HashCase& c, const HashProblem& pr) {
   cuda_sim::launch(grid, kHashBlock, 0,
                    [&] { lsh_hash_kernel<scalar_t, acc_t>(x, r, padding, p, out); });
   return buckets;
-}
-
-// rotation_pieces of csrc/cuda/lsh_buckets_cuda.cu: fp32 (Hr, D, R, half) -> lo, mid, hi in
-// `dtype`, each (Hr, R, D, padded_half), after scaling by a power of two to max |rot| <= 1.
-Tensor rotation_pieces(const Tensor& rotations, at::ScalarType dtype) {
-  const int64_t half = rotations.size(3);
-  auto rot = rotations.to(at::kFloat);
-  const auto scale =
-      at::exp2(at::neg(at::ceil(at::log2(at::clamp_min(rot.abs().amax(), 1e-30)))));
-  auto rest = at::constant_pad_nd(at::mul(rot, scale).permute({0, 2, 1, 3}),
-                                  {0, padded_half(half) - half});
-  const auto hi = rest.to(dtype);
-  rest = at::sub(rest, hi.to(at::kFloat));
-  const auto mid = rest.to(dtype);
-  const auto lo = at::sub(rest, mid.to(at::kFloat)).to(dtype);
-  return at::stack({lo, mid, hi}).contiguous();
 }
 
 // As launch_lsh_hash_mma.
