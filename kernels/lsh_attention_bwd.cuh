@@ -86,24 +86,11 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t head_rows = tile.bh * p.length;
 
-  if (tid < kRowsPerCta) sh.qpos[tid] = owned_position(p, tile, tid);
-  if (tid == 0) {  // the window's chunks, then -1 up to kMaxWindowChunks
-    const int count = window_chunks(tile.chunk, p.n_chunks, p.before, p.after, sh.window);
-    for (int w = count; w < kMaxWindowChunks; ++w) sh.window[w] = -1;
-  }
-  __syncthreads();
-  if (!__syncthreads_or(tid < kRowsPerCta && sh.qpos[tid] >= 0)) return;
-  for (int64_t e = tid; e < kRowsPerCta * D; e += kThreads) {
-    const int32_t pos = sh.qpos[e / D];
-    sh.q[e] = pos >= 0 ? static_cast<acc_t>(a.qk[(head_rows + pos) * D + e % D]) : acc_t(0);
-  }
-  for (int64_t e = tid; e < kRowsPerCta * Dv; e += kThreads) {
-    const int32_t pos = sh.qpos[e / Dv];
-    sh.dout[e] = pos >= 0 ? static_cast<acc_t>(a.dout[(head_rows + pos) * Dv + e % Dv])
-                          : acc_t(0);
-  }
-  int n_window = 0;
-  while (n_window < kMaxWindowChunks && sh.window[n_window] >= 0) ++n_window;
+  const int n_window = load_owned_positions(p, tile, kRowsPerCta, /*seeing=*/false, sh.qpos,
+                                            sh.window);
+  if (n_window < 0) return;
+  gather_rows_as(sh.q, D, a.qk + head_rows * D, sh.qpos, kRowsPerCta, D);
+  gather_rows_as(sh.dout, Dv, a.dout + head_rows * Dv, sh.qpos, kRowsPerCta, Dv);
   const int64_t n_keys = n_window * p.bucket_size;
 
   acc_t dq[kRowsPerWarp][kSlots], row_max[kRowsPerWarp], row_log_sum[kRowsPerWarp],
@@ -127,20 +114,9 @@ __global__ void __launch_bounds__(kThreads)
       sh.kpos[tid] = pos;
     }
     __syncthreads();
-    for (int64_t e = tid; e < kTileItems * D; e += kThreads) {
-      const int64_t j = e / D, d = e % D;
-      const int32_t pos = sh.kpos[j];
-      sh.k[j * (D + 1) + d] =
-          pos >= 0 ? static_cast<acc_t>(a.qk[(head_rows + pos) * D + d]) *
-                         a.key_scale[head_rows + pos]
-                   : acc_t(0);
-    }
-    for (int64_t e = tid; e < kTileItems * Dv; e += kThreads) {
-      const int64_t j = e / Dv, d = e % Dv;
-      const int32_t pos = sh.kpos[j];
-      sh.v[j * (Dv + 1) + d] =
-          pos >= 0 ? static_cast<acc_t>(a.v[(head_rows + pos) * Dv + d]) : acc_t(0);
-    }
+    gather_rows_as(sh.k, D + 1, a.qk + head_rows * D, sh.kpos, kTileItems, D,
+                   a.key_scale + head_rows);  // normalised keys g_j x_j
+    gather_rows_as(sh.v, Dv + 1, a.v + head_rows * Dv, sh.kpos, kTileItems, Dv);
     __syncthreads();
 
     const int32_t key_pos = sh.kpos[lane];
@@ -218,23 +194,11 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t head_rows = tile.bh * p.length;
 
-  if (tid < kRowsPerCta) sh.kpos[tid] = owned_position(p, tile, tid);
-  if (tid == 0) {  // the query chunks that see this one, then -1 up to kMaxWindowChunks
-    const int count = chunks_seeing(tile.chunk, p.n_chunks, p.before, p.after, sh.seeing);
-    for (int w = count; w < kMaxWindowChunks; ++w) sh.seeing[w] = -1;
-  }
-  __syncthreads();
-  if (!__syncthreads_or(tid < kRowsPerCta && sh.kpos[tid] >= 0)) return;  // padding keys
-  for (int64_t e = tid; e < kRowsPerCta * D; e += kThreads) {
-    const int32_t pos = sh.kpos[e / D];
-    sh.x[e] = pos >= 0 ? static_cast<acc_t>(a.qk[(head_rows + pos) * D + e % D]) : acc_t(0);
-  }
-  for (int64_t e = tid; e < kRowsPerCta * Dv; e += kThreads) {
-    const int32_t pos = sh.kpos[e / Dv];
-    sh.v[e] = pos >= 0 ? static_cast<acc_t>(a.v[(head_rows + pos) * Dv + e % Dv]) : acc_t(0);
-  }
-  int n_seeing = 0;
-  while (n_seeing < kMaxWindowChunks && sh.seeing[n_seeing] >= 0) ++n_seeing;
+  const int n_seeing = load_owned_positions(p, tile, kRowsPerCta, /*seeing=*/true, sh.kpos,
+                                            sh.seeing);
+  if (n_seeing < 0) return;  // padding keys
+  gather_rows_as(sh.x, D, a.qk + head_rows * D, sh.kpos, kRowsPerCta, D);
+  gather_rows_as(sh.v, Dv, a.v + head_rows * Dv, sh.kpos, kRowsPerCta, Dv);
   const int64_t n_queries = n_seeing * p.bucket_size;
 
   acc_t dk[kRowsPerWarp][kSlots], dv[kRowsPerWarp][kSlots], g[kRowsPerWarp];
@@ -258,18 +222,8 @@ __global__ void __launch_bounds__(kThreads)
       sh.qstats[3 * tid + 2] = a.delta[at];
     }
     __syncthreads();
-    for (int64_t e = tid; e < kTileItems * D; e += kThreads) {
-      const int64_t j = e / D, d = e % D;
-      const int32_t pos = sh.qpos[j];
-      sh.q[j * (D + 1) + d] =
-          pos >= 0 ? static_cast<acc_t>(a.qk[(head_rows + pos) * D + d]) : acc_t(0);
-    }
-    for (int64_t e = tid; e < kTileItems * Dv; e += kThreads) {
-      const int64_t j = e / Dv, d = e % Dv;
-      const int32_t pos = sh.qpos[j];
-      sh.dout[j * (Dv + 1) + d] =
-          pos >= 0 ? static_cast<acc_t>(a.dout[(head_rows + pos) * Dv + d]) : acc_t(0);
-    }
+    gather_rows_as(sh.q, D + 1, a.qk + head_rows * D, sh.qpos, kTileItems, D);
+    gather_rows_as(sh.dout, Dv + 1, a.dout + head_rows * Dv, sh.qpos, kTileItems, Dv);
     __syncthreads();
 
     const int32_t query_pos = sh.qpos[lane];

@@ -59,21 +59,11 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t head_rows = tile.bh * p.length;  // first row of this head in (B*H, L, .)
 
-  // Query rows of this CTA.
-  if (tid < kRowsPerCta) sh.qpos[tid] = owned_position(p, tile, tid);
-  if (tid == 0) {  // the window's chunks, then -1 up to kMaxWindowChunks
-    const int count = window_chunks(tile.chunk, p.n_chunks, p.before, p.after, sh.window);
-    for (int w = count; w < kMaxWindowChunks; ++w) sh.window[w] = -1;
-  }
-  __syncthreads();
-  const bool any_query = __syncthreads_or(tid < kRowsPerCta && sh.qpos[tid] >= 0);
-  if (!any_query) return;  // padding-only rows: nothing to write
-  for (int64_t e = tid; e < kRowsPerCta * D; e += kThreads) {
-    const int32_t pos = sh.qpos[e / D];
-    sh.q[e] = pos >= 0 ? static_cast<acc_t>(a.qk[(head_rows + pos) * D + e % D]) : acc_t(0);
-  }
-  int n_window = 0;
-  while (n_window < kMaxWindowChunks && sh.window[n_window] >= 0) ++n_window;
+  // Query rows of this CTA, and the window's chunks.
+  const int n_window = load_owned_positions(p, tile, kRowsPerCta, /*seeing=*/false, sh.qpos,
+                                            sh.window);
+  if (n_window < 0) return;  // padding-only rows: nothing to write
+  gather_rows_as(sh.q, D, a.qk + head_rows * D, sh.qpos, kRowsPerCta, D);
   const int64_t n_keys = n_window * p.bucket_size;
 
   // Online softmax state of this warp's rows (identical in every lane).
@@ -96,18 +86,9 @@ __global__ void __launch_bounds__(kThreads)
       sh.kpos[tid] = pos;
     }
     __syncthreads();
-    for (int64_t e = tid; e < kTileItems * D; e += kThreads) {
-      const int64_t j = e / D, d = e % D;
-      const int32_t pos = sh.kpos[j];
-      sh.k[j * (D + 1) + d] =
-          pos >= 0 ? static_cast<acc_t>(a.qk[(head_rows + pos) * D + d]) *
-                         a.key_scale[head_rows + pos]
-                   : acc_t(0);
-    }
-    for (int64_t e = tid; e < kTileItems * Dv; e += kThreads) {
-      const int32_t pos = sh.kpos[e / Dv];
-      sh.v[e] = pos >= 0 ? static_cast<acc_t>(a.v[(head_rows + pos) * Dv + e % Dv]) : acc_t(0);
-    }
+    gather_rows_as(sh.k, D + 1, a.qk + head_rows * D, sh.kpos, kTileItems, D,
+                   a.key_scale + head_rows);  // normalised keys g_j x_j
+    gather_rows_as(sh.v, Dv, a.v + head_rows * Dv, sh.kpos, kTileItems, Dv);
     __syncthreads();
 
     const int32_t key_pos = sh.kpos[lane];

@@ -61,19 +61,10 @@ template <typename T, int kDim>
 __device__ __forceinline__ int load_owned(const AttentionParams& p, const OwnedTile& tile,
                                           const MmaBackwardShared<T, kDim>& sh, bool seeing,
                                           const T* own_a_src, const T* own_b_src) {
-  const int tid = threadIdx.x;
-  if (tid < kMmaRows) sh.own_pos[tid] = owned_position(p, tile, tid);
-  if (tid == 0) {
-    const int count = seeing ? chunks_seeing(tile.chunk, p.n_chunks, p.before, p.after, sh.chunks)
-                             : window_chunks(tile.chunk, p.n_chunks, p.before, p.after, sh.chunks);
-    for (int w = count; w < kMaxWindowChunks; ++w) sh.chunks[w] = -1;
-  }
-  __syncthreads();
-  if (!__syncthreads_or(tid < kMmaRows && sh.own_pos[tid] >= 0)) return -1;
+  const int count = load_owned_positions(p, tile, kMmaRows, seeing, sh.own_pos, sh.chunks);
+  if (count < 0) return -1;
   gather_rows<T, kDim>(sh.own_a, own_a_src, sh.own_pos, kMmaRows);
   gather_rows<T, kDim>(sh.own_b, own_b_src, sh.own_pos, kMmaRows);
-  int count = 0;
-  while (count < kMaxWindowChunks && sh.chunks[count] >= 0) ++count;
   return count;
 }
 

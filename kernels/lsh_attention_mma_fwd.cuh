@@ -59,16 +59,10 @@ __global__ void __launch_bounds__(kMmaThreads)
   const T* qk_head = a.qk + head_rows * kDim;
   const T* v_head = a.v + head_rows * kDim;
 
-  if (tid < kMmaRows) sh.qpos[tid] = owned_position(p, tile, tid);
-  if (tid == 0) {  // the window's chunks, then -1 up to kMaxWindowChunks
-    const int count = window_chunks(tile.chunk, p.n_chunks, p.before, p.after, sh.window);
-    for (int w = count; w < kMaxWindowChunks; ++w) sh.window[w] = -1;
-  }
-  __syncthreads();
-  if (!__syncthreads_or(tid < kMmaRows && sh.qpos[tid] >= 0)) return;  // padding-only rows
+  const int n_window = load_owned_positions(p, tile, kMmaRows, /*seeing=*/false, sh.qpos,
+                                            sh.window);
+  if (n_window < 0) return;  // padding-only rows
   gather_rows<T, kDim>(sh.q, qk_head, sh.qpos, kMmaRows);
-  int n_window = 0;
-  while (n_window < kMaxWindowChunks && sh.window[n_window] >= 0) ++n_window;
   const int64_t n_keys = n_window * p.bucket_size;
 
   // This lane's two rows (fragment rows group and group + 8 of the warp's 16), index h.

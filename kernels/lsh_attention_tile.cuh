@@ -133,6 +133,47 @@ __device__ __forceinline__ int32_t streamed_position(const AttentionParams& p, i
   return position_is_valid(p, bh, pos) ? pos : -1;
 }
 
+// The prologue every attention kernel shares: the owned rows' positions (owned_position) into
+// own_pos[0..rows), and the chunk list into chunks[0..kMaxWindowChunks) (-1 after its end): the
+// owned chunk's window, or with `seeing` the chunks whose window holds the owned chunk. Whole
+// CTA. Returns the number of chunks listed, or -1 when no owned row is a valid token (the CTA
+// has nothing to do; uniform over the CTA).
+__device__ __forceinline__ int load_owned_positions(const AttentionParams& p,
+                                                    const OwnedTile& tile, int rows, bool seeing,
+                                                    int32_t* own_pos, int64_t* chunks) {
+  const int tid = threadIdx.x;
+  if (tid < rows) own_pos[tid] = owned_position(p, tile, tid);
+  if (tid == 0) {
+    const int count = seeing ? chunks_seeing(tile.chunk, p.n_chunks, p.before, p.after, chunks)
+                             : window_chunks(tile.chunk, p.n_chunks, p.before, p.after, chunks);
+    for (int w = count; w < kMaxWindowChunks; ++w) chunks[w] = -1;
+  }
+  __syncthreads();
+  if (!__syncthreads_or(tid < rows && own_pos[tid] >= 0)) return -1;
+  int count = 0;
+  while (count < kMaxWindowChunks && chunks[count] >= 0) ++count;
+  return count;
+}
+
+// Rows pos[r] (r < rows) of `head` (rows of `cols` elements) converted to acc_t, times
+// row_scale[pos[r]] when given, into dst with row stride `stride`; zero rows where pos[r] < 0.
+// Whole CTA (the FFMA kernels' tiles; the tensor-core kernels copy with gather_rows).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void gather_rows_as(acc_t* dst, int64_t stride, const scalar_t* head,
+                                               const int32_t* pos, int rows, int64_t cols,
+                                               const acc_t* row_scale = nullptr) {
+  for (int64_t e = threadIdx.x; e < rows * cols; e += blockDim.x) {
+    const int64_t r = e / cols, c = e % cols;
+    const int32_t at = pos[r];
+    acc_t value = 0;
+    if (at >= 0) {
+      value = static_cast<acc_t>(head[int64_t{at} * cols + c]);
+      if (row_scale != nullptr) value = value * row_scale[at];
+    }
+    dst[r * stride + c] = value;
+  }
+}
+
 // Merging one round's softmax (max, log-sum) into a query's running (max, log-sum): the running
 // output becomes (out * old_weight + round_out * new_weight) / total. The first round
 // (old_max = -inf) gives weights (0, 1) and total 1, which copies the round's output exactly.
