@@ -17,6 +17,22 @@ struct LshShape {
   int64_t chunks_per_round = 0, n_chunks = 0;  // n_chunks = n_hashes * chunks_per_round
 };
 
+// fp64 inputs accumulate in fp64, every other dtype in fp32 (the kernels' acc_t).
+inline at::ScalarType accumulation_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The forward's (out, lse, sorted_positions, softmax_stats) from the kernels' running output and
+// stats in the accumulation type, for every backend. Padding queries were never merged (max
+// still -inf): their stats and lse are defined as 0, and their output is 0 already.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_outputs(
+    const at::Tensor& out_acc, at::Tensor& stats, const at::Tensor& sorted,
+    at::ScalarType out_dtype) {
+  stats.masked_fill_(stats.isneginf(), 0);
+  auto lse = stats.select(3, 0).add(stats.select(3, 1));
+  return {out_acc.to(out_dtype), lse, sorted, stats};
+}
+
 // Validates qk, rotations and the mask (and bucket_size when > 0) and returns the sizes.
 // Every message names the argument, what was expected and what was given.
 LshShape check_hash_args(const at::Tensor& qk, const at::Tensor& rotations,

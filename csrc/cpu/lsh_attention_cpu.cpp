@@ -319,10 +319,6 @@ void backward_head(const ChunkInputs<acc_t>& in, int64_t bh, const acc_t* dout,
   }
 }
 
-at::ScalarType accumulation_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 template <typename acc_t>
 ChunkInputs<acc_t> make_inputs(const LshShape& s, const at::Tensor& qk_acc,
                                const at::Tensor& v_acc, const at::Tensor& key_scale,
@@ -381,10 +377,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention(
         });
     });
   }
-  // Padding queries were never merged: their stats and lse are defined as 0 (output 0 too).
-  stats.masked_fill_(stats.isneginf(), 0);
-  auto lse = at::add(stats.select(3, 0), stats.select(3, 1));
-  return {out_acc.to(qk.scalar_type()), lse, sorted, stats};
+  return forward_outputs(out_acc, stats, sorted, qk.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(

@@ -41,10 +41,6 @@ bool use_tensor_cores(const at::Tensor& qk, const at::Tensor& v, const at::Tenso
 
 namespace {
 
-at::ScalarType accumulation_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 AttentionParams make_params(const LshShape& s, const at::Tensor& mask, const at::Tensor& sorted,
                             bool causal, int64_t before, int64_t after, double scale) {
   AttentionParams p{};
@@ -133,10 +129,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention_cuda(
     else
       run_lsh_forward(params, s.n_hashes, x, values, g, out_acc, stats);
   }
-  // Padding queries were never merged: their stats and lse are defined as 0 (output 0 too).
-  stats.masked_fill_(stats.isneginf(), 0);
-  auto lse = at::add(stats.select(3, 0), stats.select(3, 1));
-  return {out_acc.to(qk.scalar_type()), lse, sorted, stats};
+  return forward_outputs(out_acc, stats, sorted, qk.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> lsh_attention_backward_cuda(
