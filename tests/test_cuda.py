@@ -47,6 +47,29 @@ def test_foundation_matrix_on_cuda(c, dtype):
     _compare_to_cpu_and_reference(c, dtype)
 
 
+# Mid-sized shapes: several CTAs per chunk, every head-dim bucket, D != Dv, strided inputs; the
+# sorted positions (hash + CUB sort) must equal the CPU's exactly.
+CUDA_CASES = [
+    _case(B=2, H=2, L=300, D=32, Dv=32, m=16, R=4, half=8, causal=True, mask="row"),
+    _case(B=1, H=2, Hr=1, L=1000, D=64, Dv=64, m=64, R=2, half=8),
+    _case(B=1, H=2, L=77, D=128, Dv=64, m=32, R=8, half=2, before=2, after=1, noncontig=True),
+    _case(B=2, H=2, L=257, D=64, Dv=64, m=32, R=4, half=4, mask="random", before=0, after=0),
+    _case(B=2, H=2, L=5, D=16, Dv=16, m=8, R=2, half=1, causal=True),
+]
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=["f32", "bf16", "f16"])
+@pytest.mark.parametrize("c", CUDA_CASES, ids=_case_id)
+def test_cuda_cases_match_cpu(c, dtype):
+    _compare_to_cpu_and_reference(c, dtype)
+    qk, v, rot, mask = _inputs(c, dtype, _seed(c))
+    args = (c["m"], c["causal"], c["before"], c["after"], c["scale"])
+    sp_gpu = ops.lsh_attention(qk.cuda(), v.cuda(), rot.cuda(),
+                               None if mask is None else mask.cuda(), *args)[2]
+    sp_cpu = ops.lsh_attention(qk, v, rot, mask, *args)[2]
+    assert torch.equal(sp_gpu.cpu(), sp_cpu)
+
+
 # Shapes the small matrix does not reach: chunks longer than one CTA's 16 rows (several CTAs per
 # chunk, key tiles that straddle chunk boundaries), every head-dim bucket, D != Dv, long windows.
 TILING_CASES = [

@@ -609,40 +609,7 @@ def test_errors_buckets(name, entry):
 
 # ------------------------------------------------------------------------------ CUDA
 
-CUDA_CASES = [
-    _case(B=2, H=2, L=300, D=32, Dv=32, m=16, R=4, half=8, causal=True, mask="row"),
-    _case(B=1, H=2, Hr=1, L=1000, D=64, Dv=64, m=64, R=2, half=8),
-    _case(B=1, H=2, L=77, D=128, Dv=64, m=32, R=8, half=2, before=2, after=1, noncontig=True),
-    _case(B=2, H=2, L=257, D=64, Dv=64, m=32, R=4, half=4, mask="random", before=0, after=0),
-    _case(B=2, H=2, L=5, D=16, Dv=16, m=8, R=2, half=1, causal=True),
-]
-
-
-@cuda
-@pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=["f32", "bf16", "f16"])
-@pytest.mark.parametrize("c", CUDA_CASES, ids=_case_id)
-def test_cuda_matches_cpu(c, dtype):
-    seed = _seed(c)
-    qk, v, rot, mask = _inputs(c, dtype, seed)
-    go, gl = _cotangents(c, seed, dtype)
-    on_gpu = _run_ours(c, qk, v, rot, mask, go, gl, device="cuda")
-    on_cpu = _run_ours(c, qk, v, rot, mask, go, gl)
-    for a, b in zip(on_gpu, on_cpu):
-        assert a.dtype == b.dtype and a.shape == b.shape
-    ref64 = _run_ref(c, qk, v, rot, mask, go, gl, F64)
-    if dtype == F32:
-        _assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
-        _assert_close(on_gpu, ref64, rtol=1e-4, atol=1e-4)
-    else:
-        ref_lp = [t.to(dtype) if i != 1 else t for i, t in
-                  enumerate(_run_ref(c, qk, v, rot, mask, go, gl, F32))]
-        _assert_lowp(on_gpu, ref64, ref_lp, dtype)
-        _assert_lowp(on_cpu, ref64, ref_lp, dtype)
-    args = (mask, c["m"], c["causal"], c["before"], c["after"], c["scale"])
-    sp_gpu = ops.lsh_attention(qk.cuda(), v.cuda(), rot.cuda(),
-                               None if mask is None else mask.cuda(), *args[1:])[2]
-    sp_cpu = ops.lsh_attention(qk, v, rot, *args)[2]
-    assert torch.equal(sp_gpu.cpu(), sp_cpu)
+# The CUDA kernels against this file's CPU cases live in tests/test_cuda.py (CUDA_CASES there).
 
 
 @cuda
