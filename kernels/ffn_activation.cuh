@@ -80,6 +80,7 @@ __global__ void ffn_bias_activation_kernel(const scalar_t* h,
   }
 }
 
+#if !defined(REFORMER_CUDA_SIM)  // CPU simulation (tests/cuda_sim): no host launches
 // Forward (deriv == null): out = act(h + bias) ⊙ keep (out may be h). Backward: out = act(z) ⊙
 // keep and deriv = act'(z) ⊙ keep (deriv may be h). h, out, deriv (rows, cols) contiguous; bias
 // (cols) or null.
@@ -112,5 +113,6 @@ cudaError_t launch_ffn_bias_activation(FfnAct act, const scalar_t* h, const scal
   }
   return cudaGetLastError();
 }
+#endif  // !REFORMER_CUDA_SIM
 
 }  // namespace reformer::cuda
