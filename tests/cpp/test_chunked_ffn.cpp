@@ -14,38 +14,17 @@
 #include <string>
 #include <tuple>
 
+#include "reformer_ops.h"
+
 namespace {
 
-using Tensor = at::Tensor;
-using OptTensor = std::optional<Tensor>;
-using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
-
-// The operators take the seed as a one-element int64 CPU tensor.
-Tensor seed_tensor(int64_t seed) { return at::scalar_tensor(seed, at::kLong); }
-
-Tensor chunked_ffn(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
-                   const OptTensor& b2, int64_t chunk_size, const std::string& activation,
-                   double p, int64_t seed) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("reformer::chunked_ffn", "")
-                       .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&,
-                                     const Tensor&, const OptTensor&, int64_t, c10::string_view,
-                                     double, const OptTensor&)>();
-  return op.call(x, w1, b1, w2, b2, chunk_size, activation, p, seed_tensor(seed));
-}
-
-Grads chunked_ffn_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w1,
-                           const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
-                           int64_t chunk_size, const std::string& activation, double p,
-                           int64_t seed, std::array<bool, 5> mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("reformer::chunked_ffn_backward", "")
-                       .typed<Grads(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                                    const Tensor&, const OptTensor&, int64_t, c10::string_view,
-                                    double, const OptTensor&, std::array<bool, 5>)>();
-  return op.call(grad_out, x, w1, b1, w2, b2, chunk_size, activation, p, seed_tensor(seed),
-                 mask);
-}
+using reformer_test::chunked_ffn;
+using reformer_test::chunked_ffn_backward;
+using reformer_test::FfnGrads;
+using reformer_test::OptTensor;
+using reformer_test::seed_tensor;
+using reformer_test::Tensor;
+using Grads = FfnGrads;
 
 // The (e + 1)-th output of SplitMix64 seeded with `seed`.
 uint64_t splitmix64_word(uint64_t seed, uint64_t e) {

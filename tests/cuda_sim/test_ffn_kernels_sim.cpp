@@ -41,6 +41,8 @@
 #include "csrc/chunked_ffn.h"
 #include "csrc/cpu/ffn_cpu.h"
 #include "csrc/seeded_dropout.h"
+#include "sim_checks.h"
+#include "tests/cpp/reformer_ops.h"
 
 namespace {
 
@@ -51,36 +53,8 @@ using reformer::cuda::FfnAct;
 using reformer::cuda::FfnDropoutRows;
 using reformer::cuda::ffn_bias_activation_kernel;
 
-template <typename T>
-T* data(const Tensor& t) {
-  return reinterpret_cast<T*>(t.data_ptr());
-}
-
-// |got - want| <= rtol * |want| + atol_of_max * max|want| everywhere (NaN fails).
-::testing::AssertionResult close(const Tensor& got, const Tensor& want, double rtol,
-                                 double atol_of_max, const std::string& what) {
-  const Tensor g = got.to(at::kDouble), w = want.to(at::kDouble);
-  if (g.sizes() != w.sizes())
-    return ::testing::AssertionFailure() << what << ": shape " << g.sizes() << " vs " << w.sizes();
-  const double scale = w.numel() > 0 ? w.abs().max().item<double>() : 0.0;
-  const Tensor err = (g - w).abs();
-  const Tensor bound = w.abs() * rtol + atol_of_max * scale;
-  const Tensor ok = err <= bound;  // false for NaN
-  if (std::getenv("CUDA_SIM_REPORT") != nullptr)
-    std::printf("  %-40s max|err| / max|want| = %.3g, worst err / bound = %.3g\n", what.c_str(),
-                err.max().item<double>() / std::max(scale, 1e-300),
-                (err / bound.clamp_min(1e-300)).max().item<double>());
-  if (ok.all().item<bool>()) return ::testing::AssertionSuccess();
-  const Tensor ratio = at::where(ok, at::zeros_like(err), err / bound.clamp_min(1e-300))
-                           .nan_to_num(std::numeric_limits<double>::infinity());
-  const int64_t at_index = ratio.flatten().argmax().item<int64_t>();
-  return ::testing::AssertionFailure()
-         << what << ": " << (~ok).sum().item<int64_t>() << " of " << w.numel()
-         << " elements out of tolerance; worst at flat index " << at_index << ": got "
-         << g.flatten()[at_index].item<double>() << ", want " << w.flatten()[at_index].item<double>()
-         << " (max |want| " << scale << ", rtol " << rtol << ", atol " << atol_of_max
-         << " * max|want|)";
-}
+using cuda_sim_checks::close;
+using cuda_sim_checks::data;
 
 // Bit patterns of a floating tensor, as the signed integer type of its width.
 Tensor bits(const Tensor& t) {
@@ -362,33 +336,7 @@ TEST(CudaSimFfnActivation, BFloat16) { check_elementwise(at::kBFloat16); }
 
 // ------------------------------------------------------------------ the operators
 
-using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
-
-Tensor seed_tensor(int64_t seed) { return at::scalar_tensor(seed, at::kLong); }
-
-Tensor chunked_ffn_cpu(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
-                       const OptTensor& b2, int64_t chunk_size, const std::string& activation,
-                       double p, int64_t seed) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("reformer::chunked_ffn", "")
-                       .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&,
-                                     const Tensor&, const OptTensor&, int64_t, c10::string_view,
-                                     double, const OptTensor&)>();
-  return op.call(x, w1, b1, w2, b2, chunk_size, activation, p, seed_tensor(seed));
-}
-
-Grads chunked_ffn_backward_cpu(const Tensor& grad_out, const Tensor& x, const Tensor& w1,
-                               const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
-                               int64_t chunk_size, const std::string& activation, double p,
-                               int64_t seed) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("reformer::chunked_ffn_backward", "")
-                       .typed<Grads(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                                    const Tensor&, const OptTensor&, int64_t, c10::string_view,
-                                    double, const OptTensor&, std::array<bool, 5>)>();
-  return op.call(grad_out, x, w1, b1, w2, b2, chunk_size, activation, p, seed_tensor(seed),
-                 {true, true, true, true, true});
-}
+using Grads = reformer_test::FfnGrads;
 
 struct OpCase {
   int64_t batch, length, d_model, d_ff, chunk;
@@ -490,11 +438,12 @@ void check_operators(at::ScalarType dtype, double rtol, double atol) {
                               std::to_string(c.d_ff) + " chunk " + std::to_string(c.chunk) +
                               " p " + std::to_string(c.p);
       SCOPED_TRACE(tag);
-      const Tensor want_y = chunked_ffn_cpu(xd, w1d, b1d, w2d, b2d, c.chunk, name, c.p, c.seed);
+      const Tensor want_y = reformer_test::chunked_ffn(xd, w1d, b1d, w2d, b2d, c.chunk, name, c.p, c.seed);
       EXPECT_TRUE(close(sim_chunked_ffn(x, w1, b1, w2, b2, c, act), want_y, rtol, atol,
                         tag + " y"));
       const Grads want =
-          chunked_ffn_backward_cpu(gd, xd, w1d, b1d, w2d, b2d, c.chunk, name, c.p, c.seed);
+          reformer_test::chunked_ffn_backward(gd, xd, w1d, b1d, w2d, b2d, c.chunk, name, c.p, c.seed,
+                                             {true, true, true, true, true});
       const Grads got = sim_chunked_ffn_backward(g, x, w1, b1, w2, b2, c, act);
       EXPECT_TRUE(close(std::get<0>(got), std::get<0>(want), rtol, atol, tag + " grad_x"));
       EXPECT_TRUE(close(std::get<1>(got), std::get<1>(want), rtol, atol, tag + " grad_w1"));
