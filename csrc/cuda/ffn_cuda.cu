@@ -10,25 +10,10 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "../../kernels/ffn_activation.cuh"
+#include "ffn_kernel_args.h"
 
 namespace reformer::cuda {
 namespace {
-
-FfnAct kernel_activation(FfnActivation act) {
-  switch (act) {
-    case FfnActivation::Gelu: return FfnAct::Gelu;
-    case FfnActivation::GeluTanh: return FfnAct::GeluTanh;
-    case FfnActivation::Relu: return FfnAct::Relu;
-    case FfnActivation::Silu: return FfnAct::Silu;
-  }
-  return FfnAct::Gelu;  // unreachable
-}
-
-FfnDropoutRows kernel_dropout(const cpu::HiddenDropoutRows& d) {
-  const bool enabled = d.p > 0.0;
-  return {enabled, static_cast<uint64_t>(d.seed), enabled ? dropout_hash::threshold(d.p) : 0,
-          d.first_row};
-}
 
 // out = act(h + bias) ⊙ keep, and deriv = act'(h + bias) ⊙ keep when defined.
 void bias_activation(const at::Tensor& h, const at::Tensor& bias,

@@ -39,6 +39,7 @@
 #include "kernels/ffn_activation.cuh"
 
 #include "csrc/chunked_ffn.h"
+#include "csrc/cuda/ffn_kernel_args.h"
 #include "csrc/cpu/ffn_cpu.h"
 #include "csrc/seeded_dropout.h"
 #include "sim_checks.h"
@@ -52,6 +53,8 @@ using reformer::FfnActivation;
 using reformer::cuda::FfnAct;
 using reformer::cuda::FfnDropoutRows;
 using reformer::cuda::ffn_bias_activation_kernel;
+using reformer::cuda::kernel_activation;
+using reformer::cuda::kernel_dropout;
 
 using cuda_sim_checks::close;
 using cuda_sim_checks::data;
@@ -90,23 +93,6 @@ const char* activation_name(FfnActivation act) {
     case FfnActivation::Silu: return "silu";
   }
   return "?";
-}
-
-// ffn_cuda.cu's kernel_activation and kernel_dropout.
-FfnAct kernel_activation(FfnActivation act) {
-  switch (act) {
-    case FfnActivation::Gelu: return FfnAct::Gelu;
-    case FfnActivation::GeluTanh: return FfnAct::GeluTanh;
-    case FfnActivation::Relu: return FfnAct::Relu;
-    case FfnActivation::Silu: return FfnAct::Silu;
-  }
-  return FfnAct::Gelu;
-}
-
-FfnDropoutRows kernel_dropout(const reformer::cpu::HiddenDropoutRows& d) {
-  const bool enabled = d.p > 0.0;
-  return {enabled, static_cast<uint64_t>(d.seed),
-          enabled ? reformer::dropout_hash::threshold(d.p) : 0, d.first_row};
 }
 
 // launch_ffn_bias_activation's host side (256 threads, grid capped at 65535 · 32) with the
