@@ -64,10 +64,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100, help="linear learning-rate warm-up steps")
     p.add_argument("--eval-batches", type=int, default=8, help="batches per evaluation setting")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=rx.default_device().type)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    try:
+        rx.require_device(torch.device(args.device))
+    except RuntimeError as e:
+        p.error(str(e))
     for name in ("word_len", "vocab", "d_model", "heads", "d_ff", "bucket_size", "train_hashes",
                  "steps", "batch", "eval_batches"):
         if getattr(args, name) < 1:

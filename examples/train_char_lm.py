@@ -65,10 +65,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--sample-len", type=int, default=300, help="characters to generate (0: none)")
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=rx.default_device().type)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    try:
+        rx.require_device(torch.device(args.device))
+    except RuntimeError as e:
+        p.error(str(e))
     for name in MODEL_KEYS + ("batch", "eval_every", "save_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -164,7 +168,9 @@ def save_checkpoint(path: str, model, optimizer, step: int, codec: CharCodec, co
 def load_checkpoint(path: str, device) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"--checkpoint {path!r} does not exist (train first, without --resume)")
-    return torch.load(path, map_location=device, weights_only=False)
+    # weights_only: a checkpoint holds tensors and plain values only, so nothing in a file from
+    # elsewhere gets to run code while it is read
+    return torch.load(path, map_location=device, weights_only=True)
 
 
 def main(argv=None) -> int:

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "cores with the defaults).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="auto",
-                   help="'auto' (the GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N'")
+                   help="'auto' (the GPU when torch sees one and this build has the CUDA kernels, "
+                        "else the CPU), 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--output", default="reformer_ext_demo.png", help="where to write the figure")
     p.add_argument("--threads", type=_positive, default=None,
                    help="torch.set_num_threads for the CPU (None: torch's choice; on a busy "
@@ -123,12 +124,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return rx.default_device()
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: torch sees no CUDA device")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    rx.require_device(device)
     return device
 
 

@@ -111,7 +111,7 @@ def test_char_lm_trains_resumes_exactly_and_samples(tmp_path, capsys):
     assert lm.main(TINY_LM + ["--steps", "4", "--checkpoint", resumed, "--resume",
                               "--sample-len", "0"]) == 0
     assert "resumed from" in capsys.readouterr().out
-    a, b = torch.load(straight, weights_only=False), torch.load(resumed, weights_only=False)
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
     assert a["step"] == b["step"] == 4
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0, msg=name)
@@ -129,3 +129,18 @@ def test_char_lm_rejects_unknown_prompt_characters(tmp_path):
     assert lm.main(TINY_LM + ["--steps", "1", "--checkpoint", ckpt, "--sample-len", "0"]) == 0
     with pytest.raises(ValueError, match="alphabet"):
         lm.main(["--sample-only", "--checkpoint", ckpt, "--prompt", "\u2603"])
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (os.system, ("echo this should never run",))
+
+
+def test_char_lm_checkpoints_load_weights_only(tmp_path):
+    """A checkpoint is read with weights_only=True: one that carries an object whose unpickling
+    would run code is refused instead of executed."""
+    lm = load_example("train_char_lm")
+    path = str(tmp_path / "sent_to_me.pt")
+    torch.save({"config": {}, "payload": _RunsCodeWhenUnpickled()}, path)
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        lm.load_checkpoint(path, torch.device("cpu"))

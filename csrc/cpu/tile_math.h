@@ -1,6 +1,7 @@
 // Small dense building blocks for the CPU kernels: a register-blocked GEMM on cache-resident
-// tiles and a vectorisable exp. Written as plain loops over compile-time tile sizes so the
-// compiler emits FMA vector code (built with -O3); their results do not depend on threading.
+// tiles (tile_gemm.cpp) and a vectorisable exp. Written as plain loops over compile-time tile
+// sizes so the compiler emits vector code (built with -O3); their results do not depend on
+// threading.
 #pragma once
 
 #include <algorithm>
@@ -22,44 +23,17 @@ inline int64_t round_up(int64_t value, int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
 }
 
-// C[MR x NR] (+)= A[MR x K] * B[K x NR], with the MR x NR accumulator kept in registers.
-template <typename T, int64_t MR>
-inline void gemm_micro(int64_t K, const T* __restrict__ A, int64_t lda, const T* __restrict__ B,
-                       int64_t ldb, T* __restrict__ C, int64_t ldc, bool accumulate) {
-  constexpr int64_t NR = kTileCols<T>;
-  T acc[MR][NR];
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NR; ++j) acc[i][j] = accumulate ? C[i * ldc + j] : T(0);
-  for (int64_t k = 0; k < K; ++k) {
-    const T* __restrict__ b = B + k * ldb;
-    for (int64_t i = 0; i < MR; ++i) {
-      const T a = A[i * lda + k];
-      for (int64_t j = 0; j < NR; ++j) acc[i][j] += a * b[j];
-    }
-  }
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NR; ++j) C[i * ldc + j] = acc[i][j];
-}
-
 // C[M x N] (+)= A[M x K] * B[K x N], all row-major with leading dimensions lda/ldb/ldc.
 // N must be a multiple of kTileCols<T> (callers pad their tiles with zeros). B's column tile
 // j0 starts at B + (j0 / kTileCols) * b_panel_stride: kTileCols for a plain row-major B, or
 // K * kTileCols (with ldb = kTileCols) for a B packed panel by panel, which a B much wider than
-// a tile needs so its rows are not 4 KiB apart (see pack_panels).
+// a tile needs so its rows are not 4 KiB apart (see pack_panels). Each element of C is summed
+// over k in increasing order, so the result does not depend on how callers split M or N.
+// Defined in tile_gemm.cpp for float and double, compiled once per instruction set
+// (cpu_dispatch.h) and picked for the CPU at load time.
 template <typename T>
 void tile_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
-               T* C, int64_t ldc, bool accumulate, int64_t b_panel_stride = kTileCols<T>) {
-  constexpr int64_t NR = kTileCols<T>;
-  for (int64_t j0 = 0; j0 < N; j0 += NR) {
-    const T* panel = B + (j0 / NR) * b_panel_stride;
-    int64_t i0 = 0;
-    for (; i0 + kTileRows <= M; i0 += kTileRows)
-      gemm_micro<T, kTileRows>(K, A + i0 * lda, lda, panel, ldb, C + i0 * ldc + j0, ldc,
-                               accumulate);
-    for (; i0 < M; ++i0)
-      gemm_micro<T, 1>(K, A + i0 * lda, lda, panel, ldb, C + i0 * ldc + j0, ldc, accumulate);
-  }
-}
+               T* C, int64_t ldc, bool accumulate, int64_t b_panel_stride = kTileCols<T>);
 
 // Packs a row-major K x N matrix (N a multiple of kTileCols) panel by panel: panel p holds
 // columns [p * kTileCols, (p + 1) * kTileCols) as a contiguous K x kTileCols block.
