@@ -83,8 +83,9 @@ def _want_cuda() -> bool:
         fail(f"FORCE_CUDA=1, but torch {torch.__version__} is a CPU-only build: install a CUDA "
              "build of torch, or unset FORCE_CUDA for a CPU-only reformer_ext")
     if _nvcc() is None:
-        fail("FORCE_CUDA=1, but no CUDA toolkit was found: put nvcc on PATH or set CUDA_HOME, "
-             "or unset FORCE_CUDA for a CPU-only build")
+        where = f"no {_cuda_home}/bin/nvcc" if _cuda_home else "no nvcc on PATH, no CUDA_HOME"
+        fail(f"FORCE_CUDA=1, but no CUDA toolkit was found ({where}): set CUDA_HOME to one, or "
+             "unset FORCE_CUDA for a CPU-only build")
     return True
 
 
