@@ -1,5 +1,5 @@
 """``python -m reformer_ext``: what LSH attention, reversible layers and chunked feed-forward buy,
-measured on this machine in about two minutes (CPU by default, the GPU when one is present).
+measured on this machine in about a minute (CPU by default, the GPU when one is present).
 
 Three measurements, printed as tables and drawn into one PNG:
 
@@ -9,19 +9,34 @@ Three measurements, printed as tables and drawn into one PNG:
     ``scaled_dot_product_attention`` (SDPA) and the explicit ``softmax(Q Kᵀ) V`` that keeps the
     L × L score matrix. Full attention costs O(L) per token, LSH attention about O(1): the LSH
     row stays flat while the full rows grow with L.
-(b) Peak memory (and time) of a training step (forward + backward) of a Reformer stack against
-    its depth: reversible (``rx.nn.Reformer``), the same model with ``reversible=False`` (every
-    activation stored) and the same layers each wrapped in ``torch.utils.checkpoint`` (each
-    layer's inputs stored, the layer recomputed). Reversible layers keep the memory flat in
-    depth, at the price of recomputing each layer in the backward.
+(b) Memory (and time) of a training step (forward + backward) of a Reformer stack against its
+    depth (1 to 16 layers by default): reversible (``rx.nn.Reformer``), the same model with
+    ``reversible=False`` (every activation stored) and the same layers each wrapped in
+    ``torch.utils.checkpoint`` (each layer's inputs stored, the layer recomputed). Each row
+    gives the activations (the step's peak without the parameter gradients), the parameter
+    gradients and the peak with them: gradients grow with depth for every variant, the
+    activations of the reversible stack do not, at the price of recomputing each layer in the
+    backward. What it still keeps per layer is its random state (the LSH rotations,
+    n_hashes / bucket_size of one (L, d_model) stream, and three dropout seeds), and from depth
+    2 on its backward holds the saved final streams while it rebuilds the ones below (two
+    streams more than at depth 1): the note under the table gives depth 16 / depth 1.
 (c) Peak memory (and time) of a feed-forward training step: ``rx.nn.ChunkedFeedForward`` at a
     few chunk sizes against the plain ``Linear -> GELU -> Linear`` with the same weights.
 
-"Peak MiB" is the most memory the measured step had live at once beyond what existed before it
-(inputs, weights, their gradients). On CUDA it comes from the caching allocator; on the CPU from
-the process' resident-set high-water mark, with large allocations returned to the kernel on free
-(see ``reformer_ext/_profiling.py``). Times are medians of a few repeats after one warm-up and
-are only as quiet as the machine.
+Memory is tensor bytes, counted the way PyTorch counts them (``reformer_ext/_profiling.py``,
+``measure_step_memory``): the most bytes live at once during one step beyond what was live
+before it (inputs, weights; in (b) and (c) the previous step's gradients are set to None before
+the step, so the step allocates its gradients). On CUDA the peak is
+``torch.cuda.max_memory_allocated``. On the CPU, where PyTorch keeps no peak counter, the step
+runs under ``torch.autograd.profiler.profile(profile_memory=True)`` and its allocation events
+(every allocation and free of PyTorch's CPU allocator, including those inside reformer_ext's
+C++ operators and in the backward) are replayed into a running total; its maximum is the peak.
+The gradients are the allocations whose storage is a parameter's ``.grad`` after the step. Not
+counted: memory outside PyTorch's allocator (the C++ kernels' small per-thread scratch vectors,
+BLAS workspaces, the Python heap), so these are not resident-set figures (``benchmarks/``
+measures the resident set). Tensor bytes do not vary between runs, so each step is measured
+once, after a warm-up. Times are medians of a few repeats (one for slow steps) and are only as
+quiet as the machine.
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ import argparse
 import math
 import os
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -40,7 +56,7 @@ from torch import nn
 
 import reformer_ext as rx
 
-from ._profiling import measure_peak, median_time
+from ._profiling import measure_step_memory, median_time
 
 # --------------------------------------------------------------------------------------------
 # options
@@ -67,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m reformer_ext",
         description="Measure what LSH attention, reversible layers and chunked feed-forward buy "
-                    "on this machine: three tables and a PNG figure (about two minutes on 2 CPU "
+                    "on this machine: three tables and a PNG figure (about a minute on 2 idle CPU "
                     "cores with the defaults).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="auto",
@@ -81,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     a = p.add_argument_group("(a) attention against sequence length")
-    a.add_argument("--tokens", type=_positive, default=8192,
+    a.add_argument("--tokens", type=_positive, default=4096,
                    help="batch × length, held constant; each length L runs batch tokens/L")
-    a.add_argument("--lengths", type=_int_list, default="512,1024,2048,4096,8192",
+    a.add_argument("--lengths", type=_int_list, default="512,1024,2048,4096",
                    help="sequence lengths (each must divide --tokens)")
     a.add_argument("--heads", type=_positive, default=4, help="attention heads")
     a.add_argument("--d-head", type=_positive, default=64, help="width of each head")
@@ -94,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the explicit softmax(QKᵀ)V row (it needs tokens × L × heads × 8 bytes)")
 
     b = p.add_argument_group("(b) training-step memory against depth")
-    b.add_argument("--depths", type=_int_list, default="1,2,4,8", help="numbers of layers")
-    b.add_argument("--stack-length", type=_positive, default=2048, help="sequence length (batch 1)")
+    b.add_argument("--depths", type=_int_list, default="1,2,4,8,16", help="numbers of layers")
+    b.add_argument("--stack-length", type=_positive, default=1024, help="sequence length (batch 1)")
     b.add_argument("--d-model", type=_positive, default=128,
                    help="model width of (b) and (c); d_ff = 4 × d_model")
     b.add_argument("--stack-heads", type=_positive, default=2, help="attention heads")
@@ -138,12 +154,16 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class Measurement:
-    """One row of a table: what was run, its median time and peak memory."""
+    """One row of a table: what was run, its median time and its memory (tensor MiB beyond
+    what was live before the step: ``peak`` all of it, ``activations`` all but the parameter
+    gradients, ``grads`` those gradients; see reformer_ext/_profiling.py)."""
     table: str
     variant: str
     x: int  # the swept quantity: L, depth or chunk size (0 for the plain FFN)
     seconds: Optional[float] = None
     peak_mib: Optional[float] = None
+    activations_mib: Optional[float] = None
+    grads_mib: Optional[float] = None
     note: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -157,26 +177,26 @@ class Runner:
         self.progress = progress
 
     def run(self, table: str, variant: str, x: int, step: Callable[[], None],
-            prepare: Callable[[], None] = lambda: None, **extra) -> Measurement:
+            prepare: Callable[[], None] = lambda: None, params=(), **extra) -> Measurement:
+        """``params``: the parameters whose gradients the step makes (split off the peak)."""
         if self.progress is not None:
             self.progress.set_description(f"({table}) {variant} @ {x}")
         m = Measurement(table, variant, x, extra=extra)
         try:
             prepare()
             t0 = time.perf_counter()
-            step()  # warm-up (first-call costs, lazily allocated .grad)
+            step()  # warm-up (first-call costs)
             warm = time.perf_counter() - t0
-            # the smaller of two measurements: the first after the warm-up can still include
-            # one-time allocator growth (CPU RSS is page-granular and a few MiB noisy)
-            peaks = []
-            for _ in range(2):
-                prepare()
-                peak, m.note = measure_peak(step, self.device)
-                peaks.append(peak)
-            m.peak_mib = None if None in peaks else min(peaks)
-            # a slow step is timed fewer times (the warm-up tells how slow)
-            repeats = self.args.repeats if warm < 2.0 else 1
-            m.seconds = median_time(step, self.device, repeats=repeats, max_seconds=6.0,
+            # one measurement is enough: tensor bytes do not vary from run to run
+            prepare()
+            mem = measure_step_memory(step, self.device, params)
+            m.peak_mib, m.activations_mib, m.grads_mib = (mem.peak_mib, mem.activations_mib,
+                                                          mem.grads_mib)
+            m.note = mem.note
+            # a slow step is timed fewer times (the warm-up tells how slow): the whole demo
+            # has to stay near a minute on two CPU cores
+            repeats = self.args.repeats if warm < 1.0 else 1
+            m.seconds = median_time(step, self.device, repeats=repeats, max_seconds=2.0,
                                     prepare=prepare)
         except (RuntimeError, MemoryError) as e:  # e.g. out of memory at a large size
             m.note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
@@ -252,11 +272,16 @@ class PlainReformerLayer(nn.Module):
 
 class CheckpointedStack(nn.Module):
     """``depth`` PlainReformerLayers, each run under torch.utils.checkpoint: only every layer's
-    inputs are stored in the forward, each layer is recomputed in the backward."""
+    inputs are stored in the forward, each layer is recomputed in the backward. The streams are
+    merged as rx.nn.Reformer's default does (LayerNorm and Linear of their concatenation), so
+    the three variants of (b) have the same parameters."""
 
-    def __init__(self, depth, *layer_args):
+    def __init__(self, depth, d_model, *layer_args):
         super().__init__()
-        self.layers = nn.ModuleList(PlainReformerLayer(*layer_args) for _ in range(depth))
+        self.layers = nn.ModuleList(PlainReformerLayer(d_model, *layer_args)
+                                    for _ in range(depth))
+        self.norm = nn.LayerNorm(2 * d_model)
+        self.proj = nn.Linear(2 * d_model, d_model)
 
     def forward(self, x):
         from torch.utils.checkpoint import checkpoint
@@ -264,21 +289,21 @@ class CheckpointedStack(nn.Module):
         x1 = x2 = x
         for layer in self.layers:
             x1, x2 = checkpoint(layer, x1, x2, use_reentrant=False)
-        return (x1 + x2) * 0.5
+        return self.proj(self.norm(torch.cat([x1, x2], dim=-1)))
 
 
 def training_step(model, x):
-    """(step, prepare): step = ``zero_grad()`` (set to None, PyTorch's default) + forward +
-    backward of a fixed output gradient. The previous step's gradients exist before the step and
-    are replaced during it, so the step's peak is its activations and temporaries only."""
+    """(step, prepare): step = forward + backward of a fixed output gradient; prepare =
+    ``zero_grad()`` (set to None, PyTorch's default), run before every step off the clock and
+    outside the memory measurement. So the step allocates the parameter gradients (counted
+    apart from the activations) and frees nothing that existed before it."""
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(x.device)
 
     def step():
-        model.zero_grad(set_to_none=True)
         model(x).backward(grad_out)
 
     def prepare():
-        pass
+        model.zero_grad(set_to_none=True)
     return step, prepare
 
 
@@ -300,7 +325,8 @@ def depth_rows(args, runner: Runner) -> list[Measurement]:
         }
         for name, model in models.items():
             model.to(args.device).train()
-            rows.append(runner.run("b", name, depth, *training_step(model, x)))
+            rows.append(runner.run("b", name, depth, *training_step(model, x),
+                                   params=list(model.parameters())))
         del models, model  # free this depth's parameters before building the next
     return rows
 
@@ -326,10 +352,13 @@ def ffn_rows(args, runner: Runner) -> list[Measurement]:
     torch.manual_seed(2)
     x = torch.randn(1, args.ffn_length, d).to(args.device)
     chunked = rx.nn.ChunkedFeedForward(d, 4 * d).to(args.device)
-    rows = [runner.run("c", "plain", 0, *training_step(PlainFeedForward(chunked.w1, chunked.w2), x))]
+    params = list(chunked.parameters())
+    rows = [runner.run("c", "plain", 0, *training_step(PlainFeedForward(chunked.w1, chunked.w2), x),
+                       params=params)]
     for chunk in args.ffn_chunks:
         chunked.chunk_size = chunk
-        rows.append(runner.run("c", f"chunked ({chunk})", chunk, *training_step(chunked, x)))
+        rows.append(runner.run("c", f"chunked ({chunk})", chunk, *training_step(chunked, x),
+                               params=params))
     return rows
 
 
@@ -348,6 +377,10 @@ def _fmt_mib(mib: Optional[float]) -> str:
     return "-" if mib is None else (f"{mib:.0f}" if mib >= 10 else f"{mib:.1f}")
 
 
+def _fmt_mib1(mib: Optional[float]) -> str:
+    return "-" if mib is None else f"{mib:.1f}"
+
+
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w)
@@ -355,6 +388,11 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
              for r in [header] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _note(text: str) -> str:
+    """An explanation under a table, indented and wrapped."""
+    return textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="    ")
 
 
 def _notes(rows: list[Measurement]) -> str:
@@ -374,18 +412,60 @@ def attention_table(args, rows: list[Measurement]) -> str:
                     + [_fmt_mib(m and m.peak_mib) for m in cells])
     title = (f"(a) attention forward, batch × L = {args.tokens}, {args.heads} heads of "
              f"{args.d_head}, LSH: {args.n_hashes} hashes, bucket size {args.bucket_size}")
-    return title + "\n" + text_table(header, body) + _notes(rows)
+    note = _note("MiB: the most tensor bytes live at once during the forward beyond its inputs; "
+                 f"{memory_source(args.device)}")
+    return title + "\n" + text_table(header, body) + "\n" + note + _notes(rows)
+
+
+def memory_source(device: torch.device) -> str:
+    """Where the MiB columns come from, for the tables' notes and the figure."""
+    if device.type == "cuda":
+        return ("tensor bytes of the CUDA caching allocator (peak: torch.cuda.max_memory_allocated; "
+                "the split off the gradients: the profiler's allocation events)")
+    return ("tensor bytes of PyTorch's CPU allocator, from the profiler's allocation events "
+            "(not the process' resident set)")
+
+
+def _growth(rows: list[Measurement], variant: str, depths: list[int]) -> Optional[str]:
+    """'depth D / depth 1 = r x' for the variant's activations, deepest against shallowest."""
+    by = {m.x: m.activations_mib for m in rows if m.variant == variant}
+    lo, hi = min(depths), max(depths)
+    if lo == hi or not by.get(lo) or by.get(hi) is None:
+        return None
+    return f"{variant} {by[hi] / by[lo]:.2f}x"
 
 
 def depth_table(args, rows: list[Measurement]) -> str:
     variants = list(dict.fromkeys(m.variant for m in rows))
     by = {(m.variant, m.x): m for m in rows}
-    header = ["depth"] + [f"{v} MiB" for v in variants] + [f"{v} ms" for v in variants]
-    body = [[str(depth)] + [_fmt_mib(by[v, depth].peak_mib) for v in variants]
-            + [_fmt_ms(by[v, depth].seconds) for v in variants] for depth in args.depths]
-    title = (f"(b) training step (forward + backward) of a Reformer stack, L = {args.stack_length}, "
-             f"d_model {args.d_model}, {args.stack_heads} heads, peak memory and time")
-    return title + "\n" + text_table(header, body) + _notes(rows)
+    header = ["variant", "depth", "activations MiB", "param grads MiB", "peak MiB", "ms"]
+    body = []
+    for v in variants:
+        for depth in args.depths:
+            m = by.get((v, depth))
+            # one decimal throughout: the reversible rows differ by tenths of a MiB
+            body.append([v, str(depth)] + ([_fmt_mib1(m.activations_mib), _fmt_mib1(m.grads_mib),
+                                             _fmt_mib1(m.peak_mib), _fmt_ms(m.seconds)]
+                                            if m is not None else ["-"] * 4))
+    title = (f"(b) training step (forward + backward) of a Reformer stack against depth, "
+             f"L = {args.stack_length}, batch 1, d_model {args.d_model}, {args.stack_heads} heads, "
+             f"{args.n_hashes} hashes, bucket size {args.bucket_size}")
+    growth = [g for g in (_growth(rows, v, args.depths) for v in variants) if g]
+    lines = [
+        "activations: the most tensor bytes live at once during the step beyond what existed "
+        "before it, parameter gradients not counted (saved activations, recomputed inputs, "
+        "activation gradients, temporaries, the output)",
+        "param grads: the parameters' gradients, which the step allocates (they are set to None "
+        "before it); the three variants have the same parameters, so these grow with depth "
+        "alike",
+        "peak: the most tensor bytes live at once, gradients included",
+        f"MiB: {memory_source(args.device)}",
+    ]
+    if growth:
+        lines.append(f"activations, depth {max(args.depths)} / depth {min(args.depths)}: "
+                     + ", ".join(growth))
+    return (title + "\n" + text_table(header, body) + "\n"
+            + "\n".join(_note(line) for line in lines) + _notes(rows))
 
 
 def ffn_table(args, rows: list[Measurement]) -> str:
@@ -398,8 +478,10 @@ def ffn_table(args, rows: list[Measurement]) -> str:
         body.append([m.variant, _fmt_mib(m.peak_mib), ratio, _fmt_ms(m.seconds)])
     title = (f"(c) feed-forward training step, {args.ffn_length} positions, d_model {args.d_model}, "
              f"d_ff {4 * args.d_model}")
+    note = _note("peak: the most tensor bytes live at once during the step beyond what existed "
+                 f"before it, the gradients of w1, w2 included; {memory_source(args.device)}")
     return title + "\n" + text_table(["feed-forward", "peak MiB", "memory / plain", "ms"],
-                                     body) + _notes(rows)
+                                     body) + "\n" + note + _notes(rows)
 
 
 def draw_figure(args, attn, depth, ffn, path: str) -> None:
@@ -416,7 +498,7 @@ def draw_figure(args, attn, depth, ffn, path: str) -> None:
         ax_t.plot(xs, [m.seconds * 1e3 for m in pts if m.seconds is not None], "o-", label=variant)
         xs = [m.x for m in pts if m.peak_mib is not None]
         ax_m.plot(xs, [m.peak_mib for m in pts if m.peak_mib is not None], "o-", label=variant)
-    for ax, what in ((ax_t, "forward time (ms)"), (ax_m, "peak memory (MiB)")):
+    for ax, what in ((ax_t, "forward time (ms)"), (ax_m, "peak tensor memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(f"sequence length L (batch × L = {args.tokens})")
@@ -425,21 +507,31 @@ def draw_figure(args, attn, depth, ffn, path: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_t.set_title("(a) attention: time")
     ax_m.set_title("(a) attention: memory")
-    for variant in dict.fromkeys(m.variant for m in depth):
+    for i, variant in enumerate(dict.fromkeys(m.variant for m in depth)):
+        color = f"C{i}"
+        pts = [m for m in depth if m.variant == variant and m.activations_mib is not None]
+        ax_d.plot([m.x for m in pts], [m.activations_mib for m in pts], "o-", color=color,
+                  label=f"{variant}: activations")
         pts = [m for m in depth if m.variant == variant and m.peak_mib is not None]
-        ax_d.plot([m.x for m in pts], [m.peak_mib for m in pts], "o-", label=variant)
+        ax_d.plot([m.x for m in pts], [m.peak_mib for m in pts], "--", color=color, alpha=0.6,
+                  label=f"{variant}: with param grads")
+    # a linear axis: memory that grows linearly with depth shows as a straight line
+    ax_d.set_xticks(args.depths, [str(d) for d in args.depths])
     ax_d.set_xlabel("depth (layers)")
-    ax_d.set_ylabel("training-step peak memory (MiB)")
-    ax_d.set_title(f"(b) Reformer stack, L = {args.stack_length}")
+    ax_d.set_ylabel("training-step peak tensor memory (MiB)")
+    ax_d.set_title(f"(b) Reformer stack, L = {args.stack_length}, d_model {args.d_model}")
     ax_d.set_ylim(bottom=0)
-    ax_d.legend()
+    ax_d.legend(fontsize="small")
     ax_d.grid(True, alpha=0.3)
     ax_f.bar([m.variant for m in ffn], [m.peak_mib or 0.0 for m in ffn],
              color=["tab:gray"] + ["tab:blue"] * (len(ffn) - 1))
-    ax_f.set_ylabel("training-step peak memory (MiB)")
+    ax_f.set_ylabel("training-step peak tensor memory (MiB)")
     ax_f.set_title(f"(c) feed-forward, {args.ffn_length} positions")
     ax_f.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(f"reformer_ext on {describe_device(args.device)}")
+    source = ("CUDA caching allocator" if args.device.type == "cuda"
+              else "CPU allocator, profiler memory events")
+    fig.suptitle(f"reformer_ext on {describe_device(args.device)}; memory: tensor bytes beyond "
+                 f"each step's inputs ({source})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -484,6 +576,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(output), exist_ok=True)
     draw_figure(args, attn, depth, ffn, output)
     print(f"figure: {output}")
-    print(f"measured in {elapsed:.0f} s. Peak MiB = most memory live during one step beyond its "
-          "inputs and weights; ms = median time (see python -m reformer_ext --help).")
+    print(f"measured in {elapsed:.0f} s. MiB = tensor bytes live at once during one step beyond "
+          "what existed before it (inputs, weights); ms = median time (see the module docstring "
+          "of reformer_ext.demo).")
     return 0
