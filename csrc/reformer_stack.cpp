@@ -362,7 +362,11 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backw
   check_stream(grad_y1, "grad_y1", y1);
   check_stream(grad_y2, "grad_y2", y1);
   const auto rows = [&](const at::Tensor& t) { return t.reshape({s.rows(), s.d_model}); };
-  at::Tensor a = rows(y1), b = rows(y2);  // the current layer's outputs
+  // The current layer's outputs, turned into its inputs in place, layer by layer: one pair of
+  // working streams at any depth (the saved y1, y2 are read, never written), so from depth 2 on
+  // the backward holds no more streams than at depth 1.
+  at::Tensor a = rows(y1).clone(at::MemoryFormat::Contiguous);
+  at::Tensor b = rows(y2).clone(at::MemoryFormat::Contiguous);
   // the gradients w.r.t. them, as fresh tensors that are accumulated into in place
   at::Tensor da = rows(grad_y1).clone(at::MemoryFormat::Contiguous);
   at::Tensor db = rows(grad_y2).clone(at::MemoryFormat::Contiguous);
@@ -371,13 +375,9 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backw
     const Layer layer(weights, rotations, seeds, l);
     const auto layer_grads = grads.begin() + l * kWeightsPerLayer;
     // G: b = x2 + G(a)
-    const auto g = ffn_branch_backward(a, db, da, layer, s, o, layer_grads);
-    const auto x2 = b - g;
+    b.sub_(ffn_branch_backward(a, db, da, layer, s, o, layer_grads));  // b = x2
     // F: a = x1 + F(x2)
-    const auto f = attention_branch_backward(x2, da, db, layer, key_padding_mask, s, o,
-                                             layer_grads);
-    a = a - f;
-    b = x2;
+    a.sub_(attention_branch_backward(b, da, db, layer, key_padding_mask, s, o, layer_grads));
   }
   return {da.view(y1.sizes()), db.view(y1.sizes()), std::move(grads)};
 }
