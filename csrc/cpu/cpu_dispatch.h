@@ -1,11 +1,12 @@
 // Run-time choice of instruction set for the hottest CPU loops.
 //
 // The library is built for the baseline x86-64 instruction set (no -march), so a wheel built on
-// one machine runs on any x86-64 CPU. A function marked REFORMER_MULTIARCH is compiled twice
-// more or less: once for the baseline and once for x86-64-v3 (AVX2 + FMA, every x86-64 server
-// CPU since 2013 and every AMD EPYC); the dynamic loader picks the version for the CPU it runs
-// on (a GNU ifunc), once, so every call in a process takes the same path and results stay the
-// same for any thread count. `flatten` inlines the helpers it calls into each version, so they
+// one machine runs on any x86-64 CPU. A function marked REFORMER_MULTIARCH is compiled twice:
+// once for the baseline and once for x86-64-v3 (AVX2 + FMA: x86-64 server CPUs since 2013, every
+// AMD EPYC); the dynamic loader picks the version for the CPU it runs on (a GNU ifunc), once, so
+// every call in a process takes the same path and results stay the same for any thread count.
+// Marked: the per-task functions of the attention (forward_chunk, backward_head), the hash
+// (hash_block) and the shared GEMM (tile_gemm). `flatten` inlines the helpers it calls into each version, so they
 // are compiled for that instruction set too. Elsewhere (not x86-64, not ELF/glibc, or a build
 // with -march set, REFORMER_EXT_MARCH) the attribute is empty and the build's flags decide.
 // There is no AVX-512 version: it could not be measured on the development machines, so

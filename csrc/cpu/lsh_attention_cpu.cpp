@@ -6,6 +6,8 @@
 // exactly once, so a task owns the output rows it writes and rounds merge in a fixed order. The
 // backward gives each head to one thread, which walks its chunks in order. Results are
 // therefore the same for any number of threads, and no tensor of size R·L·window ever exists.
+// The two per-task functions, forward_chunk and backward_head, are compiled for the baseline and
+// for AVX2 + FMA and picked for the CPU at load time (cpu_dispatch.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
@@ -16,6 +18,7 @@
 
 #include "../../kernels/lsh_common.h"
 #include "../lsh_attention.h"
+#include "cpu_dispatch.h"
 #include "lsh_hash_cpu.h"
 #include "tile_math.h"
 
@@ -158,7 +161,7 @@ void for_each_chunk_of_round(const LshShape& s, int64_t r, int64_t grain, const 
 // One query chunk of the forward: softmax over its window, merged into the running softmax of its
 // positions: stats = (max logit m, log Σ exp(s - m)) and out = the matching weighted mean.
 template <typename acc_t>
-void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk, acc_t* out,
+REFORMER_MULTIARCH void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk, acc_t* out,
                    acc_t* stats) {
   const LshShape& s = in.s;
   constexpr int64_t NR = kTileCols<acc_t>;
@@ -246,7 +249,7 @@ void probabilities_and_logit_grads(const ChunkInputs<acc_t>& in, const int32_t* 
 // dSᵀ·Q (through the key normalisation) to the key rows. One thread owns a head,
 // so there are no races, no atomics, and the summation order does not depend on threading.
 template <typename acc_t>
-void backward_head(const ChunkInputs<acc_t>& in, int64_t bh, const acc_t* dout,
+REFORMER_MULTIARCH void backward_head(const ChunkInputs<acc_t>& in, int64_t bh, const acc_t* dout,
                    const acc_t* stats, const acc_t* delta, acc_t* dqk, acc_t* dv) {
   const LshShape& s = in.s;
   constexpr int64_t NR = kTileCols<acc_t>;

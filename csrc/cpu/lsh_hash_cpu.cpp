@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include "../../kernels/lsh_common.h"
+#include "cpu_dispatch.h"
 #include "tile_math.h"
 
 namespace reformer::cpu {
@@ -14,36 +15,42 @@ namespace {
 
 constexpr int64_t kHashRows = 32;  // rows per GEMM block: the projections stay in L2
 
+// Buckets of rows [row0, row0 + kHashRows) of head bh: the projections of the block as one GEMM,
+// then each round's argmax over [xR, -xR]. Compiled per instruction set (cpu_dispatch.h).
+template <typename acc_t>
+REFORMER_MULTIARCH void hash_block(const acc_t* qk, const acc_t* rotations, const uint8_t* padding,
+                                   const LshShape& s, int64_t padded_cols, int64_t bh,
+                                   int64_t row0, acc_t* proj, int32_t* buckets) {
+  const int64_t half = s.n_buckets / 2;
+  const int64_t Lp = s.padded_length;
+  const int64_t b = bh / s.heads, h = bh % s.heads;
+  const int64_t rows = std::max<int64_t>(0, std::min(s.length, row0 + kHashRows) - row0);
+  const acc_t* rot = rotations + (s.rotation_heads == 1 ? 0 : h) * s.dim * padded_cols;
+  if (rows > 0)
+    tile_gemm<acc_t>(rows, padded_cols, s.dim, qk + (bh * s.length + row0) * s.dim, s.dim, rot,
+                     kTileCols<acc_t>, proj, padded_cols, false, s.dim * kTileCols<acc_t>);
+  for (int64_t i = 0; i < std::min(kHashRows, Lp - row0); ++i) {
+    const int64_t pos = row0 + i;
+    const bool pad = padding[b * Lp + pos] != 0;
+    for (int64_t r = 0; r < s.n_hashes; ++r) {
+      const acc_t* p = proj + i * padded_cols + r * half;
+      int64_t arg_max = 0, arg_min = 0;
+      if (!pad) row_argmax_argmin(p, half, arg_max, arg_min);
+      buckets[(bh * s.n_hashes + r) * Lp + pos] = static_cast<int32_t>(
+          pad ? s.n_buckets : bucket_from_extremes(p[arg_max], arg_max, p[arg_min], arg_min, half));
+    }
+  }
+}
+
 template <typename acc_t>
 void hash_rows(const acc_t* qk, const acc_t* rotations, const uint8_t* padding, const LshShape& s,
                int64_t padded_cols, int32_t* buckets) {
-  const int64_t half = s.n_buckets / 2;
   const int64_t blocks = (s.padded_length + kHashRows - 1) / kHashRows;
-  const int64_t Lp = s.padded_length;
   at::parallel_for(0, s.batch * s.heads * blocks, 1, [&](int64_t begin, int64_t end) {
     acc_t* proj = thread_scratch<acc_t>(kHashRows * padded_cols);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t bh = task / blocks, row0 = (task % blocks) * kHashRows;
-      const int64_t b = bh / s.heads, h = bh % s.heads;
-      const int64_t rows = std::max<int64_t>(0, std::min(s.length, row0 + kHashRows) - row0);
-      const acc_t* rot = rotations + (s.rotation_heads == 1 ? 0 : h) * s.dim * padded_cols;
-      if (rows > 0)
-        tile_gemm<acc_t>(rows, padded_cols, s.dim, qk + (bh * s.length + row0) * s.dim, s.dim,
-                         rot, kTileCols<acc_t>, proj, padded_cols, false,
-                         s.dim * kTileCols<acc_t>);
-      for (int64_t i = 0; i < std::min(kHashRows, Lp - row0); ++i) {
-        const int64_t pos = row0 + i;
-        const bool pad = padding[b * Lp + pos] != 0;
-        for (int64_t r = 0; r < s.n_hashes; ++r) {
-          const acc_t* p = proj + i * padded_cols + r * half;
-          int64_t arg_max = 0, arg_min = 0;
-          if (!pad) row_argmax_argmin(p, half, arg_max, arg_min);
-          buckets[(bh * s.n_hashes + r) * Lp + pos] = static_cast<int32_t>(
-              pad ? s.n_buckets
-                  : bucket_from_extremes(p[arg_max], arg_max, p[arg_min], arg_min, half));
-        }
-      }
-    }
+    for (int64_t task = begin; task < end; ++task)
+      hash_block(qk, rotations, padding, s, padded_cols, task / blocks,
+                 (task % blocks) * kHashRows, proj, buckets);
   });
 }
 
