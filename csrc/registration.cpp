@@ -5,7 +5,10 @@
 // lsh_attention's softmax_stats (B, H, L, 2) holds, per query, the largest logit m and
 // log Σ exp(s - m): lse = m + that, but kept apart so the backward's exp(s - lse) stays exact in
 // float32 when lse is large (a query that only sees itself has lse near -1e5).
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include "../include/reformer_ext/reformer_ext.h"
 
 TORCH_LIBRARY(reformer, m) {
   // Where the fake kernels live, so torch can import them when it meets these ops.
@@ -59,3 +62,13 @@ TORCH_LIBRARY(reformer, m) {
       "-> (Tensor grad_x1, Tensor grad_x2, Tensor[] grad_weights)");
   m.set_python_module("reformer_ext.ops");  // back to the default for defs added below
 }
+
+namespace reformer {
+
+// A program's call to this keeps libreformer_ops linked (see the header).
+void ensure_operators_registered() {
+  TORCH_CHECK(c10::Dispatcher::singleton().findSchema({"reformer::lsh_attention", ""}).has_value(),
+              "the reformer operators are not registered with the dispatcher");
+}
+
+}  // namespace reformer

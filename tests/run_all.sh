@@ -40,6 +40,7 @@ TORCH_CMAKE="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 cmake -S . -B build -DCMAKE_PREFIX_PATH="$TORCH_CMAKE"
 cmake --build build -j "$MAX_JOBS"
 ctest --test-dir build --output-on-failure
+tests/cpp_package.sh  # the installed CMake package, used by examples/cpp
 
 if [ "${SANITIZERS:-1}" != "0" ]; then
   # The same GoogleTest suite under AddressSanitizer + UndefinedBehaviorSanitizer (CMake option
