@@ -58,4 +58,8 @@ TORCH_LIBRARY(reformer, m) {
       "int ff_chunk_size, str activation, float dropout_p, float layer_norm_eps) "
       "-> (Tensor grad_x1, Tensor grad_x2, Tensor[] grad_weights)");
   m.set_python_module("reformer_ext.ops");  // back to the default for defs added below
+  // The GEMM the operators use (csrc/gemm.h): c + alpha · a · b (c is not modified) or
+  // bias + alpha · a · b, for 2-D a (M, K) and b (K, N); on the CPU with a fixed summation order
+  // (bitwise independent of the thread count). For tests and benchmarks.
+  m.def("_gemm(Tensor a, Tensor b, Tensor? bias=None, Tensor? c=None, float alpha=1.0) -> Tensor");
 }

@@ -1,0 +1,311 @@
+// The fixed-order CPU GEMM and column sums (see fixed_order_gemm.h).
+//
+// Layout, as in the classic packed GEMMs: B is packed into panels of kNr columns (each a
+// contiguous K x kNr block, zero-padded past N), once per call and shared by the threads; the
+// output is cut into tiles of at most kMc x kNc, one task each; a task walks K in blocks of kKc,
+// packs its rows of A for that block into k-major slivers of kMr rows (zero-padded past M) and
+// runs the register-blocked micro-kernel over every (sliver, panel) pair, accumulating into a
+// tile of sums in thread-local memory; the epilogue writes C = init + α · sum. Padding means every
+// element goes through the same micro-kernel code, whatever its position in the matrix.
+//
+// The micro-kernel is the loop of gemm_micro (tile_math.h) with its kMr x kNr accumulator
+// written as vectors: in plain scalar loops GCC spills or shuffles the accumulator, depending on
+// how the function is inlined (3-6x slower on AVX2); with vector types it stays in registers.
+#include "fixed_order_gemm.h"
+
+#include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/Parallel.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "tile_math.h"
+
+namespace reformer::cpu {
+namespace {
+
+// Register tile: kMicroRows x two vectors. 16 vector registers (SSE, AVX2) hold 6 x 2
+// accumulators, two B vectors and a broadcast A value; AVX-512's 32 registers hold 8 x 2.
+#if defined(__AVX512F__)
+constexpr int64_t kVectorBytes = 64;
+constexpr int64_t kMicroRows = 8;
+#elif defined(__AVX__)
+constexpr int64_t kVectorBytes = 32;
+constexpr int64_t kMicroRows = 6;
+#else
+constexpr int64_t kVectorBytes = 16;
+constexpr int64_t kMicroRows = 6;
+#endif
+
+template <typename T>
+struct Blocking {
+  static constexpr int64_t kLanes = kVectorBytes / static_cast<int64_t>(sizeof(T));
+  static constexpr int64_t kVectors = 2;  // per row of the register tile
+  static constexpr int64_t kMr = kMicroRows;
+  static constexpr int64_t kNr = kVectors * kLanes;
+  // A block (kMc x kKc) and the task's sums (kMc x kNc) stay in L2; one panel's k block
+  // (kKc x kNr, 16 KiB) in L1. A is packed once per task: wide tasks pack it less often.
+  static constexpr int64_t kKc = 256;
+  static constexpr int64_t kMc = 16 * kMr;
+  static constexpr int64_t kNc = 2048 / static_cast<int64_t>(sizeof(T));
+  // Elements of B packed at once (16 MiB of float32): wider B is done in column ranges.
+  static constexpr int64_t kPackBudget = int64_t{1} << 22;
+  static_assert(kNc % kNr == 0, "a task's columns are whole panels");
+};
+
+// sums[kMr x kNr] (+)= sliver · panel over kc steps: sliver[k * kMr + i], panel[k * kNr + j].
+// Each sum is one multiply-add per k, k ascending, in registers.
+template <typename T>
+inline void micro_kernel(int64_t kc, const T* __restrict__ sliver, const T* __restrict__ panel,
+                         T* __restrict__ sums, int64_t ld, bool accumulate) {
+  using B = Blocking<T>;
+  typedef T Vec __attribute__((vector_size(kVectorBytes)));
+  Vec acc[B::kMr][B::kVectors];
+  for (int64_t i = 0; i < B::kMr; ++i)
+    for (int64_t v = 0; v < B::kVectors; ++v) {
+      if (accumulate) {
+        std::memcpy(&acc[i][v], sums + i * ld + v * B::kLanes, sizeof(Vec));
+      } else {
+        acc[i][v] = Vec{};
+      }
+    }
+  for (int64_t k = 0; k < kc; ++k) {
+    Vec b[B::kVectors];
+    for (int64_t v = 0; v < B::kVectors; ++v)
+      std::memcpy(&b[v], panel + k * B::kNr + v * B::kLanes, sizeof(Vec));
+    for (int64_t i = 0; i < B::kMr; ++i) {
+      const T a = sliver[k * B::kMr + i];
+      for (int64_t v = 0; v < B::kVectors; ++v) acc[i][v] += b[v] * a;
+    }
+  }
+  for (int64_t i = 0; i < B::kMr; ++i)
+    for (int64_t v = 0; v < B::kVectors; ++v)
+      std::memcpy(sums + i * ld + v * B::kLanes, &acc[i][v], sizeof(Vec));
+}
+
+// rows (<= kMr) rows and kc columns of A, from `a` (the element (row0, k0)), as a k-major sliver
+// dst[k * kMr + i]; rows past `rows` are zero.
+template <typename T>
+void pack_a_sliver(const T* a, int64_t rs, int64_t cs, int64_t rows, int64_t kc, T* dst) {
+  constexpr int64_t kMr = Blocking<T>::kMr;
+  if (rows < kMr) std::fill(dst, dst + kc * kMr, T(0));
+  if (cs == 1) {  // rows of A are contiguous: a transpose in cache-sized blocks
+    transpose_tile(a, rows, kc, rs, dst, kMr);
+    return;
+  }
+  for (int64_t k = 0; k < kc; ++k)
+    for (int64_t i = 0; i < rows; ++i) dst[k * kMr + i] = a[i * rs + k * cs];
+}
+
+// cols (<= kNr) columns of all k_total rows of B, from `b` (the element (0, j0)), as a panel
+// dst[k * kNr + j]; columns past `cols` are zero.
+template <typename T>
+void pack_b_panel(const T* b, int64_t rs, int64_t cs, int64_t k_total, int64_t cols, T* dst) {
+  constexpr int64_t kNr = Blocking<T>::kNr;
+  if (cols < kNr) std::fill(dst, dst + k_total * kNr, T(0));
+  if (rs == 1 && cs != 1) {  // columns of B are contiguous (a transposed weight)
+    transpose_tile(b, cols, k_total, cs, dst, kNr);
+    return;
+  }
+  for (int64_t k = 0; k < k_total; ++k)
+    for (int64_t j = 0; j < cols; ++j) dst[k * kNr + j] = b[k * rs + j * cs];
+}
+
+// C(i, j) for rows [i0, i0 + rows) and columns [j0, j0 + cols) from their sums.
+template <typename T>
+void write_tile(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
+                const T* sums, int64_t ld) {
+  const T alpha = g.alpha;
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* __restrict__ s = sums + i * ld;
+    T* __restrict__ c = g.c + (i0 + i) * g.c_rs + j0 * g.c_cs;
+    const int64_t cs = g.c_cs;
+    if (g.accumulate) {
+      for (int64_t j = 0; j < cols; ++j) c[j * cs] = c[j * cs] + alpha * s[j];
+    } else if (g.bias != nullptr) {
+      const T* __restrict__ bias = g.bias + j0 * g.bias_stride;
+      const int64_t bs = g.bias_stride;
+      for (int64_t j = 0; j < cols; ++j) c[j * cs] = bias[j * bs] + alpha * s[j];
+    } else {
+      for (int64_t j = 0; j < cols; ++j) c[j * cs] = alpha * s[j];
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void fixed_order_gemm(const GemmArgs<T>& g) {
+  using B = Blocking<T>;
+  const int64_t M = g.m, N = g.n, K = g.k;
+  TORCH_CHECK(M >= 0 && N >= 0 && K >= 0, "fixed_order_gemm: negative size");
+  TORCH_CHECK(!(g.accumulate && g.bias != nullptr),
+              "fixed_order_gemm: accumulate and bias are exclusive");
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty sum: C = init
+    if (g.accumulate) return;
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j)
+        g.c[i * g.c_rs + j * g.c_cs] = g.bias != nullptr ? g.bias[j * g.bias_stride] : T(0);
+    return;
+  }
+
+  const int64_t panels = (N + B::kNr - 1) / B::kNr;
+  constexpr int64_t kTaskPanels = B::kNc / B::kNr;
+  // Panels packed at once: whole tasks' worth, within the budget (at least one task's).
+  const int64_t fit = std::max<int64_t>(1, B::kPackBudget / (K * B::kNr) / kTaskPanels);
+  const int64_t batch_panels = std::min(panels, fit * kTaskPanels);
+  auto packed_storage = at::empty({batch_panels * K * B::kNr},
+                                  at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  T* packed = packed_storage.template data_ptr<T>();
+  const int64_t row_tasks = (M + B::kMc - 1) / B::kMc;
+
+  for (int64_t p0 = 0; p0 < panels; p0 += batch_panels) {
+    const int64_t np = std::min(batch_panels, panels - p0);
+    // Packing copies values (no arithmetic), so how it is split does not matter.
+    const int64_t pack_grain = std::max<int64_t>(1, (int64_t{1} << 14) / (K * B::kNr));
+    at::parallel_for(0, np, pack_grain, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t j0 = (p0 + p) * B::kNr;
+        pack_b_panel(g.b + j0 * g.b_cs, g.b_rs, g.b_cs, K, std::min(B::kNr, N - j0),
+                     packed + p * K * B::kNr);
+      }
+    });
+
+    // Output tiles: a task owns its tile's every sum from k = 0 to K - 1.
+    const int64_t col_tasks = (np + kTaskPanels - 1) / kTaskPanels;
+    at::parallel_for(0, row_tasks * col_tasks, 1, [&](int64_t begin, int64_t end) {
+      T* sliver_buf = thread_scratch<T>(B::kMc * B::kKc + B::kMc * B::kNc);
+      T* sums = sliver_buf + B::kMc * B::kKc;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t i0 = (task / col_tasks) * B::kMc;
+        const int64_t rows = std::min(B::kMc, M - i0);
+        const int64_t slivers = (rows + B::kMr - 1) / B::kMr;
+        const int64_t q0 = (task % col_tasks) * kTaskPanels;
+        const int64_t nq = std::min(kTaskPanels, np - q0);
+        const int64_t ld = nq * B::kNr;
+        for (int64_t k0 = 0; k0 < K; k0 += B::kKc) {
+          const int64_t kc = std::min(B::kKc, K - k0);
+          for (int64_t s = 0; s < slivers; ++s) {
+            const int64_t r0 = i0 + s * B::kMr;
+            pack_a_sliver(g.a + r0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs,
+                          std::min(B::kMr, M - r0), kc, sliver_buf + s * kc * B::kMr);
+          }
+          for (int64_t q = 0; q < nq; ++q) {
+            const T* panel = packed + (q0 + q) * K * B::kNr + k0 * B::kNr;
+            for (int64_t s = 0; s < slivers; ++s)
+              micro_kernel(kc, sliver_buf + s * kc * B::kMr, panel,
+                           sums + s * B::kMr * ld + q * B::kNr, ld, /*accumulate=*/k0 > 0);
+          }
+        }
+        const int64_t j0 = (p0 + q0) * B::kNr;
+        write_tile(g, i0, rows, j0, std::min(ld, N - j0), sums, ld);
+      }
+    });
+  }
+}
+
+template void fixed_order_gemm<float>(const GemmArgs<float>&);
+template void fixed_order_gemm<double>(const GemmArgs<double>&);
+
+void fixed_order_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                          const at::Tensor& bias, double alpha, bool accumulate) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && out.dim() == 2 && a.size(1) == b.size(0) &&
+                  out.size(0) == a.size(0) && out.size(1) == b.size(1),
+              "fixed_order_gemm: shapes ", out.sizes(), " = ", a.sizes(), " x ", b.sizes());
+  const auto dtype = out.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
+              "fixed_order_gemm: float32 or float64 expected, got ", dtype);
+  TORCH_CHECK(a.scalar_type() == dtype && b.scalar_type() == dtype,
+              "fixed_order_gemm: operands must have the output's dtype ", dtype);
+  TORCH_CHECK(out.is_cpu() && a.is_cpu() && b.is_cpu(), "fixed_order_gemm: CPU tensors expected");
+  TORCH_CHECK(!(accumulate && bias.defined()), "fixed_order_gemm: accumulate and bias are exclusive");
+  if (bias.defined()) {
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == out.size(1) && bias.scalar_type() == dtype &&
+                    bias.is_cpu(),
+                "fixed_order_gemm: bias must be a CPU vector of ", out.size(1), " ", dtype);
+    at::assert_no_overlap(out, bias);
+  }
+  at::assert_no_internal_overlap(out);
+  at::assert_no_overlap(out, a);
+  at::assert_no_overlap(out, b);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "fixed_order_gemm", [&] {
+    GemmArgs<scalar_t> g;
+    g.m = out.size(0);
+    g.n = out.size(1);
+    g.k = a.size(1);
+    g.a = a.data_ptr<scalar_t>();
+    g.a_rs = a.stride(0);
+    g.a_cs = a.stride(1);
+    g.b = b.data_ptr<scalar_t>();
+    g.b_rs = b.stride(0);
+    g.b_cs = b.stride(1);
+    g.c = out.data_ptr<scalar_t>();
+    g.c_rs = out.stride(0);
+    g.c_cs = out.stride(1);
+    if (bias.defined()) {
+      g.bias = bias.data_ptr<scalar_t>();
+      g.bias_stride = bias.stride(0);
+    }
+    g.alpha = static_cast<scalar_t>(alpha);
+    g.accumulate = accumulate;
+    fixed_order_gemm(g);
+  });
+}
+
+namespace {
+
+// Column blocks of kBlock: one thread sums a block's columns over all rows, in order.
+template <typename In, typename Acc>
+void column_sums_loop(Acc* acc, int64_t acc_stride, const In* m, int64_t rows, int64_t cols,
+                      int64_t rs, int64_t cs) {
+  constexpr int64_t kBlock = 64;
+  const int64_t blocks = (cols + kBlock - 1) / kBlock;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, rows * kBlock));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t c0 = blk * kBlock;
+      const int64_t width = std::min(kBlock, cols - c0);
+      Acc sums[kBlock] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const In* __restrict__ row = m + r * rs + c0 * cs;
+        for (int64_t j = 0; j < width; ++j) sums[j] += static_cast<Acc>(row[j * cs]);
+      }
+      for (int64_t j = 0; j < width; ++j) acc[(c0 + j) * acc_stride] += sums[j];
+    }
+  });
+}
+
+template <typename Acc>
+void column_sums_dispatch(const at::Tensor& acc, const at::Tensor& m) {
+  Acc* out = acc.data_ptr<Acc>();
+  const int64_t rows = m.size(0), cols = m.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, m.scalar_type(), "column_sums", [&] {
+    column_sums_loop<scalar_t, Acc>(out, acc.stride(0), m.data_ptr<scalar_t>(), rows, cols,
+                                    m.stride(0), m.stride(1));
+  });
+}
+
+}  // namespace
+
+void fixed_order_column_sums_(const at::Tensor& acc, const at::Tensor& m) {
+  TORCH_CHECK(m.dim() == 2 && acc.dim() == 1 && acc.size(0) == m.size(1),
+              "fixed_order_column_sums_: acc ", acc.sizes(), " for a matrix ", m.sizes());
+  TORCH_CHECK(acc.is_cpu() && m.is_cpu(), "fixed_order_column_sums_: CPU tensors expected");
+  at::assert_no_overlap(acc, m);
+  if (acc.scalar_type() == at::kFloat) {
+    column_sums_dispatch<float>(acc, m);
+  } else {
+    TORCH_CHECK(acc.scalar_type() == at::kDouble,
+                "fixed_order_column_sums_: acc must be float32 or float64, got ",
+                acc.scalar_type());
+    column_sums_dispatch<double>(acc, m);
+  }
+}
+
+}  // namespace reformer::cpu
