@@ -15,10 +15,12 @@
 // gb2 = Σ_rows g. GEMMs and column sums go through gemm.h: on the CPU the project's fixed-order
 // kernels, on CUDA ATen (cuBLAS). The fused passes are the CPU kernels of cpu/ffn_cpu.cpp
 // (float32, float64) and, in a CUDA build, the CUDA kernels of cuda/ffn_cuda.cu (every dtype).
-// CPU float16 / bfloat16 inputs are computed in float32 chunk by chunk (weights converted once)
-// and each output rounded once to the input dtype. Where no fused kernel applies (not on the
-// CPU), the same steps are composed from ATen operators (GEMM with the bias, in-place
-// activation, masked_fill_, activation backward, column sum).
+// CPU float16 / bfloat16 inputs are computed in float32 chunk by chunk (weights converted once);
+// the hidden pre-activation (with b1), the activation and the outputs y and gx are rounded to
+// the input dtype, as buffers of it would be; the backward's intermediate gradients stay
+// float32. Where no fused kernel applies (not on the CPU), the same steps are composed from ATen
+// operators (GEMM with the bias, in-place activation, masked_fill_, activation backward, column
+// sum).
 // Weight gradients are accumulated in a fixed chunk order, in float32 for float16 / bfloat16
 // inputs. Nothing of size (N, d_ff) is ever allocated.
 //
@@ -69,9 +71,12 @@ struct FfnProblem {
   int64_t chunk = 1;  // rows per chunk, <= max(N, 1)
   at::Tensor x2d;     // (N, d_model), contiguous, x's dtype
   // CPU float16 / bfloat16: every chunk is computed in float32 (the fused CPU kernels, whose
-  // results do not depend on the thread count, unlike ATen's element-wise CPU kernels) and
-  // rounded once to x's dtype; the weights and biases below are then float32 copies.
+  // results do not depend on the thread count, unlike ATen's element-wise CPU kernels); the
+  // weights and biases below are then float32 copies. The hidden pre-activation and activation
+  // are rounded to x's dtype (the values a buffer of x's dtype holds, as on CUDA and in
+  // PyTorch's own low-precision layers), outputs once each.
   bool upcast = false;
+  at::ScalarType dtype;  // x's
   at::TensorOptions compute;  // options of the chunk buffers
   at::Tensor w1, w2, w1t, w2t;
   c10::optional<at::Tensor> b1, b2;
@@ -88,7 +93,8 @@ struct FfnProblem {
         seed(seed_) {
     chunk = std::max<int64_t>(1, std::min(chunk_size, shape.rows));
     x2d = x.contiguous().view({shape.rows, shape.d_model});
-    upcast = x.is_cpu() && (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16);
+    dtype = x.scalar_type();
+    upcast = x.is_cpu() && (dtype == at::kHalf || dtype == at::kBFloat16);
     compute = upcast ? x.options().dtype(at::kFloat) : x.options();
     const auto convert = [&](const at::Tensor& t) { return upcast ? t.to(at::kFloat) : t; };
     w1 = convert(w1_);
@@ -109,6 +115,14 @@ struct FfnProblem {
   at::Tensor staging(int64_t d) const {
     return upcast ? at::empty({chunk, d}, compute) : at::Tensor();
   }
+  // With upcast, t's values rounded to x's dtype (in place, t stays float32).
+  void round_(const at::Tensor& t) const {
+    if (upcast) t.copy_(t.to(dtype));
+  }
+  // b1 for the first GEMM (with upcast: its output x_c · W1ᵀ + b1 is rounded as a whole) and for
+  // the fused bias/activation kernel (otherwise). Undefined: none.
+  at::Tensor gemm_bias1() const { return upcast && b1.has_value() ? *b1 : at::Tensor(); }
+  at::Tensor kernel_bias1() const { return !upcast && b1.has_value() ? *b1 : at::Tensor(); }
 
   bool has_dropout() const { return dropout_p > 0.0; }
   cpu::HiddenDropoutRows dropout_rows(int64_t first_row) const {
@@ -288,8 +302,10 @@ at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
     const auto x_c = P.rows(P.x2d, row0, n);
     auto h = hidden.narrow(0, 0, n);
     if (fused) {  // h = act(x_c W1ᵀ + b1) ⊙ keep, one pass after the GEMM
-      gemm_out(h, x_c, P.w1t);
-      fused_bias_activation_(h, P.b1.value_or(at::Tensor()), P.dropout_rows(row0), s.activation);
+      gemm_out(h, x_c, P.w1t, P.gemm_bias1());
+      P.round_(h);
+      fused_bias_activation_(h, P.kernel_bias1(), P.dropout_rows(row0), s.activation);
+      P.round_(h);
     } else {
       if (!P.first_linear(h, x_c, /*activate=*/true)) activation_inplace(h, s.activation);
       if (dropout) h.masked_fill_(dropout->dropped(row0, n), 0);
@@ -374,9 +390,11 @@ FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, cons
       if (fused) {
         // One pass gives a = act(z) ⊙ keep and pre = act'(z) ⊙ keep, z the
         // recomputed pre-activation; a second fuses the product with it and b1's column sums.
-        gemm_out(pre, x_c, P.w1t);
-        fused_bias_activation_grad_(pre, a, b1.value_or(at::Tensor()), P.dropout_rows(row0),
+        gemm_out(pre, x_c, P.w1t, P.gemm_bias1());
+        P.round_(pre);
+        fused_bias_activation_grad_(pre, a, P.kernel_bias1(), P.dropout_rows(row0),
                                     s.activation);
+        P.round_(a);  // the activation as the forward has it
         use_activation(a);
         if (!need_dpre) continue;
         grad_of_activation();
