@@ -6,7 +6,9 @@
 // packs its rows of A for that block into k-major slivers of kMr rows (zero-padded past M) and
 // runs the register-blocked micro-kernel over every (sliver, panel) pair, accumulating into a
 // tile of sums in thread-local memory; the epilogue writes C = init + α · sum. Padding means every
-// element goes through the same micro-kernel code, whatever its position in the matrix.
+// element goes through the same micro-kernel code, whatever its position in the matrix. When B
+// is much wider than A is tall, the same sums are computed as Cᵀ = Bᵀ · Aᵀ (packing the smaller
+// operand whole); a · b = b · a exactly, so that changes no bit.
 //
 // The micro-kernel is the loop of gemm_micro (tile_math.h) with its kMr x kNr accumulator
 // written as vectors: in plain scalar loops GCC spills or shuffles the accumulator, depending on
@@ -88,32 +90,67 @@ inline void micro_kernel(int64_t kc, const T* __restrict__ sliver, const T* __re
       std::memcpy(sums + i * ld + v * B::kLanes, &acc[i][v], sizeof(Vec));
 }
 
-// rows (<= kMr) rows and kc columns of A, from `a` (the element (row0, k0)), as a k-major sliver
-// dst[k * kMr + i]; rows past `rows` are zero.
+// Rows [0, rows) and columns [0, kc) of A, from `a` (the element (row0, k0)), as k-major
+// slivers of kMr rows: sliver s holds dst[s * kc * kMr + k * kMr + i] = A(s * kMr + i, k); rows
+// past `rows` (up to a whole sliver) are zero.
 template <typename T>
-void pack_a_sliver(const T* a, int64_t rs, int64_t cs, int64_t rows, int64_t kc, T* dst) {
+void pack_a_block(const T* a, int64_t rs, int64_t cs, int64_t rows, int64_t kc, T* dst) {
   constexpr int64_t kMr = Blocking<T>::kMr;
-  if (rows < kMr) std::fill(dst, dst + kc * kMr, T(0));
-  if (cs == 1) {  // rows of A are contiguous: a transpose in cache-sized blocks
-    transpose_tile(a, rows, kc, rs, dst, kMr);
+  const int64_t slivers = (rows + kMr - 1) / kMr;
+  if (rows % kMr != 0) {
+    T* last = dst + (slivers - 1) * kc * kMr;
+    std::fill(last, last + kc * kMr, T(0));
+  }
+  if (cs == 1) {  // rows of A are contiguous: one transpose in cache-sized blocks per sliver
+    for (int64_t s = 0; s < slivers; ++s)
+      transpose_tile(a + s * kMr * rs, std::min(kMr, rows - s * kMr), kc, rs, dst + s * kc * kMr,
+                     kMr);
     return;
   }
-  for (int64_t k = 0; k < kc; ++k)
-    for (int64_t i = 0; i < rows; ++i) dst[k * kMr + i] = a[i * rs + k * cs];
+  // Per sliver, k outer: with rs == 1 (a transposed operand) each k copies kMr contiguous values.
+  for (int64_t s = 0; s < slivers; ++s) {
+    const T* src = a + s * kMr * rs;
+    T* out = dst + s * kc * kMr;
+    const int64_t r = std::min(kMr, rows - s * kMr);
+    if (r == kMr) {
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t i = 0; i < kMr; ++i) out[k * kMr + i] = src[i * rs + k * cs];
+    } else {
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t i = 0; i < r; ++i) out[k * kMr + i] = src[i * rs + k * cs];
+    }
+  }
 }
 
-// cols (<= kNr) columns of all k_total rows of B, from `b` (the element (0, j0)), as a panel
-// dst[k * kNr + j]; columns past `cols` are zero.
+// Panels [0, panels) of columns of all k_total rows of B, from `b` (the element (0, j0)): panel p
+// holds dst[p * k_total * kNr + k * kNr + j] = B(k, p * kNr + j); columns past `cols` are zero.
 template <typename T>
-void pack_b_panel(const T* b, int64_t rs, int64_t cs, int64_t k_total, int64_t cols, T* dst) {
+void pack_b_panels(const T* b, int64_t rs, int64_t cs, int64_t k_total, int64_t cols,
+                   int64_t panels, T* dst) {
   constexpr int64_t kNr = Blocking<T>::kNr;
-  if (cols < kNr) std::fill(dst, dst + k_total * kNr, T(0));
+  if (cols < panels * kNr) {
+    T* last = dst + (panels - 1) * k_total * kNr;
+    std::fill(last, last + k_total * kNr, T(0));
+  }
   if (rs == 1 && cs != 1) {  // columns of B are contiguous (a transposed weight)
-    transpose_tile(b, cols, k_total, cs, dst, kNr);
+    for (int64_t p = 0; p < panels; ++p)
+      transpose_tile(b + p * kNr * cs, std::min(kNr, cols - p * kNr), k_total, cs,
+                     dst + p * k_total * kNr, kNr);
     return;
   }
-  for (int64_t k = 0; k < k_total; ++k)
-    for (int64_t j = 0; j < cols; ++j) dst[k * kNr + j] = b[k * rs + j * cs];
+  // Blocks of rows, panels inside: B is read row by row, not one panel's columns at a time
+  // down rows that are far apart.
+  constexpr int64_t kRowBlock = 32;
+  for (int64_t k0 = 0; k0 < k_total; k0 += kRowBlock) {
+    const int64_t k1 = std::min(k_total, k0 + kRowBlock);
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t width = std::min(kNr, cols - p * kNr);
+      T* panel = dst + p * k_total * kNr;
+      const T* src = b + p * kNr * cs;
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t j = 0; j < width; ++j) panel[k * kNr + j] = src[k * rs + j * cs];
+    }
+  }
 }
 
 // C(i, j) for rows [i0, i0 + rows) and columns [j0, j0 + cols) from their sums.
@@ -121,6 +158,17 @@ template <typename T>
 void write_tile(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
                 const T* sums, int64_t ld) {
   const T alpha = g.alpha;
+  if (g.c_rs == 1 && g.c_cs != 1 && g.bias == nullptr) {  // C's columns are contiguous
+    for (int64_t j = 0; j < cols; ++j) {
+      T* __restrict__ c = g.c + i0 + (j0 + j) * g.c_cs;
+      if (g.accumulate) {
+        for (int64_t i = 0; i < rows; ++i) c[i] = c[i] + alpha * sums[i * ld + j];
+      } else {
+        for (int64_t i = 0; i < rows; ++i) c[i] = alpha * sums[i * ld + j];
+      }
+    }
+    return;
+  }
   for (int64_t i = 0; i < rows; ++i) {
     const T* __restrict__ s = sums + i * ld;
     T* __restrict__ c = g.c + (i0 + i) * g.c_rs + j0 * g.c_cs;
@@ -147,6 +195,22 @@ void fixed_order_gemm(const GemmArgs<T>& g) {
   TORCH_CHECK(!(g.accumulate && g.bias != nullptr),
               "fixed_order_gemm: accumulate and bias are exclusive");
   if (M == 0 || N == 0) return;
+  if (N > 2 * M && g.bias == nullptr) {
+    // B is packed whole and read once per row block: when it is much larger than A, compute
+    // Cᵀ = Bᵀ · Aᵀ instead (every element is the same sum, a · b being b · a exactly).
+    GemmArgs<T> t = g;
+    t.m = N;
+    t.n = M;
+    t.a = g.b;
+    t.a_rs = g.b_cs;
+    t.a_cs = g.b_rs;
+    t.b = g.a;
+    t.b_rs = g.a_cs;
+    t.b_cs = g.a_rs;
+    t.c_rs = g.c_cs;
+    t.c_cs = g.c_rs;
+    return fixed_order_gemm(t);
+  }
   if (K == 0) {  // an empty sum: C = init
     if (g.accumulate) return;
     for (int64_t i = 0; i < M; ++i)
@@ -170,11 +234,9 @@ void fixed_order_gemm(const GemmArgs<T>& g) {
     // Packing copies values (no arithmetic), so how it is split does not matter.
     const int64_t pack_grain = std::max<int64_t>(1, (int64_t{1} << 14) / (K * B::kNr));
     at::parallel_for(0, np, pack_grain, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t j0 = (p0 + p) * B::kNr;
-        pack_b_panel(g.b + j0 * g.b_cs, g.b_rs, g.b_cs, K, std::min(B::kNr, N - j0),
-                     packed + p * K * B::kNr);
-      }
+      const int64_t j0 = (p0 + begin) * B::kNr;
+      pack_b_panels(g.b + j0 * g.b_cs, g.b_rs, g.b_cs, K, std::min((end - begin) * B::kNr, N - j0),
+                    end - begin, packed + begin * K * B::kNr);
     });
 
     // Output tiles: a task owns its tile's every sum from k = 0 to K - 1.
@@ -191,11 +253,7 @@ void fixed_order_gemm(const GemmArgs<T>& g) {
         const int64_t ld = nq * B::kNr;
         for (int64_t k0 = 0; k0 < K; k0 += B::kKc) {
           const int64_t kc = std::min(B::kKc, K - k0);
-          for (int64_t s = 0; s < slivers; ++s) {
-            const int64_t r0 = i0 + s * B::kMr;
-            pack_a_sliver(g.a + r0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs,
-                          std::min(B::kMr, M - r0), kc, sliver_buf + s * kc * B::kMr);
-          }
+          pack_a_block(g.a + i0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, rows, kc, sliver_buf);
           for (int64_t q = 0; q < nq; ++q) {
             const T* panel = packed + (q0 + q) * K * B::kNr + k0 * B::kNr;
             for (int64_t s = 0; s < slivers; ++s)
