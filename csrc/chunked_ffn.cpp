@@ -119,6 +119,12 @@ struct FfnProblem {
   void round_(const at::Tensor& t) const {
     if (upcast) t.copy_(t.to(dtype));
   }
+  // The weights as right-hand GEMM operands: on the CPU packed once per call, at first use, for
+  // every chunk's product with them.
+  const GemmRhs& rhs_w1t() const { return rhs(w1t_rhs_, w1t); }
+  const GemmRhs& rhs_w2t() const { return rhs(w2t_rhs_, w2t); }
+  const GemmRhs& rhs_w1() const { return rhs(w1_rhs_, w1); }
+  const GemmRhs& rhs_w2() const { return rhs(w2_rhs_, w2); }
   // b1 for the first GEMM (with upcast: its output x_c · W1ᵀ + b1 is rounded as a whole) and for
   // the fused bias/activation kernel (otherwise). Undefined: none.
   at::Tensor gemm_bias1() const { return upcast && b1.has_value() ? *b1 : at::Tensor(); }
@@ -139,9 +145,16 @@ struct FfnProblem {
       at::_addmm_activation_out(pre, *b1, x_c, w1t, 1, 1,
                                 /*use_gelu=*/shape.activation == FfnActivation::GeluTanh);
     } else {
-      gemm_out(pre, x_c, w1t, b1.value_or(at::Tensor()));
+      gemm_out(pre, x_c, rhs_w1t(), b1.value_or(at::Tensor()));
     }
     return fused;
+  }
+
+ private:
+  mutable c10::optional<GemmRhs> w1t_rhs_, w2t_rhs_, w1_rhs_, w2_rhs_;
+  static const GemmRhs& rhs(c10::optional<GemmRhs>& slot, const at::Tensor& w) {
+    if (!slot.has_value()) slot = gemm_rhs(w);
+    return *slot;
   }
 };
 
@@ -230,7 +243,7 @@ void fused_mul_colsum_(const at::Tensor& grad, const at::Tensor& deriv,
 
 // The forward's output rows y_c = b2 + s · a · W2ᵀ from the dropped-out activation a.
 void second_linear(const at::Tensor& y_c, const at::Tensor& a, const FfnProblem& P) {
-  gemm_out(y_c, a, P.w2t, P.b2.value_or(at::Tensor()), /*alpha=*/P.scale);
+  gemm_out(y_c, a, P.rhs_w2t(), P.b2.value_or(at::Tensor()), /*alpha=*/P.scale);
 }
 
 }  // namespace
@@ -302,7 +315,7 @@ at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
     const auto x_c = P.rows(P.x2d, row0, n);
     auto h = hidden.narrow(0, 0, n);
     if (fused) {  // h = act(x_c W1ᵀ + b1) ⊙ keep, one pass after the GEMM
-      gemm_out(h, x_c, P.w1t, P.gemm_bias1());
+      gemm_out(h, x_c, P.rhs_w1t(), P.gemm_bias1());
       P.round_(h);
       fused_bias_activation_(h, P.kernel_bias1(), P.dropout_rows(row0), s.activation);
       P.round_(h);
@@ -380,17 +393,17 @@ FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, cons
         }
       };
       // a = s · g_c · W2: the gradient reaching the dropped-out activation
-      const auto grad_of_activation = [&] { gemm_out(a, g_c, P.w2, {}, /*alpha=*/P.scale); };
+      const auto grad_of_activation = [&] { gemm_out(a, g_c, P.rhs_w2(), {}, /*alpha=*/P.scale); };
       // gx_c = d(loss)/d(pre) · W1
       const auto grad_of_input = [&](const at::Tensor& dpre) {
         fill_rows(gx, gx_staging, row0, n,
-                  [&](const at::Tensor& gx_c) { gemm_out(gx_c, dpre, P.w1); });
+                  [&](const at::Tensor& gx_c) { gemm_out(gx_c, dpre, P.rhs_w1()); });
       };
 
       if (fused) {
         // One pass gives a = act(z) ⊙ keep and pre = act'(z) ⊙ keep, z the
         // recomputed pre-activation; a second fuses the product with it and b1's column sums.
-        gemm_out(pre, x_c, P.w1t, P.gemm_bias1());
+        gemm_out(pre, x_c, P.rhs_w1t(), P.gemm_bias1());
         P.round_(pre);
         fused_bias_activation_grad_(pre, a, P.kernel_bias1(), P.dropout_rows(row0),
                                     s.activation);

@@ -49,10 +49,8 @@ void aten_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor&
   }
 }
 
-}  // namespace
-
-void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-              const at::Tensor& bias, double alpha, bool accumulate) {
+void check_gemm_args(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                     const at::Tensor& bias, bool accumulate) {
   const auto dtype = a.scalar_type();
   TORCH_CHECK(b.scalar_type() == dtype && (!bias.defined() || bias.scalar_type() == dtype),
               "gemm: a, b and bias must have one dtype, got ", dtype, ", ", b.scalar_type(),
@@ -62,11 +60,37 @@ void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
               "gemm: out must have the operands' dtype (or float32 for float16 / bfloat16), got ",
               out.scalar_type(), " for ", dtype);
   TORCH_CHECK(!(accumulate && bias.defined()), "gemm: accumulate and bias are exclusive");
+}
+
+}  // namespace
+
+void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+              const at::Tensor& bias, double alpha, bool accumulate) {
+  check_gemm_args(out, a, b, bias, accumulate);
   if (a.is_cpu()) {
     cpu_gemm_out(out, a, b, bias, alpha, accumulate);
   } else {
     aten_gemm_out(out, a, b, bias, alpha, accumulate);
   }
+}
+
+GemmRhs gemm_rhs(const at::Tensor& b) {
+  GemmRhs rhs{b, {}};
+  if (b.is_cpu() && b.dim() == 2 &&
+      (b.scalar_type() == at::kFloat || b.scalar_type() == at::kDouble)) {
+    rhs.packed = cpu::pack_rhs(b);
+  }
+  return rhs;
+}
+
+void gemm_out(const at::Tensor& out, const at::Tensor& a, const GemmRhs& b,
+              const at::Tensor& bias, double alpha, bool accumulate) {
+  if (!b.packed.panels.defined() || !a.is_cpu()) {
+    gemm_out(out, a, b.b, bias, alpha, accumulate);
+    return;
+  }
+  check_gemm_args(out, a, b.b, bias, accumulate);
+  cpu::fixed_order_gemm_out(out, a, b.packed, bias, alpha, accumulate);
 }
 
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias) {
@@ -99,9 +123,10 @@ at::Tensor column_sums(const at::Tensor& m, at::ScalarType dtype) {
 namespace {
 
 // reformer::_gemm: c + alpha · a · b (c given; c itself is not modified), else
-// bias + alpha · a · b, through gemm_out: what the operators compute, for tests and benchmarks.
+// bias + alpha · a · b, through gemm_out (with b packed first by gemm_rhs when packed_b): what
+// the operators compute, for tests and benchmarks.
 at::Tensor gemm_op(const at::Tensor& a, const at::Tensor& b, const c10::optional<at::Tensor>& bias,
-                   const c10::optional<at::Tensor>& c, double alpha) {
+                   const c10::optional<at::Tensor>& c, double alpha, bool packed_b) {
   TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0),
                     "_gemm: a (M, K) and b (K, N) expected, got ", a.sizes(), " and ", b.sizes());
   TORCH_CHECK_VALUE(!(bias.has_value() && c.has_value()), "_gemm: give bias or c, not both");
@@ -112,14 +137,22 @@ at::Tensor gemm_op(const at::Tensor& a, const at::Tensor& b, const c10::optional
                       "_gemm: c must have shape (", a.size(0), ", ", b.size(1), ") on a's device, got ",
                       c->sizes());
     auto out = c->clone(at::MemoryFormat::Contiguous);
-    gemm_out(out, a, b, {}, alpha, /*accumulate=*/true);
+    if (packed_b) {
+      gemm_out(out, a, gemm_rhs(b), {}, alpha, /*accumulate=*/true);
+    } else {
+      gemm_out(out, a, b, {}, alpha, /*accumulate=*/true);
+    }
     return out;
   }
   TORCH_CHECK_VALUE(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == b.size(1) &&
                                           bias->device() == a.device()),
                     "_gemm: bias must have shape (", b.size(1), ") on a's device");
   auto out = at::empty({a.size(0), b.size(1)}, a.options());
-  gemm_out(out, a, b, bias.value_or(at::Tensor()), alpha, /*accumulate=*/false);
+  if (packed_b) {
+    gemm_out(out, a, gemm_rhs(b), bias.value_or(at::Tensor()), alpha, /*accumulate=*/false);
+  } else {
+    gemm_out(out, a, b, bias.value_or(at::Tensor()), alpha, /*accumulate=*/false);
+  }
   return out;
 }
 

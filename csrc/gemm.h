@@ -8,6 +8,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "cpu/fixed_order_gemm.h"
+
 namespace reformer {
 
 // out = init + alpha · a · b for 2-D a (M, K), b (K, N), out (M, N), any strides; init = out
@@ -15,6 +17,19 @@ namespace reformer {
 // has it too, or float32 for float16 / bfloat16 operands (a float32 accumulator). out must not
 // overlap a, b or bias.
 void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+              const at::Tensor& bias = {}, double alpha = 1.0, bool accumulate = false);
+
+// A right-hand operand that several products share (a weight used by every chunk): on the CPU
+// (float32 / float64) packed once for the fixed-order kernel, elsewhere just the tensor.
+// Products with it are bitwise those with the tensor itself.
+struct GemmRhs {
+  at::Tensor b;
+  cpu::PackedRhs packed;  // panels undefined where not packed
+};
+
+GemmRhs gemm_rhs(const at::Tensor& b);
+
+void gemm_out(const at::Tensor& out, const at::Tensor& a, const GemmRhs& b,
               const at::Tensor& bias = {}, double alpha = 1.0, bool accumulate = false);
 
 // bias + a · b (bias undefined: a · b) as a new (M, N) tensor of a's dtype.

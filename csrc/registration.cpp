@@ -60,6 +60,8 @@ TORCH_LIBRARY(reformer, m) {
   m.set_python_module("reformer_ext.ops");  // back to the default for defs added below
   // The GEMM the operators use (csrc/gemm.h): c + alpha · a · b (c is not modified) or
   // bias + alpha · a · b, for 2-D a (M, K) and b (K, N); on the CPU with a fixed summation order
-  // (bitwise independent of the thread count). For tests and benchmarks.
-  m.def("_gemm(Tensor a, Tensor b, Tensor? bias=None, Tensor? c=None, float alpha=1.0) -> Tensor");
+  // (bitwise independent of the thread count). packed_b: b packed first, as the operators do with
+  // a weight every chunk multiplies (same result). For tests and benchmarks.
+  m.def("_gemm(Tensor a, Tensor b, Tensor? bias=None, Tensor? c=None, float alpha=1.0, "
+        "bool packed_b=False) -> Tensor");
 }

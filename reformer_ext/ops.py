@@ -110,7 +110,7 @@ def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, softmax_stats, 
 
 
 @torch.library.register_fake("reformer::_gemm")
-def _gemm_fake(a, b, bias=None, c=None, alpha=1.0):
+def _gemm_fake(a, b, bias=None, c=None, alpha=1.0, packed_b=False):
     _check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0],
            f"_gemm: a (M, K) and b (K, N) expected, got {tuple(a.shape)} and {tuple(b.shape)}")
     if c is not None:

@@ -1,7 +1,8 @@
 """The GEMM the operators use, torch.ops.reformer._gemm (csrc/gemm.h; on the CPU the fixed-order
 kernel of csrc/cpu/fixed_order_gemm): values against float64 torch.mm over odd shapes, transposed
-operands, alpha, bias and accumulation; results bitwise independent of the thread count and of
-the other rows; float16 / bfloat16 computed in float32 and rounded once."""
+operands, alpha, bias and accumulation; results bitwise independent of the thread count, of the
+other rows and of packing b beforehand; float16 / bfloat16 computed in float32 and rounded
+once."""
 
 import itertools
 
@@ -132,6 +133,23 @@ def test_rows_do_not_depend_on_the_other_rows(one_thread):
     for start, length in [(0, 1), (5, 7), (97, 100), (290, 10)]:
         assert torch.equal(gemm(a[start:start + length], b, bias, alpha=1.5),
                            full[start:start + length])
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_packed_right_operand_gives_the_same_bits(dtype, one_thread):
+    """b packed once (as the operators pack a weight for all chunks) changes no bit, for shapes
+    where the plain call computes the transposed product instead (N > 2 M) and where it does
+    not."""
+    for m, n, k, tb in [(7, 1024, 256, True), (300, 70, 257, False), (33, 100, 600, True),
+                        (100, 17, 1, False)]:
+        a = _randn(m, k, dtype=dtype, seed=1)
+        b = _randn(k, n, dtype=dtype, seed=2, transposed=tb)
+        bias = _randn(1, n, dtype=dtype, seed=3)[0]
+        c = _randn(m, n, dtype=dtype, seed=4)
+        for kw in (dict(), dict(alpha=0.3), dict(bias=bias, alpha=2.0), dict(c=c, alpha=-1.5)):
+            plain = gemm(a, b, **kw)
+            assert torch.equal(gemm(a, b, packed_b=True, **kw), plain), (m, n, k, kw.keys())
+            _check(plain, a, b, bias=kw.get("bias"), c=kw.get("c"), alpha=kw.get("alpha", 1.0))
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])

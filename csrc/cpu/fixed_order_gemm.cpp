@@ -185,16 +185,82 @@ void write_tile(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t j0, int6
   }
 }
 
+// Packs panels [p0, p0 + np) of g's B (all K rows) into dst, in parallel over panels: packing
+// copies values (no arithmetic), so how it is split does not matter.
+template <typename T>
+void pack_b_range(const GemmArgs<T>& g, int64_t p0, int64_t np, T* dst) {
+  using B = Blocking<T>;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, g.k * B::kNr));
+  at::parallel_for(0, np, grain, [&](int64_t begin, int64_t end) {
+    const int64_t j0 = (p0 + begin) * B::kNr;
+    pack_b_panels(g.b + j0 * g.b_cs, g.b_rs, g.b_cs, g.k,
+                  std::min((end - begin) * B::kNr, g.n - j0), end - begin,
+                  dst + begin * g.k * B::kNr);
+  });
+}
+
+// C's columns of panels [p0, p0 + np), from those panels packed in `packed`. Output tiles: a
+// task owns its tile's every sum from k = 0 to K - 1.
+template <typename T>
+void run_tiles(const GemmArgs<T>& g, const T* packed, int64_t p0, int64_t np) {
+  using B = Blocking<T>;
+  const int64_t M = g.m, N = g.n, K = g.k;
+  constexpr int64_t kTaskPanels = B::kNc / B::kNr;
+  const int64_t row_tasks = (M + B::kMc - 1) / B::kMc;
+  const int64_t col_tasks = (np + kTaskPanels - 1) / kTaskPanels;
+  at::parallel_for(0, row_tasks * col_tasks, 1, [&](int64_t begin, int64_t end) {
+    T* sliver_buf = thread_scratch<T>(B::kMc * B::kKc + B::kMc * B::kNc);
+    T* sums = sliver_buf + B::kMc * B::kKc;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t i0 = (task / col_tasks) * B::kMc;
+      const int64_t rows = std::min(B::kMc, M - i0);
+      const int64_t slivers = (rows + B::kMr - 1) / B::kMr;
+      const int64_t q0 = (task % col_tasks) * kTaskPanels;
+      const int64_t nq = std::min(kTaskPanels, np - q0);
+      const int64_t ld = nq * B::kNr;
+      for (int64_t k0 = 0; k0 < K; k0 += B::kKc) {
+        const int64_t kc = std::min(B::kKc, K - k0);
+        pack_a_block(g.a + i0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, rows, kc, sliver_buf);
+        for (int64_t q = 0; q < nq; ++q) {
+          const T* panel = packed + (q0 + q) * K * B::kNr + k0 * B::kNr;
+          for (int64_t s = 0; s < slivers; ++s)
+            micro_kernel(kc, sliver_buf + s * kc * B::kMr, panel,
+                         sums + s * B::kMr * ld + q * B::kNr, ld, /*accumulate=*/k0 > 0);
+        }
+      }
+      const int64_t j0 = (p0 + q0) * B::kNr;
+      write_tile(g, i0, rows, j0, std::min(ld, N - j0), sums, ld);
+    }
+  });
+}
+
+template <typename T>
+at::TensorOptions options_of() {
+  return at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+}
+
 }  // namespace
 
 template <typename T>
-void fixed_order_gemm(const GemmArgs<T>& g) {
+void fixed_order_gemm(const GemmArgs<T>& g, const T* packed_b) {
   using B = Blocking<T>;
   const int64_t M = g.m, N = g.n, K = g.k;
   TORCH_CHECK(M >= 0 && N >= 0 && K >= 0, "fixed_order_gemm: negative size");
   TORCH_CHECK(!(g.accumulate && g.bias != nullptr),
               "fixed_order_gemm: accumulate and bias are exclusive");
   if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty sum: C = init
+    if (g.accumulate) return;
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j)
+        g.c[i * g.c_rs + j * g.c_cs] = g.bias != nullptr ? g.bias[j * g.bias_stride] : T(0);
+    return;
+  }
+  const int64_t panels = (N + B::kNr - 1) / B::kNr;
+  if (packed_b != nullptr) {
+    run_tiles(g, packed_b, 0, panels);
+    return;
+  }
   if (N > 2 * M && g.bias == nullptr) {
     // B is packed whole and read once per row block: when it is much larger than A, compute
     // Cᵀ = Bᵀ · Aᵀ instead (every element is the same sum, a · b being b · a exactly).
@@ -211,87 +277,57 @@ void fixed_order_gemm(const GemmArgs<T>& g) {
     t.c_cs = g.c_rs;
     return fixed_order_gemm(t);
   }
-  if (K == 0) {  // an empty sum: C = init
-    if (g.accumulate) return;
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j)
-        g.c[i * g.c_rs + j * g.c_cs] = g.bias != nullptr ? g.bias[j * g.bias_stride] : T(0);
-    return;
-  }
 
-  const int64_t panels = (N + B::kNr - 1) / B::kNr;
   constexpr int64_t kTaskPanels = B::kNc / B::kNr;
   // Panels packed at once: whole tasks' worth, within the budget (at least one task's).
   const int64_t fit = std::max<int64_t>(1, B::kPackBudget / (K * B::kNr) / kTaskPanels);
   const int64_t batch_panels = std::min(panels, fit * kTaskPanels);
-  auto packed_storage = at::empty({batch_panels * K * B::kNr},
-                                  at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-  T* packed = packed_storage.template data_ptr<T>();
-  const int64_t row_tasks = (M + B::kMc - 1) / B::kMc;
-
+  auto storage = at::empty({batch_panels * K * B::kNr}, options_of<T>());
+  T* packed = storage.template data_ptr<T>();
   for (int64_t p0 = 0; p0 < panels; p0 += batch_panels) {
     const int64_t np = std::min(batch_panels, panels - p0);
-    // Packing copies values (no arithmetic), so how it is split does not matter.
-    const int64_t pack_grain = std::max<int64_t>(1, (int64_t{1} << 14) / (K * B::kNr));
-    at::parallel_for(0, np, pack_grain, [&](int64_t begin, int64_t end) {
-      const int64_t j0 = (p0 + begin) * B::kNr;
-      pack_b_panels(g.b + j0 * g.b_cs, g.b_rs, g.b_cs, K, std::min((end - begin) * B::kNr, N - j0),
-                    end - begin, packed + begin * K * B::kNr);
-    });
-
-    // Output tiles: a task owns its tile's every sum from k = 0 to K - 1.
-    const int64_t col_tasks = (np + kTaskPanels - 1) / kTaskPanels;
-    at::parallel_for(0, row_tasks * col_tasks, 1, [&](int64_t begin, int64_t end) {
-      T* sliver_buf = thread_scratch<T>(B::kMc * B::kKc + B::kMc * B::kNc);
-      T* sums = sliver_buf + B::kMc * B::kKc;
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t i0 = (task / col_tasks) * B::kMc;
-        const int64_t rows = std::min(B::kMc, M - i0);
-        const int64_t slivers = (rows + B::kMr - 1) / B::kMr;
-        const int64_t q0 = (task % col_tasks) * kTaskPanels;
-        const int64_t nq = std::min(kTaskPanels, np - q0);
-        const int64_t ld = nq * B::kNr;
-        for (int64_t k0 = 0; k0 < K; k0 += B::kKc) {
-          const int64_t kc = std::min(B::kKc, K - k0);
-          pack_a_block(g.a + i0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, rows, kc, sliver_buf);
-          for (int64_t q = 0; q < nq; ++q) {
-            const T* panel = packed + (q0 + q) * K * B::kNr + k0 * B::kNr;
-            for (int64_t s = 0; s < slivers; ++s)
-              micro_kernel(kc, sliver_buf + s * kc * B::kMr, panel,
-                           sums + s * B::kMr * ld + q * B::kNr, ld, /*accumulate=*/k0 > 0);
-          }
-        }
-        const int64_t j0 = (p0 + q0) * B::kNr;
-        write_tile(g, i0, rows, j0, std::min(ld, N - j0), sums, ld);
-      }
-    });
+    pack_b_range(g, p0, np, packed);
+    run_tiles(g, packed, p0, np);
   }
 }
 
-template void fixed_order_gemm<float>(const GemmArgs<float>&);
-template void fixed_order_gemm<double>(const GemmArgs<double>&);
+template void fixed_order_gemm<float>(const GemmArgs<float>&, const float*);
+template void fixed_order_gemm<double>(const GemmArgs<double>&, const double*);
 
-void fixed_order_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                          const at::Tensor& bias, double alpha, bool accumulate) {
+namespace {
+
+void check_float_cpu(const at::Tensor& t, at::ScalarType dtype, const char* what) {
+  TORCH_CHECK(t.is_cpu() && t.scalar_type() == dtype, "fixed_order_gemm: ", what,
+              " must be a CPU tensor of ", dtype, ", got ", t.scalar_type(), " on ", t.device());
+}
+
+// out = init + alpha · a · b, b packed in `panels` when defined.
+void gemm_out_impl(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                   const at::Tensor& panels, const at::Tensor& bias, double alpha,
+                   bool accumulate) {
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && out.dim() == 2 && a.size(1) == b.size(0) &&
                   out.size(0) == a.size(0) && out.size(1) == b.size(1),
               "fixed_order_gemm: shapes ", out.sizes(), " = ", a.sizes(), " x ", b.sizes());
   const auto dtype = out.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
               "fixed_order_gemm: float32 or float64 expected, got ", dtype);
-  TORCH_CHECK(a.scalar_type() == dtype && b.scalar_type() == dtype,
-              "fixed_order_gemm: operands must have the output's dtype ", dtype);
-  TORCH_CHECK(out.is_cpu() && a.is_cpu() && b.is_cpu(), "fixed_order_gemm: CPU tensors expected");
+  check_float_cpu(out, dtype, "out");
+  check_float_cpu(a, dtype, "a");
+  check_float_cpu(b, dtype, "b");
   TORCH_CHECK(!(accumulate && bias.defined()), "fixed_order_gemm: accumulate and bias are exclusive");
   if (bias.defined()) {
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == out.size(1) && bias.scalar_type() == dtype &&
-                    bias.is_cpu(),
-                "fixed_order_gemm: bias must be a CPU vector of ", out.size(1), " ", dtype);
+    check_float_cpu(bias, dtype, "bias");
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == out.size(1),
+                "fixed_order_gemm: bias must have shape (", out.size(1), "), got ", bias.sizes());
     at::assert_no_overlap(out, bias);
   }
   at::assert_no_internal_overlap(out);
   at::assert_no_overlap(out, a);
-  at::assert_no_overlap(out, b);
+  if (panels.defined()) {
+    at::assert_no_overlap(out, panels);
+  } else {
+    at::assert_no_overlap(out, b);
+  }
   AT_DISPATCH_FLOATING_TYPES(dtype, "fixed_order_gemm", [&] {
     GemmArgs<scalar_t> g;
     g.m = out.size(0);
@@ -300,9 +336,11 @@ void fixed_order_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::
     g.a = a.data_ptr<scalar_t>();
     g.a_rs = a.stride(0);
     g.a_cs = a.stride(1);
-    g.b = b.data_ptr<scalar_t>();
-    g.b_rs = b.stride(0);
-    g.b_cs = b.stride(1);
+    if (!panels.defined()) {
+      g.b = b.data_ptr<scalar_t>();
+      g.b_rs = b.stride(0);
+      g.b_cs = b.stride(1);
+    }
     g.c = out.data_ptr<scalar_t>();
     g.c_rs = out.stride(0);
     g.c_cs = out.stride(1);
@@ -312,8 +350,43 @@ void fixed_order_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::
     }
     g.alpha = static_cast<scalar_t>(alpha);
     g.accumulate = accumulate;
-    fixed_order_gemm(g);
+    fixed_order_gemm(g, panels.defined() ? panels.data_ptr<scalar_t>() : nullptr);
   });
+}
+
+}  // namespace
+
+void fixed_order_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                          const at::Tensor& bias, double alpha, bool accumulate) {
+  gemm_out_impl(out, a, b, at::Tensor(), bias, alpha, accumulate);
+}
+
+void fixed_order_gemm_out(const at::Tensor& out, const at::Tensor& a, const PackedRhs& b,
+                          const at::Tensor& bias, double alpha, bool accumulate) {
+  TORCH_CHECK(b.panels.defined(), "fixed_order_gemm: an empty PackedRhs");
+  gemm_out_impl(out, a, b.b, b.panels, bias, alpha, accumulate);
+}
+
+PackedRhs pack_rhs(const at::Tensor& b) {
+  TORCH_CHECK(b.dim() == 2, "pack_rhs: a 2-D operand expected, got ", b.sizes());
+  TORCH_CHECK(b.scalar_type() == at::kFloat || b.scalar_type() == at::kDouble,
+              "pack_rhs: float32 or float64 expected, got ", b.scalar_type());
+  check_float_cpu(b, b.scalar_type(), "b");
+  PackedRhs packed;
+  packed.b = b;
+  AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "pack_rhs", [&] {
+    using B = Blocking<scalar_t>;
+    GemmArgs<scalar_t> g;
+    g.k = b.size(0);
+    g.n = b.size(1);
+    g.b = b.data_ptr<scalar_t>();
+    g.b_rs = b.stride(0);
+    g.b_cs = b.stride(1);
+    const int64_t panels = (g.n + B::kNr - 1) / B::kNr;
+    packed.panels = at::empty({panels * g.k * B::kNr}, b.options());
+    if (panels > 0 && g.k > 0) pack_b_range(g, 0, panels, packed.panels.data_ptr<scalar_t>());
+  });
+  return packed;
 }
 
 namespace {

@@ -36,12 +36,27 @@ struct GemmArgs {
   bool accumulate = false;  // init = C (bias must then be nullptr)
 };
 
+// packed_b: B already packed (PackedRhs::panels; args.b is then not read), or nullptr.
 template <typename T>
-void fixed_order_gemm(const GemmArgs<T>& args);
+void fixed_order_gemm(const GemmArgs<T>& args, const T* packed_b = nullptr);
 
 // out = init + alpha · a · b for 2-D CPU tensors of one dtype (float32 or float64), any strides;
 // init = out (accumulate), bias (1-D, undefined: none) or nothing. out must not alias a or b.
 void fixed_order_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                          const at::Tensor& bias, double alpha, bool accumulate);
+
+// A right-hand operand packed once into the kernel's panels, for several products with it (a
+// weight that every chunk of a feed-forward multiplies). Packing copies values, so products with
+// it are bitwise those with the operand itself.
+struct PackedRhs {
+  at::Tensor b;       // the operand (a view of the caller's tensor; shape and dtype)
+  at::Tensor panels;  // its packed copy
+};
+
+// b: a 2-D float32 / float64 CPU tensor, any strides.
+PackedRhs pack_rhs(const at::Tensor& b);
+
+void fixed_order_gemm_out(const at::Tensor& out, const at::Tensor& a, const PackedRhs& b,
                           const at::Tensor& bias, double alpha, bool accumulate);
 
 // acc (cols) += Σ_rows m, each column summed over the rows in order by one thread, in acc's
