@@ -206,14 +206,21 @@ void run_tiles(const GemmArgs<T>& g, const T* packed, int64_t p0, int64_t np) {
   using B = Blocking<T>;
   const int64_t M = g.m, N = g.n, K = g.k;
   constexpr int64_t kTaskPanels = B::kNc / B::kNr;
-  const int64_t row_tasks = (M + B::kMc - 1) / B::kMc;
   const int64_t col_tasks = (np + kTaskPanels - 1) / kTaskPanels;
+  // Rows per task: kMc, or fewer (whole slivers) so that there are a few tasks per thread. Every
+  // element's sum is the same whatever the tiling, so this balances the load without changing
+  // any result.
+  const int64_t min_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t want_row_tasks = (min_tasks + col_tasks - 1) / col_tasks;
+  const int64_t mc = std::clamp(round_up((M + want_row_tasks - 1) / want_row_tasks, B::kMr),
+                                B::kMr, B::kMc);
+  const int64_t row_tasks = (M + mc - 1) / mc;
   at::parallel_for(0, row_tasks * col_tasks, 1, [&](int64_t begin, int64_t end) {
     T* sliver_buf = thread_scratch<T>(B::kMc * B::kKc + B::kMc * B::kNc);
     T* sums = sliver_buf + B::kMc * B::kKc;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t i0 = (task / col_tasks) * B::kMc;
-      const int64_t rows = std::min(B::kMc, M - i0);
+      const int64_t i0 = (task / col_tasks) * mc;
+      const int64_t rows = std::min(mc, M - i0);
       const int64_t slivers = (rows + B::kMr - 1) / B::kMr;
       const int64_t q0 = (task % col_tasks) * kTaskPanels;
       const int64_t nq = std::min(kTaskPanels, np - q0);
