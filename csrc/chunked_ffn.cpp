@@ -1,23 +1,34 @@
 // reformer::chunked_ffn and reformer::chunked_ffn_backward (SPEC §2): one device-generic
-// implementation on ATen, registered below for both the CPU and the CUDA dispatch keys.
+// implementation, registered below for both the CPU and the CUDA dispatch keys.
 //
 // Forward, per chunk of at most chunk_size rows of x viewed as (N, d_model):
 //   h = x_c · W1ᵀ                 (GEMM into a (chunk, d_ff) buffer reused by every chunk)
 //   h = act(h + b1) ⊙ keep        (bias, activation and dropout mask in one pass; the CPU
 //                                  kernel evaluates the mask inline, elsewhere it is a tensor)
-//   y_c = b2 + s · h · W2ᵀ        (addmm straight into the output rows; s = 1 / (1 - p))
+//   y_c = b2 + s · h · W2ᵀ        (GEMM straight into the output rows; s = 1 / (1 - p))
 // Backward, per chunk, with two reused (chunk, d_ff) buffers `pre` and `a`:
 //   z = x_c · W1ᵀ + b1            (recomputed)
 //   a = act(z) ⊙ keep;  pre = act'(z) ⊙ keep      (one pass: the transcendental is shared)
 //   gW2 += s · g_cᵀ · a
 //   a = s · g_c · W2;  a = a ⊙ pre;  gb1 += Σ_rows a   (one pass)
 //   gW1 += aᵀ · x_c;  gx_c = a · W1
-// gb2 = Σ_rows g. The fused passes are the CPU kernels of cpu/ffn_cpu.cpp (float32, float64) and,
-// in a CUDA build, the CUDA kernels of cuda/ffn_cuda.cu (every dtype). Elsewhere (CPU float16 /
-// bfloat16) the same steps are composed from ATen operators (addmm with the bias, in-place
-// activation, masked_fill_, activation backward, sum).
-// Weight gradients are accumulated in a fixed chunk order (deterministic), in float32 for
-// float16 / bfloat16 inputs. Nothing of size (N, d_ff) is ever allocated.
+// gb2 = Σ_rows g. GEMMs and column sums go through gemm.h: on the CPU the project's fixed-order
+// kernels, on CUDA ATen (cuBLAS). The fused passes are the CPU kernels of cpu/ffn_cpu.cpp
+// (float32, float64) and, in a CUDA build, the CUDA kernels of cuda/ffn_cuda.cu (every dtype).
+// CPU float16 / bfloat16 inputs are computed in float32 chunk by chunk (weights converted once);
+// the hidden pre-activation (with b1), the activation and the outputs y and gx are rounded to
+// the input dtype, as buffers of it would be; the backward's intermediate gradients stay
+// float32. Where no fused kernel applies (not on the CPU), the same steps are composed from ATen
+// operators (GEMM with the bias, in-place activation, masked_fill_, activation backward, column
+// sum).
+// Weight gradients are accumulated in a fixed chunk order, in float32 for float16 / bfloat16
+// inputs. Nothing of size (N, d_ff) is ever allocated.
+//
+// Determinism on the CPU: every reduction has a fixed order (GEMM sums over k in increasing
+// order, column sums over rows in order, chunks in order) and threads only split independent
+// outputs, so outputs and gradients are bitwise identical across runs and thread counts on one
+// machine and build. They are not across CPUs of different instruction sets (FMA contraction
+// and vector width change rounding) nor across builds for different -march.
 //
 // Dropout: the hidden activation, viewed as (N, d_ff), gets the seeded mask of seeded_dropout.h
 // (a pure function of (dropout_seed, element index)): the CPU kernels evaluate it inline, other
@@ -35,6 +46,7 @@
 #include <cstdint>
 
 #include "cpu/ffn_cpu.h"
+#include "gemm.h"
 #ifdef REFORMER_WITH_CUDA
 #include "cuda/ffn_cuda.h"
 #endif
@@ -57,27 +69,66 @@ void check_operand(const at::Tensor& t, const char* name, const at::Tensor& x) {
 struct FfnProblem {
   FfnShape shape;
   int64_t chunk = 1;  // rows per chunk, <= max(N, 1)
-  at::Tensor x2d;     // (N, d_model), contiguous
-  at::Tensor w1t, w2t;
+  at::Tensor x2d;     // (N, d_model), contiguous, x's dtype
+  // CPU float16 / bfloat16: every chunk is computed in float32 (the fused CPU kernels, whose
+  // results do not depend on the thread count, unlike ATen's element-wise CPU kernels); the
+  // weights and biases below are then float32 copies. The hidden pre-activation and activation
+  // are rounded to x's dtype (the values a buffer of x's dtype holds, as on CUDA and in
+  // PyTorch's own low-precision layers), outputs once each.
+  bool upcast = false;
+  at::ScalarType dtype;  // x's
+  at::TensorOptions compute;  // options of the chunk buffers
+  at::Tensor w1, w2, w1t, w2t;
   c10::optional<at::Tensor> b1, b2;
   double dropout_p = 0.0;
   double scale = 1.0;  // 1 / (1 - dropout_p)
   int64_t seed = 0;
 
-  FfnProblem(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1_,
-             const at::Tensor& w2, const c10::optional<at::Tensor>& b2_, int64_t chunk_size,
+  FfnProblem(const at::Tensor& x, const at::Tensor& w1_, const c10::optional<at::Tensor>& b1_,
+             const at::Tensor& w2_, const c10::optional<at::Tensor>& b2_, int64_t chunk_size,
              std::string_view activation, double p, int64_t seed_)
-      : shape(check_chunked_ffn_args(x, w1, b1_, w2, b2_, chunk_size, activation, p)),
-        b1(b1_),
-        b2(b2_),
+      : shape(check_chunked_ffn_args(x, w1_, b1_, w2_, b2_, chunk_size, activation, p)),
         dropout_p(p),
         scale(p > 0.0 ? 1.0 / (1.0 - p) : 1.0),
         seed(seed_) {
     chunk = std::max<int64_t>(1, std::min(chunk_size, shape.rows));
     x2d = x.contiguous().view({shape.rows, shape.d_model});
+    dtype = x.scalar_type();
+    upcast = x.is_cpu() && (dtype == at::kHalf || dtype == at::kBFloat16);
+    compute = upcast ? x.options().dtype(at::kFloat) : x.options();
+    const auto convert = [&](const at::Tensor& t) { return upcast ? t.to(at::kFloat) : t; };
+    w1 = convert(w1_);
+    w2 = convert(w2_);
+    if (b1_.has_value()) b1 = convert(*b1_);
+    if (b2_.has_value()) b2 = convert(*b2_);
     w1t = w1.t();
     w2t = w2.t();
   }
+
+  // Rows [row0, row0 + n) of a (N, d) tensor of x's dtype, in the compute dtype.
+  at::Tensor rows(const at::Tensor& t2d, int64_t row0, int64_t n) const {
+    auto r = t2d.narrow(0, row0, n);
+    return upcast ? r.to(at::kFloat) : r;
+  }
+  // A (chunk, d) buffer for output rows computed in float32 before their one rounding to x's
+  // dtype; undefined (the rows are computed in place) without upcast.
+  at::Tensor staging(int64_t d) const {
+    return upcast ? at::empty({chunk, d}, compute) : at::Tensor();
+  }
+  // With upcast, t's values rounded to x's dtype (in place, t stays float32).
+  void round_(const at::Tensor& t) const {
+    if (upcast) t.copy_(t.to(dtype));
+  }
+  // The weights as right-hand GEMM operands: on the CPU packed once per call, at first use, for
+  // every chunk's product with them.
+  const GemmRhs& rhs_w1t() const { return rhs(w1t_rhs_, w1t); }
+  const GemmRhs& rhs_w2t() const { return rhs(w2t_rhs_, w2t); }
+  const GemmRhs& rhs_w1() const { return rhs(w1_rhs_, w1); }
+  const GemmRhs& rhs_w2() const { return rhs(w2_rhs_, w2); }
+  // b1 for the first GEMM (with upcast: its output x_c · W1ᵀ + b1 is rounded as a whole) and for
+  // the fused bias/activation kernel (otherwise). Undefined: none.
+  at::Tensor gemm_bias1() const { return upcast && b1.has_value() ? *b1 : at::Tensor(); }
+  at::Tensor kernel_bias1() const { return !upcast && b1.has_value() ? *b1 : at::Tensor(); }
 
   bool has_dropout() const { return dropout_p > 0.0; }
   cpu::HiddenDropoutRows dropout_rows(int64_t first_row) const {
@@ -93,12 +144,17 @@ struct FfnProblem {
     if (fused) {
       at::_addmm_activation_out(pre, *b1, x_c, w1t, 1, 1,
                                 /*use_gelu=*/shape.activation == FfnActivation::GeluTanh);
-    } else if (b1.has_value()) {
-      at::addmm_out(pre, *b1, x_c, w1t);
     } else {
-      at::mm_out(pre, x_c, w1t);
+      gemm_out(pre, x_c, rhs_w1t(), b1.value_or(at::Tensor()));
     }
     return fused;
+  }
+
+ private:
+  mutable c10::optional<GemmRhs> w1t_rhs_, w2t_rhs_, w1_rhs_, w2_rhs_;
+  static const GemmRhs& rhs(c10::optional<GemmRhs>& slot, const at::Tensor& w) {
+    if (!slot.has_value()) slot = gemm_rhs(w);
+    return *slot;
   }
 };
 
@@ -131,12 +187,23 @@ void activation_backward_inplace(at::Tensor& grad, const at::Tensor& pre, FfnAct
 }
 
 // Accumulates alpha · a · b into acc (float32 for reduced-precision inputs).
-void accumulate_mm(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, double alpha) {
-  if (acc.scalar_type() == a.scalar_type()) {
-    acc.addmm_(a, b, /*beta=*/1, alpha);
-  } else {
-    acc.add_(at::mm(a, b), alpha);
+void accumulate_mm(const at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, double alpha) {
+  gemm_out(acc, a, b, {}, alpha, /*accumulate=*/true);
+}
+
+// fill(rows) for the rows [row0, row0 + n) of dst: dst's own rows, or (staging defined) rows of
+// staging copied into dst afterwards, one rounding per element.
+template <typename Fill>
+void fill_rows(const at::Tensor& dst, const at::Tensor& staging, int64_t row0, int64_t n,
+               const Fill& fill) {
+  auto rows = dst.narrow(0, row0, n);
+  if (!staging.defined()) {
+    fill(rows);
+    return;
   }
+  auto tmp = staging.narrow(0, 0, n);
+  fill(tmp);
+  rows.copy_(tmp);
 }
 
 // The fused element-wise kernels of a chunk, on the hidden buffer's device: the CPU ones
@@ -175,14 +242,8 @@ void fused_mul_colsum_(const at::Tensor& grad, const at::Tensor& deriv,
 }
 
 // The forward's output rows y_c = b2 + s · a · W2ᵀ from the dropped-out activation a.
-void second_linear(at::Tensor& y_c, const at::Tensor& a, const FfnProblem& P) {
-  if (P.b2.has_value()) {
-    at::addmm_out(y_c, *P.b2, a, P.w2t, /*beta=*/1, /*alpha=*/P.scale);
-  } else if (P.scale != 1.0) {
-    at::addmm_out(y_c, y_c, a, P.w2t, /*beta=*/0, /*alpha=*/P.scale);  // beta 0: y_c ignored
-  } else {
-    at::mm_out(y_c, a, P.w2t);
-  }
+void second_linear(const at::Tensor& y_c, const at::Tensor& a, const FfnProblem& P) {
+  gemm_out(y_c, a, P.rhs_w2t(), P.b2.value_or(at::Tensor()), /*alpha=*/P.scale);
 }
 
 }  // namespace
@@ -241,7 +302,8 @@ at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
   const FfnShape& s = P.shape;
   auto out = at::empty({s.rows, s.d_model}, x.options());
   if (s.rows == 0) return out.view(x.sizes());
-  auto hidden = at::empty({P.chunk, s.d_ff}, x.options());
+  auto hidden = at::empty({P.chunk, s.d_ff}, P.compute);
+  const auto y_staging = P.staging(s.d_model);
   const bool fused = fused_supported(hidden);
   c10::optional<SeededDropoutMask> dropout;  // the mask as tensors, where no fused kernel exists
   if (P.has_dropout() && !fused) {
@@ -250,17 +312,18 @@ at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
 
   for (int64_t row0 = 0; row0 < s.rows; row0 += P.chunk) {
     const int64_t n = std::min(P.chunk, s.rows - row0);
-    const auto x_c = P.x2d.narrow(0, row0, n);
+    const auto x_c = P.rows(P.x2d, row0, n);
     auto h = hidden.narrow(0, 0, n);
     if (fused) {  // h = act(x_c W1ᵀ + b1) ⊙ keep, one pass after the GEMM
-      at::mm_out(h, x_c, P.w1t);
-      fused_bias_activation_(h, b1.value_or(at::Tensor()), P.dropout_rows(row0), s.activation);
+      gemm_out(h, x_c, P.rhs_w1t(), P.gemm_bias1());
+      P.round_(h);
+      fused_bias_activation_(h, P.kernel_bias1(), P.dropout_rows(row0), s.activation);
+      P.round_(h);
     } else {
       if (!P.first_linear(h, x_c, /*activate=*/true)) activation_inplace(h, s.activation);
       if (dropout) h.masked_fill_(dropout->dropped(row0, n), 0);
     }
-    auto y_c = out.narrow(0, row0, n);
-    second_linear(y_c, h, P);
+    fill_rows(out, y_staging, row0, n, [&](const at::Tensor& y_c) { second_linear(y_c, h, P); });
   }
   return out.view(x.sizes());
 }
@@ -270,7 +333,6 @@ namespace {
 // The backward; with `forward_out` it also writes the forward's output there (one more GEMM per
 // chunk on the activation it recomputes anyway), for callers that need both.
 FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, const at::Tensor& x,
-                           const at::Tensor& w1, const at::Tensor& w2,
                            std::array<bool, 5> output_mask, at::Tensor* forward_out) {
   const auto& b1 = P.b1;
   const auto& b2 = P.b2;
@@ -296,13 +358,15 @@ FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, cons
   if (need_gw1) gw1 = at::zeros({s.d_ff, s.d_model}, acc_opts);
   if (need_gb1) gb1 = at::zeros({s.d_ff}, acc_opts);
   if (need_gw2) gw2 = at::zeros({s.d_model, s.d_ff}, acc_opts);
-  if (need_gb2) gb2 = at::sum(g2d, {0}, /*keepdim=*/false, acc_opts.dtype().toScalarType());
+  if (need_gb2) gb2 = column_sums(g2d, acc_opts.dtype().toScalarType());
 
   at::Tensor out2d;
   if (forward_out != nullptr) out2d = at::empty({s.rows, s.d_model}, x.options());
   if (s.rows > 0 && (need_dpre || need_act)) {
-    auto pre_buf = at::empty({P.chunk, s.d_ff}, x.options());
-    auto a_buf = at::empty({P.chunk, s.d_ff}, x.options());
+    auto pre_buf = at::empty({P.chunk, s.d_ff}, P.compute);
+    auto a_buf = at::empty({P.chunk, s.d_ff}, P.compute);
+    const auto gx_staging = need_gx ? P.staging(s.d_model) : at::Tensor();
+    const auto y_staging = forward_out != nullptr ? P.staging(s.d_model) : at::Tensor();
     const bool fused = fused_supported(pre_buf);
     c10::optional<SeededDropoutMask> dropout;  // the mask as tensors, where no fused kernel exists
     if (P.has_dropout() && !fused) {
@@ -313,8 +377,8 @@ FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, cons
 
     for (int64_t row0 = 0; row0 < s.rows; row0 += P.chunk) {
       const int64_t n = std::min(P.chunk, s.rows - row0);
-      const auto x_c = P.x2d.narrow(0, row0, n);
-      const auto g_c = g2d.narrow(0, row0, n);
+      const auto x_c = P.rows(P.x2d, row0, n);
+      const auto g_c = P.rows(g2d, row0, n);
       auto pre = pre_buf.narrow(0, 0, n);
       auto a = a_buf.narrow(0, 0, n);
       at::Tensor dropped;
@@ -324,34 +388,32 @@ FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, cons
       const auto use_activation = [&](const at::Tensor& act) {
         if (need_gw2) accumulate_mm(gw2, g_c.t(), act, P.scale);
         if (forward_out != nullptr) {
-          auto y_c = out2d.narrow(0, row0, n);
-          second_linear(y_c, act, P);
+          fill_rows(out2d, y_staging, row0, n,
+                    [&](const at::Tensor& y_c) { second_linear(y_c, act, P); });
         }
       };
       // a = s · g_c · W2: the gradient reaching the dropped-out activation
-      const auto grad_of_activation = [&] {
-        if (P.scale != 1.0) {
-          at::addmm_out(a, a, g_c, w2, /*beta=*/0, /*alpha=*/P.scale);  // beta 0: a ignored
-        } else {
-          at::mm_out(a, g_c, w2);
-        }
+      const auto grad_of_activation = [&] { gemm_out(a, g_c, P.rhs_w2(), {}, /*alpha=*/P.scale); };
+      // gx_c = d(loss)/d(pre) · W1
+      const auto grad_of_input = [&](const at::Tensor& dpre) {
+        fill_rows(gx, gx_staging, row0, n,
+                  [&](const at::Tensor& gx_c) { gemm_out(gx_c, dpre, P.rhs_w1()); });
       };
 
       if (fused) {
         // One pass gives a = act(z) ⊙ keep and pre = act'(z) ⊙ keep, z the
         // recomputed pre-activation; a second fuses the product with it and b1's column sums.
-        at::mm_out(pre, x_c, P.w1t);
-        fused_bias_activation_grad_(pre, a, b1.value_or(at::Tensor()), P.dropout_rows(row0),
+        gemm_out(pre, x_c, P.rhs_w1t(), P.gemm_bias1());
+        P.round_(pre);
+        fused_bias_activation_grad_(pre, a, P.kernel_bias1(), P.dropout_rows(row0),
                                     s.activation);
+        P.round_(a);  // the activation as the forward has it
         use_activation(a);
         if (!need_dpre) continue;
         grad_of_activation();
         fused_mul_colsum_(a, pre, need_gb1 ? gb1 : at::Tensor());  // a = d(loss)/d(pre)
         if (need_gw1) accumulate_mm(gw1, a.t(), x_c, 1.0);
-        if (need_gx) {
-          auto gx_c = gx.narrow(0, row0, n);
-          at::mm_out(gx_c, a, w1);
-        }
+        if (need_gx) grad_of_input(a);
         continue;
       }
 
@@ -371,18 +433,9 @@ FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, cons
       grad_of_activation();
       if (dropout) a.masked_fill_(dropped, 0);
       activation_backward_inplace(a, pre, s.activation);  // a = d(loss)/d(pre)
-      if (need_gb1) {
-        if (reduced) {
-          gb1.add_(at::sum(a, {0}, /*keepdim=*/false, at::kFloat));
-        } else {
-          gb1.add_(a.sum(0));
-        }
-      }
+      if (need_gb1) add_column_sums_(gb1, a);
       if (need_gw1) accumulate_mm(gw1, a.t(), x_c, 1.0);
-      if (need_gx) {
-        auto gx_c = gx.narrow(0, row0, n);
-        at::mm_out(gx_c, a, w1);
-      }
+      if (need_gx) grad_of_input(a);
     }
   }
   const auto finish = [&](const at::Tensor& t) {
@@ -402,7 +455,7 @@ FfnGradients chunked_ffn_backward(const at::Tensor& grad_out, const at::Tensor& 
                                   double dropout_p, int64_t dropout_seed,
                                   std::array<bool, 5> output_mask) {
   const FfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
-  return backward_impl(P, grad_out, x, w1, w2, output_mask, nullptr);
+  return backward_impl(P, grad_out, x, output_mask, nullptr);
 }
 
 FfnGradients chunked_ffn_backward_with_output(
@@ -411,7 +464,7 @@ FfnGradients chunked_ffn_backward_with_output(
     const c10::optional<at::Tensor>& b2, int64_t chunk_size, c10::string_view activation,
     double dropout_p, int64_t dropout_seed, at::Tensor& forward_out) {
   const FfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
-  return backward_impl(P, grad_out, x, w1, w2, {true, true, true, true, true}, &forward_out);
+  return backward_impl(P, grad_out, x, {true, true, true, true, true}, &forward_out);
 }
 
 int64_t read_dropout_seed(const c10::optional<at::Tensor>& dropout_seed, double dropout_p) {
@@ -456,8 +509,9 @@ FfnGradients chunked_ffn_backward_op(const at::Tensor& grad_out, const at::Tenso
 }  // namespace
 }  // namespace reformer
 
-// One function for both devices: besides ATen operators (the CPU BLAS / cuBLAS GEMMs) it calls
-// the fused element-wise kernels of the tensors' device (CPU: float32/float64; CUDA: every dtype).
+// One function for both devices: besides ATen operators and the GEMMs of gemm.h (fixed-order CPU
+// kernels / cuBLAS) it calls the fused element-wise kernels of the tensors' device (CPU:
+// float32/float64; CUDA: every dtype).
 TORCH_LIBRARY_IMPL(reformer, CPU, m) {
   m.impl("chunked_ffn", &reformer::chunked_ffn_op);
   m.impl("chunked_ffn_backward", &reformer::chunked_ffn_backward_op);

@@ -1,8 +1,10 @@
 // Torch-facing declarations of the chunked feed-forward operators (SPEC §2):
 //   y = W2 · dropout(act(W1 · x + b1)) + b2, position-wise on x (..., d_model),
 // computed chunk_size positions at a time, in forward and backward, so that the (N, d_ff) hidden
-// activation never exists. One device-generic implementation on ATen (GEMMs through at::addmm /
-// at::mm: the CPU BLAS on CPU, cuBLAS on CUDA), registered for both the CPU and CUDA keys.
+// activation never exists. One device-generic implementation (GEMMs through gemm.h: the
+// project's fixed-order kernels on CPU, cuBLAS on CUDA), registered for both the CPU and CUDA
+// keys. On the CPU, outputs and gradients are bitwise identical across runs and thread counts (on
+// one machine and build; see chunked_ffn.cpp).
 //
 // Dropout on the hidden activation uses the seeded mask of seeded_dropout.h over the (N, d_ff)
 // hidden activation, so the backward regenerates exactly the forward's mask whatever the chunking.

@@ -1,8 +1,9 @@
 // reformer::reformer_stack and reformer::reformer_stack_backward (SPEC §3; see reformer_stack.h).
 //
-// One device-generic implementation on ATen operators (LayerNorm, GEMMs) and the project's own
-// operators, called through the dispatcher so that each runs its CPU or CUDA kernel:
-// reformer::lsh_attention(_backward) and the chunked feed-forward. Registered for CPU and CUDA.
+// One device-generic implementation on ATen operators (LayerNorm), the GEMMs and column sums of
+// gemm.h (fixed-order kernels on the CPU, cuBLAS on CUDA) and the project's own operators, called
+// through the dispatcher so that each runs its CPU or CUDA kernel: reformer::lsh_attention
+// (_backward) and the chunked feed-forward. Registered for CPU and CUDA.
 //
 // Backward, per layer from the last, given its outputs (y1, y2) and their gradients (dy1, dy2):
 //   G:  h2 = LN2(y1); one chunked pass gives the FFN's output u and its gradients from
@@ -12,7 +13,10 @@
 //       dropout_a'(dy1); dx2 = dy2 + LN1ᵀ(dh); dx1 = dy1
 // Dropout masks are pure functions of (seed, element index) (seeded_dropout.h): the recompute
 // reproduces them without storing them. Weight gradients are computed per layer with plain
-// GEMMs, in a fixed order: the result is deterministic.
+// GEMMs and column sums. On the CPU every reduction has a fixed order (gemm.h; LayerNorm's
+// statistics and input gradient are per row), so outputs and gradients are bitwise identical
+// across runs and thread counts on one machine and build (not across instruction sets: FMA
+// contraction and vector width change rounding).
 #include "reformer_stack.h"
 
 #include <ATen/ATen.h>
@@ -24,6 +28,7 @@
 #include <string>
 
 #include "chunked_ffn.h"
+#include "gemm.h"
 #include "seeded_dropout.h"
 
 namespace reformer {
@@ -201,8 +206,9 @@ struct Layer {
 };
 
 // LayerNorm's backward: returns d(loss)/d(x) and writes the weight and bias gradients. Those
-// two are column sums computed here rather than by ATen's LayerNorm backward, whose CPU
-// reduction over rows depends on the thread count; this keeps the stack bitwise reproducible.
+// two are column sums computed here in a fixed order (gemm.h) rather than by ATen's LayerNorm
+// backward, whose CPU reduction over rows depends on the thread count. ATen's d(loss)/d(x) is
+// computed row by row, each row the same way whatever the thread count.
 at::Tensor layer_norm_backward(const at::Tensor& d_normed, const at::Tensor& x,
                                const at::Tensor& mean, const at::Tensor& rstd,
                                const at::Tensor& weight,
@@ -212,8 +218,8 @@ at::Tensor layer_norm_backward(const at::Tensor& d_normed, const at::Tensor& x,
                                                        weight, {}, {true, false, false}));
   // mean and rstd are float32 for reduced-precision x: so are these sums, until the cast
   const auto x_hat = (x - mean) * rstd;
-  *grad_weight = (d_normed * x_hat).sum(0).to(weight.scalar_type());
-  *grad_bias = d_normed.sum(0, /*keepdim=*/false, x_hat.scalar_type()).to(weight.scalar_type());
+  *grad_weight = column_sums(d_normed * x_hat, x_hat.scalar_type()).to(weight.scalar_type());
+  *grad_bias = column_sums(d_normed, x_hat.scalar_type()).to(weight.scalar_type());
   return dx;
 }
 
@@ -243,11 +249,11 @@ at::Tensor attention_branch(const at::Tensor& x, const Layer& layer,
   const auto x2d = x.reshape({s.rows(), s.d_model});
   auto [normed, mean, rstd] = at::native_layer_norm(x2d, {s.d_model}, layer[kNorm1Weight],
                                                     layer[kNorm1Bias], o.eps);
-  const auto qk = split_heads(at::mm(normed, layer[kQkWeight].t()), s, o.n_heads);
-  const auto v = split_heads(at::mm(normed, layer[kVWeight].t()), s, o.n_heads);
+  const auto qk = split_heads(gemm(normed, layer[kQkWeight].t()), s, o.n_heads);
+  const auto v = split_heads(gemm(normed, layer[kVWeight].t()), s, o.n_heads);
   auto [out, lse, sorted_positions, stats] = call_lsh_attention(qk, v, layer.rotations, mask, o);
   auto merged = merge_heads(out, s);
-  auto a = at::addmm(layer[kOutBias], merged, layer[kOutWeight].t());
+  auto a = gemm(merged, layer[kOutWeight].t(), layer[kOutBias]);
   seeded_dropout_(a, o.dropout_p, layer.seed[kAttentionOutput]);
   if (state != nullptr) {
     *state = {std::move(normed), std::move(mean), std::move(rstd), qk, v, std::move(out),
@@ -305,18 +311,18 @@ at::Tensor attention_branch_backward(const at::Tensor& x2, const at::Tensor& dy1
   AttentionState st;
   auto a = attention_branch(x2, layer, mask, s, o, &st);
   const auto da = dropout_backward(dy1, o.dropout_p, layer.seed[kAttentionOutput]);
-  grads[kOutWeight] = at::mm(da.t(), st.merged);
-  grads[kOutBias] = da.sum(0);
-  const auto d_merged = at::mm(da, layer[kOutWeight]);  // (B·L, H·Dh)
+  grads[kOutWeight] = gemm(da.t(), st.merged);
+  grads[kOutBias] = column_sums(da, da.scalar_type());
+  const auto d_merged = gemm(da, layer[kOutWeight]);  // (B·L, H·Dh)
   const auto d_out = split_heads(d_merged, s, o.n_heads);
   auto [d_qk, d_v] = call_lsh_attention_backward(d_out, st.qk, st.v, st.out, st.stats,
                                                  st.sorted_positions, mask, o);
   const auto d_qk2d = merge_heads(d_qk, s);
   const auto d_v2d = merge_heads(d_v, s);
-  grads[kQkWeight] = at::mm(d_qk2d.t(), st.normed);
-  grads[kVWeight] = at::mm(d_v2d.t(), st.normed);
-  auto d_normed = at::mm(d_qk2d, layer[kQkWeight]);
-  d_normed.addmm_(d_v2d, layer[kVWeight]);
+  grads[kQkWeight] = gemm(d_qk2d.t(), st.normed);
+  grads[kVWeight] = gemm(d_v2d.t(), st.normed);
+  auto d_normed = gemm(d_qk2d, layer[kQkWeight]);
+  gemm_out(d_normed, d_v2d, layer[kVWeight], {}, 1.0, /*accumulate=*/true);
   dx2.add_(layer_norm_backward(d_normed, x2, st.mean, st.rstd, layer[kNorm1Weight],
                                grads + kNorm1Weight, grads + kNorm1Bias, s));
   return a;
@@ -384,7 +390,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backw
 
 }  // namespace reformer
 
-// One function for both devices: ATen operators and dispatcher calls only.
+// One function for both devices: ATen operators, gemm.h and dispatcher calls.
 TORCH_LIBRARY_IMPL(reformer, CPU, m) {
   m.impl("reformer_stack", &reformer::reformer_stack);
   m.impl("reformer_stack_backward", &reformer::reformer_stack_backward);

@@ -61,6 +61,12 @@ TORCH_LIBRARY(reformer, m) {
       "int ff_chunk_size, str activation, float dropout_p, float layer_norm_eps) "
       "-> (Tensor grad_x1, Tensor grad_x2, Tensor[] grad_weights)");
   m.set_python_module("reformer_ext.ops");  // back to the default for defs added below
+  // The GEMM the operators use (csrc/gemm.h): c + alpha · a · b (c is not modified) or
+  // bias + alpha · a · b, for 2-D a (M, K) and b (K, N); on the CPU with a fixed summation order
+  // (bitwise independent of the thread count). packed_b: b packed first, as the operators do with
+  // a weight every chunk multiplies (same result). For tests and benchmarks.
+  m.def("_gemm(Tensor a, Tensor b, Tensor? bias=None, Tensor? c=None, float alpha=1.0, "
+        "bool packed_b=False) -> Tensor");
 }
 
 namespace reformer {

@@ -19,6 +19,12 @@ the backward's recompute. Element e = row · d_ff + col of the (N, d_ff) hidden 
 (the (e + 1)-th output of SplitMix64 seeded with ``seed``) and is dropped iff word(e), read as a
 signed 64-bit integer, is < -2^63 + p · 2^64; kept elements are scaled by 1 / (1 - p).
 :func:`hidden_dropout_keep_mask` computes the same mask in Python.
+
+On the CPU the output and every gradient are bitwise identical across runs and thread counts, in
+every dtype (float16 / bfloat16 inputs are computed in float32 and rounded once): the GEMMs and
+column sums are the project's own, with a fixed summation order, and the element-wise passes are
+per row. That holds on one machine and build; across CPUs of different instruction sets (AVX2,
+AVX-512, ...) FMA contraction and vector width change rounding. On CUDA the GEMMs are cuBLAS's.
 """
 
 from __future__ import annotations

@@ -109,6 +109,15 @@ def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, softmax_stats, 
     return qk.new_empty(qk.shape), v.new_empty(v.shape)
 
 
+@torch.library.register_fake("reformer::_gemm")
+def _gemm_fake(a, b, bias=None, c=None, alpha=1.0, packed_b=False):
+    _check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0],
+           f"_gemm: a (M, K) and b (K, N) expected, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if c is not None:
+        return c.new_empty(c.shape)
+    return a.new_empty((a.shape[0], b.shape[1]))
+
+
 # ---------------------------------------------------------------------------------------------
 # Autograd: the backward recomputes logits chunk by chunk from what the forward returned.
 

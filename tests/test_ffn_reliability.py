@@ -4,8 +4,8 @@ rx.chunked_feed_forward / torch.ops.reformer.chunked_ffn{,_backward}).
 - Numerical safety: float16/bfloat16 inputs of large magnitude give no inf/NaN where the float32
   computation from the same (rounded) inputs is finite, for every activation, in the forward
   and the backward; a NaN or inf in one batch element does not leak into the others.
-- Determinism: bitwise-equal outputs and gradients across runs and thread counts (1, 2, 3),
-  with and without dropout.
+- Determinism: bitwise-equal outputs and gradients across runs and thread counts (1, 2, 3, 4,
+  7), with and without dropout, every dtype, up to thousands of rows at transformer widths.
 - Resource hygiene: 1,000 forward+backward calls with stable resident memory; Python threads
   calling at once get the results of sequential calls.
 """
@@ -111,6 +111,8 @@ def test_non_finite_values_do_not_leak_across_batch(dtype, poison):
 
 # ------------------------------------------------------------------------------ determinism
 
+THREAD_COUNTS = (1, 2, 3, 4, 7)  # 7: more threads than this machine may have cores
+
 DET = [
     dict(shape=(2, 150), d_model=64, d_ff=256, chunk=64, activation="gelu", dropout=0.0,
          dtype=F32),
@@ -123,6 +125,16 @@ DET = [
     dict(shape=(2, 61), d_model=32, d_ff=96, chunk=1000, activation="gelu", dropout=0.0,
          dtype=F16),
 ]
+# Transformer widths and thousands of rows, where a BLAS splits its work between threads: chunks
+# of 341 rows (the last one of 10: MKL splits 5 to 11 rows between 2 threads on some CPUs, with
+# different results) and one chunk of every row; every dtype.
+DET += [
+    dict(shape=(2, 1028), d_model=256, d_ff=1024, chunk=chunk, activation=act, dropout=p,
+         dtype=dtype)
+    for dtype, act, p in [(F32, "silu", 0.3), (F64, "gelu_tanh", 0.0), (F16, "gelu", 0.1),
+                          (BF16, "relu", 0.2)]
+    for chunk in (341, 4096)
+]
 
 
 def _det_run(c):
@@ -133,17 +145,20 @@ def _det_run(c):
 
 
 @pytest.mark.parametrize("c", DET, ids=lambda c: f"{c['dtype']}-{c['activation']}-"
-                                                 f"p{c['dropout']}".replace("torch.", ""))
+                                                 f"p{c['dropout']}-rows{c['shape'][0] * c['shape'][1]}-"
+                                                 f"chunk{c['chunk']}".replace("torch.", ""))
 def test_bitwise_deterministic_across_runs_and_thread_counts(c):
-    first = _det_run(c)
-    for name, a, b in zip(NAMES, first, _det_run(c)):
-        assert torch.equal(a, b), f"{name} differs between two runs"
+    """y and every gradient bitwise equal across runs and for 1, 2, 3, 4 and 7 threads."""
     n_threads = torch.get_num_threads()
     try:
-        for n in (1, 2, 3):
+        torch.set_num_threads(THREAD_COUNTS[0])
+        first = _det_run(c)
+        for name, a, b in zip(NAMES, first, _det_run(c)):
+            assert torch.equal(a, b), f"{name} differs between two runs"
+        for n in THREAD_COUNTS[1:]:
             torch.set_num_threads(n)
             for name, a, b in zip(NAMES, first, _det_run(c)):
-                assert torch.equal(a, b), f"{name} differs with {n} thread(s) vs {n_threads}"
+                assert torch.equal(a, b), f"{name} differs with {n} thread(s) vs 1"
     finally:
         torch.set_num_threads(n_threads)
 

@@ -117,21 +117,57 @@ def test_opcheck_backward():
     torch.library.opcheck(torch.ops.reformer.reformer_stack_backward, args)
 
 
-def test_deterministic_across_runs_and_threads():
-    args = _op_args(dtype=torch.float32)
-    results = []
+THREAD_COUNTS = (1, 2, 3, 4, 7)  # 7: more threads than this machine may have cores
+
+
+def _large_args(dtype):
+    """2 x 1028 positions (2056 rows: thousands, where a BLAS splits its work between threads),
+    d_model 128, 4 heads, d_ff 512, one hash, ff chunks of 341 rows (the last one of 10: MKL splits 5 to 11
+    rows between 2 threads on some CPUs, with different results), dropout, a padding mask.
+    Weights scaled by 1/sqrt(fan_in) so float16 stays finite."""
+    x1, x2, weights, rotations, seeds = _problem(depth=2, batch=2, length=1028, d_model=128,
+                                                 n_heads=4, d_ff=512, n_hashes=1, n_buckets=64,
+                                                 dtype=F64, seed=5)
+    weights = [(w.detach() / (w.shape[1] ** 0.5 if w.dim() == 2 else 1.0)).to(dtype)
+               for w in weights]
+    mask = torch.zeros(2, 1028, dtype=torch.bool)
+    mask[1, 1000:] = True
+    x1, x2 = x1.detach().to(dtype), x2.detach().to(dtype)
+    rotations = [r.to(dtype) for r in rotations]
+    g = torch.Generator().manual_seed(6)
+    grads_out = [torch.randn(x1.shape, generator=g).to(dtype) for _ in range(2)]
+    options = (4, 16, True, 1, 0, 341, "gelu", 0.1, 1e-5)  # small buckets: attention is cheap
+    return (x1, x2, weights, rotations, mask, seeds, *options), grads_out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.float16, torch.bfloat16],
+                         ids=["f32", "f64", "f16", "bf16"])
+def test_deterministic_across_runs_and_threads(dtype):
+    """Outputs and the gradients of x1, x2 and every weight bitwise equal across runs and for 1,
+    2, 3, 4 and 7 threads."""
+    args, grads_out = _large_args(dtype)
+
+    def run():
+        leaves = [t.clone().requires_grad_() for t in (args[0], args[1], *args[2])]
+        y1, y2 = torch.ops.reformer.reformer_stack(leaves[0], leaves[1], leaves[2:], *args[3:])
+        grads = torch.autograd.grad((y1, y2), leaves, grads_out)
+        return [y1.detach(), y2.detach(), *grads]
+
+    names = ["y1", "y2", "grad x1", "grad x2"] + [f"grad weights[{i}]" for i in
+                                                  range(len(args[2]))]
     threads = torch.get_num_threads()
     try:
-        for n in (1, 2, 1):
+        torch.set_num_threads(THREAD_COUNTS[0])
+        first = run()
+        assert all(torch.isfinite(t).all() for t in first)
+        for name, a, b in zip(names, first, run()):
+            assert torch.equal(a, b), f"{name} differs between two runs"
+        for n in THREAD_COUNTS[1:]:
             torch.set_num_threads(n)
-            y1, y2 = torch.ops.reformer.reformer_stack(*args)
-            grads = torch.autograd.grad((y1 * y2).sum(), [args[0], args[1], *args[2]])
-            results.append([y1, y2, *grads])
+            for name, a, b in zip(names, first, run()):
+                assert torch.equal(a, b), f"{name} differs with {n} threads vs 1"
     finally:
         torch.set_num_threads(threads)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(a, b)
 
 
 def test_low_precision_runs_finite():

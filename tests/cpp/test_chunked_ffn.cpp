@@ -2,6 +2,7 @@
 // C++ (LibTorch, no Python), checked against a naive unchunked ATen computation whose dropout
 // mask comes from a scalar SplitMix64 loop (the rule documented in csrc/chunked_ffn.h).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>
@@ -191,6 +192,37 @@ TEST(ChunkedFfn, DropoutMaskIsSplitMix64AndIndependentOfChunking) {
     const auto keep = (y * (1.0 - p) > 0.5).to(at::kDouble);
     EXPECT_TRUE(at::equal(keep, expected)) << "chunk_size " << chunk;
   }
+}
+
+// The CPU result does not depend on the thread count: 1034 rows in chunks of 256 (the last of
+// 10 rows, which MKL splits between 2 threads on some CPUs, with different results).
+TEST(ChunkedFfn, BitwiseIdenticalAtOneTwoAndThreeThreads) {
+  at::manual_seed(3);
+  const auto x = at::randn({1034, 256});
+  const auto w1 = at::randn({1024, 256}) / 16.0;
+  const auto w2 = at::randn({256, 1024}) / 32.0;
+  const auto b1 = at::randn({1024});
+  const auto b2 = at::randn({256});
+  const auto g = at::randn({1034, 256});
+  const int threads = at::get_num_threads();
+  const auto run = [&](int n) {
+    at::set_num_threads(n);
+    auto y = chunked_ffn(x, w1, b1, w2, b2, 256, "silu", 0.3, 11);
+    auto grads = chunked_ffn_backward(g, x, w1, b1, w2, b2, 256, "silu", 0.3, 11,
+                                      {true, true, true, true, true});
+    return std::array<Tensor, 6>{y, std::get<0>(grads), std::get<1>(grads), std::get<2>(grads),
+                                 std::get<3>(grads), std::get<4>(grads)};
+  };
+  const auto one = run(1);
+  const std::array<const char*, 6> names = {"y", "grad_x", "grad_w1", "grad_b1", "grad_w2",
+                                            "grad_b2"};
+  for (int n : {2, 3}) {
+    const auto other = run(n);
+    for (size_t i = 0; i < names.size(); ++i)
+      EXPECT_TRUE(at::equal(one[i], other[i])) << names[i] << " differs at 1 and " << n
+                                               << " threads";
+  }
+  at::set_num_threads(threads);
 }
 
 template <typename F>
