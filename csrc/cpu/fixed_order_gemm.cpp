@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cpu_dispatch.h"
 #include "tile_math.h"
 
 namespace reformer::cpu {
@@ -36,7 +37,7 @@ namespace {
 #if defined(__AVX512F__)
 constexpr int64_t kVectorBytes = 64;
 constexpr int64_t kMicroRows = 8;
-#elif defined(__AVX__)
+#elif defined(__AVX__) || REFORMER_MULTIARCH_VECTOR_BYTES == 32
 constexpr int64_t kVectorBytes = 32;
 constexpr int64_t kMicroRows = 6;
 #else
@@ -199,12 +200,36 @@ void pack_b_range(const GemmArgs<T>& g, int64_t p0, int64_t np, T* dst) {
   });
 }
 
+// One output tile (rows [i0, i0 + rows <= kMc), panels [p0 + q0, p0 + q0 + nq)): every sum
+// from k = 0 to K - 1, then C. Compiled per instruction set (cpu_dispatch.h).
+template <typename T>
+REFORMER_MULTIARCH void compute_tile(const GemmArgs<T>& g, const T* packed, int64_t p0,
+                                     int64_t i0, int64_t rows, int64_t q0, int64_t nq,
+                                     T* sliver_buf, T* sums) {
+  using B = Blocking<T>;
+  const int64_t N = g.n, K = g.k;
+  const int64_t slivers = (rows + B::kMr - 1) / B::kMr;
+  const int64_t ld = nq * B::kNr;
+  for (int64_t k0 = 0; k0 < K; k0 += B::kKc) {
+    const int64_t kc = std::min(B::kKc, K - k0);
+    pack_a_block(g.a + i0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, rows, kc, sliver_buf);
+    for (int64_t q = 0; q < nq; ++q) {
+      const T* panel = packed + (q0 + q) * K * B::kNr + k0 * B::kNr;
+      for (int64_t s = 0; s < slivers; ++s)
+        micro_kernel(kc, sliver_buf + s * kc * B::kMr, panel,
+                     sums + s * B::kMr * ld + q * B::kNr, ld, /*accumulate=*/k0 > 0);
+    }
+  }
+  const int64_t j0 = (p0 + q0) * B::kNr;
+  write_tile(g, i0, rows, j0, std::min(ld, N - j0), sums, ld);
+}
+
 // C's columns of panels [p0, p0 + np), from those panels packed in `packed`. Output tiles: a
 // task owns its tile's every sum from k = 0 to K - 1.
 template <typename T>
 void run_tiles(const GemmArgs<T>& g, const T* packed, int64_t p0, int64_t np) {
   using B = Blocking<T>;
-  const int64_t M = g.m, N = g.n, K = g.k;
+  const int64_t M = g.m;
   constexpr int64_t kTaskPanels = B::kNc / B::kNr;
   const int64_t col_tasks = (np + kTaskPanels - 1) / kTaskPanels;
   // Rows per task: kMc, or fewer (whole slivers) so that there are a few tasks per thread. Every
@@ -220,23 +245,9 @@ void run_tiles(const GemmArgs<T>& g, const T* packed, int64_t p0, int64_t np) {
     T* sums = sliver_buf + B::kMc * B::kKc;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t i0 = (task / col_tasks) * mc;
-      const int64_t rows = std::min(mc, M - i0);
-      const int64_t slivers = (rows + B::kMr - 1) / B::kMr;
       const int64_t q0 = (task % col_tasks) * kTaskPanels;
-      const int64_t nq = std::min(kTaskPanels, np - q0);
-      const int64_t ld = nq * B::kNr;
-      for (int64_t k0 = 0; k0 < K; k0 += B::kKc) {
-        const int64_t kc = std::min(B::kKc, K - k0);
-        pack_a_block(g.a + i0 * g.a_rs + k0 * g.a_cs, g.a_rs, g.a_cs, rows, kc, sliver_buf);
-        for (int64_t q = 0; q < nq; ++q) {
-          const T* panel = packed + (q0 + q) * K * B::kNr + k0 * B::kNr;
-          for (int64_t s = 0; s < slivers; ++s)
-            micro_kernel(kc, sliver_buf + s * kc * B::kMr, panel,
-                         sums + s * B::kMr * ld + q * B::kNr, ld, /*accumulate=*/k0 > 0);
-        }
-      }
-      const int64_t j0 = (p0 + q0) * B::kNr;
-      write_tile(g, i0, rows, j0, std::min(ld, N - j0), sums, ld);
+      compute_tile(g, packed, p0, i0, std::min(mc, M - i0), q0, std::min(kTaskPanels, np - q0),
+                   sliver_buf, sums);
     }
   });
 }
