@@ -12,7 +12,7 @@ import sys
 import pytest
 
 TINY = ["--tokens", "512", "--lengths", "128,256,512", "--heads", "2", "--d-head", "16",
-        "--bucket-size", "32", "--n-hashes", "2", "--depths", "1,4", "--stack-length", "128",
+        "--bucket-size", "32", "--n-hashes", "2", "--depths", "1,4", "--stack-length", "512",
         "--d-model", "32", "--stack-heads", "2", "--ffn-length", "8192", "--ffn-chunks", "128",
         "--repeats", "1", "--no-progress", "--threads", "1", "--device", "cpu"]
 
