@@ -9,9 +9,9 @@ _library.load()
 
 from ._library import default_device, has_cuda_kernels, require_device  # noqa: E402
 
-from .ops import lsh_attention, lsh_buckets, random_rotations  # noqa: E402
-from .feed_forward import chunked_feed_forward  # noqa: E402
-from . import reformer_stack as _reformer_stack  # noqa: E402,F401  (registrations)
+from . import ops  # noqa: E402  (registers every operator family)
+from .ops.lsh_attention import lsh_attention, lsh_buckets, random_rotations  # noqa: E402
+from .ops.chunked_ffn import chunked_feed_forward  # noqa: E402
 from . import nn  # noqa: E402
 
 __all__ = ["chunked_feed_forward", "default_device", "has_cuda_kernels", "lsh_attention",

@@ -230,7 +230,8 @@ def attention_at_length(args, runner: Runner, length: int, gen) -> list[Measurem
     shape = (batch, args.heads, length, args.d_head)
     qk = torch.randn(shape, generator=gen).to(args.device)
     v = torch.randn(shape, generator=gen).to(args.device)
-    n_buckets = max(2, 2 * math.ceil(length / args.bucket_size))  # the SPEC default
+    # the default number of buckets (docs/semantics.md §4)
+    n_buckets = max(2, 2 * math.ceil(length / args.bucket_size))
     rotations = rx.random_rotations(qk, n_hashes=args.n_hashes, n_buckets=n_buckets)
     variants = {
         f"LSH-{args.n_hashes}": lambda: rx.lsh_attention(qk, v, bucket_size=args.bucket_size,

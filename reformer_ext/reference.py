@@ -1,5 +1,5 @@
-"""Plain-PyTorch references of the Reformer LSH attention (SPEC section 1) and of the
-reversible Reformer stack (SPEC section 3).
+"""Plain-PyTorch references of the Reformer LSH attention (docs/semantics.md §1) and of the
+reversible Reformer stack (docs/semantics.md §3).
 
 This is the oracle the C++/CUDA kernels are tested against. It is written to be
 read, not to be fast: it follows the paper step by step (hash, sort, chunk,
@@ -17,7 +17,7 @@ import torch
 
 __all__ = ["lsh_buckets_reference", "lsh_attention_reference", "reformer_stack_reference"]
 
-# Mask constants of SPEC step 5, used by replacement in the accumulator dtype.
+# Mask constants of docs/semantics.md §1 step 5, used by replacement in the accumulator dtype.
 MASK_VALUE = -1e9  # padding key, or causal j > i
 SELF_MASK_VALUE = -1e5  # j == i: a token attends to itself only as a last resort
 KEY_NORM_EPS = 1e-6
@@ -39,7 +39,7 @@ def _padding(key_padding_mask, B, L, L_pad, device):
 
 
 def _hash(x, rotations, pad):
-    """Buckets of SPEC step 1.
+    """Buckets of docs/semantics.md §1 step 1.
 
     x: (B, H, Lx, D) in the compute dtype, rotations: (Hr, D, R, nb/2) with Hr in {1, H},
     pad: (B, Lx) bool. Returns int64 (B, H, R, Lx); padding positions get bucket nb.
@@ -96,7 +96,7 @@ def lsh_attention_reference(
     n_chunks_after=0,
     scale=1.0,
 ):
-    """LSH self-attention of SPEC section 1. Returns (out, lse).
+    """LSH self-attention of docs/semantics.md §1. Returns (out, lse).
 
     qk: (B, H, L, D), v: (B, H, L, Dv), rotations: (Hr, D, R, nb/2), key_padding_mask: (B, L)
     bool with True = padding. out: (B, H, L, Dv) in the input dtype; lse: (B, H, L) in float32
@@ -185,14 +185,15 @@ def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
                              key_padding_mask=None, bucket_size=64, causal=False,
                              n_chunks_before=1, n_chunks_after=0, activation="gelu",
                              dropout_p=0.0, layer_norm_eps=1e-5):
-    """The reversible stack of SPEC section 3 run forward with ordinary autograd (everything
-    stored): 12 weights per layer in the order of reformer_ext.reformer_stack.WEIGHT_NAMES, one
-    rotation tensor per layer, seeds (depth, 3) = the dropout seeds of the attention output, the
-    FFN hidden activation and the FFN output. Returns (y1, y2)."""
+    """The reversible stack of docs/semantics.md §3 run forward with ordinary autograd (everything
+    stored): 12 weights per layer in the order of
+    reformer_ext.ops.reformer_stack.LAYER_WEIGHT_NAMES, one rotation tensor per layer, seeds
+    (depth, 3) = the dropout seeds of the attention output, the FFN hidden activation and the
+    FFN output. Returns (y1, y2)."""
     import torch.nn.functional as F
 
     # the seeded mask rule of csrc/seeded_dropout.h (the C++ side computes it independently)
-    from .feed_forward import seeded_dropout as _seeded_dropout
+    from .ops.seeded_random import seeded_dropout as _seeded_dropout
 
     B, L, d = x1.shape
     act = _ACTIVATIONS[activation]

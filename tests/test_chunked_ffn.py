@@ -4,7 +4,7 @@ chunked_ffn_backward, rx.chunked_feed_forward and rx.nn.ChunkedFeedForward.
 The forward and every gradient are compared with a plain PyTorch FFN (F.linear, activation,
 F.linear, autograd) for chunk sizes that divide N, do not divide it, exceed it and equal 1, every
 activation, with and without biases, inputs of rank 2 to 4. Dropout is checked against a plain
-FFN with the explicit mask of reformer_ext.feed_forward.hidden_dropout_keep_mask, which is itself
+FFN with the explicit mask of reformer_ext.ops.seeded_random.hidden_dropout_keep_mask, which is itself
 checked against a scalar SplitMix64 in pure Python. CUDA tests compare the GPU with the CPU and
 skip when no GPU is present.
 """
@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import reformer_ext as rx
-from reformer_ext.feed_forward import ACTIVATIONS, hidden_dropout_keep_mask
+from reformer_ext.ops.chunked_ffn import ACTIVATIONS
+from reformer_ext.ops.seeded_random import hidden_dropout_keep_mask
 
 F64, F32 = torch.float64, torch.float32
 ops = torch.ops.reformer

@@ -8,9 +8,21 @@ import torch
 
 import reformer_ext as rx
 from reformer_ext.reference import reformer_stack_reference
-from reformer_ext.reformer_stack import WEIGHT_NAMES, WEIGHTS_PER_LAYER, reformer_stack
+from reformer_ext.ops import reformer_stack as stack_ops
+from reformer_ext.ops.reformer_stack import (LAYER_WEIGHT_NAMES, WEIGHTS_PER_LAYER,
+                                             StackOptions)
 
 F64 = torch.float64
+
+
+def reformer_stack(x1, x2, weights, rotations, seeds, *, key_padding_mask=None, dropout_p=0.0,
+                   **options):
+    """The package's stack wrapper called with a flat weight list (LAYER_WEIGHT_NAMES order per
+    layer), as the reference takes them."""
+    layers = [dict(zip(LAYER_WEIGHT_NAMES, weights[i:i + WEIGHTS_PER_LAYER]))
+              for i in range(0, len(weights), WEIGHTS_PER_LAYER)]
+    return stack_ops.reformer_stack(x1, x2, layers, rotations, seeds, StackOptions(**options),
+                                    key_padding_mask=key_padding_mask, dropout_p=dropout_p)
 
 
 def _problem(depth=2, batch=2, length=21, d_model=8, n_heads=2, d_ff=12, n_hashes=2,
@@ -27,7 +39,7 @@ def _problem(depth=2, batch=2, length=21, d_model=8, n_heads=2, d_ff=12, n_hashe
               "ffn_b2": (d_model,)}
     weights = []
     for _ in range(depth):
-        for name in WEIGHT_NAMES:
+        for name in LAYER_WEIGHT_NAMES:
             w = torch.randn(shapes[name], generator=g, dtype=dtype) * 0.5
             if name.startswith("norm") and name.endswith("weight"):
                 w = w * 0.2 + 1.0
@@ -227,6 +239,39 @@ def test_bad_arguments_name_the_argument(needle, args):
 
 
 def test_weights_per_layer_constant():
-    assert WEIGHTS_PER_LAYER == 12 == len(set(WEIGHT_NAMES))
+    assert WEIGHTS_PER_LAYER == 12 == len(set(LAYER_WEIGHT_NAMES))
     model = rx.nn.Reformer(8, 3, 2, d_ff=12)
-    assert len(model._weights()) == 3 * WEIGHTS_PER_LAYER
+    layers = model.stack_weights()
+    assert len(layers) == 3
+    assert all(list(layer) == list(LAYER_WEIGHT_NAMES) for layer in layers)
+
+
+def test_module_names_each_weight_for_the_stack():
+    """The module hands the stack its weights by name: each name maps to the parameter it
+    means (same-shaped weights such as the two LayerNorms' cannot trade places)."""
+    model = rx.nn.Reformer(8, 2, 2, d_ff=12)
+    for block, layer in zip(model.layers, model.stack_weights()):
+        f, g = block.f, block.g
+        expected = {"norm1_weight": f.norm.weight, "norm1_bias": f.norm.bias,
+                    "qk_weight": f.attn.to_qk.weight, "v_weight": f.attn.to_v.weight,
+                    "out_weight": f.attn.to_out.weight, "out_bias": f.attn.to_out.bias,
+                    "norm2_weight": g.norm.weight, "norm2_bias": g.norm.bias,
+                    "ffn_w1": g.ff.w1.weight, "ffn_b1": g.ff.w1.bias,
+                    "ffn_w2": g.ff.w2.weight, "ffn_b2": g.ff.w2.bias}
+        assert {k: id(v) for k, v in layer.items()} == {k: id(v) for k, v in expected.items()}
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected"])
+def test_wrapper_takes_weights_by_name(change):
+    x1, x2, weights, rotations, seeds = _problem(depth=2, length=9)
+    layers = [dict(zip(LAYER_WEIGHT_NAMES, weights[i:i + WEIGHTS_PER_LAYER]))
+              for i in (0, WEIGHTS_PER_LAYER)]
+    if change == "missing":
+        del layers[1]["norm2_bias"]
+        needle = "missing: ['norm2_bias']"
+    else:
+        layers[1]["norm3_bias"] = layers[1]["norm2_bias"]
+        needle = "unexpected: ['norm3_bias']"
+    with pytest.raises(ValueError, match=r"layer 1's weights must be named") as info:
+        stack_ops.reformer_stack(x1, x2, layers, rotations, seeds, StackOptions(n_heads=2))
+    assert needle in str(info.value)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import reformer_ext as rx
-from reformer_ext.nn.attention import seeded_rotations
+from reformer_ext.ops.seeded_random import seeded_rotations
 
 F64, F32 = torch.float64, torch.float32
 TOL = {F64: 1e-8, F32: 1e-4}

@@ -1,4 +1,5 @@
-"""Modules (SPEC §4, ``reformer_ext.nn``): thin nn.Module shims over the reformer operators."""
+"""Modules (docs/semantics.md §4, ``reformer_ext.nn``): thin nn.Module shims over the reformer
+operators."""
 
 from .feed_forward import ChunkedFeedForward
 from .attention import LSHSelfAttention

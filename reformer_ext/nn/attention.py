@@ -1,9 +1,8 @@
 """reformer_ext.nn.LSHSelfAttention: multi-head LSH self-attention with shared query/keys
-(SPEC §1, §4) over the ``reformer::lsh_attention`` operator."""
+(docs/semantics.md §1, §4) over the ``reformer::lsh_attention`` operator."""
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -11,73 +10,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch import nn as tnn
 
-from ..ops import lsh_attention
-from ._checks import check_bool, check_float_dtype, check_input, check_int, check_probability
+from ..ops._checks import (check_bool, check_float_dtype, check_input, check_int,
+                           check_probability)
+from ..ops.lsh_attention import accumulation_dtype, lsh_attention
+from ..ops.seeded_random import as_int64, seeded_rotations
 from ._mha_call import padding_mask_from_mha_call
 
-__all__ = ["LSHSelfAttention", "seeded_rotations"]
-
-# SplitMix64 constants, as signed int64 (torch has no uint64 arithmetic).
-_MASK64 = (1 << 64) - 1
-
-
-def _i64(value: int) -> int:
-    value &= _MASK64
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-_GAMMA = _i64(0x9E3779B97F4A7C15)
-_MIX1 = _i64(0xBF58476D1CE4E5B9)
-_MIX2 = _i64(0x94D049BB133111EB)
-
-
-def _mix64(z: Tensor) -> Tensor:
-    """SplitMix64's finaliser on int64 tensors (wrapping arithmetic, logical shifts)."""
-    z = z ^ ((z >> 30) & ((1 << 34) - 1))
-    z = z * _MIX1
-    z = z ^ ((z >> 27) & ((1 << 37) - 1))
-    z = z * _MIX2
-    return z ^ ((z >> 31) & ((1 << 33) - 1))
-
-
-def seeded_rotations(seed, shape, *, dtype: torch.dtype = torch.float32,
-                     device=None) -> Tensor:
-    """Deterministic N(0, 1) rotations of ``shape = (H, D, n_hashes, n_buckets // 2)``: a pure
-    function of ``seed`` (int or 0-dim int64 tensor) and of each element's index, computed with
-    tensor operations only (no torch.Generator, no host synchronisation, traceable by
-    torch.compile), identical on every device.
-
-    Element ``(h, d, r, k)`` uses the counter ``c = ((h·D + d)·n_hashes + r)·2^32 + k``: it does
-    not depend on ``n_buckets``, so the rotations for fewer buckets are a prefix (along the last
-    dimension) of those for more. Two words ``w_j = mix64(mix64(seed) + (2c + j + 1)·γ)``
-    (SplitMix64, γ = 0x9E3779B97F4A7C15) give uniforms ``u_j = ((w_j >>> 11) + 1) · 2^-53`` in
-    (0, 1], and Box-Muller ``sqrt(-2 ln u_0) · cos(2π u_1)`` the normal value (in float64, then
-    cast to ``dtype``).
-    """
-    heads, dim, n_hashes, half = shape  # no int(): sizes may be symbolic under torch.compile
-    if torch.is_tensor(seed):
-        seed_t = seed.to(dtype=torch.int64)
-        device = seed_t.device if device is None else torch.device(device)
-    else:
-        seed_t = torch.tensor(_i64(int(seed)), dtype=torch.int64)
-        device = torch.device("cpu") if device is None else torch.device(device)
-    # float64 is not available everywhere (MPS): compute there on the CPU.
-    calc = torch.device("cpu") if device.type == "mps" else device
-    seed_t = seed_t.to(calc)
-    i64 = dict(dtype=torch.int64, device=calc)
-    row = torch.arange(heads * dim * n_hashes, **i64)
-    counter = (row[:, None] << 32) + torch.arange(half, **i64)[None, :]
-    base = _mix64(seed_t.reshape(()))
-    words = [_mix64(base + (2 * counter + (j + 1)) * _GAMMA) for j in (0, 1)]
-    u0, u1 = (((w >> 11) & ((1 << 53) - 1)).to(torch.float64).add_(1.0).mul_(2.0 ** -53)
-              for w in words)
-    normal = torch.sqrt(-2.0 * torch.log(u0)) * torch.cos((2.0 * math.pi) * u1)
-    return normal.reshape(heads, dim, n_hashes, half).to(device=device, dtype=dtype)
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
+__all__ = ["LSHSelfAttention"]
 
 class LSHSelfAttention(tnn.Module):
     """Multi-head LSH self-attention with shared query/keys (the Reformer's attention layer).
@@ -90,10 +29,10 @@ class LSHSelfAttention(tnn.Module):
         d_model: input and output width.
         n_heads: number of heads.
         d_head: width of each head (default ``d_model // n_heads``, which must then divide).
-        bucket_size: chunk length after sorting by bucket (SPEC §1, ``m``).
+        bucket_size: chunk length after sorting by bucket (docs/semantics.md §1, ``m``).
         n_hashes: hash rounds.
         n_buckets: buckets per round (even int). Default: chosen per forward from the length,
-            ``max(2, 2 * ceil(L / bucket_size))`` (SPEC §4).
+            ``max(2, 2 * ceil(L / bucket_size))`` (docs/semantics.md §4).
         causal: mask keys after the query.
         n_chunks_before, n_chunks_after: how many neighbouring chunks each chunk attends to.
         dropout: dropout rate applied in training mode to the OUTPUT of ``to_out`` (as the
@@ -174,7 +113,7 @@ class LSHSelfAttention(tnn.Module):
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()))
         self.register_buffer("rotation_seed",
-                             torch.tensor(_i64(int(seed)), dtype=torch.int64, device=device))
+                             torch.tensor(as_int64(int(seed)), dtype=torch.int64, device=device))
         # eager-mode cache of fixed rotations, checked against the seed buffer's identity and
         # version counter, so reseed(), load_state_dict() and .to() invalidate it.
         self._rotation_cache: dict = {}
@@ -184,7 +123,7 @@ class LSHSelfAttention(tnn.Module):
     def reseed(self, seed: int) -> None:
         """Sets the seed of the fixed rotations."""
         with torch.no_grad():
-            self.rotation_seed.fill_(_i64(int(seed)))
+            self.rotation_seed.fill_(as_int64(int(seed)))
 
     def buckets_for_length(self, length: int) -> int:
         """n_buckets used for a sequence of ``length``."""
@@ -201,7 +140,7 @@ class LSHSelfAttention(tnn.Module):
         use now (fresh ones are drawn from the default generator: each call gives new ones)."""
         device = self.rotation_seed.device if device is None else torch.device(device)
         shape = (self.n_heads, self.d_head, self.n_hashes, self.buckets_for_length(length) // 2)
-        acc = _accumulation_dtype(dtype)
+        acc = accumulation_dtype(dtype)
         if self.uses_fixed_rotations():
             if torch.compiler.is_compiling():
                 return seeded_rotations(self.rotation_seed, shape, dtype=acc, device=device)

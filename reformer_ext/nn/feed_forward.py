@@ -1,5 +1,5 @@
 """reformer_ext.nn.ChunkedFeedForward: the position-wise feed-forward of a Transformer layer
-computed chunk by chunk in forward and backward (SPEC §2)."""
+computed chunk by chunk in forward and backward (docs/semantics.md §2)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 from torch import nn as tnn
 
-from ..feed_forward import ACTIVATIONS, chunked_feed_forward, draw_dropout_seed
-from ._checks import check_bool, check_float_dtype, check_int, check_probability
+from ..ops._checks import check_bool, check_float_dtype, check_int, check_probability
+from ..ops.chunked_ffn import ACTIVATIONS, chunked_feed_forward
+from ..ops.seeded_random import draw_dropout_seed
 
 __all__ = ["ChunkedFeedForward"]
 

@@ -1,17 +1,19 @@
-"""reformer_ext.nn.Reformer and ReformerLM: the reversible Reformer stack (SPEC §3, §4)."""
+"""reformer_ext.nn.Reformer and ReformerLM: the reversible Reformer stack (docs/semantics.md
+§3, §4)."""
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
 from torch import nn as tnn
 
-from ..feed_forward import draw_dropout_seed, seeded_dropout
-from ..reformer_stack import reformer_stack
-from ._checks import (check_bool, check_float_dtype, check_input, check_int,
-                      check_key_padding_mask, check_nonnegative, check_probability, describe)
+from ..ops._checks import (check_bool, check_float_dtype, check_input, check_int,
+                           check_key_padding_mask, check_nonnegative, check_probability,
+                           describe)
+from ..ops.reformer_stack import StackOptions, reformer_stack
+from ..ops.seeded_random import draw_dropout_seed, seeded_dropout
 from .attention import LSHSelfAttention
 from .feed_forward import ChunkedFeedForward
 from .reversible import ReversibleBlock
@@ -24,8 +26,8 @@ MERGES = ("concat", "mean")
 class PreNormAttention(tnn.Module):
     """The F branch of a Reformer layer: ``dropout(attn(norm(x), key_padding_mask))``; ``attn``
     is an :class:`LSHSelfAttention` built without dropout of its own; the branch's output
-    dropout uses the seeded mask of ``reformer_ext.feed_forward.seeded_dropout`` (what the stack
-    operator applies), so forward and recompute agree given the seed."""
+    dropout uses the seeded mask of ``reformer_ext.ops.seeded_random.seeded_dropout`` (what the
+    stack operator applies), so forward and recompute agree given the seed."""
 
     def __init__(self, d_model: int, attn: LSHSelfAttention, *, dropout: float = 0.0,
                  device=None, dtype=None):
@@ -38,6 +40,12 @@ class PreNormAttention(tnn.Module):
                 rotations: Optional[Tensor] = None, dropout_seed=None) -> Tensor:
         out = self.attn(self.norm(x), key_padding_mask, rotations=rotations)
         return _branch_dropout(out, self.dropout if self.training else 0.0, dropout_seed)
+
+    def stack_weights(self) -> Dict[str, Tensor]:
+        """This branch's weights under the stack operator's names (LAYER_WEIGHT_NAMES)."""
+        return {"norm1_weight": self.norm.weight, "norm1_bias": self.norm.bias,
+                "qk_weight": self.attn.to_qk.weight, "v_weight": self.attn.to_v.weight,
+                "out_weight": self.attn.to_out.weight, "out_bias": self.attn.to_out.bias}
 
 
 class PreNormFeedForward(tnn.Module):
@@ -55,6 +63,12 @@ class PreNormFeedForward(tnn.Module):
     def forward(self, x: Tensor, *, hidden_seed=None, dropout_seed=None) -> Tensor:
         out = self.ff(self.norm(x), dropout_seed=hidden_seed)
         return _branch_dropout(out, self.dropout if self.training else 0.0, dropout_seed)
+
+    def stack_weights(self) -> Dict[str, Tensor]:
+        """This branch's weights under the stack operator's names (LAYER_WEIGHT_NAMES)."""
+        return {"norm2_weight": self.norm.weight, "norm2_bias": self.norm.bias,
+                "ffn_w1": self.ff.w1.weight, "ffn_b1": self.ff.w1.bias,
+                "ffn_w2": self.ff.w2.weight, "ffn_b2": self.ff.w2.bias}
 
 
 def _branch_dropout(x: Tensor, p: float, seed) -> Tensor:
@@ -86,7 +100,7 @@ class Reformer(tnn.Module):
       (reformer-pytorch returns the plain mean and normalises in its LM).
 
     ``reversible=True`` (default) runs the whole stack as ONE operator,
-    ``torch.ops.reformer.reformer_stack`` (C++; reformer_ext.reformer_stack), that keeps only
+    ``torch.ops.reformer.reformer_stack`` (C++; reformer_ext.ops.reformer_stack), that keeps only
     the final streams and recomputes every layer in the backward: activation memory does not
     grow with depth, and torch.compile sees one node. ``reversible=False`` runs the very same
     layers (same parameters, same random draws) as ordinary modules with autograd, storing all
@@ -97,11 +111,11 @@ class Reformer(tnn.Module):
     generator of x's device in training, the layer's fixed seeded ones in eval: see
     LSHSelfAttention) and, in training with dropout > 0, three dropout seeds per layer drawn
     from torch's default CPU generator. Dropout masks are pure functions of those seeds (the
-    rule of reformer_ext.feed_forward), so ``torch.manual_seed`` makes a step reproducible and
+    rule of reformer_ext.ops.seeded_random), so ``torch.manual_seed`` makes a step reproducible and
     both modes see identical masks.
 
-    Args (beyond SPEC §4's): ``d_ff`` defaults to ``4·d_model``; ``dropout`` is used for the
-    attention branch output (after to_out), the feed-forward's hidden activation and the
+    Args (beyond docs/semantics.md §4's): ``d_ff`` defaults to ``4·d_model``; ``dropout`` is used
+    for the attention branch output (after to_out), the feed-forward's hidden activation and the
     feed-forward output, in training mode only. Extra keyword-only options: ``merge``,
     ``d_head``, ``n_buckets``, ``n_chunks_before``, ``n_chunks_after``, ``activation``,
     ``fixed_rotations`` (see LSHSelfAttention).
@@ -152,6 +166,13 @@ class Reformer(tnn.Module):
                 PreNormAttention(d_model, attn, dropout=dropout, **factory),
                 PreNormFeedForward(d_model, ff, dropout=dropout, **factory)))
         self.layers = tnn.ModuleList(blocks)
+        # What the stack operator needs besides weights, random state and dropout rate: the
+        # same for every layer (the layers' modules have checked the values).
+        self.stack_options = StackOptions(
+            n_heads=attn.n_heads, bucket_size=attn.bucket_size, causal=attn.causal,
+            n_chunks_before=attn.n_chunks_before, n_chunks_after=attn.n_chunks_after,
+            ff_chunk_size=ff.chunk_size, activation=ff.activation,
+            layer_norm_eps=blocks[0].f.norm.eps)
         self._register_load_state_dict_pre_hook(_rename_old_layer_keys)
         if merge == "concat":
             self.norm = tnn.LayerNorm(2 * d_model, **factory)
@@ -172,14 +193,9 @@ class Reformer(tnn.Module):
             seeds = torch.zeros((self.depth, 3), dtype=torch.int64)
         return rotations, seeds
 
-    def _weights(self) -> List[Tensor]:
-        weights = []
-        for block in self.layers:
-            f, g = block.f, block.g
-            weights += [f.norm.weight, f.norm.bias, f.attn.to_qk.weight, f.attn.to_v.weight,
-                        f.attn.to_out.weight, f.attn.to_out.bias, g.norm.weight, g.norm.bias,
-                        g.ff.w1.weight, g.ff.w1.bias, g.ff.w2.weight, g.ff.w2.bias]
-        return weights
+    def stack_weights(self) -> List[Dict[str, Tensor]]:
+        """Per layer, its weights by the stack operator's names (LAYER_WEIGHT_NAMES)."""
+        return [{**block.f.stack_weights(), **block.g.stack_weights()} for block in self.layers]
 
     def forward_streams(self, x: Tensor, key_padding_mask: Optional[Tensor] = None):
         """The two streams ``(y1, y2)`` after the last layer, before the merge."""
@@ -192,14 +208,9 @@ class Reformer(tnn.Module):
         rotations, seeds = self._random_state(x)
         p = self.dropout if self.training else 0.0
         if self.reversible:
-            attn = self.layers[0].f.attn
-            ff = self.layers[0].g.ff
-            return reformer_stack(
-                x, x, self._weights(), rotations, seeds, n_heads=self.n_heads,
-                key_padding_mask=key_padding_mask, bucket_size=attn.bucket_size,
-                causal=attn.causal, n_chunks_before=attn.n_chunks_before,
-                n_chunks_after=attn.n_chunks_after, ff_chunk_size=ff.chunk_size,
-                activation=ff.activation, dropout_p=p, layer_norm_eps=self.layers[0].f.norm.eps)
+            return reformer_stack(x, x, self.stack_weights(), rotations, seeds,
+                                  self.stack_options, key_padding_mask=key_padding_mask,
+                                  dropout_p=p)
         x1 = x2 = x
         for i, block in enumerate(self.layers):
             s = seeds[i]

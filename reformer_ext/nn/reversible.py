@@ -1,5 +1,5 @@
 """reformer_ext.nn.ReversibleSequence: a stack of reversible residual blocks whose activations
-are recomputed in the backward pass instead of being stored (SPEC §3).
+are recomputed in the backward pass instead of being stored (docs/semantics.md §3).
 
 One block with sub-layers f and g maps two streams ``(x1, x2)`` to
 
@@ -34,7 +34,7 @@ from torch import Tensor
 from torch import nn as tnn
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_bool, describe
+from ..ops._checks import check_bool, describe
 
 __all__ = ["ReversibleBlock", "ReversibleSequence"]
 
@@ -236,8 +236,8 @@ def _check_kwargs(kwargs: dict, name: str) -> None:
 
 
 class ReversibleSequence(tnn.Module):
-    """A stack of reversible residual blocks (SPEC §3) that recomputes activations in the
-    backward pass.
+    """A stack of reversible residual blocks (docs/semantics.md §3) that recomputes activations in
+    the backward pass.
 
     Args:
         blocks: ``(f, g)`` module pairs (or :class:`ReversibleBlock`); f and g map a tensor to a

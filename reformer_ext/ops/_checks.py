@@ -1,9 +1,14 @@
-"""Argument checks shared by the reformer_ext.nn modules.
+"""Argument checks shared by the functional API (reformer_ext.ops) and the modules
+(reformer_ext.nn).
 
-Each helper raises TypeError for a value of the wrong type and ValueError for a value out of
-range, with a message that names the argument, and returns the value in its canonical form
-(``int``, ``bool``, ``float``). Constructors call them before building any layer, so a bad
-argument never reaches nn.Linear / nn.Embedding, whose messages do not name it.
+Eager checks raise TypeError for a value of the wrong type and ValueError for a value out of
+range, with a message that names the argument, what was expected and what was given, and return
+the value in its canonical form (``int``, ``bool``, ``float``). Constructors call them before
+building any layer, so a bad argument never reaches nn.Linear / nn.Embedding, whose messages do
+not name it.
+
+Fake kernels check with :func:`check_traced` instead (``torch._check_value``), which also works
+on symbolic sizes: tracing rejects what eager mode would.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["check_bool", "check_float_dtype", "check_int", "check_input", "check_key_padding_mask",
-           "check_nonnegative", "check_probability", "describe"]
+__all__ = ["check_bool", "check_float_dtype", "check_input", "check_int", "check_key_padding_mask",
+           "check_nonnegative", "check_probability", "check_real", "check_tensor", "check_traced",
+           "describe"]
 
 
 def describe(value) -> str:
@@ -44,7 +50,15 @@ def check_bool(value, name: str) -> bool:
     return value
 
 
-def _real(value, name: str, requirement: str) -> float:
+def check_tensor(value, name: str) -> Tensor:
+    """A torch.Tensor (any shape; the operator checks the rest)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {describe(value)}")
+    return value
+
+
+def check_real(value, name: str, requirement: str = "a real number") -> float:
+    """A real number (bool excluded), returned as float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {requirement}, got {value!r} ({type(value).__name__})")
     return float(value)
@@ -52,7 +66,7 @@ def _real(value, name: str, requirement: str) -> float:
 
 def check_probability(value, name: str = "dropout") -> float:
     """A dropout rate: a number in [0, 1) (NaN is not)."""
-    p = _real(value, name, "a number in [0, 1)")
+    p = check_real(value, name, "a number in [0, 1)")
     if not 0.0 <= p < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
     return p
@@ -60,7 +74,7 @@ def check_probability(value, name: str = "dropout") -> float:
 
 def check_nonnegative(value, name: str) -> float:
     """A finite number >= 0 (e.g. a standard deviation)."""
-    x = _real(value, name, "a finite number >= 0")
+    x = check_real(value, name, "a finite number >= 0")
     if not (math.isfinite(x) and x >= 0.0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return x
@@ -111,3 +125,8 @@ def check_key_padding_mask(mask, x: Tensor) -> None:
     if mask.device != x.device:
         raise ValueError(f"key_padding_mask must be on x's device ({x.device}), got "
                          f"{mask.device}")
+
+
+def check_traced(condition, message: str) -> None:
+    """The fake kernels' check: ``condition`` may involve symbolic sizes."""
+    torch._check_value(condition, lambda: message)

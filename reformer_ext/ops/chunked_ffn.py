@@ -1,24 +1,17 @@
-"""Chunked feed-forward (SPEC §2): the functional API over torch.ops.reformer.chunked_ffn and the
-Python-side registrations (fake kernels, autograd) that make the operator work with autograd,
-fake tensors and torch.compile.
+"""The chunked feed-forward operator family (docs/semantics.md §2): the functional API over
+``torch.ops.reformer.chunked_ffn`` and its Python-side registrations (fake kernels, autograd,
+autocast).
 
     y = W2 · dropout(act(W1 · x + b1)) + b2,  position-wise on x (..., d_model)
 
 computed ``chunk_size`` positions at a time in the forward AND the backward: the backward
 recomputes each chunk's hidden activation, so the (N, d_ff) hidden tensor never exists.
 
-Dropout on the hidden activation is deterministic given a seed. The mask is a pure function of
-(seed, element index), the same on every device, for every chunk_size, and in the forward and
-the backward's recompute. Element e = row · d_ff + col of the (N, d_ff) hidden activation
-(row-major; N = the positions of x in order) gets the word
-
-    word(e) = mix64(seed + (e + 1) · 0x9E3779B97F4A7C15)                  (mod 2^64)
-    mix64(z): z ^= z >> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >> 27; z *= 0x94D049BB133111EB;
-              z ^= z >> 31                                          (logical shifts)
-
-(the (e + 1)-th output of SplitMix64 seeded with ``seed``) and is dropped iff word(e), read as a
-signed 64-bit integer, is < -2^63 + p · 2^64; kept elements are scaled by 1 / (1 - p).
-:func:`hidden_dropout_keep_mask` computes the same mask in Python.
+Dropout on the hidden activation is deterministic given a seed: the mask is a pure function of
+(seed, element index) of the row-major (N, d_ff) hidden activation, the same on every device, for
+every chunk_size, and in the forward and the backward's recompute (the rule is in
+reformer_ext/ops/seeded_random.py; :func:`~reformer_ext.ops.seeded_random.hidden_dropout_keep_mask`
+computes it in Python).
 
 On the CPU the output and every gradient are bitwise identical across runs and thread counts, in
 every dtype (float16 / bfloat16 inputs are computed in float32 and rounded once): the GEMMs and
@@ -29,26 +22,19 @@ AVX-512, ...) FMA contraction and vector width change rounding. On CUDA the GEMM
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ._autocast import register_low_precision_autocast
+from ._checks import check_int, check_probability, check_tensor, check_traced
+from .seeded_random import draw_dropout_seed, seed_tensor
 
-__all__ = ["chunked_feed_forward", "draw_dropout_seed", "hidden_dropout_keep_mask", "seed_tensor",
-           "seeded_dropout", "ACTIVATIONS"]
+__all__ = ["ACTIVATIONS", "chunked_feed_forward"]
 
 #: Accepted values of ``activation``: exact GELU, tanh-approximated GELU, ReLU, SiLU.
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
-
-_MASK64 = (1 << 64) - 1
-_GAMMA = 0x9E3779B97F4A7C15
-_MIX1 = 0xBF58476D1CE4E5B9
-_MIX2 = 0x94D049BB133111EB
-
 
 # ---------------------------------------------------------------------------------------------
 # Fake (meta) kernels: shapes only depend on the input shapes. They repeat the checks of the C++
@@ -59,44 +45,40 @@ _MIX2 = 0x94D049BB133111EB
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _check(condition, message: str) -> None:
-    torch._check_value(condition, lambda: message)
-
-
 def _fake_check_operand(t, name: str, x) -> None:
-    _check(isinstance(t, Tensor), f"{name} must be a tensor, got {type(t).__name__}")
-    _check(t.dtype == x.dtype, f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
-    _check(t.device == x.device,
+    check_traced(isinstance(t, Tensor), f"{name} must be a tensor, got {type(t).__name__}")
+    check_traced(t.dtype == x.dtype, f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+    check_traced(t.device == x.device,
            f"{name} must be on the same device as x ({x.device}), got {t.device}")
 
 
 def _fake_check_dropout_seed(dropout_seed, dropout_p, x) -> None:
-    _check(0.0 <= dropout_p < 1.0, f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_traced(0.0 <= dropout_p < 1.0, f"dropout_p must be in [0, 1), got {dropout_p}")
     if dropout_seed is None:
-        _check(dropout_p == 0.0, "dropout_seed must be given when dropout_p > 0 (got "
+        check_traced(dropout_p == 0.0, "dropout_seed must be given when dropout_p > 0 (got "
                                  f"dropout_p = {dropout_p} and dropout_seed = None)")
         return
     # The seed's value is read on the host; a meta computation never reads it, so there (and
     # only there) a meta seed is accepted as well.
     on_host = dropout_seed.device.type == "cpu" or (dropout_seed.device.type == "meta"
                                                     and x.device.type == "meta")
-    _check(dropout_seed.dtype == torch.int64 and dropout_seed.numel() == 1 and on_host,
+    check_traced(dropout_seed.dtype == torch.int64 and dropout_seed.numel() == 1 and on_host,
            "dropout_seed must be a one-element int64 tensor on the CPU, got "
            f"{dropout_seed.dtype} of shape {tuple(dropout_seed.shape)} on {dropout_seed.device}")
 
 
 def _fake_check_args(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed):
     _fake_check_dropout_seed(dropout_seed, dropout_p, x)
-    _check(isinstance(x, Tensor) and x.dim() >= 1,
+    check_traced(isinstance(x, Tensor) and x.dim() >= 1,
            "x must have shape (..., d_model), got a 0-dimensional tensor")
-    _check(x.dtype in _FLOAT_DTYPES,
+    check_traced(x.dtype in _FLOAT_DTYPES,
            f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
     d_model = x.shape[-1]
-    _check(isinstance(w1, Tensor) and w1.dim() == 2 and w1.shape[1] == d_model,
+    check_traced(isinstance(w1, Tensor) and w1.dim() == 2 and w1.shape[1] == d_model,
            f"w1 must have shape (d_ff, d_model) with d_model = {d_model} (x's last dimension), "
            f"got {tuple(w1.shape) if isinstance(w1, Tensor) else w1!r}")
     d_ff = w1.shape[0]
-    _check(isinstance(w2, Tensor) and w2.dim() == 2 and w2.shape[0] == d_model
+    check_traced(isinstance(w2, Tensor) and w2.dim() == 2 and w2.shape[0] == d_model
            and w2.shape[1] == d_ff,
            f"w2 must have shape (d_model, d_ff) = ({d_model}, {d_ff}) (d_model from x, d_ff "
            f"from w1), got {tuple(w2.shape) if isinstance(w2, Tensor) else w2!r}")
@@ -104,11 +86,11 @@ def _fake_check_args(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropo
     _fake_check_operand(w2, "w2", x)
     for bias, name, size, size_name in ((b1, "b1", d_ff, "d_ff"), (b2, "b2", d_model, "d_model")):
         if bias is not None:
-            _check(bias.dim() == 1 and bias.shape[0] == size,
+            check_traced(bias.dim() == 1 and bias.shape[0] == size,
                    f"{name} must have shape ({size_name},) = ({size},), got {tuple(bias.shape)}")
             _fake_check_operand(bias, name, x)
-    _check(chunk_size >= 1, f"chunk_size must be >= 1, got {chunk_size}")
-    _check(activation in ACTIVATIONS, f"activation must be one of "
+    check_traced(chunk_size >= 1, f"chunk_size must be >= 1, got {chunk_size}")
+    check_traced(activation in ACTIVATIONS, f"activation must be one of "
                                       f"{', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
 
 
@@ -122,7 +104,7 @@ def _chunked_ffn_fake(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, drop
 def _chunked_ffn_backward_fake(grad_out, x, w1, b1, w2, b2, chunk_size, activation, dropout_p,
                                dropout_seed, output_mask):
     _fake_check_args(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed)
-    _check(isinstance(grad_out, Tensor) and grad_out.shape == x.shape,
+    check_traced(isinstance(grad_out, Tensor) and grad_out.shape == x.shape,
            f"grad_out must have the shape of x {tuple(x.shape)}, got "
            f"{tuple(grad_out.shape) if isinstance(grad_out, Tensor) else grad_out!r}")
     _fake_check_operand(grad_out, "grad_out", x)
@@ -162,73 +144,7 @@ register_low_precision_autocast("reformer::chunked_ffn", cast=("x", "w1", "b1", 
 
 
 # ---------------------------------------------------------------------------------------------
-# Dropout mask and seeds
-
-
-def _as_int64(value: int) -> int:
-    """Python int -> the int64 with the same low 64 bits."""
-    value &= _MASK64
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def draw_dropout_seed(generator: Optional[torch.Generator] = None) -> Tensor:
-    """A fresh 63-bit dropout seed from torch's CPU RNG (or ``generator``), so that
-    ``torch.manual_seed`` makes dropout reproducible: a 0-dim int64 CPU tensor (drawn with a
-    tensor op, so a compiled graph draws it without a graph break)."""
-    return torch.randint(0, 2**62, (), dtype=torch.int64, generator=generator)
-
-
-def seed_tensor(seed) -> Tensor:
-    """A dropout seed as the operators take it (a 0-dim int64 CPU tensor): an int (taken modulo
-    2^64) or such a tensor, which is returned as it is."""
-    if isinstance(seed, Tensor):
-        if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device.type != "cpu":
-            raise ValueError("dropout_seed must be an int or a one-element int64 CPU tensor, got "
-                             f"{seed.dtype} of shape {tuple(seed.shape)} on {seed.device}")
-        return seed.reshape(())
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"dropout_seed must be an int or an int64 tensor, got "
-                        f"{type(seed).__name__}")
-    return torch.tensor(_as_int64(int(seed)), dtype=torch.int64)
-
-
-def hidden_dropout_keep_mask(n_rows: int, d_ff: int, p: float, seed, *, row_offset: int = 0,
-                             device=None) -> Tensor:
-    """The keep mask (bool, ``(n_rows, d_ff)``) that ``chunked_ffn`` applies to rows
-    ``row_offset .. row_offset + n_rows - 1`` of the hidden activation for dropout rate ``p``
-    and ``seed`` (an int or a 0-dim int64 tensor; see the module docstring). Kept elements are scaled by 1 / (1 - p)."""
-    i64 = dict(dtype=torch.int64, device=device)
-    cols = torch.arange(1, d_ff + 1, **i64) * _as_int64(_GAMMA)
-    seed = seed.to(device) if isinstance(seed, Tensor) else _as_int64(seed)
-    rows = (torch.arange(row_offset, row_offset + n_rows, **i64) * _as_int64(d_ff * _GAMMA)
-            + seed)
-    z = rows[:, None] + cols[None, :]
-    for shift, mult in ((30, _MIX1), (27, _MIX2), (31, None)):
-        z ^= (z >> shift) & ((1 << (64 - shift)) - 1)
-        if mult is not None:
-            z *= _as_int64(mult)
-    threshold = _as_int64(int(math.ldexp(p, 64)) ^ (1 << 63))  # -2^63 + p · 2^64
-    return z >= threshold
-
-
-def seeded_dropout(x: Tensor, p: float, seed) -> Tensor:
-    """Inverted dropout of ``x`` viewed as ``(N, x.shape[-1])`` rows, with the mask rule above
-    (:func:`hidden_dropout_keep_mask` over those rows): what the reversible stack operator
-    applies to its branch outputs (csrc/seeded_dropout.h). ``p == 0`` returns ``x``."""
-    if p == 0.0:
-        return x
-    width = x.shape[-1]
-    keep = hidden_dropout_keep_mask(x.numel() // width, width, p, seed, device=x.device)
-    return torch.where(keep.view(x.shape), x, 0).mul(1.0 / (1.0 - p))
-
-
-# ---------------------------------------------------------------------------------------------
 # Functional API
-
-
-def _require_tensor(value, name: str) -> None:
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
 
 
 def chunked_feed_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
@@ -237,7 +153,7 @@ def chunked_feed_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor
                          dropout_seed=None,
                          generator: Optional[torch.Generator] = None) -> Tensor:
     """Position-wise feed-forward ``W2 · dropout(act(W1 · x + b1)) + b2``, ``chunk_size``
-    positions at a time in forward and backward (SPEC §2).
+    positions at a time in forward and backward (docs/semantics.md §2).
 
     x: ``(..., d_model)``; w1: ``(d_ff, d_model)`` and w2: ``(d_model, d_ff)`` (the nn.Linear
     layout); b1 ``(d_ff,)`` and b2 ``(d_model,)`` may be None. All of one dtype (float32,
@@ -248,27 +164,22 @@ def chunked_feed_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor
     dropout: probability in [0, 1) of zeroing a hidden activation (inverted dropout, applied
     whenever dropout > 0; pass 0.0 for evaluation). The mask is a pure function of
     ``dropout_seed`` (an int, taken modulo 2^64, or a one-element int64 CPU tensor) and the
-    element's index (module docstring), independent of chunk_size. With dropout > 0 and no
-    seed, one is drawn from torch's RNG (``generator`` or the default CPU generator).
+    element's index (reformer_ext/ops/seeded_random.py), independent of chunk_size. With
+    dropout > 0 and no seed, one is drawn from torch's RNG (``generator`` or the default CPU
+    generator).
     """
     for value, name in ((x, "x"), (w1, "w1"), (w2, "w2")):
-        _require_tensor(value, name)
+        check_tensor(value, name)
     for value, name in ((b1, "b1"), (b2, "b2")):
         if value is not None:
-            _require_tensor(value, name)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
-        raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+            check_tensor(value, name)
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, "
                          f"got {activation!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
-        raise TypeError(f"dropout must be a float, got {type(dropout).__name__}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    dropout = check_probability(dropout, "dropout")
     seed = None
     if dropout > 0.0:
         seed = draw_dropout_seed(generator) if dropout_seed is None else seed_tensor(dropout_seed)
-    return torch.ops.reformer.chunked_ffn(x, w1, b1, w2, b2, int(chunk_size), activation,
-                                          float(dropout), seed)
+    return torch.ops.reformer.chunked_ffn(x, w1, b1, w2, b2, chunk_size, activation, dropout,
+                                          seed)

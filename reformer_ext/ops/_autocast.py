@@ -5,8 +5,8 @@ an autocast region runs in the region's low-precision dtype (``torch.get_autocas
 bfloat16 or float16). Its float32 (or bfloat16/float16) tensor inputs listed at registration are
 cast to that dtype; float64 tensors, integer/bool tensors (masks) and tensors on another device
 type are left alone, as autocast does for torch's own operators. The kernels accumulate in
-float32 whatever the input dtype (SPEC §1, §2), so only storage and the matmul inputs are in
-low precision. The output has the low-precision dtype; ``lse`` stays float32.
+float32 whatever the input dtype (docs/semantics.md §1, §2), so only storage and the matmul
+inputs are in low precision. The output has the low-precision dtype; ``lse`` stays float32.
 
 - ``reformer::lsh_attention``: qk and v are cast; rotations are not (the hash projections are
   computed in float32 anyway, and keeping them lets a float32 and an autocast run hash with the

@@ -1,5 +1,6 @@
-"""The reversible Reformer stack operator (SPEC §3): Python-side registrations (fake kernels,
-autograd) and the function the modules call.
+"""The reversible Reformer stack operator family (docs/semantics.md §3):
+``reformer::reformer_stack`` and its backward. Python-side registrations (fake kernels, autograd,
+autocast) and the function the modules call.
 
 ``torch.ops.reformer.reformer_stack`` runs ``depth`` reversible layers
 
@@ -10,58 +11,77 @@ with all weights as explicit inputs, and keeps only its outputs for the backward
 rebuilds each layer's inputs from its outputs (csrc/reformer_stack.cpp). To autograd and to
 torch.compile it is one node: memory does not grow with depth, and nothing in it breaks a graph.
 
+Weights: the operator takes one flat list, :data:`LAYER_WEIGHT_NAMES` per layer in that order
+(the order of ``LayerWeight`` in csrc/reformer_stack.h; the C++ argument checks name each weight
+by the same names). :func:`reformer_stack` takes them BY NAME, one mapping per layer, and builds
+the list, so two same-shaped weights cannot trade places unnoticed.
+
 Random state is explicit too: one rotation tensor per layer and a ``(depth, 3)`` int64 CPU
 tensor of dropout seeds (attention output, FFN hidden, FFN output), so the recompute is exact.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from ._autocast import register_low_precision_autocast
+from ._checks import check_traced
 
-__all__ = ["WEIGHTS_PER_LAYER", "WEIGHT_NAMES", "reformer_stack"]
+__all__ = ["LAYER_WEIGHT_NAMES", "StackOptions", "WEIGHTS_PER_LAYER", "flatten_layer_weights",
+           "reformer_stack"]
 
-# The order of one layer's weights in the operator's `weights` list (csrc/reformer_stack.h).
-WEIGHT_NAMES = ("norm1_weight", "norm1_bias", "qk_weight", "v_weight", "out_weight", "out_bias",
-                "norm2_weight", "norm2_bias", "ffn_w1", "ffn_b1", "ffn_w2", "ffn_b2")
-WEIGHTS_PER_LAYER = len(WEIGHT_NAMES)
+#: The names of one layer's weights, in the order the operator takes them (``LayerWeight`` in
+#: csrc/reformer_stack.h): F's LayerNorm, the shared query/key and value projections (no bias),
+#: the attention output projection, G's LayerNorm, the feed-forward's two linear layers.
+LAYER_WEIGHT_NAMES = ("norm1_weight", "norm1_bias", "qk_weight", "v_weight", "out_weight",
+                      "out_bias", "norm2_weight", "norm2_bias", "ffn_w1", "ffn_b1", "ffn_w2",
+                      "ffn_b2")
+WEIGHTS_PER_LAYER = len(LAYER_WEIGHT_NAMES)
 
 
-def _check(condition, message: str) -> None:
-    torch._check_value(condition, lambda: message)
+class StackOptions(NamedTuple):
+    """The stack operator's options, in its schema's order after ``seeds`` (all but the dropout
+    rate, which depends on training mode): shared by every layer."""
+    n_heads: int
+    bucket_size: int = 64
+    causal: bool = False
+    n_chunks_before: int = 1
+    n_chunks_after: int = 0
+    ff_chunk_size: int = 1024
+    activation: str = "gelu"
+    layer_norm_eps: float = 1e-5
 
 
 def _fake_check(x1, x2, weights, rotations, key_padding_mask, seeds):
-    _check(isinstance(x1, Tensor) and x1.dim() == 3,
+    check_traced(isinstance(x1, Tensor) and x1.dim() == 3,
            "x1 must have shape (batch, length, d_model)")
-    _check(isinstance(x2, Tensor) and x2.shape == x1.shape and x2.dtype == x1.dtype
+    check_traced(isinstance(x2, Tensor) and x2.shape == x1.shape and x2.dtype == x1.dtype
            and x2.device == x1.device, "x2 must have the shape, dtype and device of x1")
-    _check(len(weights) > 0 and len(weights) % WEIGHTS_PER_LAYER == 0,
+    check_traced(len(weights) > 0 and len(weights) % WEIGHTS_PER_LAYER == 0,
            f"weights must hold {WEIGHTS_PER_LAYER} tensors per layer, got {len(weights)}")
     depth = len(weights) // WEIGHTS_PER_LAYER
-    _check(len(rotations) == depth,
+    check_traced(len(rotations) == depth,
            f"rotations must hold one tensor per layer ({depth}), got {len(rotations)}")
     for i, w in enumerate(weights):
-        _check(w.dtype == x1.dtype and w.device == x1.device,
+        check_traced(w.dtype == x1.dtype and w.device == x1.device,
                f"weights[{i}] must have the dtype and device of x1")
     for i, r in enumerate(rotations):
-        _check(r.device == x1.device, f"rotations[{i}] must be on the device of x1 "
+        check_traced(r.device == x1.device, f"rotations[{i}] must be on the device of x1 "
                                       f"({x1.device}), got {r.device}")
     if key_padding_mask is not None:
         # a mask on another device (e.g. meta with CPU streams) is dispatched here: refuse it
-        _check(key_padding_mask.dtype == torch.bool and key_padding_mask.dim() == 2
+        check_traced(key_padding_mask.dtype == torch.bool and key_padding_mask.dim() == 2
                and key_padding_mask.shape[0] == x1.shape[0]
                and key_padding_mask.shape[1] == x1.shape[1],
                "key_padding_mask must be a bool tensor of shape (batch, length) = "
                f"{tuple(x1.shape[:2])}, got {key_padding_mask.dtype} "
                f"{tuple(key_padding_mask.shape)}")
-        _check(key_padding_mask.device == x1.device, "key_padding_mask must be on the device "
+        check_traced(key_padding_mask.device == x1.device, "key_padding_mask must be on the device "
                f"of x1 ({x1.device}), got {key_padding_mask.device}")
-    _check(seeds.dtype == torch.int64 and seeds.device.type == "cpu" and seeds.dim() == 2
+    check_traced(seeds.dtype == torch.int64 and seeds.device.type == "cpu" and seeds.dim() == 2
            and seeds.shape[0] == depth and seeds.shape[1] == 3,
            f"seeds must be a CPU int64 tensor of shape ({depth}, 3)")
 
@@ -102,24 +122,39 @@ def _backward(ctx, grad_y1, grad_y2):
 torch.library.register_autograd("reformer::reformer_stack", _backward,
                                 setup_context=_setup_context)
 
-# Autocast (reformer_ext/_autocast.py): one opaque operator cannot follow autocast op by op, so it
-# runs entirely in the region's dtype (its kernels accumulate in float32), the recompute likewise.
+# Autocast (reformer_ext/ops/_autocast.py): one opaque operator cannot follow autocast op by op,
+# so it runs entirely in the region's dtype (its kernels accumulate in float32), the recompute
+# likewise.
 register_low_precision_autocast("reformer::reformer_stack", cast=("x1", "x2", "weights"))
 
 
-def reformer_stack(x1: Tensor, x2: Tensor, weights: Sequence[Tensor], rotations: Sequence[Tensor],
-                   seeds: Tensor, *, n_heads: int, key_padding_mask: Optional[Tensor] = None,
-                   bucket_size: int = 64, causal: bool = False, n_chunks_before: int = 1,
-                   n_chunks_after: int = 0, ff_chunk_size: int = 1024, activation: str = "gelu",
-                   dropout_p: float = 0.0, layer_norm_eps: float = 1e-5) -> Tuple[Tensor, Tensor]:
+def flatten_layer_weights(layers: Sequence[Mapping[str, Tensor]]) -> List[Tensor]:
+    """The operator's flat ``weights`` list from one ``{name: tensor}`` mapping per layer, with
+    exactly the names of :data:`LAYER_WEIGHT_NAMES`."""
+    weights = []
+    for i, layer in enumerate(layers):
+        missing = [name for name in LAYER_WEIGHT_NAMES if name not in layer]
+        unexpected = sorted(name for name in layer if name not in LAYER_WEIGHT_NAMES)
+        if missing or unexpected:
+            raise ValueError(f"layer {i}'s weights must be named {', '.join(LAYER_WEIGHT_NAMES)}; "
+                             f"missing: {missing or 'none'}, unexpected: {unexpected or 'none'}")
+        weights += [layer[name] for name in LAYER_WEIGHT_NAMES]
+    return weights
+
+
+def reformer_stack(x1: Tensor, x2: Tensor, layers: Sequence[Mapping[str, Tensor]],
+                   rotations: Sequence[Tensor], seeds: Tensor, options: StackOptions, *,
+                   key_padding_mask: Optional[Tensor] = None,
+                   dropout_p: float = 0.0) -> Tuple[Tensor, Tensor]:
     """Runs the reversible stack operator: ``(y1, y2)`` from the streams ``x1, x2 (B, L, d)``.
 
-    ``weights``: ``WEIGHTS_PER_LAYER`` tensors per layer in the order of ``WEIGHT_NAMES`` (the
-    nn.Linear / nn.LayerNorm layouts); ``rotations``: one ``(1 or H, d_head, n_hashes,
+    ``layers``: one mapping per layer from each name of :data:`LAYER_WEIGHT_NAMES` to its tensor
+    (the nn.Linear / nn.LayerNorm layouts); ``rotations``: one ``(1 or H, d_head, n_hashes,
     n_buckets // 2)`` tensor per layer; ``seeds``: ``(depth, 3)`` int64 CPU tensor of dropout
     seeds (attention output, FFN hidden, FFN output; unused when ``dropout_p`` is 0).
     """
+    o = options
     return torch.ops.reformer.reformer_stack(
-        x1, x2, list(weights), list(rotations), key_padding_mask, seeds, n_heads, bucket_size,
-        causal, n_chunks_before, n_chunks_after, ff_chunk_size, activation, float(dropout_p),
-        float(layer_norm_eps))
+        x1, x2, flatten_layer_weights(layers), list(rotations), key_padding_mask, seeds,
+        o.n_heads, o.bucket_size, o.causal, o.n_chunks_before, o.n_chunks_after,
+        o.ff_chunk_size, o.activation, float(dropout_p), float(o.layer_norm_eps))

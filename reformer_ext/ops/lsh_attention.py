@@ -1,16 +1,21 @@
-"""Functional API (SPEC §4) over the torch.ops.reformer operators, and the Python-side
-registrations that make the operators work with autograd, fake tensors and torch.compile."""
+"""The LSH attention operator family (docs/semantics.md §1): ``reformer::lsh_buckets``,
+``reformer::lsh_attention`` and its backward. The functional API (``lsh_attention``,
+``lsh_buckets``, ``random_rotations``) and the Python-side registrations that make the operators
+work with autograd, fake tensors, autocast and torch.compile."""
 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ._autocast import register_low_precision_autocast
+from ._checks import check_bool, check_int, check_real, check_tensor, check_traced
+
+__all__ = ["accumulation_dtype", "default_n_buckets", "lsh_attention", "lsh_buckets",
+           "random_rotations"]
 
 # ---------------------------------------------------------------------------------------------
 # Fake (meta) kernels: output shapes never depend on data, only on input shapes. They repeat the
@@ -18,7 +23,9 @@ from ._autocast import register_low_precision_autocast
 # which also works on symbolic sizes, so tracing rejects what eager mode would.
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels accumulate in (and lse / rotations come in): float64 for float64
+    inputs, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -26,27 +33,23 @@ def _padded_length(length, bucket_size):
     return (length + bucket_size - 1) // bucket_size * bucket_size
 
 
-def _check(condition, message: str) -> None:
-    torch._check_value(condition, lambda: message)
-
-
 def _check_tensor_arg(t, name: str, qk, shape=None, dtype=None) -> None:
-    _check(isinstance(t, Tensor), f"{name} must be a tensor, got {type(t).__name__}")
-    _check(t.device == qk.device, f"{name} must be on the same device as qk ({qk.device}), "
+    check_traced(isinstance(t, Tensor), f"{name} must be a tensor, got {type(t).__name__}")
+    check_traced(t.device == qk.device, f"{name} must be on the same device as qk ({qk.device}), "
                                   f"got {t.device}")
     if shape is not None:
-        _check(t.dim() == len(shape) and all(a == b for a, b in zip(t.shape, shape)),
+        check_traced(t.dim() == len(shape) and all(a == b for a, b in zip(t.shape, shape)),
                f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
     if dtype is not None:
-        _check(t.dtype == dtype, f"{name} must have dtype {dtype}, got {t.dtype}")
+        check_traced(t.dtype == dtype, f"{name} must have dtype {dtype}, got {t.dtype}")
 
 
 def _fake_check_hash_args(qk, rotations, key_padding_mask):
-    _check(isinstance(qk, Tensor) and qk.dim() == 4,
+    check_traced(isinstance(qk, Tensor) and qk.dim() == 4,
            "qk must have shape (batch, heads, length, dim)")
     batch, heads, length, dim = qk.shape
     _check_tensor_arg(rotations, "rotations", qk)
-    _check(rotations.dim() == 4 and (rotations.shape[0] == 1 or rotations.shape[0] == heads)
+    check_traced(rotations.dim() == 4 and (rotations.shape[0] == 1 or rotations.shape[0] == heads)
            and rotations.shape[1] == dim and rotations.shape[2] >= 1 and rotations.shape[3] >= 1,
            f"rotations must have shape (1 or {heads}, {dim}, n_hashes, n_buckets // 2), got "
            f"{tuple(rotations.shape)}")
@@ -55,8 +58,8 @@ def _fake_check_hash_args(qk, rotations, key_padding_mask):
 
 
 def _fake_check_window(bucket_size, n_chunks_before, n_chunks_after):
-    _check(bucket_size >= 1, f"bucket_size must be >= 1, got {bucket_size}")
-    _check(n_chunks_before >= 0 and n_chunks_after >= 0,
+    check_traced(bucket_size >= 1, f"bucket_size must be >= 1, got {bucket_size}")
+    check_traced(n_chunks_before >= 0 and n_chunks_after >= 0,
            "n_chunks_before and n_chunks_after must be >= 0")
 
 
@@ -75,7 +78,7 @@ def _lsh_attention_fake(qk, v, rotations, key_padding_mask, bucket_size, causal,
     batch, heads, length, _ = qk.shape
     _check_tensor_arg(v, "v", qk, (batch, heads, length, v.shape[-1]), qk.dtype)
     items = rotations.shape[2] * _padded_length(length, bucket_size)
-    acc = _accumulation_dtype(qk.dtype)
+    acc = accumulation_dtype(qk.dtype)
     out = v.new_empty(v.shape)
     lse = qk.new_empty((batch, heads, length), dtype=acc)
     sorted_positions = qk.new_empty((batch, heads, items), dtype=torch.int32)
@@ -87,11 +90,11 @@ def _lsh_attention_fake(qk, v, rotations, key_padding_mask, bucket_size, causal,
 def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions,
                                  key_padding_mask, bucket_size, causal, n_chunks_before,
                                  n_chunks_after, scale):
-    _check(isinstance(qk, Tensor) and qk.dim() == 4,
+    check_traced(isinstance(qk, Tensor) and qk.dim() == 4,
            "qk must have shape (batch, heads, length, dim)")
     _fake_check_window(bucket_size, n_chunks_before, n_chunks_after)
     batch, heads, length, _ = qk.shape
-    acc = _accumulation_dtype(qk.dtype)
+    acc = accumulation_dtype(qk.dtype)
     _check_tensor_arg(v, "v", qk, (batch, heads, length, v.shape[-1]), qk.dtype)
     _check_tensor_arg(grad_out, "grad_out", qk, v.shape, qk.dtype)
     _check_tensor_arg(out, "out", qk, v.shape, qk.dtype)
@@ -99,7 +102,7 @@ def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, softmax_stats, 
         _check_tensor_arg(grad_lse, "grad_lse", qk, (batch, heads, length), acc)
     _check_tensor_arg(softmax_stats, "softmax_stats", qk, (batch, heads, length, 2), acc)
     _check_tensor_arg(sorted_positions, "sorted_positions", qk, None, torch.int32)
-    _check(sorted_positions.dim() == 3 and sorted_positions.shape[0] == batch
+    check_traced(sorted_positions.dim() == 3 and sorted_positions.shape[0] == batch
            and sorted_positions.shape[1] == heads
            and sorted_positions.shape[2] % _padded_length(length, bucket_size) == 0,
            f"sorted_positions must have shape (batch, heads, n_hashes * padded length), got "
@@ -107,15 +110,6 @@ def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, softmax_stats, 
     if key_padding_mask is not None:
         _check_tensor_arg(key_padding_mask, "key_padding_mask", qk, (batch, length), torch.bool)
     return qk.new_empty(qk.shape), v.new_empty(v.shape)
-
-
-@torch.library.register_fake("reformer::_gemm")
-def _gemm_fake(a, b, bias=None, c=None, alpha=1.0, packed_b=False):
-    _check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0],
-           f"_gemm: a (M, K) and b (K, N) expected, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if c is not None:
-        return c.new_empty(c.shape)
-    return a.new_empty((a.shape[0], b.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,38 +137,13 @@ torch.library.register_autograd(
     "reformer::lsh_attention", _lsh_attention_backward, setup_context=_lsh_attention_setup_context
 )
 
-# Autocast (reformer_ext/_autocast.py): qk and v run in the region's low-precision dtype.
+# Autocast (reformer_ext/ops/_autocast.py): qk and v run in the region's low-precision dtype.
 register_low_precision_autocast("reformer::lsh_attention", cast=("qk", "v"))
 register_low_precision_autocast("reformer::lsh_buckets", cast=("qk",))
 
 
 # ---------------------------------------------------------------------------------------------
 # Functional API
-
-
-def _require_tensor(value, name: str) -> None:
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-
-
-def _require_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
-def _require_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
-
-
-def _require_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def default_n_buckets(length: int, bucket_size: int) -> int:
@@ -185,21 +154,21 @@ def default_n_buckets(length: int, bucket_size: int) -> int:
 def random_rotations(qk: Tensor, n_hashes: int, n_buckets: int,
                      generator: Optional[torch.Generator] = None) -> Tensor:
     """Draws per-head rotations (H, D, n_hashes, n_buckets // 2) from N(0, 1)."""
-    _require_tensor(qk, "qk")
+    check_tensor(qk, "qk")
     if qk.dim() != 4:
         raise ValueError(f"qk must have shape (batch, heads, length, dim), got {tuple(qk.shape)}")
-    n_hashes = _require_int(n_hashes, "n_hashes", 1)
+    n_hashes = check_int(n_hashes, "n_hashes", 1)
     n_buckets = _check_n_buckets(n_buckets)
     shape = (qk.shape[1], qk.shape[3], n_hashes, n_buckets // 2)
     return torch.randn(shape, generator=generator, device=qk.device,
-                       dtype=_accumulation_dtype(qk.dtype))
+                       dtype=accumulation_dtype(qk.dtype))
 
 
 def _check_n_buckets(n_buckets) -> int:
     if isinstance(n_buckets, (list, tuple)):
         raise ValueError("n_buckets given as a list of factors (factorised buckets) is not "
                          f"supported yet, got {n_buckets}; pass one even int")
-    n_buckets = _require_int(n_buckets, "n_buckets", 2)
+    n_buckets = check_int(n_buckets, "n_buckets", 2)
     if n_buckets % 2:
         raise ValueError(f"n_buckets must be even (buckets come from argmax over [p, -p]), "
                          f"got {n_buckets}")
@@ -211,7 +180,7 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
                   key_padding_mask: Optional[Tensor] = None, rotations: Optional[Tensor] = None,
                   generator: Optional[torch.Generator] = None, n_chunks_before: int = 1,
                   n_chunks_after: int = 0, scale: float = 1.0, return_lse: bool = False):
-    """LSH self-attention with shared query/keys (SPEC §1).
+    """LSH self-attention with shared query/keys (docs/semantics.md §1).
 
     qk: (B, H, L, D) shared queries/keys; v: (B, H, L, Dv). key_padding_mask: (B, L) bool,
     True marks padding. rotations: (1 or H, D, n_hashes, n_buckets // 2); when given they define
@@ -221,17 +190,17 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
     Returns out (B, H, L, Dv), or (out, lse) with lse (B, H, L) in float32 (float64 for float64
     inputs) when return_lse. Padding query positions give out 0 and lse 0.
     """
-    _require_tensor(qk, "qk")
-    _require_tensor(v, "v")
-    n_hashes = _require_int(n_hashes, "n_hashes", 1)
-    bucket_size = _require_int(bucket_size, "bucket_size", 1)
-    n_chunks_before = _require_int(n_chunks_before, "n_chunks_before", 0)
-    n_chunks_after = _require_int(n_chunks_after, "n_chunks_after", 0)
-    causal = _require_bool(causal, "causal")
-    return_lse = _require_bool(return_lse, "return_lse")
-    scale = _require_float(scale, "scale")
+    check_tensor(qk, "qk")
+    check_tensor(v, "v")
+    n_hashes = check_int(n_hashes, "n_hashes", 1)
+    bucket_size = check_int(bucket_size, "bucket_size", 1)
+    n_chunks_before = check_int(n_chunks_before, "n_chunks_before", 0)
+    n_chunks_after = check_int(n_chunks_after, "n_chunks_after", 0)
+    causal = check_bool(causal, "causal")
+    return_lse = check_bool(return_lse, "return_lse")
+    scale = check_real(scale, "scale")
     if key_padding_mask is not None:
-        _require_tensor(key_padding_mask, "key_padding_mask")
+        check_tensor(key_padding_mask, "key_padding_mask")
     if rotations is None:
         if qk.dim() != 4:
             raise ValueError(f"qk must have shape (batch, heads, length, dim), got shape "
@@ -240,7 +209,7 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
             n_buckets = default_n_buckets(qk.shape[2], bucket_size)
         rotations = random_rotations(qk, n_hashes, n_buckets, generator)
     else:
-        _require_tensor(rotations, "rotations")
+        check_tensor(rotations, "rotations")
         if n_buckets is not None and rotations.dim() == 4:
             n_buckets = _check_n_buckets(n_buckets)
             if n_buckets != 2 * rotations.shape[3]:
@@ -254,7 +223,8 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
 
 
 def lsh_buckets(qk: Tensor, rotations: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-    """Buckets (B, H, n_hashes, L) int64 of SPEC §1 step 1; padding positions get n_buckets."""
-    _require_tensor(qk, "qk")
-    _require_tensor(rotations, "rotations")
+    """Buckets (B, H, n_hashes, L) int64 of docs/semantics.md §1 step 1; padding positions get
+    n_buckets."""
+    check_tensor(qk, "qk")
+    check_tensor(rotations, "rotations")
     return torch.ops.reformer.lsh_buckets(qk, rotations, key_padding_mask)
