@@ -12,7 +12,7 @@ weights are evaluated with
 - full attention: a model built with ``bucket_size >= L`` and one hash round, so that the whole
   sequence is a single chunk and every query sees every (causally allowed) key. This is exact
   softmax attention over the shared query/keys, with the same key normalisation and the same
-  masks as LSH attention (SPEC §1: a token attends to itself only when nothing else is allowed);
+  masks as LSH attention (docs/semantics.md §1: a token attends to itself only when nothing else is allowed);
   only the bucketing is gone. No weight depends on ``bucket_size`` or ``n_hashes``, so the
   trained state_dict loads unchanged;
 - LSH attention with 1, 2, 4 and 8 hash rounds (``--eval-hashes``),

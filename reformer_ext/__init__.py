@@ -15,4 +15,4 @@ from .ops.chunked_ffn import chunked_feed_forward  # noqa: E402
 from . import nn  # noqa: E402
 
 __all__ = ["chunked_feed_forward", "default_device", "has_cuda_kernels", "lsh_attention",
-           "lsh_buckets", "nn", "random_rotations", "require_device"]
+           "lsh_buckets", "nn", "ops", "random_rotations", "require_device"]
