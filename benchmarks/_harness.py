@@ -682,6 +682,24 @@ def measure_spec(step: Callable[[], None], spec: dict, *,
         return {"status": f"error: {error_summary(e)}"}
 
 
+def measure_child(spec: dict, build: Callable[[dict], tuple], make_step: Callable) -> None:
+    """The usual child: ``child_begin``, ``child_build``, then ``make_step(spec, *built)`` ->
+    (prepare or None, step, finish or None), ``measure_spec`` and emit the result (``finish(res)``
+    may amend it first, e.g. add notes)."""
+    threads = child_begin(spec)
+    if threads is None:
+        return
+    built = child_build(build, spec, threads)
+    if built is None:
+        return
+    prepare, step, finish = make_step(spec, *built)
+    res = measure_spec(step, spec, prepare=prepare)
+    if finish is not None:
+        finish(res)
+    res["threads"] = threads
+    emit_result(res)
+
+
 def timing_spec(args) -> dict:
     """The spec entries ``measure_spec`` reads, from the common timing arguments."""
     return dict(device=args.device, budget_s=args.budget, min_repeats=args.min_repeats,

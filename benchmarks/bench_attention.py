@@ -296,18 +296,13 @@ def make_step(spec: dict, fn, leaves):
 
 
 def child_main(spec: dict) -> None:
-    threads = H.child_begin(spec)
-    if threads is None:
-        return
-    built = H.child_build(build, spec, threads)
-    if built is None:
-        return
-    fn, leaves, notes = built
-    prepare, step = make_step(spec, fn, leaves)
-    res = H.measure_spec(step, spec, prepare=prepare)
-    res["threads"] = threads
-    res["note"] = H.join_notes(res.get("note"), *notes)
-    H.emit_result(res)
+    def child_step(spec, fn, leaves, notes):
+        def finish(res):
+            res["note"] = H.join_notes(res.get("note"), *notes)
+
+        return (*make_step(spec, fn, leaves), finish)
+
+    H.measure_child(spec, build, child_step)
 
 
 def run_cpu(args, record) -> None:

@@ -125,16 +125,11 @@ def build(spec: dict):
     return fn, leaves, notes
 
 
-def child_main(spec: dict) -> None:
-    threads = H.child_begin(spec)
-    if threads is None:
-        return
+def make_step(spec: dict, fn, leaves, notes):
+    """(prepare, step, finish) for _harness.measure_child: one step = forward + backward of a
+    fixed output gradient; .grad reset to None before each step."""
     import torch
 
-    built = H.child_build(build, spec, threads)
-    if built is None:
-        return
-    fn, leaves, notes = built
     g = torch.Generator().manual_seed(spec["seed"] + 1)
     grad_out = torch.randn(spec["B"], spec["L"], spec["d_model"], generator=g).to(spec["device"])
 
@@ -145,10 +140,14 @@ def child_main(spec: dict) -> None:
     def step():
         fn().backward(grad_out)
 
-    res = H.measure_spec(step, spec, prepare=prepare)
-    res["threads"] = threads
-    res["note"] = H.join_notes(res.get("note"), *notes)
-    H.emit_result(res)
+    def finish(res):
+        res["note"] = H.join_notes(res.get("note"), *notes)
+
+    return prepare, step, finish
+
+
+def child_main(spec: dict) -> None:
+    H.measure_child(spec, build, make_step)
 
 
 # --------------------------------------------------------------------------------------------

@@ -108,17 +108,9 @@ def _grad_out(spec: dict, x):
     return torch.randn(x.shape, generator=g).to(x.device)
 
 
-def child_main(spec: dict) -> None:
-    threads = H.child_begin(spec)
-    if threads is None:
-        return
-    if spec.get("paired"):
-        H.emit_result(paired_main(spec))
-        return
-    built = H.child_build(build, spec, threads)
-    if built is None:
-        return
-    fn, model, x = built
+def make_step(spec: dict, fn, model, x):
+    """(prepare, step, finish) for _harness.measure_child: one step = forward + backward;
+    the size of the gradients the step leaves (parameters' and x's) is taken off the peak."""
     params = list(model.parameters())
     n_params = sum(p.numel() for p in params)
     grad_out = _grad_out(spec, x)
@@ -132,12 +124,20 @@ def child_main(spec: dict) -> None:
     def step():
         fn().backward(grad_out)
 
-    res = H.measure_spec(step, spec, prepare=prepare)
-    if res.get("peak_mib") is not None:  # the gradients the step leaves are not "extra"
-        res["peak_mib"] = max(res["peak_mib"] - grads_mib, 0.0)
-    res["threads"] = threads
-    res["params_mib"] = n_params * 4 / 2**20
-    H.emit_result(res)
+    def finish(res):
+        if res.get("peak_mib") is not None:  # the gradients the step leaves are not "extra"
+            res["peak_mib"] = max(res["peak_mib"] - grads_mib, 0.0)
+        res["params_mib"] = n_params * 4 / 2**20
+
+    return prepare, step, finish
+
+
+def child_main(spec: dict) -> None:
+    if spec.get("paired"):
+        H.child_setup(spec.get("threads"))
+        H.emit_result(paired_main(spec))
+        return
+    H.measure_child(spec, build, make_step)
 
 
 def paired_main(spec: dict) -> dict:
