@@ -1,9 +1,15 @@
 #!/usr/bin/env python
-"""LSH attention benchmark: reformer_ext against the implementations users would otherwise pick.
+"""LSH attention benchmark: reformer_ext against the implementations users would otherwise pick,
+on the CPU (``--device cpu``, the default) or a GPU (``--device cuda``).
 
 Rows (``--impls``, comma separated ids):
   ours             rx.lsh_attention(qk, v, n_hashes, bucket_size, rotations=<drawn once>)
-                   on qk, v of shape (B, H, L, D).
+                   on qk, v of shape (B, H, L, D).  On CUDA, bf16 with D = Dv in {32, 64, 128}
+                   runs the tensor-core kernels.
+  ours_ffma        (cuda only) the same on the FFMA kernels (REFORMER_EXT_TENSOR_CORES=0, set for
+                   this row only): what the tensor cores buy.
+  ours_hash        forward only: torch.ops.reformer.lsh_buckets(qk, rotations), the hashing part
+                   of ours (where its time goes; n_buckets grows with L).
   reference        reformer_ext.reference.lsh_attention_reference (plain PyTorch, same inputs and
                    rotations; slow: a configuration whose single step exceeds --step-limit is
                    reported as "timeout" and larger L are skipped).
@@ -12,7 +18,8 @@ Rows (``--impls``, comma separated ids):
                    fresh rotations every call (its only mode); its chunk length is bucket_size,
                    looking one chunk back, like ours.
   sdpa             torch.nn.functional.scaled_dot_product_attention, full non-causal attention
-                   on separate q, k, v of shape (B, H, L, D).
+                   on separate q, k, v of shape (B, H, L, D) (on H100/H200 PyTorch picks a fused
+                   backend, flash or cuDNN).
   ours_proj        "ours + projections": x (B, L, H*D) -> query_key Linear and value Linear
                    (no bias, hidden -> H*D), split into heads, rx.lsh_attention, merge heads,
                    output Linear (no bias, H*D -> hidden).
@@ -29,13 +36,29 @@ Modes (``--modes``):
           require grad) followed by backward of a fixed random output gradient; .grad is reset
           to None before each step, outside the clock.
 
-Every (implementation, L, mode) runs in its own fresh process; see _harness.py for the timing
-and the peak-memory definitions.  Ratios are row / ours at the same L and mode (the hf and
-ours_proj rows are compared with ours_proj): above 1 means ours is faster or smaller.
+The two devices (defaults; every one can be changed with its flag):
+  cpu   fp32, B=1, H=4, D=Dv=64, n_hashes=4, bucket_size=64, L in {1K, 4K, 16K}; rows ours,
+        reference, reformer_pytorch, sdpa, ours_proj, hf.  Every (implementation, L, mode) runs
+        in its own fresh processes; see _harness.py for the timing (median of an adaptive
+        number of steps) and the peak-memory (resident set) definitions.
+  cuda  bf16, B=1, H=8, D=Dv=64, n_hashes=4, bucket_size=64, L in {4K, 16K, 64K}; rows ours,
+        ours_ffma, ours_hash, sdpa, reformer_pytorch, ours_proj, hf.  All rows in this process
+        (_harness.measure_cuda_events): CUDA events around each step after one warm-up step,
+        the median of up to --repeats (20) steps within --budget (3) seconds; peak memory =
+        torch.cuda.max_memory_allocated during one more step minus what was allocated before
+        it.  An implementation whose first step takes longer than --step-limit (2) seconds, or
+        that runs out of memory, is not run at larger L.  (This was benchmarks/bench_gpu.py.)
 
-    python benchmarks/bench_attention.py                 # full run, L = 1K, 4K, 16K
+Ratios are row / ours at the same L and mode (the hf and ours_proj rows are compared with
+ours_proj): above 1 means ours is faster or smaller.  With --results every finished row is
+appended to a JSON-lines file at once, so that --table-from can print the table of a run that
+was cut short.
+
+    python benchmarks/bench_attention.py                 # CPU, full run, L = 1K, 4K, 16K
     python benchmarks/bench_attention.py --quick         # smoke run, L = 1K, < 1 minute
     python benchmarks/bench_attention.py --output benchmarks/RESULTS.md
+    python benchmarks/bench_attention.py --device cuda --results /tmp/gpu.jsonl
+    python benchmarks/bench_attention.py --table-from /tmp/gpu.jsonl
 """
 
 from __future__ import annotations
@@ -44,6 +67,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,6 +81,8 @@ import _harness as H  # noqa: E402
 IMPLS = {
     # id: (display name, id of the row it is compared with)
     "ours": ("ours: rx.lsh_attention", "ours"),
+    "ours_ffma": ("ours, FFMA kernels (no tensor cores)", "ours"),
+    "ours_hash": ("ours: hashing only (lsh_buckets)", "ours"),
     "reference": ("reformer_ext.reference", "ours"),
     "reformer_pytorch": ("reformer-pytorch LSHAttention", "ours"),
     "sdpa": ("torch SDPA (full attention)", "ours"),
@@ -64,24 +90,26 @@ IMPLS = {
     "hf": ("HF transformers LSHSelfAttention + output Linear", "ours_proj"),
 }
 MODES = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
+CUDA_ONLY = ("ours_ffma",)
+SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+FWD_ONLY = ("ours_hash",)
+TENSOR_CORE_SWITCH = "REFORMER_EXT_TENSOR_CORES"
+
+# per-device defaults (see the module docstring)
+DEFAULTS = {
+    "cpu": dict(lengths="1K,4K,16K", quick_lengths="1K", heads=4, dtype="float32",
+                impls="ours,reference,reformer_pytorch,sdpa,ours_proj,hf"),
+    "cuda": dict(lengths="4K,16K,64K", quick_lengths="4K", heads=8, dtype="bfloat16",
+                 impls="ours,ours_ffma,ours_hash,sdpa,reformer_pytorch,ours_proj,hf"),
+}
+TIMING = {  # _harness.add_common_args / finish_common_args
+    "cpu": dict(budget=(0.5, 15.0), warmup=(0.1, 1.0), step_limit=60.0, timeout_factor=5),
+    "cuda": dict(budget=(1.0, 3.0), warmup=(0.0, 0.0), step_limit=2.0, repeats=20),
+}
 
 
 # --------------------------------------------------------------------------------------------
-# imports of the project (may be unavailable while it is being built)
-
-
-def _import_rx():
-    try:
-        import reformer_ext as rx
-    except Exception:
-        if str(REPO) in sys.path:
-            raise
-        sys.path.append(str(REPO))  # not installed: try the source tree (in-place build)
-        import reformer_ext as rx
-    if not hasattr(rx, "lsh_attention"):
-        raise ImportError(f"reformer_ext ({getattr(rx, '__file__', None) or 'namespace package'}) "
-                          "has no lsh_attention")
-    return rx
+# one configuration
 
 
 def _load_reference():
@@ -101,12 +129,8 @@ def _load_reference():
 
 
 def default_n_buckets(L: int, bucket_size: int) -> int:
-    """SPEC §4 default: max(2, 2 * ceil(L / bucket_size))."""
+    """docs/semantics.md §4 default: max(2, 2 * ceil(L / bucket_size))."""
     return max(2, 2 * math.ceil(L / bucket_size))
-
-
-# --------------------------------------------------------------------------------------------
-# child: build one configuration and measure it
 
 
 def build(spec: dict):
@@ -119,20 +143,20 @@ def build(spec: dict):
     B, Hh, D, Dv = spec["B"], spec["H"], spec["D"], spec["Dv"]
     R, m = spec["n_hashes"], spec["bucket_size"]
     device = torch.device(spec["device"])
-    dtype = torch.float32
+    dtype = getattr(torch, spec.get("dtype", "float32"))
     nb = default_n_buckets(L, m)
     hidden = Hh * D
     grad = mode == "fwdbwd"
-    g = torch.Generator().manual_seed(spec["seed"])
+    g = torch.Generator(device=device).manual_seed(spec["seed"])
     torch.manual_seed(spec["seed"])
 
     def randn(*shape, requires_grad=grad):
-        t = torch.randn(*shape, generator=g, dtype=dtype).to(device)
+        t = torch.randn(*shape, generator=g, dtype=dtype, device=device)
         return t.requires_grad_(requires_grad)
 
     def rotations():
-        # fixed rotations drawn once, shape (H, D, n_hashes, n_buckets // 2) (SPEC §1)
-        return torch.randn(Hh, D, R, nb // 2, generator=g, dtype=torch.float32).to(device)
+        # fixed rotations drawn once, shape (H, D, n_hashes, n_buckets // 2) (docs/semantics.md §1)
+        return torch.randn(Hh, D, R, nb // 2, generator=g, dtype=torch.float32, device=device)
 
     def set_mode(*mods):
         for mod in mods:
@@ -142,14 +166,22 @@ def build(spec: dict):
         return [p for mod in mods for p in mod.parameters()]
 
     notes = []
-    if impl == "ours":
-        rx = _import_rx()
+    if impl in ("ours", "ours_ffma"):
+        rx = H.import_rx("lsh_attention")
         qk, v, rot = randn(B, Hh, L, D), randn(B, Hh, L, Dv), rotations()
 
         def fn():
             return rx.lsh_attention(qk, v, n_hashes=R, bucket_size=m, rotations=rot)
 
         leaves = [qk, v]
+    elif impl == "ours_hash":
+        H.import_rx()  # registers torch.ops.reformer
+        qk, rot = randn(B, Hh, L, D, requires_grad=False), rotations()
+
+        def fn():
+            return torch.ops.reformer.lsh_buckets(qk, rot, None)
+
+        leaves = []
     elif impl == "reference":
         ref = _load_reference()
         qk, v, rot = randn(B, Hh, L, D), randn(B, Hh, L, Dv), rotations()
@@ -178,7 +210,7 @@ def build(spec: dict):
 
         leaves = [q, k, v]
     elif impl == "ours_proj":
-        rx = _import_rx()
+        rx = H.import_rx("lsh_attention")
         to_qk = nn.Linear(hidden, Hh * D, bias=False)
         to_v = nn.Linear(hidden, Hh * Dv, bias=False)
         to_out = nn.Linear(Hh * Dv, hidden, bias=False)
@@ -231,183 +263,173 @@ def build(spec: dict):
     return fn, leaves, notes
 
 
-def child_main(spec: dict) -> None:
-    threads = H.child_setup(spec.get("threads"))
+def make_step(spec: dict, fn, leaves):
+    """(prepare, step) of one configuration: see "Modes" in the module docstring. The output
+    gradient is drawn once, at the first step (a warm-up step)."""
     import torch
 
-    if H.emit_calibration(spec, threads):
-        return
-    try:
-        fn, leaves, notes = build(spec)
-    except ImportError as e:  # the row says why (e.g. the extension is not built yet)
-        H.emit_result({"status": f"unavailable: {H.error_summary(e)}", "threads": threads})
-        return
-    except Exception as e:
-        H.emit_result({"status": f"error: {H.error_summary(e)}", "threads": threads})
-        return
-    if spec["mode"] == "fwdbwd":
-        try:
-            with torch.no_grad():
-                shape = fn().shape
-        except Exception as e:
-            H.emit_result({"status": f"error: {H.error_summary(e)}", "threads": threads})
-            return
-
-    if spec["mode"] == "fwdbwd":
-        g = torch.Generator().manual_seed(spec["seed"] + 1)
-        grad_out = torch.randn(shape, generator=g).to(spec["device"])
-
-        def prepare():
-            for t in leaves:
-                t.grad = None
-
-        def step():
-            out = fn()
-            out.backward(grad_out)
-
-    else:
-        prepare = None
-
+    if spec["mode"] == "fwd":
         def step():
             with torch.no_grad():
                 fn()
 
-    try:
-        res = H.measure(
-            step,
-            what=spec["what"],
-            budget_s=spec["budget_s"],
-            min_repeats=spec["min_repeats"],
-            warmup_s=spec["warmup_s"],
-            step_limit_s=spec["step_limit_s"],
-            device=spec["device"] if spec["device"] != "cpu" else None,
-            prepare=prepare,
-        )
-    except Exception as e:
-        res = {"status": f"error: {H.error_summary(e)}"}
-    res["threads"] = threads
-    res["note"] = "; ".join(filter(None, [res.get("note", "")] + notes))
-    H.emit_result(res)
+        return None, step
+    g = torch.Generator(device=spec["device"]).manual_seed(spec["seed"] + 1)
+    grad_out = None
+
+    def prepare():
+        for t in leaves:
+            t.grad = None
+
+    def step():
+        nonlocal grad_out
+        out = fn()
+        if grad_out is None:
+            grad_out = torch.randn(out.shape, generator=g, dtype=out.dtype, device=out.device)
+        out.backward(grad_out)
+
+    return prepare, step
 
 
 # --------------------------------------------------------------------------------------------
-# parent: run every configuration, then report
+# cpu: each configuration in fresh child processes
 
 
-def parse_length(s: str) -> int:
-    s = s.strip().lower()
-    if s.endswith("k"):
-        return int(float(s[:-1]) * 1024)
-    return int(s)
+def child_main(spec: dict) -> None:
+    def child_step(spec, fn, leaves, notes):
+        def finish(res):
+            res["note"] = H.join_notes(res.get("note"), *notes)
+
+        return (*make_step(spec, fn, leaves), finish)
+
+    H.measure_child(spec, build, child_step)
+
+
+def run_cpu(args, record) -> None:
+    configs = [(i, L, mo) for L in args.L for mo in args.mode_list for i in args.impl_list
+               if not (mo != "fwd" and i in FWD_ONLY)]
+    timed_out = set()  # (impl, mode) that timed out at a smaller L: larger L are skipped
+    for n, (impl, L, mode) in enumerate(configs, 1):
+        key = dict(impl=impl, L=L, mode=mode)
+        if (impl, mode) in timed_out:
+            r = {"status": "skipped", "note": "timed out at a smaller L"}
+        else:
+            r = H.measure_in_children(__file__, spec_of(args, key), args)
+        if r["status"] == "timeout":
+            timed_out.add((impl, mode))
+        record(dict(r, **key), f"[{n}/{len(configs)}]")
+
+
+# --------------------------------------------------------------------------------------------
+# cuda: every configuration in this process, CUDA events
+
+
+def measure_cuda(spec: dict) -> dict:
+    """One configuration on the GPU (see _harness.measure_cuda_events)."""
+    # the kernels read the switch at every call: set it for this row only
+    os.environ.pop(TENSOR_CORE_SWITCH, None)
+    if spec["impl"] == "ours_ffma":
+        os.environ[TENSOR_CORE_SWITCH] = "0"
+    try:
+        fn, leaves, notes = build(spec)
+        prepare, step = make_step(spec, fn, leaves)
+
+        def prepared_step():
+            if prepare:
+                prepare()
+            step()
+
+        res = H.measure_cuda_events(prepared_step, repeats=spec["repeats"],
+                                    budget_s=spec["budget_s"],
+                                    step_limit_s=spec["step_limit_s"],
+                                    warmup_s=spec["warmup_s"])
+        res["note"] = H.join_notes(res.get("note"), *notes)
+        return res
+    finally:
+        os.environ.pop(TENSOR_CORE_SWITCH, None)
+
+
+def run_cuda(args, record) -> None:
+    import torch
+
+    configs = [(i, L, mo) for i in args.impl_list for L in args.L for mo in args.mode_list
+               if not (mo != "fwd" and i in FWD_ONLY)]
+    too_big = {}  # impl -> why it is not run at larger L
+    for n, (impl, L, mode) in enumerate(configs, 1):
+        key = dict(impl=impl, L=L, mode=mode)
+        if impl in too_big:
+            r = {"status": "skipped", "note": too_big[impl]}
+        else:
+            try:
+                r = measure_cuda(spec_of(args, key))
+                if r["note"].startswith("one step took"):
+                    too_big[impl] = f"slower than {args.step_limit:g} s at a smaller L"
+            except ImportError as e:
+                r = {"status": f"unavailable: {H.error_summary(e)}"}
+                too_big[impl] = r["status"]
+            except torch.cuda.OutOfMemoryError:
+                r = {"status": "error: out of memory"}
+                too_big[impl] = "out of memory at a smaller L"
+            except Exception as e:  # noqa: BLE001 - report and go on
+                r = {"status": f"error: {H.error_summary(e)}"}
+            torch.cuda.empty_cache()
+        record(dict(r, **key), f"[{n}/{len(configs)}]")
+
+
+# --------------------------------------------------------------------------------------------
+# parent
+
+
+def spec_of(args, key: dict) -> dict:
+    return dict(key, **H.timing_spec(args), B=args.batch, H=args.heads, D=args.dim,
+                Dv=args.dim, n_hashes=args.n_hashes, bucket_size=args.bucket_size,
+                dtype=args.dtype)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lengths", default="1K,4K,16K", help="comma separated L (1K = 1024)")
-    p.add_argument("--impls", default=",".join(IMPLS), help=f"comma separated, from {list(IMPLS)}")
+    H.add_common_args(p, quick="smoke run: L = 1K (cuda: 4K), short budgets",
+                      timing=TIMING["cpu"])
+    p.add_argument("--lengths", default=None,
+                   help="comma separated L (1K = 1024; default cpu 1K,4K,16K, cuda 4K,16K,64K)")
+    p.add_argument("--impls", default=None,
+                   help=f"comma separated, from {list(IMPLS)} (default: see the docstring)")
     p.add_argument("--modes", default="fwd,fwdbwd", help="comma separated, from fwd,fwdbwd")
-    p.add_argument("--quick", action="store_true", help="smoke run: L=1K, short budgets")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--heads", type=int, default=None, help="default cpu 4, cuda 8")
     p.add_argument("--dim", type=int, default=64, help="head dim D of qk (and Dv of v)")
     p.add_argument("--n-hashes", type=int, default=4)
     p.add_argument("--bucket-size", type=int, default=64)
-    p.add_argument("--budget", type=float, default=None,
-                   help="seconds of timed steps per configuration (default 15, quick 0.5)")
-    p.add_argument("--min-repeats", type=int, default=3)
-    p.add_argument("--step-limit", type=float, default=60.0,
-                   help="a configuration whose first step runs longer is reported as timeout")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="hard limit for one child process, seconds (default 5*step-limit+120)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads in each child (default: usable cores)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--one-process", action="store_true",
-                   help="measure time and memory in the same child (default with --quick); "
-                        "otherwise timing runs in a child with the default allocator and the "
-                        "peak memory in a second child started with MALLOC_MMAP_THRESHOLD_")
-    p.add_argument("--output", default=None, help="append the Markdown section to this file")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="default cpu float32, cuda bfloat16")
+    p.add_argument("--results", default=None,
+                   help="append every finished row to this JSON-lines file at once")
+    p.add_argument("--table-from", default=None,
+                   help="print the table of a --results file and exit")
     args = p.parse_args(argv)
-    if args.quick:
-        args.lengths = "1K" if args.lengths == p.get_default("lengths") else args.lengths
-    args.L = [parse_length(x) for x in args.lengths.split(",") if x.strip()]
-    args.impl_list = [x.strip() for x in args.impls.split(",") if x.strip()]
-    args.mode_list = [x.strip().replace("+", "") for x in args.modes.split(",") if x.strip()]
-    for i in args.impl_list:
-        if i not in IMPLS:
-            p.error(f"unknown impl {i!r}; choose from {list(IMPLS)}")
-    for mo in args.mode_list:
-        if mo not in MODES:
-            p.error(f"unknown mode {mo!r}; choose from {list(MODES)}")
-    if args.quick:
-        args.one_process = True
-    if args.budget is None:
-        args.budget = 0.5 if args.quick else 15.0
-    if args.timeout is None:
-        args.timeout = 5 * args.step_limit + 120
+    if args.table_from:
+        return args
+    H.finish_common_args(p, args, **TIMING[args.device])
+    d = DEFAULTS[args.device]
+    if args.lengths is None:
+        args.lengths = d["quick_lengths"] if args.quick else d["lengths"]
+    args.impls = args.impls or d["impls"]
+    args.heads = args.heads or d["heads"]
+    args.dtype = args.dtype or d["dtype"]
+    args.L = H.parse_lengths(args.lengths)
+    args.impl_list = H.parse_ids(p, args.impls, IMPLS)
+    args.mode_list = H.parse_ids(p, args.modes.replace("+", ""), MODES, "mode")
+    if args.device != "cuda" and set(args.impl_list) & set(CUDA_ONLY):
+        p.error(f"{', '.join(CUDA_ONLY)}: only with --device cuda")
     return args
 
 
-def run_all(args) -> list[dict]:
-    configs = [(i, L, mo) for L in args.L for mo in args.mode_list for i in args.impl_list]
-    results = []
-    timed_out = set()  # (impl, mode) that timed out at a smaller L: larger L are skipped
-    t_all = time.perf_counter()
-    for n, (impl, L, mode) in enumerate(configs, 1):
-        key = dict(impl=impl, L=L, mode=mode)
-        spec = dict(
-            key, B=args.batch, H=args.heads, D=args.dim, Dv=args.dim,
-            n_hashes=args.n_hashes, bucket_size=args.bucket_size, device=args.device,
-            budget_s=args.budget, min_repeats=args.min_repeats,
-            warmup_s=0.1 if args.quick else 1.0, step_limit_s=args.step_limit,
-            seed=args.seed, threads=args.threads,
-        )
-        wall = 0.0
-        if (impl, mode) in timed_out:
-            r = {"status": "skipped", "note": "timed out at a smaller L"}
-        elif args.one_process:
-            r = H.run_child(__file__, dict(spec, what="both"), timeout_s=args.timeout)
-            wall = r.get("wall_s", 0.0)
-        else:
-            # timing in a process with the default allocator, peak memory in another one
-            r = H.run_child(__file__, dict(spec, what="time"), timeout_s=args.timeout,
-                            malloc_env=False)
-            wall = r.get("wall_s", 0.0)
-            if r["status"] == "ok":
-                m = H.run_child(__file__, dict(spec, what="memory"), timeout_s=args.timeout)
-                wall += m.get("wall_s", 0.0)
-                if m["status"] == "ok":
-                    r["peak_mib"] = m.get("peak_mib")
-                    r["note"] = "; ".join(filter(None, [r.get("note", ""), m.get("note", "")]))
-                    r["note"] = "; ".join(dict.fromkeys(r["note"].split("; ")))
-                else:
-                    r["note"] = "; ".join(filter(None, [r.get("note", ""),
-                                                        f"memory run: {m['status']}"]))
-        if r["status"] == "timeout":
-            timed_out.add((impl, mode))
-        r.update(key)
-        results.append(r)
-        if r["status"] == "ok":
-            what = (f"{H.fmt_ms(r.get('median_ms'))} ms (min {H.fmt_ms(r.get('min_ms'))}), "
-                    f"{H.fmt_mib(r.get('peak_mib'))} MiB, n={r.get('repeats')}")
-        else:
-            what = f"{r['status']} {r.get('note', '')}".strip()
-        print(f"[{n}/{len(configs)}] {impl:16s} L={L:<6d} {MODES[mode]:7s} {what} "
-              f"({wall:.1f} s)", file=sys.stderr, flush=True)
-    print(f"total {time.perf_counter() - t_all:.0f} s", file=sys.stderr)
-    return results
-
-
-def report(args, results: list[dict], info: dict, versions: dict,
-           checks: tuple = ()) -> str:
+def table(results: list[dict]) -> str:
     by_key = {(r["impl"], r["L"], r["mode"]): r for r in results}
     rows = []
     for r in results:
         ok = r["status"] == "ok"
-        base_id = IMPLS[r["impl"]][1]
-        base = by_key.get((base_id, r["L"], r["mode"]))
+        base = by_key.get((IMPLS[r["impl"]][1], r["L"], r["mode"]))
         t_ratio = m_ratio = None
         if ok and base is not None and base["status"] == "ok" and base is not r:
             t_ratio = r["median_ms"] / base["median_ms"]
@@ -430,27 +452,38 @@ def report(args, results: list[dict], info: dict, versions: dict,
         ])
     header = ["implementation", "L", "mode", "median ms", "min ms", "peak extra MiB",
               "time / ours", "mem / ours", "n", "note"]
-    table = H.markdown_table(header, rows, align="lrlrrrrrrl")
-    extra = {"peers": ", ".join(f"{k} {v}" for k, v in versions.items())}
-    if checks:
-        (g0, l0), (g1, l1) = checks
+    return H.markdown_table(header, rows, align="lrlrrrrrrl")
 
-        def f(x, spec):
-            return "?" if x is None else format(x, spec)
 
-        extra["machine check"] = (
-            f"1024x1024 fp32 matmul {f(g0, '.0f')} / {f(g1, '.0f')} GFLOP/s, 1-minute load "
-            f"average {f(l0, '.1f')} / {f(l1, '.1f')}, before / after the run (if they differ, "
-            "or the load exceeds the core count, the machine was shared or throttled and the "
-            "times are noisy: compare min with median)")
-    nb = ", ".join(f"{default_n_buckets(L, args.bucket_size)} at L={L}" for L in args.L)
+def report(args, results: list[dict], info: dict, checks: tuple = ()) -> str:
+    extra = {"peers": H.peer_versions()}
     cpu = args.device == "cpu"
+    if cpu:
+        extra["machine check"] = H.machine_check_text(checks)
+    nb = ", ".join(f"{default_n_buckets(L, args.bucket_size)} at L={L}" for L in args.L)
+    if cpu:
+        timing = (
+            f"- Each (implementation, L, mode) in a fresh process; median (and min) of n timed "
+            f"steps after warm-up (n >= {args.min_repeats}, about {args.budget:g} s of timed "
+            "steps per row). " + ("Time and memory measured in the same process (started with "
+            "MALLOC_MMAP_THRESHOLD_, so times include the page faults of fresh mmaps)."
+            if args.one_process else "Times come from a process with the default allocator "
+            "settings, peak memory from a second fresh process (below).")
+        )
+        limit = (f"- A configuration whose first step takes longer than {args.step_limit:g} s "
+                 "is reported as timeout and not timed; larger L of the same row are then "
+                 "skipped.")
+    else:
+        timing = (
+            "- All rows in one process; CUDA events around each step, after one warm-up step; "
+            f"median (and min) of up to {args.repeats} timed steps within about "
+            f"{args.budget:g} s per row; peak memory from one more step afterwards.")
+        limit = (f"- An implementation whose first step takes longer than {args.step_limit:g} s "
+                 "is reported with that one time (note) and, like one that runs out of memory, "
+                 "not run at larger L.")
     lines = [
-        f"## LSH attention ({args.device}, fp32{', quick' if args.quick else ''}) — {H.now_utc()}",
-        "",
-        f"Command: `{H.command_line()}`",
-        "",
-        *H.machine_lines(info, extra),
+        *H.report_header(f"## LSH attention ({args.device}, {SHORT_DTYPE[args.dtype]}"
+                         f"{', quick' if args.quick else ''}) — {H.now_utc()}", info, extra),
         "",
         f"- B={args.batch}, H={args.heads}, D=Dv={args.dim}, n_hashes={args.n_hashes}, "
         f"bucket_size (chunk length)={args.bucket_size}, one chunk back, non-causal; "
@@ -460,51 +493,56 @@ def report(args, results: list[dict], info: dict, versions: dict,
         "and output Linear layers (no bias); the others take per-head tensors.",
         "- fwd: forward under torch.no_grad(). fwd+bwd: forward with autograd on (inputs and "
         "weights require grad) + backward of a fixed random output gradient.",
-        f"- Each (implementation, L, mode) in a fresh process; median (and min) of n timed "
-        f"steps after warm-up (n >= {args.min_repeats}, about {args.budget:g} s of timed steps "
-        "per row). " + ("Time and memory measured in the same process (started with "
-        "MALLOC_MMAP_THRESHOLD_, so times include the page faults of fresh mmaps)."
-        if args.one_process else "Times come from a process with the default allocator "
-        "settings, peak memory from a second fresh process (below)."),
-        "- " + (H.MEMORY_DEFINITION_CPU if cpu else H.MEMORY_DEFINITION_CUDA) + ".",
+        timing,
+        "- " + H.memory_definition(args.device) + ".",
         "- time / ours, mem / ours: this row divided by ours at the same L and mode "
         "(HF and ours + projections are divided by ours + projections); above 1 means ours is "
         "faster or smaller.",
-        f"- A configuration whose first step takes longer than {args.step_limit:g} s is "
-        "reported as timeout and not timed; larger L of the same row are then skipped.",
+        limit,
         "",
-        table,
+        table(results),
     ]
     return "\n".join(lines) + "\n"
 
 
-def peer_versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for name in ("reformer-pytorch", "transformers"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 def main(argv=None):
     args = parse_args(argv)
-    if args.child is not None:
-        child_main(json.loads(args.child))
+    if args.table_from:
+        with open(args.table_from) as f:
+            print(table([json.loads(line) for line in f if line.strip()]))
+        return
+    if H.child_entry(args, child_main):
         return
     info = H.machine_info()
-    check = not args.quick and args.device == "cpu"
-    c0 = H.machine_check(__file__, args.threads) if check else None
-    results = run_all(args)
-    c1 = H.machine_check(__file__, args.threads) if check else None
-    text = report(args, results, info, peer_versions(), (c0, c1) if check else ())
-    print(text)
-    if args.output:
-        H.append_section(args.output, text)
-        print(f"appended to {args.output}", file=sys.stderr)
+    cpu = args.device == "cpu"
+    checks = H.machine_checks(__file__, args) if cpu else ()
+    results = []
+    t_all = time.perf_counter()
+    out = open(args.results, "a") if args.results else None
+
+    def record(r: dict, where: str) -> None:
+        results.append(r)
+        if out:
+            out.write(json.dumps({k: v for k, v in r.items() if k != "times_ms"}) + "\n")
+            out.flush()
+        if r["status"] == "ok":
+            what = (f"{H.fmt_ms(r.get('median_ms'))} ms (min {H.fmt_ms(r.get('min_ms'))}), "
+                    f"{H.fmt_mib(r.get('peak_mib'))} MiB, n={r.get('repeats')}")
+        else:
+            what = r["status"]
+        what = H.join_notes(what, r.get("note"))
+        print(f"{where} {r['impl']:16s} L={r['L']:<6d} {MODES[r['mode']]:7s} {what} "
+              f"({r.get('wall_s', 0.0):.1f} s)", file=sys.stderr, flush=True)
+
+    try:
+        (run_cpu if cpu else run_cuda)(args, record)
+    finally:
+        if out:
+            out.close()
+    print(f"total {time.perf_counter() - t_all:.0f} s", file=sys.stderr)
+    if cpu:
+        checks = H.machine_checks(__file__, args, checks)
+    H.publish(report(args, results, info, checks), args.output)
 
 
 if __name__ == "__main__":

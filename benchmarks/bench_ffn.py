@@ -2,7 +2,7 @@
 """Chunked feed-forward benchmark: forward+backward time and peak memory of reformer_ext's
 chunked FFN against the feed-forwards users would otherwise write.
 
-    y = W2 · gelu(W1 · x + b1) + b2,   x: (B, L, d_model), fp32, exact GELU
+    y = W2 · gelu(W1 · x + b1) + b2,   x: (B, L, d_model), fp32, exact GELU, on --device
 
 Rows (``--impls``, comma separated ids):
   plain       F.linear -> F.gelu -> F.linear under autograd: the whole (B·L, d_ff) hidden
@@ -20,8 +20,7 @@ Rows (``--impls``, comma separated ids):
 Every (impl, chunk_size) runs in fresh processes: timing in children with the default allocator,
 ``--rounds`` rounds over all configurations (so that load from other processes on a shared
 machine hits every row alike), peak memory in one more child (see _harness.py for both
-definitions). Each step is one
-forward and one backward of a fixed random output gradient; .grad is reset to None before each
+definitions, on the CPU and on CUDA). Each step is one forward and one backward of a fixed random output gradient; .grad is reset to None before each
 step (outside the clock), so every step allocates fresh gradients.
 
 "Beyond unavoidable" memory: the peak extra RSS of one step minus what every implementation must
@@ -42,7 +41,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import _harness as H  # noqa: E402
@@ -54,19 +52,6 @@ IMPLS = {
     "ours": "ours: rx.chunked_feed_forward",
 }
 CHUNKED = ("hf", "checkpoint", "ours")
-
-
-def _import_rx():
-    try:
-        import reformer_ext as rx
-    except Exception:
-        if str(REPO) in sys.path:
-            raise
-        sys.path.append(str(REPO))
-        import reformer_ext as rx
-    if not hasattr(rx, "chunked_feed_forward"):
-        raise ImportError("reformer_ext has no chunked_feed_forward (rebuild the package)")
-    return rx
 
 
 def _apply_chunking(forward_fn, chunk_size, chunk_dim, x):
@@ -104,7 +89,7 @@ def build(spec: dict):
     g = torch.Generator().manual_seed(spec["seed"])
 
     def randn(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).requires_grad_()
+        return (torch.randn(*shape, generator=g) * scale).to(spec["device"]).requires_grad_()
 
     x = randn(B, L, d)
     w1, b1 = randn(f, d, scale=d ** -0.5), randn(f, scale=0.1)
@@ -131,7 +116,7 @@ def build(spec: dict):
             return torch.cat([checkpoint(ffn, t, use_reentrant=False)
                               for t in x.split(c, dim=1)], dim=1)
     elif impl == "ours":
-        rx = _import_rx()
+        rx = H.import_rx("chunked_feed_forward")
 
         def fn():
             return rx.chunked_feed_forward(x, w1, b1, w2, b2, chunk_size=c, activation="gelu")
@@ -140,22 +125,13 @@ def build(spec: dict):
     return fn, leaves, notes
 
 
-def child_main(spec: dict) -> None:
-    threads = H.child_setup(spec.get("threads"))
+def make_step(spec: dict, fn, leaves, notes):
+    """(prepare, step, finish) for _harness.measure_child: one step = forward + backward of a
+    fixed output gradient; .grad reset to None before each step."""
     import torch
 
-    if H.emit_calibration(spec, threads):
-        return
-    try:
-        fn, leaves, notes = build(spec)
-    except ImportError as e:
-        H.emit_result({"status": f"unavailable: {H.error_summary(e)}", "threads": threads})
-        return
-    except Exception as e:
-        H.emit_result({"status": f"error: {H.error_summary(e)}", "threads": threads})
-        return
     g = torch.Generator().manual_seed(spec["seed"] + 1)
-    grad_out = torch.randn(spec["B"], spec["L"], spec["d_model"], generator=g)
+    grad_out = torch.randn(spec["B"], spec["L"], spec["d_model"], generator=g).to(spec["device"])
 
     def prepare():
         for t in leaves:
@@ -164,68 +140,41 @@ def child_main(spec: dict) -> None:
     def step():
         fn().backward(grad_out)
 
-    try:
-        res = H.measure(step, what=spec["what"], budget_s=spec["budget_s"],
-                        min_repeats=spec["min_repeats"], warmup_s=spec["warmup_s"],
-                        step_limit_s=spec["step_limit_s"], prepare=prepare)
-    except Exception as e:
-        res = {"status": f"error: {H.error_summary(e)}"}
-    res["threads"] = threads
-    res["note"] = "; ".join(filter(None, [res.get("note", "")] + notes))
-    H.emit_result(res)
+    def finish(res):
+        res["note"] = H.join_notes(res.get("note"), *notes)
+
+    return prepare, step, finish
+
+
+def child_main(spec: dict) -> None:
+    H.measure_child(spec, build, make_step)
 
 
 # --------------------------------------------------------------------------------------------
 # parent
 
 
-def parse_length(s: str) -> int:
-    s = s.strip().lower()
-    return int(float(s[:-1]) * 1024) if s.endswith("k") else int(s)
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    H.add_common_args(p, quick="smoke run: L=2K, chunk sizes 256,1024, short budgets, one "
+                               "process", timing=dict(budget=(0.5, 20.0), warmup=(0.1, 1.0),
+                                                      step_limit=60.0, timeout_factor=5))
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma separated, from {list(IMPLS)}")
     p.add_argument("--chunks", default="512,1024,4096", help="comma separated chunk sizes")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--length", default="16K", help="sequence length L (16K = 16384)")
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--d-ff", type=int, default=2048)
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: L=2K, chunk sizes 256,1024, short budgets, one process")
-    p.add_argument("--budget", type=float, default=None,
-                   help="seconds of timed steps per configuration (default 20, quick 0.5)")
-    p.add_argument("--min-repeats", type=int, default=3,
-                   help="timed steps per timing process, at least")
     p.add_argument("--rounds", type=int, default=3,
                    help="timing rounds over all configurations (steps pooled; default 3)")
-    p.add_argument("--step-limit", type=float, default=60.0)
-    p.add_argument("--timeout", type=float, default=None,
-                   help="hard limit for one child process, seconds (default 5*step-limit+120)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads in each child (default: usable cores)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--one-process", action="store_true",
-                   help="measure time and memory in the same child (default with --quick)")
-    p.add_argument("--output", default=None, help="append the Markdown section to this file")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.length = "2K" if args.length == p.get_default("length") else args.length
         args.chunks = "256,1024" if args.chunks == p.get_default("chunks") else args.chunks
-        args.one_process = True
-        args.min_repeats = 3
-    args.L = parse_length(args.length)
+    H.finish_common_args(p, args)
+    args.L = H.parse_length(args.length)
     args.chunk_list = [int(c) for c in args.chunks.split(",") if c.strip()]
-    args.impl_list = [i.strip() for i in args.impls.split(",") if i.strip()]
-    for i in args.impl_list:
-        if i not in IMPLS:
-            p.error(f"unknown impl {i!r}; choose from {list(IMPLS)}")
-    if args.budget is None:
-        args.budget = 0.5 if args.quick else 20.0
-    if args.timeout is None:
-        args.timeout = 5 * args.step_limit + 120
+    args.impl_list = H.parse_ids(p, args.impls, IMPLS)
     return args
 
 
@@ -252,10 +201,8 @@ def run_all(args) -> list[dict]:
     t_all = time.perf_counter()
 
     def spec_of(impl, c, what, budget):
-        return dict(impl=impl, chunk_size=c, B=args.batch, L=args.L, d_model=args.d_model,
-                    d_ff=args.d_ff, budget_s=budget, min_repeats=args.min_repeats,
-                    warmup_s=0.1 if args.quick else 1.0, step_limit_s=args.step_limit,
-                    seed=args.seed, threads=args.threads, what=what)
+        return dict(H.timing_spec(args), impl=impl, chunk_size=c, B=args.batch, L=args.L,
+                    d_model=args.d_model, d_ff=args.d_ff, budget_s=budget, what=what)
 
     def log(msg):
         print(f"{msg} ({time.perf_counter() - t_all:.0f} s total)", file=sys.stderr, flush=True)
@@ -283,21 +230,14 @@ def run_all(args) -> list[dict]:
     for impl, c in configs:
         r = _merge_rounds(parts[(impl, c)])
         if r["status"] == "ok":
-            m = H.run_child(__file__, spec_of(impl, c, "memory", args.budget),
-                            timeout_s=args.timeout)
-            if m["status"] == "ok":
-                r["peak_mib"] = m.get("peak_mib")
-                r["note"] = "; ".join(dict.fromkeys(
-                    filter(None, [r.get("note", ""), m.get("note", "")])))
-            else:
-                r["note"] = "; ".join(filter(None, [r.get("note", ""),
-                                                    f"memory run: {m['status']}"]))
+            H.add_memory(r, H.run_child(__file__, spec_of(impl, c, "memory", args.budget),
+                                        timeout_s=args.timeout))
             log(f"memory {impl:10s} chunk={c or '-':>5}: {H.fmt_mib(r.get('peak_mib'))} MiB")
         results.append(dict(r, impl=impl, chunk_size=c))
     return results
 
 
-def report(args, results, machine, gflops_before, gflops_after) -> str:
+def report(args, results, machine, checks) -> str:
     spec = dict(B=args.batch, L=args.L, d_model=args.d_model, d_ff=args.d_ff)
     must_mib = unavoidable_bytes(spec) / 2**20
     plain = next((r for r in results if r["impl"] == "plain" and r["status"] == "ok"), None)
@@ -327,14 +267,13 @@ def report(args, results, machine, gflops_before, gflops_after) -> str:
                 if ok and len(r.get("round_medians_ms", [])) > 1 else ""])),
         ])
     extra = {
-        "calibration": f"{gflops_before:.0f} GFLOP/s before, {gflops_after:.0f} after "
-                       "(1024x1024 fp32 matmul)",
+        "machine check": H.machine_check_text(checks),
         "shape": f"B={args.batch}, L={args.L}, d_model={args.d_model}, d_ff={args.d_ff}, fp32, "
                  "exact GELU, biases",
         "unavoidable": f"{must_mib:.1f} MiB = y + grad of x, W1, b1, W2, b2 (subtracted from "
                        "the peak for 'beyond unavoidable'; inputs, weights and the output "
                        "gradient are in the baseline)",
-        "memory": H.MEMORY_DEFINITION_CPU,
+        "memory": H.memory_definition(args.device),
         "time": (f"median and min over all timed steps of {args.rounds} rounds; each round "
                  f"runs every configuration once in a fresh process (warm-up, then >= "
                  f"{args.min_repeats} steps, {args.budget / args.rounds:g} s budget), so load "
@@ -344,31 +283,21 @@ def report(args, results, machine, gflops_before, gflops_after) -> str:
                  "warm-up, in the same process as the memory step; one step = forward + "
                  "backward, .grad reset outside the clock"),
     }
-    lines = [f"## Chunked feed-forward, fwd+bwd ({H.now_utc()})", "",
-             f"Command: `{H.command_line()}`", ""]
-    lines += H.machine_lines(machine, extra)
+    lines = H.report_header(f"## Chunked feed-forward, fwd+bwd ({args.device}, {H.now_utc()}"
+                            f"{', quick' if args.quick else ''})", machine, extra)
     lines += ["", H.markdown_table(header, rows, "llrrrrrrl"), ""]
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.child is not None:
-        import json
-
-        child_main(json.loads(args.child))
+    if H.child_entry(args, child_main):
         return
-    import torch
-
     machine = H.machine_info()
-    before = H.machine_check(__file__, args.threads)[0] or 0.0
+    checks = H.machine_checks(__file__, args)
     results = run_all(args)
-    after = H.machine_check(__file__, args.threads)[0] or 0.0
-    del torch
-    text = report(args, results, machine, before, after)
-    print(text)
-    if args.output:
-        H.append_section(args.output, text)
+    checks = H.machine_checks(__file__, args, checks)
+    H.publish(report(args, results, machine, checks), args.output)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@ Each shape and thread count is timed back to back for both implementations in on
 (interleaved repetitions, so load from other processes on a shared machine hits both alike);
 medians are reported.
 
+CPU only (the fixed-order GEMM is the CPU operators' own; on CUDA they use cuBLAS):
+--device cuda is refused.
+
     python benchmarks/bench_gemm.py                       # N=1024, D=512, F=2048, threads 1,2
+    python benchmarks/bench_gemm.py --quick               # smoke run: N=256, 1 thread, 3 calls
     python benchmarks/bench_gemm.py --rows 256 --threads 1,2,4 --dtype float64
 """
 
@@ -25,8 +29,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import reformer_ext  # noqa: E402,F401  (loads torch.ops.reformer)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as H  # noqa: E402
+
+CPU_ONLY = ("the fixed-order GEMM (torch.ops.reformer._gemm) is a CPU operator; there is no "
+            "CUDA version to measure")
 
 
 def _shapes(n, d, f, dtype):
@@ -57,21 +64,31 @@ def _time(fn, repeats):
     return times
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    H.add_common_args(p, quick="smoke run: N=256, threads 1, 3 calls", threads=False,
+                      seed=False, child=False)
     p.add_argument("--rows", type=int, default=1024, help="chunk rows N")
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--d-ff", type=int, default=2048)
     p.add_argument("--threads", default="1,2", help="comma separated thread counts")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--repeats", type=int, default=7, help="timed calls per implementation")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.quick:
+        for name, value in (("rows", 256), ("threads", "1"), ("repeats", 3)):
+            if getattr(args, name) == p.get_default(name):
+                setattr(args, name, value)
+    H.finish_common_args(p, args, cpu_only=CPU_ONLY)
+    gemm = _gemm_op()
+    header = H.report_header(f"## Fixed-order GEMM vs torch.mm ({H.now_utc()}"
+                             f"{', quick' if args.quick else ''})", H.machine_info())
     dtype = getattr(torch, args.dtype)
-    gemm = torch.ops.reformer._gemm
     shapes = _shapes(args.rows, args.d_model, args.d_ff, dtype)
-    print(f"N={args.rows} D={args.d_model} F={args.d_ff} {args.dtype}; median ms of "
-          f"{args.repeats} calls, GFLOP/s in brackets")
-    print(f"{'shape':<18} {'threads':>7} {'torch.mm':>16} {'_gemm':>16} {'ratio':>6}")
+    lines = [f"N={args.rows} D={args.d_model} F={args.d_ff} {args.dtype}; median ms of "
+             f"{args.repeats} calls, GFLOP/s in brackets",
+             f"{'shape':<18} {'threads':>7} {'torch.mm':>16} {'_gemm':>16} {'ratio':>6}"]
+    print("\n".join(header + [""] + lines), flush=True)
     saved = torch.get_num_threads()
     try:
         for threads in [int(t) for t in args.threads.split(",")]:
@@ -88,11 +105,20 @@ def main():
                     t_ref += _time(ref, 1)
                     t_ours += _time(ours, 1)
                 m_ref, m_ours = statistics.median(t_ref), statistics.median(t_ours)
-                print(f"{name:<18} {threads:>7} {m_ref * 1e3:>8.2f} ({flop / m_ref / 1e9:>4.0f}) "
-                      f"{m_ours * 1e3:>8.2f} ({flop / m_ours / 1e9:>4.0f}) "
-                      f"{m_ours / m_ref:>5.2f}x")
+                lines.append(f"{name:<18} {threads:>7} {m_ref * 1e3:>8.2f} "
+                             f"({flop / m_ref / 1e9:>4.0f}) {m_ours * 1e3:>8.2f} "
+                             f"({flop / m_ours / 1e9:>4.0f}) {m_ours / m_ref:>5.2f}x")
+                print(lines[-1], flush=True)
     finally:
         torch.set_num_threads(saved)
+    if args.output:  # the header, then the table as printed
+        H.append_section(args.output, "\n".join(header + ["", "```", *lines, "```"]))
+        print(f"appended to {args.output}", file=sys.stderr)
+
+
+def _gemm_op():
+    H.import_rx()  # registers torch.ops.reformer
+    return torch.ops.reformer._gemm
 
 
 if __name__ == "__main__":

@@ -20,21 +20,22 @@ real training). All three models (``--impls``):
                     axial_pos_embds=False (learned absolute positions, like ours),
                     chunk_size_feed_forward=ff_chunk_size, dropouts 0)): reversible stack.
 
-All: fp32, CPU, dropout 0, vocabulary ``--num-tokens``, one chunk back, d_ff = 4·d_model, GELU.
+All: fp32, on --device (default cpu), dropout 0, vocabulary ``--num-tokens``, one chunk back, d_ff = 4·d_model, GELU.
 
 Measurements, each configuration in its own fresh processes (see _harness.py):
 
 1. tokens per second (B·L / median step time, timing process with the default allocator) and
    peak extra memory of one step (VmHWM - VmRSS around the step, after warm-up, in a process
    started with MALLOC_MMAP_THRESHOLD_; parameters, Adam state and the inputs are in the
-   baseline, the step's gradients and activations are not) for each L in ``--lengths``;
+   baseline, the step's gradients and activations are not; on CUDA the peak of
+   torch.cuda.max_memory_allocated instead) for each L in ``--lengths``;
 2. the longest trainable L under ``--cap-gib``: for L = ``--search-start`` doubling up to
    ``--search-max``, a fresh process builds the model and runs two training steps; the memory
    of training at that L is the process' RSS high-water mark minus its RSS before the model was
    built (parameters, gradients, Adam state, activations: everything training needs beyond the
    imported libraries). A watchdog thread ends the process as soon as that exceeds the cap. The
    search stops at the first L that does not fit (or times out after ``--step-limit`` seconds
-   per step).
+   per step). CPU only (it measures the resident set): skipped with --device cuda.
 
     python benchmarks/bench_lm.py --quick                 # smoke run (a few minutes)
     python benchmarks/bench_lm.py --output benchmarks/RESULTS.md --plot benchmarks/bench_lm.png
@@ -43,7 +44,6 @@ Measurements, each configuration in its own fresh processes (see _harness.py):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
@@ -51,7 +51,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import _harness as H  # noqa: E402
@@ -111,8 +110,11 @@ def training_step_fn(spec: dict, model, logits_fn):
     import torch
     import torch.nn.functional as F
 
+    device = spec.get("device", "cpu")
+    model.to(device)
     gen = torch.Generator().manual_seed(spec["seed"] + 1)
     tokens = torch.randint(0, spec["num_tokens"], (spec["B"], spec["L"] + 1), generator=gen)
+    tokens = tokens.to(device)
     inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
@@ -165,8 +167,8 @@ def search_child(spec: dict) -> dict:
 
 
 def child_main(spec: dict) -> None:
-    threads = H.child_setup(spec.get("threads"))
-    if H.emit_calibration(spec, threads):
+    threads = H.child_begin(spec)
+    if threads is None:
         return
     try:
         if spec.get("search"):
@@ -174,9 +176,7 @@ def child_main(spec: dict) -> None:
         else:
             model, logits_fn = build(spec)
             step = training_step_fn(spec, model, logits_fn)
-            res = H.measure(step, what=spec["what"], budget_s=spec["budget_s"],
-                            min_repeats=spec["min_repeats"], warmup_s=spec["warmup_s"],
-                            step_limit_s=spec["step_limit_s"])
+            res = H.measure_spec(step, spec)
             res["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     except ImportError as e:
         res = {"status": f"unavailable: {H.error_summary(e)}"}
@@ -193,10 +193,11 @@ def child_main(spec: dict) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    H.add_common_args(p, quick="smoke run: L=1024, depth 2, small memory-cap search",
+                      timing=dict(budget=(1.0, 20.0), warmup=(0.0, 0.0), step_limit=300.0,
+                                  timeout_factor=6))
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma separated, from {list(IMPLS)}")
     p.add_argument("--lengths", default="4096,16384", help="sequence lengths of the timed runs")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: L=1024, depth 2, small memory-cap search")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--num-tokens", type=int, default=256, help="vocabulary size")
     p.add_argument("--depth", type=int, default=6)
@@ -205,42 +206,30 @@ def parse_args(argv=None):
     p.add_argument("--n-hashes", type=int, default=4)
     p.add_argument("--bucket-size", type=int, default=64)
     p.add_argument("--ff-chunk-size", type=int, default=1024)
-    p.add_argument("--budget", type=float, default=None,
-                   help="seconds of timed steps per configuration (default 20, quick 1)")
-    p.add_argument("--min-repeats", type=int, default=3)
-    p.add_argument("--step-limit", type=float, default=300.0,
-                   help="a configuration whose first step runs longer is reported as timeout")
     p.add_argument("--cap-gib", type=float, default=None,
                    help="memory cap of the longest-L search, GiB (default 4, quick 1)")
     p.add_argument("--search-start", type=int, default=None,
                    help="first L of the search (default 8192, quick 1024)")
     p.add_argument("--search-max", type=int, default=None,
                    help="largest L tried (default 262144, quick 4096)")
-    p.add_argument("--no-search", action="store_true", help="skip the longest-L search")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--one-process", action="store_true",
-                   help="time and memory in the same child (default with --quick)")
-    p.add_argument("--output", default=None, help="append the Markdown section to this file")
+    p.add_argument("--no-search", action="store_true",
+                   help="skip the longest-L search (always skipped with --device cuda)")
     p.add_argument("--plot", default=None, help="write a PNG figure here (needs matplotlib)")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         if args.lengths == p.get_default("lengths"):
             args.lengths = "1024"
         if args.depth == p.get_default("depth"):
             args.depth = 2
-        args.one_process = True
-    defaults = dict(budget=(1.0, 20.0), cap_gib=(1.0, 4.0), search_start=(1024, 8192),
-                    search_max=(4096, 262144))
+    H.finish_common_args(p, args)
+    if args.device != "cpu":
+        args.no_search = True  # it measures the resident set
+    defaults = dict(cap_gib=(1.0, 4.0), search_start=(1024, 8192), search_max=(4096, 262144))
     for name, (quick, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    args.length_list = [int(s) for s in args.lengths.split(",") if s.strip()]
-    args.impl_list = [s.strip() for s in args.impls.split(",") if s.strip()]
-    for i in args.impl_list:
-        if i not in IMPLS:
-            p.error(f"unknown impl {i!r}; choose from {list(IMPLS)}")
+    args.length_list = H.parse_lengths(args.lengths)
+    args.impl_list = H.parse_ids(p, args.impls, IMPLS)
     for L in args.length_list + [args.search_start]:
         if L % args.bucket_size:
             p.error(f"L={L} must be a multiple of --bucket-size (HF requires it in training)")
@@ -248,14 +237,9 @@ def parse_args(argv=None):
 
 
 def base_spec(args) -> dict:
-    return dict(B=args.batch, num_tokens=args.num_tokens, depth=args.depth, d_model=args.d_model,
-                heads=args.heads, n_hashes=args.n_hashes, bucket_size=args.bucket_size,
-                ff_chunk_size=args.ff_chunk_size, seed=args.seed, threads=args.threads,
-                step_limit_s=args.step_limit)
-
-
-def child_timeout(args) -> float:
-    return 6 * args.step_limit + 120
+    return dict(H.timing_spec(args), B=args.batch, num_tokens=args.num_tokens, depth=args.depth,
+                d_model=args.d_model, heads=args.heads, n_hashes=args.n_hashes,
+                bucket_size=args.bucket_size, ff_chunk_size=args.ff_chunk_size)
 
 
 def run_timed(args) -> list:
@@ -263,19 +247,7 @@ def run_timed(args) -> list:
     results = []
     t_all = time.perf_counter()
     for n, (impl, L) in enumerate(configs, 1):
-        spec = dict(base_spec(args), impl=impl, L=L, budget_s=args.budget,
-                    min_repeats=args.min_repeats, warmup_s=0.0)
-        if args.one_process:
-            r = H.run_child(__file__, dict(spec, what="both"), timeout_s=child_timeout(args))
-        else:
-            r = H.run_child(__file__, dict(spec, what="time"), timeout_s=child_timeout(args),
-                            malloc_env=False)
-            if r["status"] == "ok":
-                mem = H.run_child(__file__, dict(spec, what="memory"),
-                                  timeout_s=child_timeout(args))
-                r["peak_mib"] = mem.get("peak_mib")
-                if mem["status"] != "ok":
-                    r["note"] = f"memory run: {mem['status']}"
+        r = H.measure_in_children(__file__, dict(base_spec(args), impl=impl, L=L), args)
         r.update(impl=impl, L=L)
         if r["status"] == "ok":
             r["tokens_per_s"] = args.batch * L / (r["median_ms"] / 1e3)
@@ -341,38 +313,22 @@ def report(args, results, search, machine, calib) -> str:
                      "-" if mem is None else f"{mem:.2f}",
                      f"{r['params_m']:.1f}" if "params_m" in r else "-",
                      str(r.get("repeats", "-")), r.get("note", "")])
-    (g0, l0), (g1, l1) = calib
-
-    def f(x, fmt):
-        return "?" if x is None else format(x, fmt)
-
-    versions = {}
-    try:
-        from importlib import metadata
-
-        for name in ("reformer-pytorch", "transformers"):
-            versions[name] = metadata.version(name)
-    except Exception:
-        pass
     extra = {
-        "peers": ", ".join(f"{k} {v}" for k, v in versions.items()) or "-",
-        "machine check": f"1024x1024 fp32 matmul {f(g0, '.0f')} / {f(g1, '.0f')} GFLOP/s, "
-                         f"1-minute load average {f(l0, '.1f')} / {f(l1, '.1f')}, before / after",
+        "peers": H.peer_versions(),
+        "machine check": H.machine_check_text(calib),
         "model": f"B={args.batch}, vocabulary {args.num_tokens}, depth {args.depth}, d_model "
                  f"{args.d_model}, {args.heads} heads, d_ff {4 * args.d_model}, n_hashes "
                  f"{args.n_hashes}, bucket/chunk {args.bucket_size}, ff chunk "
-                 f"{args.ff_chunk_size}, causal, all layers LSH, fp32, dropout 0",
+                 f"{args.ff_chunk_size}, causal, all layers LSH, fp32, dropout 0, {args.device}",
         "threads": f"torch.set_num_threads({args.threads or H.num_cores()}) in every child "
                    "(this line wins over the CPU line above)",
         "step": "zero_grad(set_to_none) + forward + cross-entropy + backward + AdamW step",
-        "memory": H.MEMORY_DEFINITION_CPU,
+        "memory": H.memory_definition(args.device),
         "time": f"median of >= {args.min_repeats} steps (about {args.budget:g} s of timed steps) "
                 "after one warm-up step; tokens/s = B·L / median",
     }
-    lines = [f"## Language-model training step vs the peers ({H.now_utc()}"
-             f"{', quick' if args.quick else ''})", "",
-             f"Command: `{H.command_line()}`", ""]
-    lines += H.machine_lines(machine, extra)
+    lines = H.report_header(f"## Language-model training step vs the peers ({H.now_utc()}"
+                            f"{', quick' if args.quick else ''})", machine, extra)
     lines += ["", "Rows: see the docstring of benchmarks/bench_lm.py. ours: speed-up = our "
               "tokens/s over this row's; ours: memory fraction = our peak extra MiB over this "
               "row's.", "", H.markdown_table(header, rows, "lrrrrrrrrrl"), ""]
@@ -395,12 +351,12 @@ def report(args, results, search, machine, calib) -> str:
 
 
 def targets(args, by, search) -> list:
-    """Issue 7's acceptance checks at the largest timed L."""
+    """The LM training-step targets (acceptance checks) at the largest timed L."""
     L = max(args.length_list)
     ours = by.get(("ours", L))
     peers = [by.get((i, L)) for i in ("reformer_pytorch", "hf")]
     peers = [r for r in peers if r and r["status"] == "ok"]
-    lines = [f"Targets (issue 7, at L={_fmt_k(L)}):"]
+    lines = [f"Targets (LM training step, at L={_fmt_k(L)}):"]
     if not ours or ours["status"] != "ok" or not peers:
         return lines + ["- not measured"]
     fastest = max(peers, key=lambda r: r["tokens_per_s"])
@@ -455,7 +411,8 @@ def plot(args, results, search, path: str) -> None:
         axes[2].set_yscale("log", base=2)
         axes[2].set_ylabel(f"longest trainable L under {args.cap_gib:g} GiB")
         axes[2].grid(True, axis="y", alpha=0.3)
-    fig.suptitle(f"LM training step, depth {args.depth}, d_model {args.d_model}, CPU")
+    fig.suptitle(f"LM training step, depth {args.depth}, d_model {args.d_model}, "
+                 f"{args.device.upper()}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -463,19 +420,14 @@ def plot(args, results, search, path: str) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.child is not None:
-        child_main(json.loads(args.child))
+    if H.child_entry(args, child_main):
         return
     machine = H.machine_info()
-    c0 = H.machine_check(__file__, args.threads)
+    checks = H.machine_checks(__file__, args)
     results = run_timed(args)
     search = {} if args.no_search else run_search(args)
-    c1 = H.machine_check(__file__, args.threads)
-    text = report(args, results, search, machine, (c0, c1))
-    print(text)
-    if args.output:
-        H.append_section(args.output, text)
-        print(f"appended to {args.output}", file=sys.stderr)
+    checks = H.machine_checks(__file__, args, checks)
+    H.publish(report(args, results, search, machine, checks), args.output)
     if args.plot:
         plot(args, results, search, args.plot)
         print(f"figure: {args.plot}", file=sys.stderr)

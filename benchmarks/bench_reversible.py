@@ -3,7 +3,7 @@
 whole stack against depth, for reformer_ext's reversible stack and the alternatives.
 
 Rows (``--impls``, comma separated ids), all on x of shape (B, L, d_model), fp32, training mode,
-dropout 0, fresh LSH rotations every step:
+dropout 0, fresh LSH rotations every step, on --device (default cpu):
   rev         rx.nn.Reformer(d_model, depth, heads, reversible=True): the stack operator
               reformer::reformer_stack (only the final streams are kept; each layer's inputs
               are rebuilt in the backward and its activations recomputed).
@@ -15,7 +15,7 @@ dropout 0, fresh LSH rotations every step:
               bucket_size, n_hashes, ff_chunks=L/ff_chunk_size, causal=False): its reversible
               stack (reverse_thres=0), LayerNorm pre-norm, GELU feed-forward of 4·d_model, mean of
               the two streams at the end. It uses L/bucket_size buckets per round (ours: the
-              SPEC default 2·ceil(L/bucket_size)) and no positional input (none passed).
+              default of docs/semantics.md, 2·ceil(L/bucket_size)) and no positional input (none passed).
 
 Ours use: d_ff = 4·d_model (exact GELU), bucket_size 64, n_hashes 4, one chunk back,
 ff_chunk_size 1024, merge "concat" (LayerNorm(2·d_model) + Linear(2·d_model, d_model)).
@@ -30,7 +30,8 @@ stack operator holds one more parameter-sized set of gradients for a moment: it 
 layers' weight gradients at once and autograd then adds them into the existing .grad.)
 
 Every (impl, depth) runs in its own fresh processes (see _harness.py: timing in one with the
-default allocator, peak memory in another started with MALLOC_MMAP_THRESHOLD_).
+default allocator, peak memory in another started with MALLOC_MMAP_THRESHOLD_; on CUDA the
+peak of torch.cuda.max_memory_allocated).
 
     python benchmarks/bench_reversible.py                  # full run (about 20-30 minutes)
     python benchmarks/bench_reversible.py --quick          # smoke run, L=512, < 2 minutes
@@ -40,13 +41,11 @@ default allocator, peak memory in another started with MALLOC_MMAP_THRESHOLD_).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import _harness as H  # noqa: E402
@@ -57,19 +56,6 @@ IMPLS = {
     "checkpoint": "ours, reversible=False, checkpoint per layer",
     "reformer_pytorch": "reformer-pytorch Reformer",
 }
-
-
-def _import_rx():
-    try:
-        import reformer_ext as rx
-    except Exception:
-        if str(REPO) in sys.path:
-            raise
-        sys.path.append(str(REPO))
-        import reformer_ext as rx
-    if not hasattr(rx.nn, "Reformer"):
-        raise ImportError("reformer_ext.nn has no Reformer")
-    return rx
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,7 +71,7 @@ def build(spec: dict):
     m, R, ffc = spec["bucket_size"], spec["n_hashes"], spec["ff_chunk_size"]
     torch.manual_seed(spec["seed"])
     if impl in ("rev", "plain", "checkpoint"):
-        rx = _import_rx()
+        rx = H.import_rx("nn.Reformer")
         model = rx.nn.Reformer(d, depth, heads, bucket_size=m, n_hashes=R, ff_chunk_size=ffc,
                                reversible=impl == "rev")
     elif impl == "reformer_pytorch":
@@ -95,9 +81,10 @@ def build(spec: dict):
                          ff_chunks=max(1, L // ffc), causal=False)
     else:
         raise ValueError(f"unknown impl {impl!r}")
-    model.train()
+    device = spec.get("device", "cpu")
+    model.to(device).train()
     x = torch.randn(B, L, d, generator=torch.Generator().manual_seed(spec["seed"] + 1))
-    x.requires_grad_(True)
+    x = x.to(device).requires_grad_(True)
 
     if impl == "checkpoint":
         from torch.utils.checkpoint import checkpoint
@@ -114,26 +101,19 @@ def build(spec: dict):
     return fn, model, x
 
 
-def child_main(spec: dict) -> None:
-    threads = H.child_setup(spec.get("threads"))
+def _grad_out(spec: dict, x):
     import torch
 
-    if H.emit_calibration(spec, threads):
-        return
-    if spec.get("paired"):
-        H.emit_result(paired_main(spec))
-        return
-    try:
-        fn, model, x = build(spec)
-    except ImportError as e:
-        H.emit_result({"status": f"unavailable: {H.error_summary(e)}", "threads": threads})
-        return
-    except Exception as e:
-        H.emit_result({"status": f"error: {H.error_summary(e)}", "threads": threads})
-        return
+    g = torch.Generator().manual_seed(spec["seed"] + 2)
+    return torch.randn(x.shape, generator=g).to(x.device)
+
+
+def make_step(spec: dict, fn, model, x):
+    """(prepare, step, finish) for _harness.measure_child: one step = forward + backward;
+    the size of the gradients the step leaves (parameters' and x's) is taken off the peak."""
     params = list(model.parameters())
     n_params = sum(p.numel() for p in params)
-    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(spec["seed"] + 2))
+    grad_out = _grad_out(spec, x)
 
     grads_mib = (n_params + x.numel()) * x.element_size() / 2**20
 
@@ -144,17 +124,20 @@ def child_main(spec: dict) -> None:
     def step():
         fn().backward(grad_out)
 
-    try:
-        res = H.measure(step, what=spec["what"], budget_s=spec["budget_s"],
-                        min_repeats=spec["min_repeats"], warmup_s=spec["warmup_s"],
-                        step_limit_s=spec["step_limit_s"], prepare=prepare)
+    def finish(res):
         if res.get("peak_mib") is not None:  # the gradients the step leaves are not "extra"
             res["peak_mib"] = max(res["peak_mib"] - grads_mib, 0.0)
-    except Exception as e:
-        res = {"status": f"error: {H.error_summary(e)}"}
-    res["threads"] = threads
-    res["params_mib"] = n_params * 4 / 2**20
-    H.emit_result(res)
+        res["params_mib"] = n_params * 4 / 2**20
+
+    return prepare, step, finish
+
+
+def child_main(spec: dict) -> None:
+    if spec.get("paired"):
+        H.child_setup(spec.get("threads"))
+        H.emit_result(paired_main(spec))
+        return
+    H.measure_child(spec, build, make_step)
 
 
 def paired_main(spec: dict) -> dict:
@@ -169,14 +152,19 @@ def paired_main(spec: dict) -> dict:
     except Exception as e:
         return {"status": f"error: {H.error_summary(e)}"}
     params = list(model.parameters())
-    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(spec["seed"] + 2))
+    grad_out = _grad_out(spec, x)
+    cuda = x.device.type == "cuda"
 
     def step(reversible: bool) -> float:
         for t in params + [x]:
             t.grad = None
         model.reversible = reversible
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn().backward(grad_out)
+        if cuda:
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
     step(True), step(False)  # warm-up
@@ -198,9 +186,11 @@ def paired_main(spec: dict) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    H.add_common_args(p, quick="smoke run: L=512, depths 2,6, paired depth 2",
+                      timing=dict(budget=(0.5, 10.0), warmup=(0.1, 1.0), step_limit=150.0,
+                                  timeout_factor=6))
     p.add_argument("--depths", default="2,6,12,24")
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma separated, from {list(IMPLS)}")
-    p.add_argument("--quick", action="store_true", help="smoke run: L=512, depths 2,6")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--length", type=int, default=4096)
     p.add_argument("--d-model", type=int, default=256)
@@ -208,42 +198,22 @@ def parse_args(argv=None):
     p.add_argument("--n-hashes", type=int, default=4)
     p.add_argument("--bucket-size", type=int, default=64)
     p.add_argument("--ff-chunk-size", type=int, default=1024)
-    p.add_argument("--budget", type=float, default=None,
-                   help="seconds of timed steps per configuration (default 10, quick 0.5)")
-    p.add_argument("--min-repeats", type=int, default=3)
-    p.add_argument("--step-limit", type=float, default=150.0,
-                   help="a configuration whose first step runs longer is reported as timeout")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="hard limit for one child process, seconds (default 6*step-limit+120)")
     p.add_argument("--paired-depths", default="12",
                    help="depths at which reversible and plain steps are also timed alternately "
                         "in one process (robust time ratio on a shared machine); '' to skip")
     p.add_argument("--pairs", type=int, default=5, help="alternating pairs per paired depth")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--one-process", action="store_true",
-                   help="time and memory in the same child (default with --quick)")
-    p.add_argument("--output", default=None, help="append the Markdown section to this file")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         if args.depths == p.get_default("depths"):
             args.depths = "2,6"
         if args.length == p.get_default("length"):
             args.length = 512
-        args.one_process = True
-    if args.quick and args.paired_depths == p.get_default("paired_depths"):
-        args.paired_depths = "2"
+        if args.paired_depths == p.get_default("paired_depths"):
+            args.paired_depths = "2"
+    H.finish_common_args(p, args)
     args.depth_list = [int(s) for s in args.depths.split(",") if s.strip()]
     args.paired_list = [int(s) for s in args.paired_depths.split(",") if s.strip()]
-    args.impl_list = [s.strip() for s in args.impls.split(",") if s.strip()]
-    for i in args.impl_list:
-        if i not in IMPLS:
-            p.error(f"unknown impl {i!r}; choose from {list(IMPLS)}")
-    if args.budget is None:
-        args.budget = 0.5 if args.quick else 10.0
-    if args.timeout is None:
-        args.timeout = 6 * args.step_limit + 120
+    args.impl_list = H.parse_ids(p, args.impls, IMPLS)
     return args
 
 
@@ -253,26 +223,7 @@ def run_all(args) -> list:
     t_all = time.perf_counter()
     for n, (impl, depth) in enumerate(configs, 1):
         key = dict(impl=impl, depth=depth)
-        spec = dict(key, B=args.batch, L=args.length, d_model=args.d_model, heads=args.heads,
-                    n_hashes=args.n_hashes, bucket_size=args.bucket_size,
-                    ff_chunk_size=args.ff_chunk_size, budget_s=args.budget,
-                    min_repeats=args.min_repeats, warmup_s=0.1 if args.quick else 1.0,
-                    step_limit_s=args.step_limit, seed=args.seed, threads=args.threads)
-        if args.one_process:
-            r = H.run_child(__file__, dict(spec, what="both"), timeout_s=args.timeout)
-        else:
-            r = H.run_child(__file__, dict(spec, what="time"), timeout_s=args.timeout,
-                            malloc_env=False)
-            if r["status"] == "ok":
-                mem = H.run_child(__file__, dict(spec, what="memory"), timeout_s=args.timeout)
-                r["wall_s"] = r.get("wall_s", 0.0) + mem.get("wall_s", 0.0)
-                if mem["status"] == "ok":
-                    r["peak_mib"] = mem.get("peak_mib")
-                    r["note"] = "; ".join(dict.fromkeys(
-                        filter(None, [r.get("note", ""), mem.get("note", "")])))
-                else:
-                    r["note"] = "; ".join(filter(None, [r.get("note", ""),
-                                                        f"memory run: {mem['status']}"]))
+        r = H.measure_in_children(__file__, dict(model_spec(args), **key), args)
         r.update(key)
         results.append(r)
         if r["status"] == "ok":
@@ -286,13 +237,16 @@ def run_all(args) -> list:
     return results
 
 
+def model_spec(args) -> dict:
+    return dict(H.timing_spec(args), B=args.batch, L=args.length, d_model=args.d_model,
+                heads=args.heads, n_hashes=args.n_hashes, bucket_size=args.bucket_size,
+                ff_chunk_size=args.ff_chunk_size)
+
+
 def run_paired(args) -> list:
     out = []
     for depth in args.paired_list:
-        spec = dict(paired=True, depth=depth, B=args.batch, L=args.length, d_model=args.d_model,
-                    heads=args.heads, n_hashes=args.n_hashes, bucket_size=args.bucket_size,
-                    ff_chunk_size=args.ff_chunk_size, seed=args.seed, threads=args.threads,
-                    pairs=args.pairs)
+        spec = dict(model_spec(args), paired=True, depth=depth, pairs=args.pairs)
         r = H.run_child(__file__, spec, timeout_s=args.timeout, malloc_env=False)
         r["depth"] = depth
         out.append(r)
@@ -304,7 +258,7 @@ def run_paired(args) -> list:
 
 
 def _targets(by_key, paired=()) -> list:
-    """The issue's acceptance checks, as lines."""
+    """The reversible-memory targets (acceptance checks), as lines."""
 
     def get(impl, depth, field):
         r = by_key.get((impl, depth))
@@ -358,29 +312,14 @@ def report(args, results, machine, calib, paired=()) -> str:
             H.fmt_ratio(m_ratio), H.fmt_mib(r.get("params_mib")),
             str(r.get("repeats", "-")), r.get("note", "") if ok else r.get("note", ""),
         ])
-    versions = {}
-    try:
-        from importlib import metadata
-
-        versions["reformer-pytorch"] = metadata.version("reformer-pytorch")
-    except Exception:
-        pass
-    (g0, l0), (g1, l1) = calib
-
-    def f(x, fmt):
-        return "?" if x is None else format(x, fmt)
-
     extra = {
-        "peers": ", ".join(f"{k} {v}" for k, v in versions.items()) or "-",
-        "machine check": f"1024x1024 fp32 matmul {f(g0, '.0f')} / {f(g1, '.0f')} GFLOP/s, "
-                         f"1-minute load average {f(l0, '.1f')} / {f(l1, '.1f')}, before / after "
-                         "the run (a load above the core count means a shared machine: noisy "
-                         "times; compare min with median)",
+        "peers": H.peer_versions(["reformer-pytorch"]),
+        "machine check": H.machine_check_text(calib),
         "shape": f"B={args.batch}, L={args.length}, d_model={args.d_model}, heads={args.heads} "
                  f"(d_head {args.d_model // args.heads}), d_ff={4 * args.d_model}, "
                  f"n_hashes={args.n_hashes}, bucket_size={args.bucket_size}, ff chunk "
-                 f"{args.ff_chunk_size}, fp32, training mode, dropout 0, non-causal",
-        "memory": H.MEMORY_DEFINITION_CPU + "; .grad of the parameters and of x are None "
+                 f"{args.ff_chunk_size}, fp32, training mode, dropout 0, non-causal, {args.device}",
+        "memory": H.memory_definition(args.device) + "; .grad of the parameters and of x are None "
                   "before the step (optimizer.zero_grad()'s default) and their size is "
                   "subtracted, so this is the memory above parameters, their gradients, x and "
                   "the output gradient",
@@ -389,10 +328,8 @@ def report(args, results, machine, calib, paired=()) -> str:
         "time": f"median of >= {args.min_repeats} steps (about {args.budget:g} s of timed steps) "
                 "after warm-up; one step = forward + backward",
     }
-    lines = [f"## Reversible Reformer stack, training step vs depth ({H.now_utc()}"
-             f"{', quick' if args.quick else ''})", "",
-             f"Command: `{H.command_line()}`", ""]
-    lines += H.machine_lines(machine, extra)
+    lines = H.report_header(f"## Reversible Reformer stack, training step vs depth "
+                            f"({H.now_utc()}{', quick' if args.quick else ''})", machine, extra)
     lines += ["", "Rows: see the docstring of benchmarks/bench_reversible.py; ratios are divided "
               "by ours with reversible=False at the same depth.", "",
               H.markdown_table(header, rows, "lrrrrrrrrl"), ""]
@@ -410,26 +347,21 @@ def report(args, results, machine, calib, paired=()) -> str:
                   H.markdown_table(["depth", "reversible median ms", "plain median ms",
                                     "median of per-pair ratios", "ratio of mins", "pairs"],
                                    prow, "rrrrrr"), ""]
-    lines += ["Targets (issue 4):"]
+    lines += ["Targets (reversible memory):"]
     lines += _targets(by_key, paired)
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.child is not None:
-        child_main(json.loads(args.child))
+    if H.child_entry(args, child_main):
         return
     machine = H.machine_info()
-    c0 = H.machine_check(__file__, args.threads)
+    checks = H.machine_checks(__file__, args)
     results = run_all(args)
     paired = run_paired(args)
-    c1 = H.machine_check(__file__, args.threads)
-    text = report(args, results, machine, (c0, c1), paired)
-    print(text)
-    if args.output:
-        H.append_section(args.output, text)
-        print(f"appended to {args.output}", file=sys.stderr)
+    checks = H.machine_checks(__file__, args, checks)
+    H.publish(report(args, results, machine, checks, paired), args.output)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One command for a GPU machine (issue 5): build the extension against the torch installed there,
-# run the CUDA tests, run the GPU benchmark, and print a short table last. Offline: pip never
-# downloads (--no-index); peers (reformer-pytorch, transformers) are installed only from wheels
-# found in benchmarks/wheels/, if that folder exists. Every stage has its own time limit, so the
+# One command for a GPU machine: build the extension against the torch installed there,
+# run the CUDA tests, run the GPU benchmark (bench_attention.py --device cuda), and print a
+# short table last. Offline: pip never downloads (--no-index); peers (reformer-pytorch,
+# transformers) are installed only from wheels found in benchmarks/wheels/, if that folder
+# exists. Every stage has its own time limit, so the
 # whole run stays within about 8 minutes and a hang cannot eat the budget; a failed stage is
 # reported and the next ones still run.
 #
@@ -88,7 +89,8 @@ stage build 170 bash -c build
 stage tests 110 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
   tests/test_lsh_attention.py tests/test_chunked_ffn.py -k "cuda or CUDA"
 stage memcheck 35 bash -c memcheck
-stage bench 130 "$PY" benchmarks/bench_gpu.py --budget 1.5 --step-limit 1.0 --results "$LOGS/bench.jsonl"
+stage bench 130 "$PY" benchmarks/bench_attention.py --device cuda --budget 1.5 --step-limit 1.0 \
+  --results "$LOGS/bench.jsonl"
 
 echo
 echo "=== stages"
@@ -97,7 +99,7 @@ grep -E "passed|failed|error" "$LOGS/tests.log" | tail -n 1 || true
 echo
 echo "=== GPU benchmark: bf16, B=1, H=8, D=64, n_hashes=4, bucket_size=64 (time / ours > 1: ours faster)"
 if [ -s "$LOGS/bench.jsonl" ]; then
-  "$PY" benchmarks/bench_gpu.py --table-from "$LOGS/bench.jsonl" || echo "(could not print the table)"
+  "$PY" benchmarks/bench_attention.py --table-from "$LOGS/bench.jsonl" || echo "(could not print the table)"
 else
   echo "(no benchmark rows: see $LOGS/bench.log)"
 fi
