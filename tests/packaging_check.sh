@@ -24,7 +24,7 @@ echo "packaging: built $(basename "$sdist") and $(basename "$wheel")"
 prefix=$(basename "$sdist" .tar.gz)
 tar -tzf "$sdist" | sed "s|^$prefix/||" | sort > "$work/sdist_files"
 git ls-files setup.py pyproject.toml CMakeLists.txt README.md MANIFEST.in csrc include kernels \
-  cmake reformer_ext tests/cpp tests/cuda_sim examples/cpp | sort > "$work/needed_files"
+  cmake reformer_ext tests/cpp tests/cuda_sim examples/cpp docs | sort > "$work/needed_files"
 missing=$(comm -23 "$work/needed_files" "$work/sdist_files")
 if [ -n "$missing" ]; then
   echo "packaging: the sdist lacks files a build needs:"; echo "$missing"; exit 1
