@@ -1,13 +1,277 @@
 """Helpers shared by several test files (fixtures are in conftest.py).
 
-Sections: resource hygiene (memory over many calls, concurrent Python threads).
+Sections: common names (dtypes, the operator namespace, the CUDA skip mark); LSH attention
+cases (the inputs, runs and comparisons of tests/test_lsh_attention.py, tests/test_cuda.py and
+tests/test_opcheck.py); chunked feed-forward inputs; reformer_stack operator inputs; resource
+hygiene (memory over many calls, concurrent Python threads).
 """
 
 import gc
+import math
 import os
 import threading
+import zlib
 
+import pytest
 import torch
+
+import reformer_ext as rx
+from reformer_ext.reference import lsh_attention_reference
+from reformer_ext.reformer_stack import WEIGHT_NAMES
+
+F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
+ops = torch.ops.reformer
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+# ------------------------------------------------------------------------ LSH attention cases
+
+# A case is a dict of shapes and options (lsh_case); the inputs are drawn from a seed derived
+# from the case (lsh_seed).
+#
+# Buckets are piecewise constant in qk: a projection within rounding distance of a tie could
+# hash differently in float32 and float64 (or on CPU and GPU). The input helper resamples the
+# few qk rows whose top two projections are closer than a margin, so every implementation
+# sees the same buckets and the comparisons test the attention, not the tie-breaking.
+
+
+def lsh_case(**kw):
+    c = dict(B=2, H=2, L=19, D=8, Dv=8, m=4, R=2, half=3, Hr=2, causal=False, mask=None,
+             before=1, after=0, scale=1.0, noncontig=False)
+    c.update(kw)
+    return c
+
+
+def lsh_case_id(c):
+    d = lsh_case()
+    return "-".join(f"{k}{v}" for k, v in c.items() if v != d[k]) or "default"
+
+
+def lsh_seed(c, extra=""):
+    return zlib.crc32((lsh_case_id(c) + extra).encode())
+
+
+def _separate_ties(qk, rot, g, margin):
+    """Resample the qk rows whose two largest entries of [p, -p] are closer than margin."""
+    B, H, L, D = qk.shape
+    for _ in range(200):
+        r = rot.double().expand(H, -1, -1, -1)
+        p = torch.einsum("bhld,hdrk->bhrlk", qk.double(), r)
+        top = torch.cat([p, -p], -1).topk(2, dim=-1).values
+        bad = (top[..., 0] - top[..., 1] < margin).any(dim=2)  # (B, H, L)
+        if not bad.any():
+            return qk
+        qk[bad] = torch.randn(int(bad.sum()), D, generator=g).to(qk.dtype)
+    raise AssertionError("could not separate bucket ties")
+
+
+def _make_mask(kind, B, L, g):
+    if kind is None:
+        return None
+    if kind == "random":
+        return torch.rand(B, L, generator=g) < 0.25
+    if kind == "row":  # batch row 1 is all padding, row 0 random
+        mask = torch.rand(B, L, generator=g) < 0.25
+        mask[1:] = True
+        return mask
+    if kind == "suffix":  # right padding of different lengths
+        lengths = torch.randint(0, L + 1, (B,), generator=g)
+        return torch.arange(L)[None, :] >= lengths[:, None]
+    raise ValueError(kind)
+
+
+def lsh_inputs(c, dtype, seed, margin=1e-4):
+    """qk, v, rotations, key_padding_mask for case c; qk/v in dtype, rotations float32 values."""
+    g = torch.Generator().manual_seed(seed)
+    rot = torch.randn(c["Hr"], c["D"], c["R"], c["half"], generator=g)
+    qk = torch.randn(c["B"], c["H"], c["L"], c["D"], generator=g).to(dtype)
+    qk = _separate_ties(qk, rot, g, margin)
+    v = torch.randn(c["B"], c["H"], c["L"], c["Dv"], generator=g).to(dtype)
+    mask = _make_mask(c["mask"], c["B"], c["L"], g)
+    if dtype == F64:
+        rot = rot.double()
+    return qk, v, rot, mask
+
+
+def lsh_kwargs(c, rot, mask):
+    return dict(n_hashes=c["R"], bucket_size=c["m"], n_buckets=2 * c["half"], causal=c["causal"],
+                key_padding_mask=mask, rotations=rot, n_chunks_before=c["before"],
+                n_chunks_after=c["after"], scale=c["scale"])
+
+
+def lsh_ref_kwargs(c, mask):
+    return dict(bucket_size=c["m"], causal=c["causal"], key_padding_mask=mask,
+                n_chunks_before=c["before"], n_chunks_after=c["after"], scale=c["scale"])
+
+
+def lsh_cotangents(c, seed, dtype):
+    g = torch.Generator().manual_seed(seed + 1)
+    go = torch.randn(c["B"], c["H"], c["L"], c["Dv"], generator=g).to(dtype)
+    gl = torch.randn(c["B"], c["H"], c["L"], generator=g).to(F64 if dtype == F64 else F32)
+    return go, gl
+
+
+def _strided(x, noncontig):
+    """A leaf holding x's values and the (possibly non-contiguous) view to pass in."""
+    if not noncontig:
+        leaf = x.detach().clone().requires_grad_()
+        return leaf, leaf, lambda t: t
+    # (B, L, H, D) storage seen as (B, H, L, D): a transposed, non-contiguous view.
+    leaf = x.detach().transpose(1, 2).contiguous().requires_grad_()
+    return leaf, leaf.transpose(1, 2), lambda t: t.transpose(1, 2)
+
+
+def run_lsh(c, qk, v, rot, mask, go, gl, device="cpu"):
+    qk_leaf, qk_in, back_qk = _strided(qk.to(device), c["noncontig"])
+    v_leaf, v_in, back_v = _strided(v.to(device), c["noncontig"])
+    if c["noncontig"]:
+        rot = rot.transpose(0, 1).contiguous().transpose(0, 1)
+    rot = rot.to(device)
+    mask = None if mask is None else mask.to(device)
+    out, lse = rx.lsh_attention(qk_in, v_in, return_lse=True, **lsh_kwargs(c, rot, mask))
+    loss = (out * go.to(device)).sum() + (lse * gl.to(device)).sum()
+    gq, gv = torch.autograd.grad(loss, (qk_leaf, v_leaf))
+    return [t.detach().cpu() for t in (out, lse, back_qk(gq), back_v(gv))]
+
+
+def run_lsh_reference(c, qk, v, rot, mask, go, gl, compute_dtype):
+    qk = qk.detach().to(compute_dtype).requires_grad_()
+    v = v.detach().to(compute_dtype).requires_grad_()
+    out, lse = lsh_attention_reference(qk, v, rot.to(compute_dtype), **lsh_ref_kwargs(c, mask))
+    loss = (out * go.to(compute_dtype)).sum() + (lse * gl.to(compute_dtype)).sum()
+    gq, gv = torch.autograd.grad(loss, (qk, v))
+    return [out.detach(), lse.detach(), gq, gv]
+
+
+LSH_NAMES = ("out", "lse", "grad_qk", "grad_v")
+
+
+def assert_lsh_close(ours, ref, rtol, atol):
+    """Every tensor close to the reference, atol scaled by the reference's magnitude."""
+    for name, a, b in zip(LSH_NAMES, ours, ref):
+        assert a.shape == b.shape, name
+        a, b = a.double(), b.double()
+        # atol relative to the size of the reference tensor, so large gradients are fair.
+        scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol * scale,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+def _max_err(a, b):
+    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+
+
+def assert_lsh_lowp(ours, ref64, ref_lp, dtype, factor_out=3.0, factor_grad=5.0):
+    """Our low-precision error vs float64 may be a few times that of PyTorch's own
+    (the reference computed in float32 on the same rounded inputs, then rounded)."""
+    eps = torch.finfo(dtype).eps
+    for name, a, b, r in zip(LSH_NAMES, ours, ref64, ref_lp):
+        mag = max(1.0, float(b.abs().max())) if b.numel() else 1.0
+        if name == "lse":
+            # lse is float32 for every input dtype; logits may carry a rounding of the keys.
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=2 * eps * mag,
+                                       msg=lambda m: f"lse: {m}")
+            continue
+        factor = factor_out if name == "out" else factor_grad
+        err, err_ref = _max_err(a, b), _max_err(r, b)
+        bound = factor * err_ref + 0.5 * eps * mag
+        assert err <= bound, (f"{name}: error {err:.3g} vs float64 exceeds {factor} x "
+                              f"PyTorch's {err_ref:.3g} (+ floor): bound {bound:.3g}")
+
+
+# The foundation matrix: every option against the reference (tests/test_lsh_attention.py), and
+# the same cases on the GPU (tests/test_cuda.py).
+LSH_CASES = []
+for _L in (1, 3, 4, 5, 23):  # 1, m-1, m, m+1, a prime > 4m
+    for _causal in (False, True):
+        LSH_CASES.append(lsh_case(L=_L, causal=_causal))
+for _R in (1, 2, 4, 8):
+    for _ba in ((1, 0), (0, 0), (2, 1)):
+        for _causal in (False, True):
+            LSH_CASES.append(lsh_case(R=_R, before=_ba[0], after=_ba[1], causal=_causal))
+for _mask in ("random", "row", "suffix"):
+    for _causal in (False, True):
+        for _Hr in (1, 2):
+            LSH_CASES.append(lsh_case(mask=_mask, causal=_causal, Hr=_Hr, L=17))
+LSH_CASES += [
+    lsh_case(L=37, D=8, Dv=16, m=8, R=4, half=4, causal=True),
+    lsh_case(L=37, D=16, Dv=4, m=8, R=2, half=2, mask="random"),
+    lsh_case(noncontig=True, mask="random", causal=True, Hr=1),
+    lsh_case(noncontig=True, R=4, before=2, after=1),
+    lsh_case(scale=0.5, D=16, causal=True, mask="suffix"),
+    lsh_case(L=7, m=1, R=2, causal=True),  # chunks of one item
+    # one chunk per round: neighbours wrap across rounds
+    lsh_case(L=5, m=8, R=3, before=1, after=1),
+    lsh_case(L=13, half=1, R=4, causal=True),  # n_buckets = 2
+    lsh_case(B=1, H=3, Hr=1, L=29, m=4, R=4, half=4, mask="random", causal=True, before=2, after=1),
+]
+
+# A case for bitwise determinism (runs, thread counts, the GPU).
+LSH_DET_CASE = lsh_case(B=2, H=3, Hr=1, L=203, D=16, Dv=16, m=8, R=4, half=8, causal=True,
+                        mask="random", before=1, after=1)
+
+
+def assert_lsh_bitwise(a, b):
+    for name, x, y in zip(LSH_NAMES, a, b):
+        assert torch.equal(x, y), f"{name} differs between runs"
+
+
+# --------------------------------------------------------------------- chunked feed-forward
+
+
+def ffn_params(d_model, d_ff, dtype=F64, bias=True, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(d_ff, d_model, generator=g, dtype=dtype) / math.sqrt(d_model)
+    w2 = torch.randn(d_model, d_ff, generator=g, dtype=dtype) / math.sqrt(d_ff)
+    b1 = torch.randn(d_ff, generator=g, dtype=dtype) if bias else None
+    b2 = torch.randn(d_model, generator=g, dtype=dtype) if bias else None
+    return [t.to(device) if t is not None else None for t in (w1, b1, w2, b2)]
+
+
+def ffn_randn(shape, dtype=F64, device="cpu", seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=dtype).to(device)
+
+
+# ------------------------------------------------------------------- reformer_stack operator
+
+
+def stack_problem(depth=2, batch=2, length=21, d_model=8, n_heads=2, d_ff=12, n_hashes=2,
+             n_buckets=4, dtype=F64, seed=0):
+    """Random streams, weights (LayerNorm weights around 1), rotations and dropout seeds."""
+    g = torch.Generator().manual_seed(seed)
+    d_head = d_model // n_heads
+    inner = n_heads * d_head
+    shapes = {"norm1_weight": (d_model,), "norm1_bias": (d_model,),
+              "qk_weight": (inner, d_model), "v_weight": (inner, d_model),
+              "out_weight": (d_model, inner), "out_bias": (d_model,),
+              "norm2_weight": (d_model,), "norm2_bias": (d_model,),
+              "ffn_w1": (d_ff, d_model), "ffn_b1": (d_ff,), "ffn_w2": (d_model, d_ff),
+              "ffn_b2": (d_model,)}
+    weights = []
+    for _ in range(depth):
+        for name in WEIGHT_NAMES:
+            w = torch.randn(shapes[name], generator=g, dtype=dtype) * 0.5
+            if name.startswith("norm") and name.endswith("weight"):
+                w = w * 0.2 + 1.0
+            weights.append(w.requires_grad_(True))
+    x1 = torch.randn(batch, length, d_model, generator=g, dtype=dtype, requires_grad=True)
+    x2 = torch.randn(batch, length, d_model, generator=g, dtype=dtype, requires_grad=True)
+    rotations = [torch.randn(n_heads, d_head, n_hashes, n_buckets // 2, generator=g, dtype=dtype)
+                 for _ in range(depth)]
+    seeds = torch.randint(0, 2**62, (depth, 3), generator=g, dtype=torch.int64)
+    return x1, x2, weights, rotations, seeds
+
+
+def stack_op_args(dtype=torch.float32, requires_grad=True, dropout_p=0.2, masked=True):
+    x1, x2, weights, rotations, seeds = stack_problem(depth=2, batch=1, length=10, dtype=dtype)
+    for t in [x1, x2, *weights]:
+        t.requires_grad_(requires_grad)
+    mask = torch.zeros(1, 10, dtype=torch.bool)
+    if masked:
+        mask[0, 8:] = True
+    return (x1, x2, weights, rotations, mask, seeds, 2, 4, True, 1, 0, 3, "gelu", dropout_p,
+            1e-5)
 
 
 # --------------------------------------------------------------------------- resource hygiene

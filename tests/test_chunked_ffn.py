@@ -18,9 +18,7 @@ import torch.nn.functional as F
 import reformer_ext as rx
 from reformer_ext.feed_forward import ACTIVATIONS, hidden_dropout_keep_mask
 
-F64, F32 = torch.float64, torch.float32
-ops = torch.ops.reformer
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from _helpers import F32, F64, cuda, ffn_params, ffn_randn, ops
 
 _ACT = {
     "gelu": F.gelu,
@@ -32,20 +30,6 @@ _TOL = {F64: 1e-10, F32: 1e-5}
 
 
 # ------------------------------------------------------------------------ helpers
-
-
-def _params(d_model, d_ff, dtype=F64, bias=True, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    w1 = torch.randn(d_ff, d_model, generator=g, dtype=dtype) / math.sqrt(d_model)
-    w2 = torch.randn(d_model, d_ff, generator=g, dtype=dtype) / math.sqrt(d_ff)
-    b1 = torch.randn(d_ff, generator=g, dtype=dtype) if bias else None
-    b2 = torch.randn(d_model, generator=g, dtype=dtype) if bias else None
-    return [t.to(device) if t is not None else None for t in (w1, b1, w2, b2)]
-
-
-def _randn(shape, dtype=F64, device="cpu", seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=dtype).to(device)
 
 
 def _plain_ffn(x, w1, b1, w2, b2, activation="gelu", keep=None, p=0.0):
@@ -75,7 +59,7 @@ def _assert_rel(actual, expected, tol, what=""):
 
 def _check_against_plain(x, params, *, chunk_size, activation, tol, p=0.0, seed=0):
     w1, b1, w2, b2 = params
-    grad_out = _randn(x.shape, x.dtype, x.device, seed=7)
+    grad_out = ffn_randn(x.shape, x.dtype, x.device, seed=7)
     keep = None
     if p > 0:
         n = x.numel() // x.shape[-1]
@@ -131,8 +115,8 @@ CHUNKS = [8, 5, 100, 1]
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("chunk_size", CHUNKS)
 def test_matches_plain_ffn(dtype, bias, activation, chunk_size):
-    x = _randn((3, 8, 16), dtype)
-    params = _params(16, 40, dtype, bias)
+    x = ffn_randn((3, 8, 16), dtype)
+    params = ffn_params(16, 40, dtype, bias)
     _check_against_plain(x, params, chunk_size=chunk_size, activation=activation,
                          tol=_TOL[dtype])
 
@@ -140,13 +124,13 @@ def test_matches_plain_ffn(dtype, bias, activation, chunk_size):
 @pytest.mark.parametrize("shape", [(12, 16), (2, 6, 16), (2, 3, 2, 16), (16,)],
                          ids=["rank2", "rank3", "rank4", "rank1"])
 def test_ranks(shape):
-    _check_against_plain(_randn(shape), _params(16, 24), chunk_size=5, activation="gelu",
+    _check_against_plain(ffn_randn(shape), ffn_params(16, 24), chunk_size=5, activation="gelu",
                          tol=1e-10)
 
 
 def test_noncontiguous_inputs():
-    x = _randn((16, 2, 8)).transpose(0, 2)  # (8, 2, 16), not contiguous
-    w1, b1, w2, b2 = _params(16, 24)
+    x = ffn_randn((16, 2, 8)).transpose(0, 2)  # (8, 2, 16), not contiguous
+    w1, b1, w2, b2 = ffn_params(16, 24)
     w1 = w1.t().contiguous().t()  # same values, transposed strides
     assert not x.is_contiguous() and not w1.is_contiguous()
     _check_against_plain(x, (w1, b1, w2, b2), chunk_size=3, activation="silu", tol=1e-10)
@@ -154,8 +138,8 @@ def test_noncontiguous_inputs():
 
 def test_partial_gradients():
     """Only the gradients that are asked for are computed; the others are None."""
-    x = _randn((10, 8))
-    w1, b1, w2, b2 = _params(8, 12)
+    x = ffn_randn((10, 8))
+    w1, b1, w2, b2 = ffn_params(8, 12)
     w1.requires_grad_()
     y = rx.chunked_feed_forward(x, w1, b1, w2, b2, chunk_size=3)
     (g,) = torch.autograd.grad(y.sum(), [w1])
@@ -173,7 +157,7 @@ def test_partial_gradients():
 
 
 def test_empty_input():
-    w1, b1, w2, b2 = _params(8, 12)
+    w1, b1, w2, b2 = ffn_params(8, 12)
     x = torch.zeros(0, 3, 8, dtype=F64, requires_grad=True)
     y = rx.chunked_feed_forward(x, w1, b1, w2, b2, chunk_size=4)
     assert y.shape == x.shape
@@ -188,9 +172,9 @@ def test_empty_input():
 def test_reduced_precision_close_to_float32(activation, dropout):
     """bfloat16/float16 (the ATen-composed path, also used on CUDA): error against a float32
     reference comparable to PyTorch's own low-precision error."""
-    x = _randn((64, 32), F32)
-    params = _params(32, 64, F32)
-    grad_out = _randn(x.shape, F32, seed=3)
+    x = ffn_randn((64, 32), F32)
+    params = ffn_params(32, 64, F32)
+    grad_out = ffn_randn(x.shape, F32, seed=3)
     seed = 99
     keep = hidden_dropout_keep_mask(64, 64, dropout, seed) if dropout else None
 
@@ -213,9 +197,9 @@ def test_reduced_precision_close_to_float32(activation, dropout):
 
 
 def test_deterministic():
-    x = _randn((50, 16), F32)
-    params = _params(16, 32, F32)
-    grad_out = _randn(x.shape, F32, seed=3)
+    x = ffn_randn((50, 16), F32)
+    params = ffn_params(16, 32, F32)
+    grad_out = ffn_randn(x.shape, F32, seed=3)
 
     def run():
         return _forward_backward(
@@ -227,15 +211,15 @@ def test_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))
 
 
-# ------------------------------------------------------------------------ gradcheck / opcheck
+# ------------------------------------------------------------------------ gradcheck
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("bias,dropout", [(True, 0.0), (False, 0.0), (True, 0.4)],
                          ids=["bias", "nobias", "dropout"])
 def test_gradcheck(activation, bias, dropout):
-    x = _randn((2, 3, 4)).requires_grad_()
-    params = [t.requires_grad_() if t is not None else None for t in _params(4, 6, bias=bias)]
+    x = ffn_randn((2, 3, 4)).requires_grad_()
+    params = [t.requires_grad_() if t is not None else None for t in ffn_params(4, 6, bias=bias)]
 
     def fn(*args):
         return rx.chunked_feed_forward(*args, chunk_size=4, activation=activation,
@@ -244,37 +228,9 @@ def test_gradcheck(activation, bias, dropout):
     assert torch.autograd.gradcheck(fn, (x, *params))
 
 
-def _op_samples():
-    x = _randn((2, 5, 6))
-    full = (x, *_params(6, 10))
-    nobias = (x, full[1], None, full[3], None)
-    return [
-        (full, 4, "gelu", 0.0, None),
-        (nobias, 3, "relu", 0.0, None),
-        (full, 100, "silu", 0.25, torch.tensor(1234)),
-        (nobias, 1, "gelu_tanh", 0.5, torch.tensor(-7)),
-    ]
-
-
-@pytest.mark.parametrize("sample", range(4))
-def test_opcheck_forward(sample):
-    tensors, *options = _op_samples()[sample]
-    tensors = [t.clone().requires_grad_() if t is not None else None for t in tensors]
-    torch.library.opcheck(ops.chunked_ffn.default, (*tensors, *options))
-
-
-@pytest.mark.parametrize("sample", range(4))
-def test_opcheck_backward(sample):
-    tensors, *options = _op_samples()[sample]
-    grad_out = torch.ones_like(tensors[0])
-    mask = [True, True, True, True, True] if sample % 2 == 0 else [True, False, True, True, False]
-    torch.library.opcheck(ops.chunked_ffn_backward.default,
-                          (grad_out, *tensors, *options, mask))
-
-
 def test_compile_module():
     ff = rx.nn.ChunkedFeedForward(8, 16, chunk_size=3).double()
-    x = _randn((2, 5, 8)).requires_grad_()
+    x = ffn_randn((2, 5, 8)).requires_grad_()
     compiled = torch.compile(ff, backend="aot_eager", fullgraph=True)
     y = compiled(x)
     y_ref = ff(x)
@@ -288,8 +244,8 @@ def test_compile_module():
 
 
 def _bad_calls():
-    w1, b1, w2, b2 = _params(8, 12)
-    x = _randn((4, 8))
+    w1, b1, w2, b2 = ffn_params(8, 12)
+    x = ffn_randn((4, 8))
     kw = dict(chunk_size=4)
     seed = torch.tensor(3)
     return [
@@ -341,8 +297,8 @@ def test_bad_input_raises_value_error(case):
 
 
 def test_bad_argument_types():
-    w1, b1, w2, b2 = _params(8, 12)
-    x = _randn((4, 8))
+    w1, b1, w2, b2 = ffn_params(8, 12)
+    x = ffn_randn((4, 8))
     with pytest.raises(TypeError, match="chunk_size"):
         rx.chunked_feed_forward(x, w1, b1, w2, b2, chunk_size=2.0)
     with pytest.raises(TypeError, match="w1"):
@@ -393,14 +349,14 @@ def test_dropout_rate():
 def test_dropout_matches_explicit_mask(activation, chunk_size):
     """Forward and all gradients equal a plain FFN with the explicit mask: the backward's
     recompute regenerates exactly the forward's mask."""
-    _check_against_plain(_randn((3, 9, 8)), _params(8, 20), chunk_size=chunk_size,
+    _check_against_plain(ffn_randn((3, 9, 8)), ffn_params(8, 20), chunk_size=chunk_size,
                          activation=activation, tol=1e-10, p=0.4, seed=31337)
 
 
 def test_dropout_seeds():
-    x = _randn((20, 8))
-    params = _params(8, 16)
-    grad_out = _randn(x.shape, seed=4)
+    x = ffn_randn((20, 8))
+    params = ffn_params(8, 16)
+    grad_out = ffn_randn(x.shape, seed=4)
 
     def run(seed, chunk_size=4):
         return _forward_backward(
@@ -440,7 +396,7 @@ def test_module_matches_sequential_state_dict():
         ff = rx.nn.ChunkedFeedForward(8, 32, chunk_size=5, activation=act, dropout=0.1).double()
         ff.load_state_dict(seq.state_dict())  # 0.* -> w1.*, 2.* / 3.* -> w2.*
         ff.eval()
-        x = _randn((3, 7, 8))
+        x = ffn_randn((3, 7, 8))
         _assert_rel(ff(x), seq(x), 1e-12)
         assert set(ff.state_dict()) == {"w1.weight", "w1.bias", "w2.weight", "w2.bias"}
         assert torch.equal(ff.w2.weight, seq[-1].weight)
@@ -475,7 +431,7 @@ def test_module_nested_load_and_bias_free():
 
 def test_module_dropout_training_and_eval():
     ff = rx.nn.ChunkedFeedForward(8, 64, chunk_size=4, dropout=0.5).double()
-    x = _randn((10, 8))
+    x = ffn_randn((10, 8))
     torch.manual_seed(3)
     a = ff(x)
     torch.manual_seed(3)
@@ -498,9 +454,9 @@ def test_module_dropout_training_and_eval():
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_cuda_matches_cpu(dtype, activation, bias):
-    x = _randn((4, 33, 32), dtype)
-    params = _params(32, 96, dtype, bias)
-    grad_out = _randn(x.shape, dtype, seed=5)
+    x = ffn_randn((4, 33, 32), dtype)
+    params = ffn_params(32, 96, dtype, bias)
+    grad_out = ffn_randn(x.shape, dtype, seed=5)
 
     def fn(*t):
         return rx.chunked_feed_forward(*t, chunk_size=40, activation=activation, dropout=0.2,
@@ -531,7 +487,7 @@ def test_cuda_memory_stays_chunked():
     inputs, weights, outputs and gradients stays far below N * d_ff elements."""
     n, d_model, d_ff, chunk = 16384, 256, 1024, 512
     x = torch.randn(n, d_model, device="cuda", requires_grad=True)
-    w1, b1, w2, b2 = [t.requires_grad_() for t in _params(d_model, d_ff, F32, device="cuda")]
+    w1, b1, w2, b2 = [t.requires_grad_() for t in ffn_params(d_model, d_ff, F32, device="cuda")]
     grad_out = torch.randn(n, d_model, device="cuda")
     y = rx.chunked_feed_forward(x, w1, b1, w2, b2, chunk_size=chunk)
     y.backward(grad_out)  # warm-up: cuBLAS workspaces exist from here on

@@ -1,7 +1,7 @@
 """The reversible stack operator torch.ops.reformer.reformer_stack (SPEC §3) against the
 plain-PyTorch reference (reformer_ext.reference.reformer_stack_reference): outputs and every
-gradient, gradcheck, opcheck, determinism and argument errors. The module-level comparison with
-the non-reversible stack is in test_reversible.py."""
+gradient, gradcheck, determinism and argument errors. opcheck: tests/test_opcheck.py. The
+module-level comparison with the non-reversible stack is in test_reversible.py."""
 
 import pytest
 import torch
@@ -10,34 +10,7 @@ import reformer_ext as rx
 from reformer_ext.reference import reformer_stack_reference
 from reformer_ext.reformer_stack import WEIGHT_NAMES, WEIGHTS_PER_LAYER, reformer_stack
 
-F64 = torch.float64
-
-
-def _problem(depth=2, batch=2, length=21, d_model=8, n_heads=2, d_ff=12, n_hashes=2,
-             n_buckets=4, dtype=F64, seed=0):
-    """Random streams, weights (LayerNorm weights around 1), rotations and dropout seeds."""
-    g = torch.Generator().manual_seed(seed)
-    d_head = d_model // n_heads
-    inner = n_heads * d_head
-    shapes = {"norm1_weight": (d_model,), "norm1_bias": (d_model,),
-              "qk_weight": (inner, d_model), "v_weight": (inner, d_model),
-              "out_weight": (d_model, inner), "out_bias": (d_model,),
-              "norm2_weight": (d_model,), "norm2_bias": (d_model,),
-              "ffn_w1": (d_ff, d_model), "ffn_b1": (d_ff,), "ffn_w2": (d_model, d_ff),
-              "ffn_b2": (d_model,)}
-    weights = []
-    for _ in range(depth):
-        for name in WEIGHT_NAMES:
-            w = torch.randn(shapes[name], generator=g, dtype=dtype) * 0.5
-            if name.startswith("norm") and name.endswith("weight"):
-                w = w * 0.2 + 1.0
-            weights.append(w.requires_grad_(True))
-    x1 = torch.randn(batch, length, d_model, generator=g, dtype=dtype, requires_grad=True)
-    x2 = torch.randn(batch, length, d_model, generator=g, dtype=dtype, requires_grad=True)
-    rotations = [torch.randn(n_heads, d_head, n_hashes, n_buckets // 2, generator=g, dtype=dtype)
-                 for _ in range(depth)]
-    seeds = torch.randint(0, 2**62, (depth, 3), generator=g, dtype=torch.int64)
-    return x1, x2, weights, rotations, seeds
+from _helpers import F64, stack_op_args, stack_problem
 
 
 def _rel(a, b):
@@ -49,7 +22,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 def test_matches_reference_float64(causal, dropout_p, masked, activation):
-    x1, x2, weights, rotations, seeds = _problem()
+    x1, x2, weights, rotations, seeds = stack_problem()
     mask = None
     if masked:
         mask = torch.zeros(2, 21, dtype=torch.bool)
@@ -70,7 +43,7 @@ def test_matches_reference_float64(causal, dropout_p, masked, activation):
 
 
 def test_dropout_is_applied_and_reproducible():
-    x1, x2, weights, rotations, seeds = _problem()
+    x1, x2, weights, rotations, seeds = stack_problem()
     run = lambda p, s: reformer_stack(x1, x2, weights, rotations, s, n_heads=2,  # noqa: E731
                                       bucket_size=4, dropout_p=p)
     plain = run(0.0, seeds)
@@ -83,38 +56,14 @@ def test_dropout_is_applied_and_reproducible():
 
 
 def test_gradcheck_float64():
-    x1, x2, weights, rotations, seeds = _problem(depth=2, batch=1, length=9, d_model=4,
-                                                 n_heads=1, d_ff=6, n_buckets=2)
+    x1, x2, weights, rotations, seeds = stack_problem(depth=2, batch=1, length=9,
+                                                      d_model=4, n_heads=1, d_ff=6, n_buckets=2)
 
     def fn(x1, x2, *w):
         return reformer_stack(x1, x2, w, rotations, seeds, n_heads=1, bucket_size=4,
                               ff_chunk_size=4, dropout_p=0.25)
 
     assert torch.autograd.gradcheck(fn, (x1, x2, *weights), eps=1e-6, atol=1e-5, rtol=1e-4)
-
-
-def _op_args(dtype=torch.float32, requires_grad=True, dropout_p=0.2, masked=True):
-    x1, x2, weights, rotations, seeds = _problem(depth=2, batch=1, length=10, dtype=dtype)
-    for t in [x1, x2, *weights]:
-        t.requires_grad_(requires_grad)
-    mask = torch.zeros(1, 10, dtype=torch.bool)
-    if masked:
-        mask[0, 8:] = True
-    return (x1, x2, weights, rotations, mask, seeds, 2, 4, True, 1, 0, 3, "gelu", dropout_p,
-            1e-5)
-
-
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(requires_grad):
-    torch.library.opcheck(torch.ops.reformer.reformer_stack, _op_args(requires_grad=requires_grad))
-
-
-def test_opcheck_backward():
-    x1, x2, weights, rotations, mask, seeds, *options = _op_args(requires_grad=False)
-    y1, y2 = torch.ops.reformer.reformer_stack(x1, x2, weights, rotations, mask, seeds, *options)
-    args = (torch.randn_like(y1), torch.randn_like(y2), y1, y2, weights, rotations, mask, seeds,
-            *options)
-    torch.library.opcheck(torch.ops.reformer.reformer_stack_backward, args)
 
 
 THREAD_COUNTS = (1, 2, 3, 4, 7)  # 7: more threads than this machine may have cores
@@ -125,9 +74,10 @@ def _large_args(dtype):
     d_model 128, 4 heads, d_ff 512, one hash, ff chunks of 341 rows (the last one of 10: MKL splits 5 to 11
     rows between 2 threads on some CPUs, with different results), dropout, a padding mask.
     Weights scaled by 1/sqrt(fan_in) so float16 stays finite."""
-    x1, x2, weights, rotations, seeds = _problem(depth=2, batch=2, length=1028, d_model=128,
-                                                 n_heads=4, d_ff=512, n_hashes=1, n_buckets=64,
-                                                 dtype=F64, seed=5)
+    x1, x2, weights, rotations, seeds = stack_problem(depth=2, batch=2, length=1028,
+                                                      d_model=128, n_heads=4, d_ff=512,
+                                                      n_hashes=1, n_buckets=64, dtype=F64,
+                                                      seed=5)
     weights = [(w.detach() / (w.shape[1] ** 0.5 if w.dim() == 2 else 1.0)).to(dtype)
                for w in weights]
     mask = torch.zeros(2, 1028, dtype=torch.bool)
@@ -172,7 +122,7 @@ def test_deterministic_across_runs_and_threads(dtype):
 
 def test_low_precision_runs_finite():
     for dtype in (torch.bfloat16, torch.float16):
-        args = _op_args(dtype=dtype)
+        args = stack_op_args(dtype=dtype)
         y1, y2 = torch.ops.reformer.reformer_stack(*args)
         assert y1.dtype == dtype and torch.isfinite(y1).all() and torch.isfinite(y2).all()
         grads = torch.autograd.grad((y1.float() + y2.float()).sum(), [args[0], *args[2]])
@@ -186,7 +136,7 @@ def _replace(args, index, value):
 
 
 def _bad_calls():
-    args = _op_args(requires_grad=False)
+    args = stack_op_args(requires_grad=False)
     x1, x2, weights, rotations, mask, seeds = args[:6]
     w = list(weights)
     w_bad_shape = list(w)
