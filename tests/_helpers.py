@@ -3,14 +3,21 @@
 Sections: common names (dtypes, the operator namespace, the CUDA skip mark); LSH attention
 cases (the inputs, runs and comparisons of tests/test_lsh_attention.py, tests/test_cuda.py and
 tests/test_opcheck.py); chunked feed-forward inputs; reformer_stack operator inputs; resource
-hygiene (memory over many calls, concurrent Python threads).
+hygiene (memory over many calls, concurrent Python threads); the machinery of the bad-input
+catalogues (cases, outcomes, the child processes for the cases that could crash).
 """
 
 import gc
+import json
 import math
 import os
+import re
+import subprocess
+import sys
 import threading
 import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict
 
 import pytest
 import torch
@@ -325,3 +332,164 @@ def run_in_threads(calls, repeats: int = 3) -> list:
     assert not any(t.is_alive() for t in threads), "a worker thread hangs"
     assert not errors, errors
     return results
+
+
+# ------------------------------------------------------------------------ bad-input catalogues
+#
+# The bad-input catalogues (tests/test_lsh_attention_errors.py, test_chunked_ffn_errors.py,
+# test_nn_errors.py; their completeness and the Markdown note: test_errors_catalogue.py). Each
+# file holds a Catalogue: its entry points (name -> call(base arguments, overrides)), the
+# valid base arguments of each, the arguments each entry point takes, and its cases. A case
+# replaces some of the base arguments and names the regex the error message must contain.
+
+ERRORS = (ValueError, TypeError, RuntimeError)
+
+
+@dataclass
+class Case:
+    name: str
+    make: Callable[[dict], dict]  # base tensors -> argument overrides
+    match: str  # regex the message must contain: names the argument
+    entries: tuple
+    # entry -> reason: a known product bug on that entry point (xfail, strict)
+    bugs: Dict[str, str] = field(default_factory=dict)
+    # "clear": must raise with `match`; "no_crash": any clean outcome but a signal
+    expect: str = "clear"
+
+
+def C(name, make, match, entries, bugs=None, expect="clear"):
+    if isinstance(bugs, str):
+        bugs = {e: bugs for e in entries}
+    return Case(name, make, match, tuple(entries), dict(bugs or {}), expect)
+
+
+def to_meta(x):
+    return x.to("meta")
+
+
+# Regexes naming the LSH arguments (the functions' and the modules' cases).
+QK, V, ROT, MASK = r"\bqk\b", r"\bv\b", r"\brotations\b", r"key_padding_mask"
+
+_CHILD = r"""
+import sys
+sys.path.insert(0, {tests!r})
+import {module}
+{module}.CATALOGUE.child_main(sys.argv[1:])
+"""
+
+
+@dataclass
+class Catalogue:
+    calls: Dict[str, Callable]  # entry -> call(base arguments, overrides)
+    base_of: Dict[str, Callable]  # entry -> the function making its valid base arguments
+    args: Dict[str, set]  # entry -> the arguments it takes (every one needs a case)
+    cases: list = field(default_factory=list)  # run in-process
+    dangerous: list = field(default_factory=list)  # run only in child processes
+
+    def outcome(self, entry: str, case: Case) -> str:
+        """Runs one bad call; returns 'clear: ...', 'unclear: ...' or 'no error: ...'."""
+        t = self.base_of[entry]()
+        try:
+            result = self.calls[entry](t, case.make(t))
+        except ERRORS as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            kind = "clear" if re.search(case.match, msg) else "unclear"
+            return f"{kind}: {type(e).__name__}: {msg}"
+        except Exception as e:  # noqa: BLE001 - an exception of another type is a finding too
+            return f"unclear: {type(e).__name__}: {e}"
+        res = result if isinstance(result, tuple) else (result,)
+        desc = ", ".join(f"{tuple(r.shape)} {r.dtype} on {r.device}"
+                         if isinstance(r, torch.Tensor) else repr(r) for r in res)
+        return f"no error: returned {desc}"
+
+    @staticmethod
+    def params(cases):
+        out = []
+        for case in cases:
+            for entry in case.entries:
+                marks = []
+                if entry in case.bugs:
+                    marks.append(pytest.mark.xfail(strict=True, reason=case.bugs[entry]))
+                out.append(pytest.param(entry, case, id=f"{entry}:{case.name}", marks=marks))
+        return out
+
+    @staticmethod
+    def check(case: Case, result: str):
+        if case.expect == "no_crash":
+            assert not result.startswith(("crash", "unclear")), result
+        else:
+            assert result.startswith("clear"), (
+                f"expected an error matching {case.match!r}, got {result}")
+
+    def in_process_test(self):
+        """The test running each case in this process: in a catalogue file,
+        ``test_bad_input = CATALOGUE.in_process_test()``."""
+        @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+        @pytest.mark.parametrize("entry,case", self.params(self.cases))
+        def test_bad_input(entry, case):
+            self.check(case, self.outcome(entry, case))
+        return test_bad_input
+
+    def child_process_tests(self, module):
+        """The fixture running the dangerous cases in child processes (they import the test
+        module `module` for its CATALOGUE) and the test checking each result: in a catalogue
+        file, ``child_results, test_bad_input_in_child_process =
+        CATALOGUE.child_process_tests(__name__)``."""
+        @pytest.fixture(scope="module")
+        def child_results():
+            return self.run_children(module, self.child_keys())
+
+        @pytest.mark.parametrize("entry,case", self.params(self.dangerous))
+        def test_bad_input_in_child_process(entry, case, child_results):
+            self.check(case, child_results[f"{entry}|{case.name}"])
+        return child_results, test_bad_input_in_child_process
+
+    def child_keys(self):
+        return [f"{e}|{c.name}" for c in self.dangerous for e in c.entries]
+
+    def child_main(self, keys):
+        """In a child process that has imported torch but run no operator yet (so no OpenMP
+        threads exist and fork is safe): runs each `entry|case` key in its own forked process
+        and prints one JSON object, key -> result. A case killed by a signal is reported as a
+        crash."""
+        cases = {c.name: c for c in self.dangerous}
+        results = {}
+        for key in keys:
+            entry, name = key.split("|", 1)
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the case runs here
+                os.close(read_end)
+                try:
+                    res = self.outcome(entry, cases[name])
+                except BaseException as e:  # noqa: BLE001
+                    res = f"unclear: {type(e).__name__}: {e}"
+                os.write(write_end, res.encode())
+                os._exit(0)
+            os.close(write_end)
+            chunks = []
+            while True:
+                data = os.read(read_end, 65536)
+                if not data:
+                    break
+                chunks.append(data)
+            os.close(read_end)
+            _, status = os.waitpid(pid, 0)
+            res = b"".join(chunks).decode(errors="replace")
+            if os.WIFSIGNALED(status):
+                res = f"crash: signal {os.WTERMSIG(status)}" + (f" after {res}" if res else "")
+            elif os.WEXITSTATUS(status) != 0 or not res:
+                res = f"crash: exit status {os.WEXITSTATUS(status)}"
+            results[key] = res
+        print(json.dumps(results), flush=True)
+
+    @staticmethod
+    def run_children(module, keys):
+        """key -> result for the dangerous keys of the catalogue in test module `module` (its
+        CATALOGUE), each run in a process of its own."""
+        code = _CHILD.format(tests=os.path.dirname(os.path.abspath(__file__)), module=module)
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        proc = subprocess.run([sys.executable, "-c", code, *keys], capture_output=True,
+                              text=True, timeout=300, env=env)
+        assert proc.returncode == 0, f"the case runner failed ({proc.returncode}): {proc.stderr}"
+        return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -312,94 +312,6 @@ def test_default_rotations_from_generator(dtype):
     assert torch.equal(c[0], d[0])
 
 
-# ---------------------------------------------------------------------------- errors
-
-_B, _H, _L, _D, _R, _HALF = 2, 2, 10, 8, 2, 2
-
-
-def _err_base():
-    g = torch.Generator().manual_seed(0)
-    qk = torch.randn(_B, _H, _L, _D, generator=g)
-    v = torch.randn(_B, _H, _L, _D, generator=g)
-    rot = torch.randn(_H, _D, _R, _HALF, generator=g)
-    mask = torch.zeros(_B, _L, dtype=torch.bool)
-    return qk, v, rot, mask
-
-
-def _bad(name):
-    """(overrides, regex naming the argument) for each kind of bad input."""
-    qk, v, rot, mask = _err_base()
-    table = {
-        "qk_ndim": (dict(qk=qk[0]), "qk"),
-        "qk_int": (dict(qk=qk.long(), v=v.long()), "qk"),
-        "v_length": (dict(v=v[:, :, :-1]), r"\bv\b"),
-        "v_batch": (dict(v=v[:1]), r"\bv\b"),
-        "v_ndim": (dict(v=v[0]), r"\bv\b"),
-        "v_dtype": (dict(v=v.double()), r"qk|\bv\b"),
-        "rot_D": (dict(rotations=rot[:, :-1]), "rotations"),
-        "rot_Hr": (dict(rotations=torch.randn(3, _D, _R, _HALF)), "rotations"),
-        "rot_ndim": (dict(rotations=rot[0]), "rotations"),
-        "bucket_size": (dict(bucket_size=0), "bucket_size"),
-        "mask_shape": (dict(key_padding_mask=torch.zeros(_B, _L + 1, dtype=torch.bool)),
-                       "key_padding_mask"),
-        "mask_dtype": (dict(key_padding_mask=torch.zeros(_B, _L)), "key_padding_mask"),
-        "before": (dict(n_chunks_before=-1), "n_chunks_before"),
-        "after": (dict(n_chunks_after=-1), "n_chunks_after"),
-        # Only meaningful through rx.lsh_attention (the operator takes them from rotations).
-        "n_buckets_odd": (dict(rotations=None, n_buckets=3), "n_buckets"),
-        "n_buckets_small": (dict(rotations=None, n_buckets=0), "n_buckets"),
-        "n_hashes": (dict(rotations=None, n_hashes=0), "n_hashes"),
-        # Only through the operator: rotations with no buckets or no rounds.
-        "rot_no_buckets": (dict(rotations=rot[..., :0]), "rotations"),
-        "rot_no_rounds": (dict(rotations=rot[:, :, :0]), "rotations"),
-    }
-    return table[name]
-
-
-COMMON_ERRORS = ["qk_ndim", "qk_int", "v_length", "v_batch", "v_ndim", "v_dtype", "rot_D",
-                 "rot_Hr", "rot_ndim", "bucket_size", "mask_shape", "mask_dtype", "before",
-                 "after"]
-
-
-@pytest.mark.parametrize("name", COMMON_ERRORS + ["n_buckets_odd", "n_buckets_small",
-                                                  "n_hashes"])
-def test_errors_functional(name):
-    qk, v, rot, mask = _err_base()
-    kw = dict(qk=qk, v=v, n_hashes=_R, bucket_size=4, n_buckets=2 * _HALF, rotations=rot,
-              key_padding_mask=mask, n_chunks_before=1, n_chunks_after=0)
-    over, match = _bad(name)
-    kw.update(over)
-    qk, v = kw.pop("qk"), kw.pop("v")
-    with pytest.raises((ValueError, RuntimeError), match=match):
-        rx.lsh_attention(qk, v, **kw)
-
-
-@pytest.mark.parametrize("name", COMMON_ERRORS + ["rot_no_buckets", "rot_no_rounds"])
-def test_errors_operator(name):
-    qk, v, rot, mask = _err_base()
-    kw = dict(qk=qk, v=v, rotations=rot, key_padding_mask=mask, bucket_size=4,
-              n_chunks_before=1, n_chunks_after=0)
-    over, match = _bad(name)
-    kw.update(over)
-    with pytest.raises((ValueError, RuntimeError), match=match):
-        ops.lsh_attention(kw["qk"], kw["v"], kw["rotations"], kw["key_padding_mask"],
-                          kw["bucket_size"], False, kw["n_chunks_before"], kw["n_chunks_after"],
-                          1.0)
-
-
-@pytest.mark.parametrize("name", ["qk_ndim", "rot_D", "rot_Hr", "rot_ndim", "mask_shape",
-                                  "mask_dtype"])
-@pytest.mark.parametrize("entry", ["functional", "operator"])
-def test_errors_buckets(name, entry):
-    qk, _, rot, mask = _err_base()
-    kw = dict(qk=qk, rotations=rot, key_padding_mask=mask)
-    over, match = _bad(name)
-    kw.update(over)
-    fn = rx.lsh_buckets if entry == "functional" else ops.lsh_buckets
-    with pytest.raises((ValueError, RuntimeError), match=match):
-        fn(kw["qk"], kw["rotations"], kw["key_padding_mask"])
-
-
 # ------------------------------------------------------------------------------ CUDA
 
 # The CUDA kernels against this file's CPU cases live in tests/test_cuda.py (CUDA_CASES there).
@@ -421,14 +333,3 @@ def test_cuda_deterministic():
     go, gl = lsh_cotangents(LSH_DET_CASE, 9, BF16)
     assert_lsh_bitwise(_det_run(qk, v, rot, mask, go, gl, "cuda"),
                        _det_run(qk, v, rot, mask, go, gl, "cuda"))
-
-
-@cuda
-def test_cuda_device_mismatch_is_an_error():
-    qk, v, rot, mask = _err_base()
-    with pytest.raises((ValueError, RuntimeError), match=r"\bv\b|device"):
-        rx.lsh_attention(qk.cuda(), v, n_hashes=_R, bucket_size=4, n_buckets=2 * _HALF,
-                         rotations=rot.cuda())
-    with pytest.raises((ValueError, RuntimeError), match="key_padding_mask|device"):
-        rx.lsh_attention(qk.cuda(), v.cuda(), n_hashes=_R, bucket_size=4, n_buckets=2 * _HALF,
-                         rotations=rot.cuda(), key_padding_mask=mask)

@@ -1,41 +1,29 @@
-"""Catalogue of bad inputs (issue 8, item 1) for every public entry point.
+"""Bad inputs of the LSH attention functions and operators: rx.lsh_attention, rx.lsh_buckets,
+rx.random_rotations and torch.ops.reformer.lsh_buckets / lsh_attention / lsh_attention_backward.
 
-Functions and operators: rx.lsh_attention, rx.lsh_buckets, rx.random_rotations,
-rx.chunked_feed_forward and torch.ops.reformer.lsh_buckets / lsh_attention /
-lsh_attention_backward / chunked_ffn / chunked_ffn_backward get, argument by argument: wrong
-rank, shape, dtype and device (meta as the mismatching device, since CI has no GPU),
-zero/negative sizes, non-tensors where a tensor is expected, floats/bools/None where an int is
-expected, and out-of-range options. Modules (reformer_ext.nn: LSHSelfAttention,
-ChunkedFeedForward, ReversibleSequence, Reformer, ReformerLM): each constructor argument, and
-each forward argument of a module built from valid ones. Each call must raise ValueError,
-TypeError or RuntimeError whose message names the argument (the case's `match` regex).
+The catalogue (CATALOGUE; its machinery in tests/_helpers.py, its completeness checked in
+tests/test_errors_catalogue.py) gets, argument by argument: wrong rank, shape, dtype and device
+(meta as the mismatching device, since CI has no GPU), zero/negative sizes, non-tensors where a
+tensor is expected, floats/bools/None where an int is expected, and out-of-range options. Each
+call must raise ValueError, TypeError or RuntimeError whose message names the argument (the
+case's `match` regex).
 
 The calls that could take the process down (bad sorted_positions / softmax_stats handed to the
-backward, undefined tensors, integer overflow in the options, degenerate shapes, a forward on
-mixed devices followed by its backward) run in a child process, each case forked off on its
-own; a case killed by a signal is reported as a crash.
+backward, integer overflow in the options, a forward on mixed devices followed by its backward)
+run in a child process, each case forked off on its own; a case killed by a signal is reported
+as a crash.
 
 Cases marked xfail(strict=True) (a case's `bugs`) are known product bugs: the lead removes the
-mark with the fix. `python tests/test_errors.py --markdown PATH` writes every bad input tried
-and what it got.
+mark with the fix. Then the error messages of the functional API and the operator for the
+common mistakes, and a device mismatch on CUDA.
 """
-
-import json
-import os
-import re
-import subprocess
-import sys
-from dataclasses import dataclass, field
-from typing import Callable, Dict
 
 import pytest
 import torch
 
 import reformer_ext as rx
-import reformer_ext.nn as rnn
 
-ops = torch.ops.reformer
-ERRORS = (ValueError, TypeError, RuntimeError)
+from _helpers import MASK, QK, ROT, V, C, Catalogue, cuda, ops, to_meta
 
 B, H, L, D, DV, R, HALF, M = 2, 2, 10, 8, 6, 2, 2, 4
 LP = -(-L // M) * M  # padded length: 12
@@ -118,7 +106,7 @@ def _call_rx_attention_backward(t, over):
     return qk.grad
 
 
-CALLS = {
+CATALOGUE = Catalogue(calls={
     "rx.lsh_attention": _call_rx_attention,
     "ops.lsh_attention": _call_op_attention,
     "rx.lsh_buckets": _call_rx_buckets,
@@ -126,9 +114,15 @@ CALLS = {
     "rx.random_rotations": _call_rx_rotations,
     "ops.lsh_attention_backward": _call_op_backward,
     "rx.lsh_attention+backward": _call_rx_attention_backward,
-}
-# entry -> the function making its valid base arguments
-BASE_OF = {e: _base for e in CALLS}
+}, base_of={}, args={
+    "rx.lsh_attention": {"qk", "v", "rotations", "key_padding_mask", *_ATTN_KW},
+    "ops.lsh_attention": set(_OP_ATTN),
+    "rx.lsh_buckets": {"qk", "rotations", "key_padding_mask"},
+    "ops.lsh_buckets": {"qk", "rotations", "key_padding_mask"},
+    "rx.random_rotations": {"qk", "n_hashes", "n_buckets", "generator"},
+    "ops.lsh_attention_backward": set(_OP_BW),
+})
+CATALOGUE.base_of.update({e: _base for e in CATALOGUE.calls})
 ATTN = ("rx.lsh_attention", "ops.lsh_attention")
 HASH = ("rx.lsh_buckets", "ops.lsh_buckets")
 ALL_FWD = ATTN + HASH
@@ -137,32 +131,7 @@ BW = ("ops.lsh_attention_backward",)
 
 # --------------------------------------------------------------------------------- catalogue
 
-
-@dataclass
-class Case:
-    name: str
-    make: Callable[[dict], dict]  # base tensors -> argument overrides
-    match: str  # regex the message must contain: names the argument
-    entries: tuple
-    # entry -> reason: a known product bug on that entry point (xfail, strict)
-    bugs: Dict[str, str] = field(default_factory=dict)
-    # "clear": must raise with `match`; "no_crash": any clean outcome but a signal
-    expect: str = "clear"
-
-
-def _meta(x):
-    return x.to("meta")
-
-
-def C(name, make, match, entries, bugs=None, expect="clear"):
-    if isinstance(bugs, str):
-        bugs = {e: bugs for e in entries}
-    return Case(name, make, match, tuple(entries), dict(bugs or {}), expect)
-
-
-QK, V, ROT, MASK = r"\bqk\b", r"\bv\b", r"\brotations\b", r"key_padding_mask"
-
-CASES = [
+CATALOGUE.cases += [
     # ---- qk
     C("qk=None", lambda t: dict(qk=None), QK, ALL_FWD + ("rx.random_rotations",)),
     C("qk=list", lambda t: dict(qk=t["qk"].tolist()), QK, ALL_FWD + ("rx.random_rotations",)),
@@ -176,7 +145,7 @@ CASES = [
                                key_padding_mask=None), QK, ALL_FWD),
     C("qk D=0", lambda t: dict(qk=t["qk"][..., :0], rotations=t["rotations"][:, :0]), QK,
       ALL_FWD),
-    C("qk on meta", lambda t: dict(qk=_meta(t["qk"])), QK + "|device", ALL_FWD),
+    C("qk on meta", lambda t: dict(qk=to_meta(t["qk"])), QK + "|device", ALL_FWD),
     # ---- v
     C("v=None", lambda t: dict(v=None), V, ATTN),
     C("v=list", lambda t: dict(v=t["v"].tolist()), V, ATTN),
@@ -190,7 +159,7 @@ CASES = [
     C("v float64 (qk float32)", lambda t: dict(v=t["v"].double()), V, ATTN),
     C("v float16 (qk float32)", lambda t: dict(v=t["v"].half()), V, ATTN),
     C("v int64", lambda t: dict(v=t["v"].long()), V, ATTN),
-    C("v on meta", lambda t: dict(v=_meta(t["v"])), V + "|device", ATTN),
+    C("v on meta", lambda t: dict(v=to_meta(t["v"])), V + "|device", ATTN),
     # ---- rotations
     C("rotations=None (op)", lambda t: dict(rotations=None), ROT, ("ops.lsh_attention",) + HASH),
     C("rotations=list", lambda t: dict(rotations=t["rotations"].tolist()), ROT, ALL_FWD),
@@ -208,7 +177,7 @@ CASES = [
     C("rotations bool", lambda t: dict(rotations=t["rotations"] > 0), ROT, ALL_FWD),
     C("rotations complex64", lambda t: dict(rotations=t["rotations"].to(torch.complex64)), ROT,
       ALL_FWD),
-    C("rotations on meta", lambda t: dict(rotations=_meta(t["rotations"])), ROT + "|device",
+    C("rotations on meta", lambda t: dict(rotations=to_meta(t["rotations"])), ROT + "|device",
       ALL_FWD),
     # ---- key_padding_mask
     C("mask=list", lambda t: dict(key_padding_mask=t["key_padding_mask"].tolist()), MASK,
@@ -229,7 +198,7 @@ CASES = [
       ALL_FWD),
     C("mask length L+1", lambda t: dict(key_padding_mask=torch.zeros(B, L + 1, dtype=torch.bool)),
       MASK, ALL_FWD),
-    C("mask on meta", lambda t: dict(key_padding_mask=_meta(t["key_padding_mask"])),
+    C("mask on meta", lambda t: dict(key_padding_mask=to_meta(t["key_padding_mask"])),
       MASK + "|device", ALL_FWD),
     # ---- n_hashes (functional only: the operator reads it off rotations)
     C("n_hashes=0", lambda t: dict(n_hashes=0, rotations=None), "n_hashes",
@@ -314,12 +283,12 @@ CASES = [
     C("grad_out rank 3", lambda t: dict(grad_out=t["grad_out"][0]), "grad_out", BW),
     C("grad_out float64", lambda t: dict(grad_out=t["grad_out"].double()), "grad_out", BW),
     C("grad_out=list", lambda t: dict(grad_out=[1.0]), "grad_out", BW),
-    C("grad_out on meta", lambda t: dict(grad_out=_meta(t["grad_out"])), "grad_out|device", BW),
+    C("grad_out on meta", lambda t: dict(grad_out=to_meta(t["grad_out"])), "grad_out|device", BW),
     C("grad_lse shape (B,L)", lambda t: dict(grad_lse=t["grad_lse"][0]), "grad_lse", BW),
     C("grad_lse float64", lambda t: dict(grad_lse=t["grad_lse"].double()), "grad_lse", BW),
     C("grad_lse float16", lambda t: dict(grad_lse=t["grad_lse"].half()), "grad_lse", BW),
     C("grad_lse=list", lambda t: dict(grad_lse=[0.0]), "grad_lse", BW),
-    C("grad_lse on meta", lambda t: dict(grad_lse=_meta(t["grad_lse"])), "grad_lse|device", BW),
+    C("grad_lse on meta", lambda t: dict(grad_lse=to_meta(t["grad_lse"])), "grad_lse|device", BW),
     C("qk=None (backward)", lambda t: dict(qk=None), QK, BW),
     C("qk rank 3 (backward)", lambda t: dict(qk=t["qk"][0]), QK, BW),
     C("qk int64 (backward)", lambda t: dict(qk=t["qk"].long()), QK, BW),
@@ -345,7 +314,7 @@ CASES = [
 
 # ---- all-meta calls (fake tensors): the shapes must be checked there too (torch.compile
 #      traces with them, and a meta-device model would otherwise go on with invalid shapes)
-_META = {k: (lambda k: lambda t: _meta(t[k]))(k) for k in ("qk", "v", "rotations",
+_META = {k: (lambda k: lambda t: to_meta(t[k]))(k) for k in ("qk", "v", "rotations",
                                                             "key_padding_mask")}
 
 
@@ -357,9 +326,9 @@ def _all_meta(**bad):
     return make
 
 
-CASES += [
-    C("all meta, v length L-1", _all_meta(v=lambda t: _meta(t["v"][:, :, :-1])), V, ATTN),
-    C("all meta, rotations D-1", _all_meta(rotations=lambda t: _meta(t["rotations"][:, :-1])),
+CATALOGUE.cases += [
+    C("all meta, v length L-1", _all_meta(v=lambda t: to_meta(t["v"][:, :, :-1])), V, ATTN),
+    C("all meta, rotations D-1", _all_meta(rotations=lambda t: to_meta(t["rotations"][:, :-1])),
       ROT, ALL_FWD),
     C("all meta, mask length L+1",
       _all_meta(key_padding_mask=lambda t: torch.zeros(B, L + 1, dtype=torch.bool,
@@ -379,7 +348,7 @@ def _sp_with(value, b=0, h=0, i=3):
 SP, ST = "sorted_positions", "softmax_stats"
 
 # Run only in child processes: a crash here must not take the test run down.
-DANGEROUS = [
+CATALOGUE.dangerous += [
     C("sorted_positions=None", lambda t: dict(sorted_positions=None), SP, BW),
     C("sorted_positions one item short", lambda t: dict(
         sorted_positions=t[SP][..., :-1]), SP, BW),
@@ -391,7 +360,7 @@ DANGEROUS = [
     C("sorted_positions empty (B,H,0)", lambda t: dict(sorted_positions=t[SP][..., :0]), SP, BW),
     C("sorted_positions int64", lambda t: dict(sorted_positions=t[SP].long()), SP, BW),
     C("sorted_positions float32", lambda t: dict(sorted_positions=t[SP].float()), SP, BW),
-    C("sorted_positions on meta", lambda t: dict(sorted_positions=_meta(t[SP])),
+    C("sorted_positions on meta", lambda t: dict(sorted_positions=to_meta(t[SP])),
       SP + "|device", BW),
     C("sorted_positions value 10**9", _sp_with(10**9), SP, BW),
     C("sorted_positions value -1", _sp_with(-1), SP, BW),
@@ -410,7 +379,7 @@ DANGEROUS = [
     C("softmax_stats float16", lambda t: dict(softmax_stats=t[ST].half()), ST, BW),
     C("softmax_stats int32", lambda t: dict(softmax_stats=t[ST].int()), ST, BW),
     C("softmax_stats=list", lambda t: dict(softmax_stats=t[ST].tolist()), ST, BW),
-    C("softmax_stats on meta", lambda t: dict(softmax_stats=_meta(t[ST])), ST + "|device", BW),
+    C("softmax_stats on meta", lambda t: dict(softmax_stats=to_meta(t[ST])), ST + "|device", BW),
     C("softmax_stats with NaN/inf values", lambda t: dict(softmax_stats=torch.where(
         torch.arange(t[ST].numel()).view(t[ST].shape) % 2 == 0, float("nan"), float("inf"))),
       ST, BW, expect="no_crash"),
@@ -426,596 +395,19 @@ DANGEROUS = [
                                                      key_padding_mask=None),
       "bucket_size", ATTN),
     # The public API end to end on mixed devices: forward, then backward.
-    C("rotations on meta, then backward", lambda t: dict(rotations=_meta(t["rotations"])),
+    C("rotations on meta, then backward", lambda t: dict(rotations=to_meta(t["rotations"])),
       ROT + "|device", ("rx.lsh_attention+backward",)),
-    C("mask on meta, then backward", lambda t: dict(key_padding_mask=_meta(t[MASK])),
+    C("mask on meta, then backward", lambda t: dict(key_padding_mask=to_meta(t[MASK])),
       MASK + "|device", ("rx.lsh_attention+backward",)),
 ]
 
-# ==================================================================== chunked feed-forward
-#
-# rx.chunked_feed_forward, torch.ops.reformer.chunked_ffn and chunked_ffn_backward. Their
-# arguments live in their own base dict (`_ffn_base`): x, w1, b1, w2, b2, grad_out and the
-# options below; "dropout" is the functional API's name, "dropout_p" the operator's.
 
-DM, DFF, FFN_CHUNK = 8, 12, 4
+# ------------------------------------------------------------------------------ the tests
 
-
-def _ffn_base():
-    g = torch.Generator().manual_seed(1)
-    return dict(x=torch.randn(2, 5, DM, generator=g), w1=torch.randn(DFF, DM, generator=g),
-                b1=torch.randn(DFF, generator=g), w2=torch.randn(DM, DFF, generator=g),
-                b2=torch.randn(DM, generator=g), grad_out=torch.randn(2, 5, DM, generator=g))
-
-
-# The operators take the seed as a one-element int64 CPU tensor (None only when dropout_p is 0);
-# the functional API takes that or an int.
-_FFN_KW = dict(chunk_size=FFN_CHUNK, activation="gelu", dropout=0.1,
-               dropout_seed=torch.tensor(5), generator=None)
-_OP_FFN = ("x", "w1", "b1", "w2", "b2", "chunk_size", "activation", "dropout_p", "dropout_seed")
-_OP_FFN_BW = ("grad_out", *_OP_FFN, "output_mask")
-
-
-def _ffn_merged(t, over):
-    a = dict(t)
-    a.update(_FFN_KW, dropout_p=0.1, output_mask=[True] * 5)
-    a.update(over)
-    return a
-
-
-def _call_rx_ffn(t, over):
-    a = _ffn_merged(t, over)
-    return rx.chunked_feed_forward(a["x"], a["w1"], a["b1"], a["w2"], a["b2"],
-                                   **{k: a[k] for k in _FFN_KW})
-
-
-def _call_op_ffn(t, over):
-    a = _ffn_merged(t, over)
-    return ops.chunked_ffn(*[a[k] for k in _OP_FFN])
-
-
-def _call_op_ffn_backward(t, over):
-    a = _ffn_merged(t, over)
-    return ops.chunked_ffn_backward(*[a[k] for k in _OP_FFN_BW])
-
-
-def _call_rx_ffn_backward(t, over):
-    """The functional API end to end: forward with autograd, then backward."""
-    a = _ffn_merged(t, over)
-    x = a["x"].detach().requires_grad_() if a["x"].is_floating_point() else a["x"]
-    y = rx.chunked_feed_forward(x, a["w1"], a["b1"], a["w2"], a["b2"],
-                                **{k: a[k] for k in _FFN_KW})
-    y.sum().backward()
-    return x.grad
-
-
-CALLS.update({
-    "rx.chunked_feed_forward": _call_rx_ffn,
-    "ops.chunked_ffn": _call_op_ffn,
-    "ops.chunked_ffn_backward": _call_op_ffn_backward,
-    "rx.chunked_feed_forward+backward": _call_rx_ffn_backward,
-})
-BASE_OF.update({e: _ffn_base for e in ("rx.chunked_feed_forward", "ops.chunked_ffn",
-                                       "ops.chunked_ffn_backward",
-                                       "rx.chunked_feed_forward+backward")})
-FFN = ("rx.chunked_feed_forward", "ops.chunked_ffn")
-FFN_BW = ("ops.chunked_ffn_backward",)
-FFN_ALL = FFN + FFN_BW
-RX_FFN, OP_FFN = ("rx.chunked_feed_forward",), ("ops.chunked_ffn",) + FFN_BW
-
-_FFN_W = r"\bw1\b|\bx\b"  # a dtype/shape clash between x and w1 may name either
-
-CASES += [
-    # ---- x
-    C("ffn x=list", lambda t: dict(x=t["x"].tolist()), r"\bx\b", FFN_ALL),
-    C("ffn x=int", lambda t: dict(x=3), r"\bx\b", FFN_ALL),
-    C("ffn x rank 0", lambda t: dict(x=t["x"][0, 0, 0]), r"\bx\b", FFN_ALL),
-    C("ffn x last dim d_model-1", lambda t: dict(x=t["x"][..., :-1]), r"\bx\b|d_model",
-      FFN_ALL),
-    C("ffn x int64 (all int64)", lambda t: {k: t[k].long() for k in ("x", "w1", "b1", "w2",
-                                                                       "b2", "grad_out")},
-      r"\bx\b", FFN_ALL),
-    C("ffn x bool", lambda t: dict(x=t["x"] > 0), r"\bx\b", FFN_ALL),
-    C("ffn x complex64 (all complex64)",
-      lambda t: {k: t[k].to(torch.complex64) for k in ("x", "w1", "b1", "w2", "b2",
-                                                        "grad_out")}, r"\bx\b", FFN_ALL),
-    C("ffn x float16 (weights float32)", lambda t: dict(x=t["x"].half()), _FFN_W, FFN_ALL),
-    C("ffn x on meta", lambda t: dict(x=_meta(t["x"])), r"\bx\b|\bw1\b|device", FFN_ALL),
-    # ---- w1
-    C("ffn w1=list", lambda t: dict(w1=t["w1"].tolist()), r"\bw1\b", FFN_ALL),
-    C("ffn w1 rank 1", lambda t: dict(w1=t["w1"][0]), r"\bw1\b", FFN_ALL),
-    C("ffn w1 rank 3", lambda t: dict(w1=t["w1"][None]), r"\bw1\b", FFN_ALL),
-    C("ffn w1 (d_ff, d_model-1)", lambda t: dict(w1=t["w1"][:, :-1]), r"\bw1\b", FFN_ALL),
-    C("ffn w1 transposed", lambda t: dict(w1=t["w1"].t()), r"\bw1\b", FFN_ALL),
-    C("ffn w1 float64", lambda t: dict(w1=t["w1"].double()), r"\bw1\b", FFN_ALL),
-    C("ffn w1 int64", lambda t: dict(w1=t["w1"].long()), r"\bw1\b", FFN_ALL),
-    C("ffn w1 on meta", lambda t: dict(w1=_meta(t["w1"])), r"\bw1\b|device", FFN_ALL),
-    # ---- b1
-    C("ffn b1=list", lambda t: dict(b1=t["b1"].tolist()), r"\bb1\b", FFN_ALL),
-    C("ffn b1 rank 2", lambda t: dict(b1=t["b1"][None]), r"\bb1\b", FFN_ALL),
-    C("ffn b1 length d_ff-1", lambda t: dict(b1=t["b1"][:-1]), r"\bb1\b", FFN_ALL),
-    C("ffn b1 float64", lambda t: dict(b1=t["b1"].double()), r"\bb1\b", FFN_ALL),
-    C("ffn b1 on meta", lambda t: dict(b1=_meta(t["b1"])), r"\bb1\b|device", FFN_ALL),
-    # ---- w2
-    C("ffn w2=list", lambda t: dict(w2=t["w2"].tolist()), r"\bw2\b", FFN_ALL),
-    C("ffn w2 rank 1", lambda t: dict(w2=t["w2"][0]), r"\bw2\b", FFN_ALL),
-    C("ffn w2 (d_model, d_ff-1)", lambda t: dict(w2=t["w2"][:, :-1]), r"\bw2\b", FFN_ALL),
-    C("ffn w2 transposed", lambda t: dict(w2=t["w2"].t()), r"\bw2\b", FFN_ALL),
-    C("ffn w2 float64", lambda t: dict(w2=t["w2"].double()), r"\bw2\b", FFN_ALL),
-    C("ffn w2 on meta", lambda t: dict(w2=_meta(t["w2"])), r"\bw2\b|device", FFN_ALL),
-    # ---- b2
-    C("ffn b2=list", lambda t: dict(b2=t["b2"].tolist()), r"\bb2\b", FFN_ALL),
-    C("ffn b2 rank 0", lambda t: dict(b2=t["b2"][0]), r"\bb2\b", FFN_ALL),
-    C("ffn b2 = b1 (length d_ff)", lambda t: dict(b2=t["b1"]), r"\bb2\b", FFN_ALL),
-    C("ffn b2 float16", lambda t: dict(b2=t["b2"].half()), r"\bb2\b", FFN_ALL),
-    C("ffn b2 on meta", lambda t: dict(b2=_meta(t["b2"])), r"\bb2\b|device", FFN_ALL),
-    # ---- options
-    C("ffn chunk_size=0", lambda t: dict(chunk_size=0), "chunk_size", FFN_ALL),
-    C("ffn chunk_size=-1", lambda t: dict(chunk_size=-1), "chunk_size", FFN_ALL),
-    C("ffn chunk_size=2.0", lambda t: dict(chunk_size=2.0), "chunk_size", FFN_ALL),
-    C("ffn chunk_size=None", lambda t: dict(chunk_size=None), "chunk_size", FFN_ALL),
-    C("ffn chunk_size='4'", lambda t: dict(chunk_size="4"), "chunk_size", FFN_ALL),
-    C("ffn chunk_size=True", lambda t: dict(chunk_size=True), "chunk_size", RX_FFN),
-    C("ffn activation='tanh'", lambda t: dict(activation="tanh"), "activation", FFN_ALL),
-    C("ffn activation='GELU'", lambda t: dict(activation="GELU"), "activation", FFN_ALL),
-    C("ffn activation=''", lambda t: dict(activation=""), "activation", FFN_ALL),
-    C("ffn activation=None", lambda t: dict(activation=None), "activation", FFN_ALL),
-    C("ffn activation=nn.GELU()", lambda t: dict(activation=torch.nn.GELU()), "activation",
-      FFN_ALL),
-    C("ffn dropout=1.0", lambda t: dict(dropout=1.0), "dropout", RX_FFN),
-    C("ffn dropout=-0.1", lambda t: dict(dropout=-0.1), "dropout", RX_FFN),
-    C("ffn dropout=nan", lambda t: dict(dropout=float("nan")), "dropout", RX_FFN),
-    C("ffn dropout='0.1'", lambda t: dict(dropout="0.1"), "dropout", RX_FFN),
-    C("ffn dropout=None", lambda t: dict(dropout=None), "dropout", RX_FFN),
-    C("ffn dropout=True", lambda t: dict(dropout=True), "dropout", RX_FFN),
-    C("ffn dropout_p=1.0", lambda t: dict(dropout_p=1.0), "dropout_p", OP_FFN),
-    C("ffn dropout_p=-0.5", lambda t: dict(dropout_p=-0.5), "dropout_p", OP_FFN),
-    C("ffn dropout_p=nan", lambda t: dict(dropout_p=float("nan")), "dropout_p", OP_FFN),
-    C("ffn dropout_p=inf", lambda t: dict(dropout_p=float("inf")), "dropout_p", OP_FFN),
-    C("ffn dropout_p='a'", lambda t: dict(dropout_p="a"), "dropout_p", OP_FFN),
-    C("ffn dropout_seed=1.5", lambda t: dict(dropout_seed=1.5), "dropout_seed", FFN_ALL),
-    C("ffn dropout_seed='5'", lambda t: dict(dropout_seed="5"), "dropout_seed", FFN_ALL),
-    C("ffn dropout_seed=2**64", lambda t: dict(dropout_seed=2**64), "dropout_seed", OP_FFN),
-    C("ffn dropout_seed=5 (an int, op)", lambda t: dict(dropout_seed=5), "dropout_seed", OP_FFN),
-    C("ffn dropout_seed int32 tensor",
-      lambda t: dict(dropout_seed=torch.tensor(5, dtype=torch.int32)), "dropout_seed", FFN_ALL),
-    C("ffn dropout_seed float tensor", lambda t: dict(dropout_seed=torch.tensor(5.0)),
-      "dropout_seed", FFN_ALL),
-    C("ffn dropout_seed of 2 elements", lambda t: dict(dropout_seed=torch.tensor([5, 6])),
-      "dropout_seed", FFN_ALL),
-    C("ffn dropout_seed of 0 elements",
-      lambda t: dict(dropout_seed=torch.zeros(0, dtype=torch.long)), "dropout_seed", FFN_ALL),
-    C("ffn dropout_seed on meta", lambda t: dict(dropout_seed=_meta(torch.tensor(5))),
-      "dropout_seed", FFN_ALL),
-    C("ffn dropout_seed=None with dropout_p > 0", lambda t: dict(dropout_seed=None),
-      "dropout_seed", OP_FFN),
-    C("ffn generator='seed'", lambda t: dict(generator="seed", dropout_seed=None), "generator",
-      RX_FFN),
-    C("ffn generator=0", lambda t: dict(generator=0, dropout_seed=None), "generator", RX_FFN),
-    # ---- the backward operator's own arguments
-    C("ffn grad_out=list", lambda t: dict(grad_out=t["grad_out"].tolist()), "grad_out", FFN_BW),
-    C("ffn grad_out shape (1, 5, d_model)", lambda t: dict(grad_out=t["grad_out"][:1]),
-      "grad_out", FFN_BW),
-    C("ffn grad_out flattened (10, d_model)",
-      lambda t: dict(grad_out=t["grad_out"].reshape(10, DM)), "grad_out", FFN_BW),
-    C("ffn grad_out float64", lambda t: dict(grad_out=t["grad_out"].double()), "grad_out",
-      FFN_BW),
-    C("ffn grad_out on meta", lambda t: dict(grad_out=_meta(t["grad_out"])),
-      "grad_out|device", FFN_BW),
-    C("ffn output_mask=None", lambda t: dict(output_mask=None), "output_mask", FFN_BW),
-    C("ffn output_mask='TTTTT'", lambda t: dict(output_mask="TTTTT"), "output_mask", FFN_BW),
-    # Accepted as PyTorch's own message: a list of the wrong length for the schema's bool[5] is
-    # rejected while the Python arguments are converted, before any code of this extension runs
-    # (the fake kernel included), and that message does not name the argument: "Tried to
-    # convert a List with 4 elements to a fixed-size array of size 5". output_mask is the
-    # only fixed-size array of the schema, so the size in the message identifies it; naming it
-    # would take a schema change (bool[] plus a length check), which this catalogue does not
-    # justify.
-    C("ffn output_mask of 4", lambda t: dict(output_mask=[True] * 4),
-      "List with 4 elements to a fixed-size array of size 5", FFN_BW),
-    C("ffn output_mask of 6", lambda t: dict(output_mask=[True] * 6),
-      "List with 6 elements to a fixed-size array of size 5", FFN_BW),
-    # ---- everything on meta (fake tensors, as under torch.compile): shapes must be checked too
-    C("ffn all meta, w1 (d_ff, d_model-1)",
-      lambda t: {**{k: _meta(v) for k, v in t.items()}, "w1": _meta(t["w1"][:, :-1])},
-      r"\bw1\b", FFN_ALL),
-    C("ffn all meta, chunk_size=0",
-      lambda t: {**{k: _meta(v) for k, v in t.items()}, "chunk_size": 0},
-      "chunk_size", FFN_ALL),
-]
-
-# Run in child processes: undefined tensors reach C++ through the schema (None for a required
-# Tensor is accepted by the dispatcher), extreme sizes and degenerate shapes.
-DANGEROUS += [
-    C("ffn x=None", lambda t: dict(x=None), r"\bx\b", FFN_ALL),
-    C("ffn w1=None", lambda t: dict(w1=None), r"\bw1\b", FFN_ALL),
-    C("ffn w2=None", lambda t: dict(w2=None), r"\bw2\b", FFN_ALL),
-    C("ffn grad_out=None", lambda t: dict(grad_out=None), "grad_out", FFN_BW),
-    C("ffn chunk_size=-2**63", lambda t: dict(chunk_size=-2**63), "chunk_size", OP_FFN),
-    # valid inputs at the edges: any clean outcome, never a crash
-    C("ffn chunk_size=2**63-1", lambda t: dict(chunk_size=2**63 - 1), "", OP_FFN,
-      expect="no_crash"),
-    C("ffn d_ff=0", lambda t: dict(w1=t["w1"][:0], b1=t["b1"][:0], w2=t["w2"][:, :0]), "",
-      FFN_ALL, expect="no_crash"),
-    C("ffn d_model=0", lambda t: dict(x=t["x"][..., :0], grad_out=t["grad_out"][..., :0],
-                                      w1=t["w1"][:, :0], w2=t["w2"][:0], b2=t["b2"][:0]), "",
-      FFN_ALL, expect="no_crash"),
-    C("ffn zero rows (0, 5, d_model)", lambda t: dict(x=t["x"][:0], grad_out=t["grad_out"][:0]),
-      "", FFN_ALL, expect="no_crash"),
-    C("ffn stride-0 x, w1 and grad_out (expanded)",
-      lambda t: dict(x=t["x"][:1, :1].expand(2, 5, DM), w1=t["w1"][:1].expand(DFF, DM),
-                     grad_out=t["grad_out"][:1, :1].expand(2, 5, DM)), "", FFN_ALL,
-      expect="no_crash"),
-    C("ffn dropout_seed=-2**63", lambda t: dict(dropout_seed=torch.tensor(-2**63)), "", FFN_ALL,
-      expect="no_crash"),
-    # the functional API end to end with one weight on another device
-    C("ffn w1 on meta, then backward", lambda t: dict(w1=_meta(t["w1"])), r"\bw1\b|device",
-      ("rx.chunked_feed_forward+backward",)),
-]
-
-
-# ================================================================================== modules
-#
-# Every reformer_ext.nn module: the constructor ("<Module>()") with each argument bad in turn,
-# and forward ("<Module>.forward") on a module built from valid arguments.
-
-
-MB, ML, MD, VOCAB, MAX_LEN = 2, 10, 8, 11, 16
-
-
-def _module_inputs():
-    g = torch.Generator().manual_seed(2)
-    mask = torch.zeros(MB, ML, dtype=torch.bool)
-    mask[1, -3:] = True
-    return dict(x=torch.randn(MB, ML, MD, generator=g), key_padding_mask=mask, rotations=None,
-                dropout_seed=None, tokens=torch.randint(0, VOCAB, (MB, ML), generator=g),
-                x1=torch.randn(MB, ML, MD, generator=g).requires_grad_(),
-                x2=torch.randn(MB, ML, MD, generator=g).requires_grad_(),
-                g_kwargs=None, f_kwargs={})
-
-
-def _linear_pairs():
-    return [(torch.nn.Linear(MD, MD), torch.nn.Linear(MD, MD)) for _ in range(2)]
-
-
-@dataclass
-class ModuleAPI:
-    cls: type
-    ctor: Callable[[], dict]  # valid constructor arguments (fresh objects on every call)
-    positional: tuple  # the constructor arguments passed by position
-    forward: Callable  # (module, merged inputs) -> result
-    forward_args: tuple
-
-
-MODULES = {
-    "LSHSelfAttention": ModuleAPI(
-        rnn.LSHSelfAttention,
-        lambda: dict(d_model=MD, n_heads=2, d_head=None, bucket_size=4, n_hashes=2,
-                     n_buckets=None, causal=False, n_chunks_before=1, n_chunks_after=0,
-                     dropout=0.0, seed=0, fixed_rotations=None, device=None, dtype=None),
-        ("d_model", "n_heads"),
-        lambda m, a: m(a["x"], a["key_padding_mask"], rotations=a["rotations"]),
-        ("x", "key_padding_mask", "rotations")),
-    "ChunkedFeedForward": ModuleAPI(
-        rnn.ChunkedFeedForward,
-        lambda: dict(d_model=MD, d_ff=16, chunk_size=4, activation="gelu", dropout=0.1,
-                     bias=True, device=None, dtype=None),
-        ("d_model", "d_ff"),
-        lambda m, a: m(a["x"], dropout_seed=a["dropout_seed"]),
-        ("x", "dropout_seed")),
-    "ReversibleSequence": ModuleAPI(
-        rnn.ReversibleSequence,
-        lambda: dict(blocks=_linear_pairs(), reversible=True, preserve_rng_state=True),
-        ("blocks",),
-        lambda m, a: m(a["x1"], a["x2"], g_kwargs=a["g_kwargs"], **a["f_kwargs"]),
-        ("x1", "x2", "g_kwargs", "f_kwargs")),
-    "Reformer": ModuleAPI(
-        rnn.Reformer,
-        lambda: dict(d_model=MD, depth=1, n_heads=2, d_ff=None, bucket_size=4, n_hashes=2,
-                     causal=False, ff_chunk_size=4, dropout=0.0, reversible=True,
-                     merge="concat", d_head=None, n_buckets=None, n_chunks_before=1,
-                     n_chunks_after=0, activation="gelu", fixed_rotations=None, device=None,
-                     dtype=None),
-        ("d_model", "depth", "n_heads"),
-        lambda m, a: m(a["x"], a["key_padding_mask"]),
-        ("x", "key_padding_mask")),
-    "ReformerLM": ModuleAPI(
-        rnn.ReformerLM,
-        lambda: dict(num_tokens=VOCAB, d_model=MD, depth=1, n_heads=2, max_seq_len=MAX_LEN,
-                     causal=True, init_std=0.02, device=None, dtype=None, bucket_size=4,
-                     n_hashes=2),
-        ("num_tokens", "d_model", "depth", "n_heads", "max_seq_len"),
-        lambda m, a: m(a["tokens"], a["key_padding_mask"]),
-        ("tokens", "key_padding_mask")),
-}
-
-
-def _build(api: ModuleAPI, over=None):
-    kw = api.ctor()
-    kw.update(over or {})
-    args = [kw.pop(k) for k in api.positional]
-    return api.cls(*args, **kw)
-
-
-def _ctor_call(api):
-    return lambda t, over: _build(api, over)
-
-
-def _forward_call(api):
-    def call(t, over):
-        torch.manual_seed(0)
-        a = dict(t)
-        a.update(over)
-        return api.forward(_build(api), a)
-    return call
-
-
-for _name, _api in MODULES.items():
-    CALLS[f"{_name}()"] = _ctor_call(_api)
-    CALLS[f"{_name}.forward"] = _forward_call(_api)
-    BASE_OF[f"{_name}()"] = dict
-    BASE_OF[f"{_name}.forward"] = _module_inputs
-
-ATTN_M, ATTN_F = ("LSHSelfAttention()",), ("LSHSelfAttention.forward",)
-FF_M, FF_F = ("ChunkedFeedForward()",), ("ChunkedFeedForward.forward",)
-RS_M, RS_F = ("ReversibleSequence()",), ("ReversibleSequence.forward",)
-REF_M, REF_F = ("Reformer()",), ("Reformer.forward",)
-LM_M, LM_F = ("ReformerLM()",), ("ReformerLM.forward",)
-STACK_M = REF_M + LM_M  # constructor arguments the LM passes on to the Reformer
-
-CASES += [
-    # ---- LSHSelfAttention constructor
-    C("d_model=0", lambda t: dict(d_model=0), "d_model", ATTN_M + FF_M + STACK_M),
-    C("d_model=-8", lambda t: dict(d_model=-8), "d_model", ATTN_M + FF_M + STACK_M),
-    C("d_model=8.0", lambda t: dict(d_model=8.0), "d_model", ATTN_M + FF_M + STACK_M),
-    C("d_model=None", lambda t: dict(d_model=None), "d_model", ATTN_M + REF_M),
-    C("n_heads=0", lambda t: dict(n_heads=0), "n_heads", ATTN_M + STACK_M),
-    C("n_heads=3 (d_model=8 not divisible)", lambda t: dict(n_heads=3), "n_heads|d_head",
-      ATTN_M + STACK_M),
-    C("n_heads='2'", lambda t: dict(n_heads="2"), "n_heads", ATTN_M + STACK_M),
-    C("d_head=0", lambda t: dict(d_head=0), "d_head", ATTN_M + REF_M),
-    C("d_head=4.0", lambda t: dict(d_head=4.0), "d_head", ATTN_M + REF_M),
-    C("bucket_size=0 (module)", lambda t: dict(bucket_size=0), "bucket_size",
-      ATTN_M + STACK_M),
-    C("bucket_size=4.0 (module)", lambda t: dict(bucket_size=4.0), "bucket_size",
-      ATTN_M + STACK_M),
-    C("n_hashes=0 (module)", lambda t: dict(n_hashes=0), "n_hashes", ATTN_M + STACK_M),
-    C("n_hashes=None (module)", lambda t: dict(n_hashes=None), "n_hashes", ATTN_M + STACK_M),
-    C("n_buckets=3 (module)", lambda t: dict(n_buckets=3), "n_buckets", ATTN_M + STACK_M),
-    C("n_buckets=0 (module)", lambda t: dict(n_buckets=0), "n_buckets", ATTN_M + STACK_M),
-    C("n_buckets=[2, 2] (module)", lambda t: dict(n_buckets=[2, 2]), "n_buckets",
-      ATTN_M + STACK_M),
-    C("causal='no' (module)", lambda t: dict(causal="no"), "causal", ATTN_M + STACK_M),
-    C("n_chunks_before=-1 (module)", lambda t: dict(n_chunks_before=-1), "n_chunks_before",
-      ATTN_M + STACK_M),
-    C("n_chunks_after=1.5 (module)", lambda t: dict(n_chunks_after=1.5), "n_chunks_after",
-      ATTN_M + STACK_M),
-    C("dropout=1.0 (module)", lambda t: dict(dropout=1.0), "dropout",
-      ATTN_M + FF_M + STACK_M),
-    C("dropout=-0.1 (module)", lambda t: dict(dropout=-0.1), "dropout",
-      ATTN_M + FF_M + STACK_M),
-    C("dropout='0.1' (module)", lambda t: dict(dropout="0.1"), "dropout",
-      ATTN_M + FF_M + STACK_M),
-    C("dropout=None (module)", lambda t: dict(dropout=None), "dropout",
-      ATTN_M + FF_M + REF_M),
-    C("seed='a'", lambda t: dict(seed="a"), "seed", ATTN_M),
-    C("fixed_rotations='yes'", lambda t: dict(fixed_rotations="yes"), "fixed_rotations",
-      ATTN_M + STACK_M),
-    C("dtype=torch.int64", lambda t: dict(dtype=torch.int64), r"dtype.*int64|int64.*dtype",
-      ATTN_M + FF_M + STACK_M),
-    C("device='nonsense'", lambda t: dict(device="nonsense"), "device",
-      ATTN_M + FF_M + STACK_M),
-    # ---- ChunkedFeedForward constructor
-    C("d_ff=0", lambda t: dict(d_ff=0), "d_ff", FF_M + STACK_M),
-    C("d_ff=-1", lambda t: dict(d_ff=-1), "d_ff", FF_M + STACK_M),
-    C("chunk_size=0 (module)", lambda t: dict(chunk_size=0), "chunk_size", FF_M),
-    C("chunk_size=4.0 (module)", lambda t: dict(chunk_size=4.0), "chunk_size", FF_M),
-    C("activation='tanh' (module)", lambda t: dict(activation="tanh"), "activation",
-      FF_M + STACK_M),
-    C("activation=None (module)", lambda t: dict(activation=None), "activation",
-      FF_M + STACK_M),
-    C("bias='yes'", lambda t: dict(bias="yes"), "bias", FF_M),
-    # ---- ReversibleSequence constructor
-    C("blocks=None", lambda t: dict(blocks=None), "blocks|ReversibleSequence", RS_M),
-    C("blocks=[Linear] (not a pair)", lambda t: dict(blocks=[torch.nn.Linear(MD, MD)]),
-      "blocks|ReversibleSequence expects", RS_M),
-    C("blocks=[(Linear, 'g')]", lambda t: dict(blocks=[(torch.nn.Linear(MD, MD), "g")]),
-      "blocks|ReversibleSequence expects", RS_M),
-    C("blocks=[(f, g, h)]", lambda t: dict(blocks=[tuple(torch.nn.Linear(MD, MD)
-                                                          for _ in range(3))]),
-      "blocks|ReversibleSequence expects", RS_M),
-    C("reversible='no'", lambda t: dict(reversible="no"), "reversible", RS_M + STACK_M),
-    C("preserve_rng_state='no'", lambda t: dict(preserve_rng_state="no"), "preserve_rng_state",
-      RS_M),
-    # ---- Reformer / ReformerLM constructors
-    C("depth=0", lambda t: dict(depth=0), "depth", STACK_M),
-    C("depth=2.0", lambda t: dict(depth=2.0), "depth", STACK_M),
-    C("ff_chunk_size=0", lambda t: dict(ff_chunk_size=0), "chunk_size", STACK_M),
-    C("merge='sum'", lambda t: dict(merge="sum"), "merge", STACK_M),
-    C("num_tokens=0", lambda t: dict(num_tokens=0), "num_tokens", LM_M),
-    C("num_tokens=11.0", lambda t: dict(num_tokens=11.0), "num_tokens", LM_M),
-    C("max_seq_len=0", lambda t: dict(max_seq_len=0), "max_seq_len", LM_M),
-    C("max_seq_len=None", lambda t: dict(max_seq_len=None), "max_seq_len", LM_M),
-    C("init_std=-1", lambda t: dict(init_std=-1.0), "init_std", LM_M),
-    C("init_std='a'", lambda t: dict(init_std="a"), "init_std", LM_M),
-    C("unknown keyword foo=1", lambda t: dict(foo=1), "foo", ATTN_M + FF_M + RS_M + STACK_M),
-    # ---- forward: x
-    C("module x=None", lambda t: dict(x=None), r"\bx\b", ATTN_F + FF_F + REF_F),
-    C("module x=list", lambda t: dict(x=t["x"].tolist()), r"\bx\b", ATTN_F + FF_F + REF_F),
-    C("module x rank 2", lambda t: dict(x=t["x"][0]), r"\bx\b", ATTN_F + REF_F),
-    C("module x rank 0", lambda t: dict(x=t["x"][0, 0, 0]), r"\bx\b", FF_F),
-    C("module x last dim d_model-1", lambda t: dict(x=t["x"][..., :-1]), r"\bx\b",
-      ATTN_F + FF_F + REF_F),
-    C("module x float64 (parameters float32)", lambda t: dict(x=t["x"].double()), r"\bx\b",
-      ATTN_F + FF_F + REF_F),
-    C("module x int64", lambda t: dict(x=t["x"].long()), r"\bx\b", ATTN_F + FF_F + REF_F),
-    C("module x L=0", lambda t: dict(x=t["x"][:, :0], key_padding_mask=None), r"\bx\b",
-      ATTN_F + REF_F),
-    C("module x on meta", lambda t: dict(x=_meta(t["x"]), key_padding_mask=None),
-      r"\bx\b", ATTN_F + FF_F + REF_F),
-    # ---- forward: key_padding_mask
-    C("module mask float32", lambda t: dict(key_padding_mask=t["key_padding_mask"].float()),
-      MASK, ATTN_F + REF_F + LM_F),
-    C("module mask (B, L-1)", lambda t: dict(key_padding_mask=t["key_padding_mask"][:, :-1]),
-      MASK, ATTN_F + REF_F + LM_F),
-    C("module mask (1, L)", lambda t: dict(key_padding_mask=t["key_padding_mask"][:1]),
-      MASK, ATTN_F + REF_F + LM_F),
-    C("module mask rank 3", lambda t: dict(key_padding_mask=t["key_padding_mask"][None]),
-      MASK, ATTN_F + REF_F + LM_F),
-    C("module mask=list", lambda t: dict(key_padding_mask=t["key_padding_mask"].tolist()),
-      MASK, ATTN_F + REF_F + LM_F),
-    C("module mask on meta", lambda t: dict(key_padding_mask=_meta(t["key_padding_mask"])),
-      MASK + "|device", ATTN_F + REF_F + LM_F),
-    # ---- forward: rotations (LSHSelfAttention), dropout_seed (ChunkedFeedForward)
-    C("module rotations=list", lambda t: dict(rotations=[1.0]), ROT, ATTN_F),
-    C("module rotations d_head-1", lambda t: dict(rotations=torch.randn(2, 3, 2, 1)), ROT,
-      ATTN_F),
-    C("module rotations n_hashes 0", lambda t: dict(rotations=torch.randn(2, 4, 0, 1)), ROT,
-      ATTN_F),
-    C("module rotations heads 3 of 2", lambda t: dict(rotations=torch.randn(3, 4, 2, 1)), ROT,
-      ATTN_F),
-    C("module dropout_seed=1.5", lambda t: dict(dropout_seed=1.5), "dropout_seed", FF_F),
-    C("module dropout_seed='5'", lambda t: dict(dropout_seed="5"), "dropout_seed", FF_F),
-    # ---- forward: ReversibleSequence
-    C("x1=None", lambda t: dict(x1=None), "x1", RS_F),
-    C("x2=list", lambda t: dict(x2=t["x2"].tolist()), "x2", RS_F),
-    C("x2 shape (B, L-1, d)", lambda t: dict(x2=t["x2"][:, :-1]), "x2", RS_F),
-    C("x2 float64 (x1 float32)", lambda t: dict(x2=t["x2"].double()), "x2", RS_F),
-    C("x2 on meta", lambda t: dict(x2=_meta(t["x2"])), "x2", RS_F),
-    C("g_kwargs='a'", lambda t: dict(g_kwargs="a"), "g_kwargs", RS_F),
-    C("g_kwargs tensor requiring grad", lambda t: dict(g_kwargs=dict(
-        w=torch.ones(1, requires_grad=True))), "g_kwargs|g argument", RS_F),
-    C("f_kwargs tensor requiring grad", lambda t: dict(f_kwargs=dict(
-        w=torch.ones(1, requires_grad=True))), "f argument|f_kwargs", RS_F),
-    C("f_kwargs unknown to f (foo=1)", lambda t: dict(f_kwargs=dict(foo=1)), "foo", RS_F),
-    # ---- forward: ReformerLM tokens
-    C("tokens=None", lambda t: dict(tokens=None), "tokens", LM_F),
-    C("tokens rank 1", lambda t: dict(tokens=t["tokens"][0]), "tokens", LM_F),
-    C("tokens rank 3", lambda t: dict(tokens=t["tokens"][..., None]), "tokens", LM_F),
-    C("tokens float32", lambda t: dict(tokens=t["tokens"].float()), "tokens", LM_F),
-    C("tokens bool", lambda t: dict(tokens=t["tokens"] > 3), "tokens", LM_F),
-    C("tokens = num_tokens", lambda t: dict(tokens=torch.full_like(t["tokens"], VOCAB)),
-      "tokens|num_tokens", LM_F),
-    C("tokens = -1", lambda t: dict(tokens=torch.full_like(t["tokens"], -1)),
-      "tokens|num_tokens", LM_F),
-    C("tokens L=0", lambda t: dict(tokens=t["tokens"][:, :0], key_padding_mask=None),
-      "tokens", LM_F),
-    C("tokens L = max_seq_len+1",
-      lambda t: dict(tokens=torch.zeros(MB, MAX_LEN + 1, dtype=torch.long),
-                     key_padding_mask=None), "max_seq_len", LM_F),
-]
-
-
-def _params(cases):
-    out = []
-    for case in cases:
-        for entry in case.entries:
-            marks = []
-            if entry in case.bugs:
-                marks.append(pytest.mark.xfail(strict=True, reason=case.bugs[entry]))
-            out.append(pytest.param(entry, case, id=f"{entry}:{case.name}", marks=marks))
-    return out
-
-
-def outcome(entry: str, case: Case) -> str:
-    """Runs one bad call; returns 'clear: ...', 'unclear: ...' or 'no error: ...'."""
-    t = BASE_OF[entry]()
-    try:
-        result = CALLS[entry](t, case.make(t))
-    except ERRORS as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        kind = "clear" if re.search(case.match, msg) else "unclear"
-        return f"{kind}: {type(e).__name__}: {msg}"
-    except Exception as e:  # noqa: BLE001 - an exception of another type is a finding too
-        return f"unclear: {type(e).__name__}: {e}"
-    res = result if isinstance(result, tuple) else (result,)
-    desc = ", ".join(f"{tuple(r.shape)} {r.dtype} on {r.device}" if isinstance(r, torch.Tensor)
-                     else repr(r) for r in res)
-    return f"no error: returned {desc}"
-
-
-def _check(case: Case, result: str):
-    if case.expect == "no_crash":
-        assert not result.startswith(("crash", "unclear")), result
-    else:
-        assert result.startswith("clear"), (
-            f"expected an error matching {case.match!r}, got {result}")
-
-
-# ------------------------------------------------------------------------- in-process tests
-
-
-@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
-@pytest.mark.parametrize("entry,case", _params(CASES))
-def test_bad_input(entry, case):
-    _check(case, outcome(entry, case))
-
-
-# ----------------------------------------------------------------------- child-process tests
-
-_CHILD = r"""
-import sys
-sys.path.insert(0, {tests!r})
-import test_errors
-test_errors._child_main(sys.argv[1:])
-"""
-
-
-def _child_main(keys):
-    """In a child process that has imported torch but run no operator yet (so no OpenMP
-    threads exist and fork is safe): runs each `entry|case` key in its own forked process and
-    prints one JSON object, key -> result. A case killed by a signal is reported as a crash."""
-    cases = {c.name: c for c in DANGEROUS}
-    results = {}
-    for key in keys:
-        entry, name = key.split("|", 1)
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the case runs here
-            os.close(read_end)
-            try:
-                res = outcome(entry, cases[name])
-            except BaseException as e:  # noqa: BLE001
-                res = f"unclear: {type(e).__name__}: {e}"
-            os.write(write_end, res.encode())
-            os._exit(0)
-        os.close(write_end)
-        chunks = []
-        while True:
-            data = os.read(read_end, 65536)
-            if not data:
-                break
-            chunks.append(data)
-        os.close(read_end)
-        _, status = os.waitpid(pid, 0)
-        res = b"".join(chunks).decode(errors="replace")
-        if os.WIFSIGNALED(status):
-            res = f"crash: signal {os.WTERMSIG(status)}" + (f" after {res}" if res else "")
-        elif os.WEXITSTATUS(status) != 0 or not res:
-            res = f"crash: exit status {os.WEXITSTATUS(status)}"
-        results[key] = res
-    print(json.dumps(results), flush=True)
-
-
-def _run_children(keys):
-    """key -> result for the DANGEROUS keys, each run in a process of its own."""
-    code = _CHILD.format(tests=os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.run([sys.executable, "-c", code, *keys], capture_output=True, text=True,
-                          timeout=300, env=env)
-    assert proc.returncode == 0, f"the case runner failed ({proc.returncode}): {proc.stderr}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def child_results():
-    keys = [f"{e}|{c.name}" for c in DANGEROUS for e in c.entries]
-    return _run_children(keys)
-
-
-@pytest.mark.parametrize("entry,case", _params(DANGEROUS))
-def test_bad_input_in_child_process(entry, case, child_results):
-    _check(case, child_results[f"{entry}|{case.name}"])
+# Each case in this process, test_bad_input[entry:case]; each dangerous case in a child
+# process, test_bad_input_in_child_process[entry:case].
+test_bad_input = CATALOGUE.in_process_test()
+child_results, test_bad_input_in_child_process = CATALOGUE.child_process_tests(__name__)
 
 
 @pytest.mark.parametrize("shape", [(0, H, L, D), (B, 0, L, D)], ids=["B=0", "H=0"])
@@ -1032,122 +424,103 @@ def test_empty_batch_or_heads_are_valid(shape):
     assert qk.grad.shape == qk.shape and v.grad.shape == v.shape
 
 
-def test_catalogue_is_exhaustive():
-    """Every argument of every entry point has at least one bad-input case, and every public
-    module has constructor and forward cases."""
-    args = {
-        "rx.lsh_attention": {"qk", "v", "rotations", "key_padding_mask", *_ATTN_KW},
-        "ops.lsh_attention": set(_OP_ATTN),
-        "rx.lsh_buckets": {"qk", "rotations", "key_padding_mask"},
-        "ops.lsh_buckets": {"qk", "rotations", "key_padding_mask"},
-        "rx.random_rotations": {"qk", "n_hashes", "n_buckets", "generator"},
-        "ops.lsh_attention_backward": set(_OP_BW),
-        "rx.chunked_feed_forward": {"x", "w1", "b1", "w2", "b2", *_FFN_KW},
-        "ops.chunked_ffn": set(_OP_FFN),
-        "ops.chunked_ffn_backward": set(_OP_FFN_BW),
+# ------------------------------------------- error messages of the function and the operator
+
+_B, _H, _L, _D, _R, _HALF = 2, 2, 10, 8, 2, 2
+
+
+def _err_base():
+    g = torch.Generator().manual_seed(0)
+    qk = torch.randn(_B, _H, _L, _D, generator=g)
+    v = torch.randn(_B, _H, _L, _D, generator=g)
+    rot = torch.randn(_H, _D, _R, _HALF, generator=g)
+    mask = torch.zeros(_B, _L, dtype=torch.bool)
+    return qk, v, rot, mask
+
+
+def _bad(name):
+    """(overrides, regex naming the argument) for each kind of bad input."""
+    qk, v, rot, mask = _err_base()
+    table = {
+        "qk_ndim": (dict(qk=qk[0]), "qk"),
+        "qk_int": (dict(qk=qk.long(), v=v.long()), "qk"),
+        "v_length": (dict(v=v[:, :, :-1]), r"\bv\b"),
+        "v_batch": (dict(v=v[:1]), r"\bv\b"),
+        "v_ndim": (dict(v=v[0]), r"\bv\b"),
+        "v_dtype": (dict(v=v.double()), r"qk|\bv\b"),
+        "rot_D": (dict(rotations=rot[:, :-1]), "rotations"),
+        "rot_Hr": (dict(rotations=torch.randn(3, _D, _R, _HALF)), "rotations"),
+        "rot_ndim": (dict(rotations=rot[0]), "rotations"),
+        "bucket_size": (dict(bucket_size=0), "bucket_size"),
+        "mask_shape": (dict(key_padding_mask=torch.zeros(_B, _L + 1, dtype=torch.bool)),
+                       "key_padding_mask"),
+        "mask_dtype": (dict(key_padding_mask=torch.zeros(_B, _L)), "key_padding_mask"),
+        "before": (dict(n_chunks_before=-1), "n_chunks_before"),
+        "after": (dict(n_chunks_after=-1), "n_chunks_after"),
+        # Only meaningful through rx.lsh_attention (the operator takes them from rotations).
+        "n_buckets_odd": (dict(rotations=None, n_buckets=3), "n_buckets"),
+        "n_buckets_small": (dict(rotations=None, n_buckets=0), "n_buckets"),
+        "n_hashes": (dict(rotations=None, n_hashes=0), "n_hashes"),
+        # Only through the operator: rotations with no buckets or no rounds.
+        "rot_no_buckets": (dict(rotations=rot[..., :0]), "rotations"),
+        "rot_no_rounds": (dict(rotations=rot[:, :, :0]), "rotations"),
     }
-    for name, api in MODULES.items():
-        args[f"{name}()"] = set(api.ctor())
-        args[f"{name}.forward"] = set(api.forward_args)
-    # Every public name of reformer_ext and reformer_ext.nn is catalogued or listed here.
-    not_catalogued = {
-        "ReversibleBlock",  # the pair (f, g) inside ReversibleSequence: no checks of its own
-        # landed while this catalogue was extended (drop-in for nn.MultiheadAttention): TODO
-        "SequenceFirstLSHAttention", "replace_attention",
-    }
-    # What the build holds: no tensor arguments; require_device's errors are in test_build.py.
-    build_queries = {"default_device", "has_cuda_kernels", "require_device"}
-    public_fns = {n for n in rx.__all__ if n != "nn"} - build_queries
-    assert public_fns <= {e.split(".", 1)[1] for e in args if e.startswith("rx.")}, \
-        "a public function has no catalogue entry"
-    missing_modules = set(rnn.__all__) - set(MODULES) - not_catalogued
-    assert not missing_modules, f"public modules without a catalogue entry: {missing_modules}"
-    covered = {e: set() for e in args}
-    bases = {f: f() for f in set(BASE_OF.values())}
-    for case in CASES + DANGEROUS:
-        for entry in case.entries:
-            if entry in covered:
-                covered[entry] |= set(case.make(bases[BASE_OF[entry]]))
-    # The LM passes these on to the Reformer (tested there and through the LM's own cases).
-    covered["ReformerLM()"] |= {"bucket_size", "n_hashes"}
-    missing = {e: sorted(args[e] - covered[e]) for e in args if args[e] - covered[e]}
-    assert not missing, f"arguments without a bad-input case: {missing}"
+    return table[name]
 
 
-# ------------------------------------------------------------------------ the bad-input note
+COMMON_ERRORS = ["qk_ndim", "qk_int", "v_length", "v_batch", "v_ndim", "v_dtype", "rot_D",
+                 "rot_Hr", "rot_ndim", "bucket_size", "mask_shape", "mask_dtype", "before",
+                 "after"]
 
 
-def _split(result: str):
-    """'clear: ValueError: msg' -> ('clear', 'ValueError', 'msg'); crash/no-error lines keep
-    their text as the message."""
-    kind, _, rest = result.partition(": ")
-    if kind in ("clear", "unclear") and ": " in rest:
-        exc, _, msg = rest.partition(": ")
-        if re.fullmatch(r"[A-Za-z_][\w.]*", exc):
-            return kind, exc, msg
-    return kind, "-", rest
+@pytest.mark.parametrize("name", COMMON_ERRORS + ["n_buckets_odd", "n_buckets_small",
+                                                  "n_hashes"])
+def test_errors_functional(name):
+    qk, v, rot, mask = _err_base()
+    kw = dict(qk=qk, v=v, n_hashes=_R, bucket_size=4, n_buckets=2 * _HALF, rotations=rot,
+              key_padding_mask=mask, n_chunks_before=1, n_chunks_after=0)
+    over, match = _bad(name)
+    kw.update(over)
+    qk, v = kw.pop("qk"), kw.pop("v")
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        rx.lsh_attention(qk, v, **kw)
 
 
-def _markdown(rows) -> str:
-    def cell(text, limit=160):
-        text = " ".join(str(text).split())
-        text = text if len(text) <= limit else text[:limit - 1] + "…"
-        return text.replace("|", "\\|")
-
-    lines = ["| entry point | bad input | argument(s) | outcome | exception | message (excerpt) "
-             "| status |", "|---|---|---|---|---|---|---|"]
-    for entry, case, result, child in rows:
-        kind, exc, msg = _split(result)
-        arg = ", ".join(sorted(case.make(BASE_OF[entry]())))
-        status = (f"KNOWN BUG (xfail): {case.bugs[entry]}" if entry in case.bugs
-                  else "ok" if (kind == "clear" or (case.expect == "no_crash"
-                                                    and kind not in ("crash", "unclear")))
-                  else "FAILS")
-        where = " (child process)" if child else ""
-        lines.append(f"| {cell(entry)} | {cell(case.name + where)} | {cell(arg)} | {kind} | "
-                     f"{exc} | {cell(msg)} | {cell(status, 400)} |")
-    return "\n".join(lines)
+@pytest.mark.parametrize("name", COMMON_ERRORS + ["rot_no_buckets", "rot_no_rounds"])
+def test_errors_operator(name):
+    qk, v, rot, mask = _err_base()
+    kw = dict(qk=qk, v=v, rotations=rot, key_padding_mask=mask, bucket_size=4,
+              n_chunks_before=1, n_chunks_after=0)
+    over, match = _bad(name)
+    kw.update(over)
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        ops.lsh_attention(kw["qk"], kw["v"], kw["rotations"], kw["key_padding_mask"],
+                          kw["bucket_size"], False, kw["n_chunks_before"], kw["n_chunks_after"],
+                          1.0)
 
 
-def main(argv=None):  # pragma: no cover - writes the catalogue for the issue note
-    """python tests/test_errors.py [--markdown PATH]: every bad input and what it got."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--markdown", help="write the Markdown table here (default: stdout)")
-    opts = parser.parse_args(argv)
-    keys = [f"{e}|{c.name}" for c in DANGEROUS for e in c.entries]
-    children = _run_children(keys)  # first: the child must fork before any operator ran here
-    dangerous = {c.name: c for c in DANGEROUS}
-    rows = [(e, c, outcome(e, c), False) for c in CASES for e in c.entries]
-    for key, res in children.items():
-        entry, name = key.split("|", 1)
-        rows.append((entry, dangerous[name], res, True))
-    counts = {}
-    for entry, case, result, _ in rows:
-        bug = entry in case.bugs
-        counts["known bug (xfail)" if bug else result.split(":")[0]] = counts.get(
-            "known bug (xfail)" if bug else result.split(":")[0], 0) + 1
-    text = "\n".join([
-        "# Bad inputs tried and what they got",
-        "",
-        "Generated by `python tests/test_errors.py --markdown <this file>` from the catalogue in "
-        "tests/test_errors.py (CASES run in-process, DANGEROUS each in a forked child process).",
-        "outcome: clear = ValueError/TypeError/RuntimeError whose message names the argument; "
-        "unclear = another exception type, or a message not naming it; no error = returned "
-        "normally; crash = the process died. status: ok, or the known bug the case is marked "
-        "xfail(strict=True) for, or FAILS (an unmarked failure).",
-        "",
-        "Totals: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + ".",
-        "",
-        _markdown(rows),
-    ])
-    if opts.markdown:
-        with open(opts.markdown, "w") as f:
-            f.write(text + "\n")
-    else:
-        print(text)
+@pytest.mark.parametrize("name", ["qk_ndim", "rot_D", "rot_Hr", "rot_ndim", "mask_shape",
+                                  "mask_dtype"])
+@pytest.mark.parametrize("entry", ["functional", "operator"])
+def test_errors_buckets(name, entry):
+    qk, _, rot, mask = _err_base()
+    kw = dict(qk=qk, rotations=rot, key_padding_mask=mask)
+    over, match = _bad(name)
+    kw.update(over)
+    fn = rx.lsh_buckets if entry == "functional" else ops.lsh_buckets
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        fn(kw["qk"], kw["rotations"], kw["key_padding_mask"])
 
 
-if __name__ == "__main__":
-    main()
+# ------------------------------------------------------------------------------ CUDA
+
+
+@cuda
+def test_cuda_device_mismatch_is_an_error():
+    qk, v, rot, mask = _err_base()
+    with pytest.raises((ValueError, RuntimeError), match=r"\bv\b|device"):
+        rx.lsh_attention(qk.cuda(), v, n_hashes=_R, bucket_size=4, n_buckets=2 * _HALF,
+                         rotations=rot.cuda())
+    with pytest.raises((ValueError, RuntimeError), match="key_padding_mask|device"):
+        rx.lsh_attention(qk.cuda(), v.cuda(), n_hashes=_R, bucket_size=4, n_buckets=2 * _HALF,
+                         rotations=rot.cuda(), key_padding_mask=mask)
