@@ -21,6 +21,7 @@ from typing import Callable, Dict
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import reformer_ext as rx
 from reformer_ext.reference import lsh_attention_reference
@@ -240,6 +241,32 @@ def ffn_randn(shape, dtype=F64, device="cpu", seed=1):
     return torch.randn(shape, generator=g, dtype=dtype).to(device)
 
 
+# The activations by name, in plain PyTorch.
+FFN_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+def plain_ffn(x, w1, b1, w2, b2, activation="gelu", keep=None, p=0.0):
+    """Unchunked reference; keep is an explicit (N, d_ff) dropout keep mask."""
+    h = FFN_ACTIVATIONS[activation](F.linear(x, w1, b1))
+    if keep is not None:
+        h = h * keep.reshape(*x.shape[:-1], -1).to(h.dtype) / (1.0 - p)
+    return F.linear(h, w2, b2)
+
+
+def assert_rel(actual, expected, tol, what=""):
+    """max |actual - expected| <= tol * max |expected| (relative to the tensor's scale)."""
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    assert actual.dtype == expected.dtype, (what, actual.dtype, expected.dtype)
+    scale = expected.abs().max().item()
+    err = (actual - expected).abs().max().item()
+    assert err <= tol * max(scale, 1e-30), f"{what}: max error {err:.3e}, scale {scale:.3e}"
+
+
 # ------------------------------------------------------------------- reformer_stack operator
 
 
@@ -279,6 +306,23 @@ def stack_op_args(dtype=torch.float32, requires_grad=True, dropout_p=0.2, masked
         mask[0, 8:] = True
     return (x1, x2, weights, rotations, mask, seeds, 2, 4, True, 1, 0, 3, "gelu", dropout_p,
             1e-5)
+
+
+# ------------------------------------------------------------------------------ the modules
+
+TOL = {F64: 1e-8, F32: 1e-4}  # reversible vs plain: relative error of outputs and gradients
+
+
+def rel_error(a, b):
+    """|a - b| / |b| in the Frobenius norm."""
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def small_reformer(dtype=F64, **kwargs):
+    kw = dict(bucket_size=8, n_hashes=2, ff_chunk_size=16)
+    kw.update(kwargs)
+    torch.manual_seed(0)
+    return rx.nn.Reformer(32, 3, 2, **kw).to(dtype)
 
 
 # --------------------------------------------------------------------------- resource hygiene

@@ -1,5 +1,7 @@
-"""Tests of the chunked feed-forward (SPEC §2): torch.ops.reformer.chunked_ffn /
-chunked_ffn_backward, rx.chunked_feed_forward and rx.nn.ChunkedFeedForward.
+"""Tests of the chunked feed-forward (docs/semantics.md §2): torch.ops.reformer.chunked_ffn /
+chunked_ffn_backward and rx.chunked_feed_forward (the module rx.nn.ChunkedFeedForward:
+tests/test_nn_feed_forward.py; opcheck: tests/test_opcheck.py; bad inputs:
+tests/test_chunked_ffn_errors.py).
 
 The forward and every gradient are compared with a plain PyTorch FFN (F.linear, activation,
 F.linear, autograd) for chunk sizes that divide N, do not divide it, exceed it and equal 1, every
@@ -13,31 +15,16 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import reformer_ext as rx
 from reformer_ext.feed_forward import ACTIVATIONS, hidden_dropout_keep_mask
 
-from _helpers import F32, F64, cuda, ffn_params, ffn_randn, ops
+from _helpers import F32, F64, assert_rel, cuda, ffn_params, ffn_randn, ops, plain_ffn
 
-_ACT = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
 _TOL = {F64: 1e-10, F32: 1e-5}
 
 
 # ------------------------------------------------------------------------ helpers
-
-
-def _plain_ffn(x, w1, b1, w2, b2, activation="gelu", keep=None, p=0.0):
-    """Unchunked reference; keep is an explicit (N, d_ff) dropout keep mask."""
-    h = _ACT[activation](F.linear(x, w1, b1))
-    if keep is not None:
-        h = h * keep.reshape(*x.shape[:-1], -1).to(h.dtype) / (1.0 - p)
-    return F.linear(h, w2, b2)
 
 
 def _forward_backward(fn, tensors, grad_out):
@@ -46,15 +33,6 @@ def _forward_backward(fn, tensors, grad_out):
     out = fn(*leaves)
     out.backward(grad_out)
     return out.detach(), [t.grad if t is not None else None for t in leaves]
-
-
-def _assert_rel(actual, expected, tol, what=""):
-    """max |actual - expected| <= tol * max |expected| (relative to the tensor's scale)."""
-    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    assert actual.dtype == expected.dtype, (what, actual.dtype, expected.dtype)
-    scale = expected.abs().max().item()
-    err = (actual - expected).abs().max().item()
-    assert err <= tol * max(scale, 1e-30), f"{what}: max error {err:.3e}, scale {scale:.3e}"
 
 
 def _check_against_plain(x, params, *, chunk_size, activation, tol, p=0.0, seed=0):
@@ -70,17 +48,17 @@ def _check_against_plain(x, params, *, chunk_size, activation, tol, p=0.0, seed=
                                        activation=activation, dropout=p, dropout_seed=seed)
 
     def plain(x, w1, b1, w2, b2):
-        return _plain_ffn(x, w1, b1, w2, b2, activation, keep, p)
+        return plain_ffn(x, w1, b1, w2, b2, activation, keep, p)
 
     tensors = (x, w1, b1, w2, b2)
     y, grads = _forward_backward(ours, tensors, grad_out)
     y_ref, grads_ref = _forward_backward(plain, tensors, grad_out)
-    _assert_rel(y, y_ref, tol, "y")
+    assert_rel(y, y_ref, tol, "y")
     for name, g, g_ref in zip(("x", "w1", "b1", "w2", "b2"), grads, grads_ref):
         if g_ref is None:
             assert g is None, name
         else:
-            _assert_rel(g, g_ref, tol, f"grad {name}")
+            assert_rel(g, g_ref, tol, f"grad {name}")
 
 
 def _mask_through_op(n_rows, d_ff, p, seed, chunk_size, device="cpu"):
@@ -143,9 +121,9 @@ def test_partial_gradients():
     w1.requires_grad_()
     y = rx.chunked_feed_forward(x, w1, b1, w2, b2, chunk_size=3)
     (g,) = torch.autograd.grad(y.sum(), [w1])
-    _, grads_ref = _forward_backward(lambda *t: _plain_ffn(*t), (x, w1, b1, w2, b2),
+    _, grads_ref = _forward_backward(lambda *t: plain_ffn(*t), (x, w1, b1, w2, b2),
                                      torch.ones_like(x))
-    _assert_rel(g, grads_ref[1], 1e-10)
+    assert_rel(g, grads_ref[1], 1e-10)
     for mask in ([True, False, False, False, False], [False, False, False, True, True],
                  [False, False, True, False, False]):
         grads = ops.chunked_ffn_backward(torch.ones_like(x), x, w1.detach(), b1, w2, b2, 3,
@@ -153,7 +131,7 @@ def test_partial_gradients():
         for got, wanted, ref in zip(grads, mask, grads_ref):
             assert (got is not None) == wanted
             if wanted:
-                _assert_rel(got, ref, 1e-10)
+                assert_rel(got, ref, 1e-10)
 
 
 def test_empty_input():
@@ -179,7 +157,7 @@ def test_reduced_precision_close_to_float32(activation, dropout):
     keep = hidden_dropout_keep_mask(64, 64, dropout, seed) if dropout else None
 
     def plain(*t):
-        return _plain_ffn(*t, activation=activation, keep=keep, p=dropout)
+        return plain_ffn(*t, activation=activation, keep=keep, p=dropout)
 
     y32, g32 = _forward_backward(plain, (x, *params), grad_out)
     for dtype in (torch.bfloat16, torch.float16):
@@ -226,18 +204,6 @@ def test_gradcheck(activation, bias, dropout):
                                        dropout=dropout, dropout_seed=11)
 
     assert torch.autograd.gradcheck(fn, (x, *params))
-
-
-def test_compile_module():
-    ff = rx.nn.ChunkedFeedForward(8, 16, chunk_size=3).double()
-    x = ffn_randn((2, 5, 8)).requires_grad_()
-    compiled = torch.compile(ff, backend="aot_eager", fullgraph=True)
-    y = compiled(x)
-    y_ref = ff(x)
-    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
-    (gx,) = torch.autograd.grad(y.sum(), [x])
-    (gx_ref,) = torch.autograd.grad(y_ref.sum(), [x])
-    torch.testing.assert_close(gx, gx_ref, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------ dropout
@@ -314,71 +280,6 @@ def test_dropout_seeds():
     assert torch.equal(a, b) and not torch.equal(b, c)
 
 
-# ------------------------------------------------------------------------ module
-
-
-def test_module_matches_sequential_state_dict():
-    torch.manual_seed(0)
-    for seq, act in [
-        (torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)),
-         "gelu"),
-        (torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Dropout(0.1),
-                             torch.nn.Linear(32, 8)), "relu"),
-    ]:
-        seq = seq.double().eval()
-        ff = rx.nn.ChunkedFeedForward(8, 32, chunk_size=5, activation=act, dropout=0.1).double()
-        ff.load_state_dict(seq.state_dict())  # 0.* -> w1.*, 2.* / 3.* -> w2.*
-        ff.eval()
-        x = ffn_randn((3, 7, 8))
-        _assert_rel(ff(x), seq(x), 1e-12)
-        assert set(ff.state_dict()) == {"w1.weight", "w1.bias", "w2.weight", "w2.bias"}
-        assert torch.equal(ff.w2.weight, seq[-1].weight)
-
-        built = rx.nn.ChunkedFeedForward.from_sequential(seq, chunk_size=3).eval()
-        assert built.activation == act and built.dropout == (0.1 if act == "relu" else 0.0)
-        _assert_rel(built(x), seq(x), 1e-12)
-        _assert_rel(built.to_sequential().eval()(x), seq(x), 1e-12)
-
-        renamed = rx.nn.ChunkedFeedForward.sequential_state_dict(seq.state_dict())
-        assert set(renamed) == {"w1.weight", "w1.bias", "w2.weight", "w2.bias"}
-
-
-def test_module_nested_load_and_bias_free():
-    class Block(torch.nn.Module):
-        def __init__(self, ff):
-            super().__init__()
-            self.norm = torch.nn.LayerNorm(8)
-            self.ff = ff
-
-    plain = Block(torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.SiLU(),
-                                      torch.nn.Linear(16, 8, bias=False)))
-    ours = Block(rx.nn.ChunkedFeedForward(8, 16, activation="silu", bias=False))
-    ours.load_state_dict(plain.state_dict())
-    x = torch.randn(4, 8)
-    torch.testing.assert_close(ours.ff(x), plain.ff(x))
-    with pytest.raises(RuntimeError, match="size mismatch"):
-        rx.nn.ChunkedFeedForward(8, 12).load_state_dict(
-            torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(),
-                                torch.nn.Linear(16, 8)).state_dict())
-
-
-def test_module_dropout_training_and_eval():
-    ff = rx.nn.ChunkedFeedForward(8, 64, chunk_size=4, dropout=0.5).double()
-    x = ffn_randn((10, 8))
-    torch.manual_seed(3)
-    a = ff(x)
-    torch.manual_seed(3)
-    b = ff(x)
-    c = ff(x)
-    assert torch.equal(a, b) and not torch.equal(b, c)  # fresh seed per forward, reproducible
-    torch.testing.assert_close(ff(x, dropout_seed=9), ff(x, dropout_seed=9), rtol=0, atol=0)
-    ff.eval()
-    plain = _plain_ffn(x, ff.w1.weight, ff.w1.bias, ff.w2.weight, ff.w2.bias)
-    _assert_rel(ff(x).detach(), plain.detach(), 1e-12)
-    with pytest.raises(ValueError, match="activation"):
-        rx.nn.ChunkedFeedForward(8, 16, activation="tanh")
-
-
 # ------------------------------------------------------------------------ CUDA
 
 
@@ -399,11 +300,11 @@ def test_cuda_matches_cpu(dtype, activation, bias):
     moved = [t.cuda() if t is not None else None for t in (x, *params)]
     y_gpu, g_gpu = _forward_backward(fn, moved, grad_out.cuda())
     tol = 1e-10 if dtype == F64 else 2e-3  # TF32 may be enabled for float32 GEMMs
-    _assert_rel(y_gpu.cpu(), y_cpu, tol, "y")
+    assert_rel(y_gpu.cpu(), y_cpu, tol, "y")
     for name, a, b in zip(("x", "w1", "b1", "w2", "b2"), g_gpu, g_cpu):
         assert (a is None) == (b is None)
         if a is not None:
-            _assert_rel(a.cpu(), b, tol, name)
+            assert_rel(a.cpu(), b, tol, name)
 
 
 @cuda

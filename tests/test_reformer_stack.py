@@ -1,7 +1,8 @@
-"""The reversible stack operator torch.ops.reformer.reformer_stack (SPEC §3) against the
-plain-PyTorch reference (reformer_ext.reference.reformer_stack_reference): outputs and every
-gradient, gradcheck and determinism. opcheck: tests/test_opcheck.py; argument errors:
-tests/test_reformer_stack_errors.py. The module-level comparison with the non-reversible stack is in test_reversible.py."""
+"""The reversible stack operator torch.ops.reformer.reformer_stack (docs/semantics.md §3)
+against the plain-PyTorch reference (reformer_ext.reference.reformer_stack_reference): outputs
+and every gradient, gradcheck and determinism. opcheck: tests/test_opcheck.py; argument errors:
+tests/test_reformer_stack_errors.py. The module-level comparison with the non-reversible stack
+is in tests/test_nn_reformer.py."""
 
 import pytest
 import torch
