@@ -1,10 +1,12 @@
 """Helpers shared by several test files (fixtures are in conftest.py).
 
-Sections: common names (dtypes, the operator namespace, the CUDA skip mark); LSH attention
-cases (the inputs, runs and comparisons of tests/test_lsh_attention.py, tests/test_cuda.py and
-tests/test_opcheck.py); chunked feed-forward inputs; reformer_stack operator inputs; resource
-hygiene (memory over many calls, concurrent Python threads); the machinery of the bad-input
-catalogues (cases, outcomes, the child processes for the cases that could crash).
+Sections: common names (dtypes, the operator namespace, the CUDA skip mark) and the imports of
+reformer_ext's internals; LSH attention cases (the inputs, runs and comparisons of
+tests/test_lsh_attention.py, tests/test_cuda.py and tests/test_opcheck.py); chunked
+feed-forward inputs and a plain FFN; reformer_stack operator inputs; the modules (a small
+Reformer, the reversible-vs-plain tolerances); resource hygiene (memory over many calls,
+concurrent Python threads); the machinery of the bad-input catalogues (cases, outcomes, the
+child processes for the cases that could crash).
 """
 
 import gc
@@ -24,8 +26,14 @@ import torch
 import torch.nn.functional as F
 
 import reformer_ext as rx
-from reformer_ext.reference import lsh_attention_reference
-from reformer_ext.reformer_stack import WEIGHT_NAMES
+# reformer_ext's internals used by the tests: their only imports in tests/ (but the demo's
+# parse_args, imported where test_demo.py uses it); the test files take them from here.
+from reformer_ext._profiling import _replay, measure_peak, measure_step_memory
+from reformer_ext.feed_forward import ACTIVATIONS, hidden_dropout_keep_mask
+from reformer_ext.nn.attention import seeded_rotations
+from reformer_ext.reference import (lsh_attention_reference, lsh_buckets_reference,
+                                    reformer_stack_reference)
+from reformer_ext.reformer_stack import WEIGHT_NAMES, WEIGHTS_PER_LAYER, reformer_stack
 
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 ops = torch.ops.reformer

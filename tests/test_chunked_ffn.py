@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import reformer_ext as rx
-from reformer_ext.feed_forward import ACTIVATIONS, hidden_dropout_keep_mask
 
-from _helpers import F32, F64, assert_rel, cuda, ffn_params, ffn_randn, ops, plain_ffn
+from _helpers import (ACTIVATIONS, F32, F64, assert_rel, cuda, ffn_params, ffn_randn,
+                      hidden_dropout_keep_mask, ops, plain_ffn)
 
 _TOL = {F64: 1e-10, F32: 1e-5}
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import reformer_ext as rx
-from reformer_ext.reference import lsh_buckets_reference
 
 from _helpers import (BF16, F16, F32, F64, LSH_CASES, LSH_DET_CASE, assert_lsh_bitwise,
-                      assert_lsh_close, assert_lsh_lowp, lsh_case, lsh_case_id, lsh_cotangents,
-                      lsh_inputs, lsh_kwargs, lsh_seed, ops, run_lsh, run_lsh_reference)
+                      assert_lsh_close, assert_lsh_lowp, lsh_buckets_reference, lsh_case,
+                      lsh_case_id, lsh_cotangents, lsh_inputs, lsh_kwargs, lsh_seed, ops, run_lsh,
+                      run_lsh_reference)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

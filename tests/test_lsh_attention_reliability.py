@@ -22,9 +22,8 @@ import pytest
 import torch
 
 import reformer_ext as rx
-from reformer_ext.reference import lsh_attention_reference
 
-from _helpers import assert_memory_flat_over_1000_calls, run_in_threads
+from _helpers import assert_memory_flat_over_1000_calls, lsh_attention_reference, run_in_threads
 
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 

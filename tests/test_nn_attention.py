@@ -7,9 +7,8 @@ import pytest
 import torch
 
 import reformer_ext as rx
-from reformer_ext.nn.attention import seeded_rotations
 
-from _helpers import F32, F64, small_reformer
+from _helpers import F32, F64, seeded_rotations, small_reformer
 
 # small tensors: one thread (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_thread")

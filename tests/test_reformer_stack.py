@@ -8,10 +8,9 @@ import pytest
 import torch
 
 import reformer_ext as rx
-from reformer_ext.reference import reformer_stack_reference
-from reformer_ext.reformer_stack import WEIGHT_NAMES, WEIGHTS_PER_LAYER, reformer_stack
 
-from _helpers import F64, stack_op_args, stack_problem
+from _helpers import (F64, WEIGHT_NAMES, WEIGHTS_PER_LAYER, reformer_stack,
+                      reformer_stack_reference, stack_op_args, stack_problem)
 
 
 def _rel(a, b):
