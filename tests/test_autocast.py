@@ -1,4 +1,4 @@
-"""Autocast (issue 6; policy in reformer_ext/_autocast.py): under torch.autocast the operators
+"""Autocast (policy in reformer_ext/_autocast.py): under torch.autocast the operators
 run in the region's low-precision dtype with float32 accumulation, return that dtype (lse stays
 float32), give finite results close to float32, and their gradients reach float32 inputs.
 

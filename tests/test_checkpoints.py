@@ -1,4 +1,4 @@
-"""Checkpoints (issue 8, item 7): the state_dict of every reformer_ext.nn module survives a
+"""Checkpoints: the state_dict of every reformer_ext.nn module survives a
 save/load round trip (through torch.save / torch.load into a freshly built module with other
 random initial weights and seeds), after which the module computes bitwise what the original
 computes; loading a checkpoint of the wrong shapes gives PyTorch's clear error.

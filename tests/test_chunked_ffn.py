@@ -1,5 +1,7 @@
-"""Tests of the chunked feed-forward (SPEC §2): torch.ops.reformer.chunked_ffn /
-chunked_ffn_backward, rx.chunked_feed_forward and rx.nn.ChunkedFeedForward.
+"""Tests of the chunked feed-forward (docs/semantics.md §2): torch.ops.reformer.chunked_ffn /
+chunked_ffn_backward and rx.chunked_feed_forward (the module rx.nn.ChunkedFeedForward:
+tests/test_nn_feed_forward.py; opcheck: tests/test_opcheck.py; bad inputs:
+tests/test_chunked_ffn_errors.py).
 
 The forward and every gradient are compared with a plain PyTorch FFN (F.linear, activation,
 F.linear, autograd) for chunk sizes that divide N, do not divide it, exceed it and equal 1, every
@@ -13,48 +15,16 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import reformer_ext as rx
-from reformer_ext.ops.chunked_ffn import ACTIVATIONS
-from reformer_ext.ops.seeded_random import hidden_dropout_keep_mask
 
-F64, F32 = torch.float64, torch.float32
-ops = torch.ops.reformer
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from _helpers import (ACTIVATIONS, F32, F64, assert_rel, cuda, ffn_params, ffn_randn,
+                      hidden_dropout_keep_mask, ops, plain_ffn)
 
-_ACT = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
 _TOL = {F64: 1e-10, F32: 1e-5}
 
 
 # ------------------------------------------------------------------------ helpers
-
-
-def _params(d_model, d_ff, dtype=F64, bias=True, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    w1 = torch.randn(d_ff, d_model, generator=g, dtype=dtype) / math.sqrt(d_model)
-    w2 = torch.randn(d_model, d_ff, generator=g, dtype=dtype) / math.sqrt(d_ff)
-    b1 = torch.randn(d_ff, generator=g, dtype=dtype) if bias else None
-    b2 = torch.randn(d_model, generator=g, dtype=dtype) if bias else None
-    return [t.to(device) if t is not None else None for t in (w1, b1, w2, b2)]
-
-
-def _randn(shape, dtype=F64, device="cpu", seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=dtype).to(device)
-
-
-def _plain_ffn(x, w1, b1, w2, b2, activation="gelu", keep=None, p=0.0):
-    """Unchunked reference; keep is an explicit (N, d_ff) dropout keep mask."""
-    h = _ACT[activation](F.linear(x, w1, b1))
-    if keep is not None:
-        h = h * keep.reshape(*x.shape[:-1], -1).to(h.dtype) / (1.0 - p)
-    return F.linear(h, w2, b2)
 
 
 def _forward_backward(fn, tensors, grad_out):
@@ -65,18 +35,9 @@ def _forward_backward(fn, tensors, grad_out):
     return out.detach(), [t.grad if t is not None else None for t in leaves]
 
 
-def _assert_rel(actual, expected, tol, what=""):
-    """max |actual - expected| <= tol * max |expected| (relative to the tensor's scale)."""
-    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    assert actual.dtype == expected.dtype, (what, actual.dtype, expected.dtype)
-    scale = expected.abs().max().item()
-    err = (actual - expected).abs().max().item()
-    assert err <= tol * max(scale, 1e-30), f"{what}: max error {err:.3e}, scale {scale:.3e}"
-
-
 def _check_against_plain(x, params, *, chunk_size, activation, tol, p=0.0, seed=0):
     w1, b1, w2, b2 = params
-    grad_out = _randn(x.shape, x.dtype, x.device, seed=7)
+    grad_out = ffn_randn(x.shape, x.dtype, x.device, seed=7)
     keep = None
     if p > 0:
         n = x.numel() // x.shape[-1]
@@ -87,17 +48,17 @@ def _check_against_plain(x, params, *, chunk_size, activation, tol, p=0.0, seed=
                                        activation=activation, dropout=p, dropout_seed=seed)
 
     def plain(x, w1, b1, w2, b2):
-        return _plain_ffn(x, w1, b1, w2, b2, activation, keep, p)
+        return plain_ffn(x, w1, b1, w2, b2, activation, keep, p)
 
     tensors = (x, w1, b1, w2, b2)
     y, grads = _forward_backward(ours, tensors, grad_out)
     y_ref, grads_ref = _forward_backward(plain, tensors, grad_out)
-    _assert_rel(y, y_ref, tol, "y")
+    assert_rel(y, y_ref, tol, "y")
     for name, g, g_ref in zip(("x", "w1", "b1", "w2", "b2"), grads, grads_ref):
         if g_ref is None:
             assert g is None, name
         else:
-            _assert_rel(g, g_ref, tol, f"grad {name}")
+            assert_rel(g, g_ref, tol, f"grad {name}")
 
 
 def _mask_through_op(n_rows, d_ff, p, seed, chunk_size, device="cpu"):
@@ -132,8 +93,8 @@ CHUNKS = [8, 5, 100, 1]
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("chunk_size", CHUNKS)
 def test_matches_plain_ffn(dtype, bias, activation, chunk_size):
-    x = _randn((3, 8, 16), dtype)
-    params = _params(16, 40, dtype, bias)
+    x = ffn_randn((3, 8, 16), dtype)
+    params = ffn_params(16, 40, dtype, bias)
     _check_against_plain(x, params, chunk_size=chunk_size, activation=activation,
                          tol=_TOL[dtype])
 
@@ -141,13 +102,13 @@ def test_matches_plain_ffn(dtype, bias, activation, chunk_size):
 @pytest.mark.parametrize("shape", [(12, 16), (2, 6, 16), (2, 3, 2, 16), (16,)],
                          ids=["rank2", "rank3", "rank4", "rank1"])
 def test_ranks(shape):
-    _check_against_plain(_randn(shape), _params(16, 24), chunk_size=5, activation="gelu",
+    _check_against_plain(ffn_randn(shape), ffn_params(16, 24), chunk_size=5, activation="gelu",
                          tol=1e-10)
 
 
 def test_noncontiguous_inputs():
-    x = _randn((16, 2, 8)).transpose(0, 2)  # (8, 2, 16), not contiguous
-    w1, b1, w2, b2 = _params(16, 24)
+    x = ffn_randn((16, 2, 8)).transpose(0, 2)  # (8, 2, 16), not contiguous
+    w1, b1, w2, b2 = ffn_params(16, 24)
     w1 = w1.t().contiguous().t()  # same values, transposed strides
     assert not x.is_contiguous() and not w1.is_contiguous()
     _check_against_plain(x, (w1, b1, w2, b2), chunk_size=3, activation="silu", tol=1e-10)
@@ -155,14 +116,14 @@ def test_noncontiguous_inputs():
 
 def test_partial_gradients():
     """Only the gradients that are asked for are computed; the others are None."""
-    x = _randn((10, 8))
-    w1, b1, w2, b2 = _params(8, 12)
+    x = ffn_randn((10, 8))
+    w1, b1, w2, b2 = ffn_params(8, 12)
     w1.requires_grad_()
     y = rx.chunked_feed_forward(x, w1, b1, w2, b2, chunk_size=3)
     (g,) = torch.autograd.grad(y.sum(), [w1])
-    _, grads_ref = _forward_backward(lambda *t: _plain_ffn(*t), (x, w1, b1, w2, b2),
+    _, grads_ref = _forward_backward(lambda *t: plain_ffn(*t), (x, w1, b1, w2, b2),
                                      torch.ones_like(x))
-    _assert_rel(g, grads_ref[1], 1e-10)
+    assert_rel(g, grads_ref[1], 1e-10)
     for mask in ([True, False, False, False, False], [False, False, False, True, True],
                  [False, False, True, False, False]):
         grads = ops.chunked_ffn_backward(torch.ones_like(x), x, w1.detach(), b1, w2, b2, 3,
@@ -170,11 +131,11 @@ def test_partial_gradients():
         for got, wanted, ref in zip(grads, mask, grads_ref):
             assert (got is not None) == wanted
             if wanted:
-                _assert_rel(got, ref, 1e-10)
+                assert_rel(got, ref, 1e-10)
 
 
 def test_empty_input():
-    w1, b1, w2, b2 = _params(8, 12)
+    w1, b1, w2, b2 = ffn_params(8, 12)
     x = torch.zeros(0, 3, 8, dtype=F64, requires_grad=True)
     y = rx.chunked_feed_forward(x, w1, b1, w2, b2, chunk_size=4)
     assert y.shape == x.shape
@@ -189,14 +150,14 @@ def test_empty_input():
 def test_reduced_precision_close_to_float32(activation, dropout):
     """bfloat16/float16 (the ATen-composed path, also used on CUDA): error against a float32
     reference comparable to PyTorch's own low-precision error."""
-    x = _randn((64, 32), F32)
-    params = _params(32, 64, F32)
-    grad_out = _randn(x.shape, F32, seed=3)
+    x = ffn_randn((64, 32), F32)
+    params = ffn_params(32, 64, F32)
+    grad_out = ffn_randn(x.shape, F32, seed=3)
     seed = 99
     keep = hidden_dropout_keep_mask(64, 64, dropout, seed) if dropout else None
 
     def plain(*t):
-        return _plain_ffn(*t, activation=activation, keep=keep, p=dropout)
+        return plain_ffn(*t, activation=activation, keep=keep, p=dropout)
 
     y32, g32 = _forward_backward(plain, (x, *params), grad_out)
     for dtype in (torch.bfloat16, torch.float16):
@@ -214,9 +175,9 @@ def test_reduced_precision_close_to_float32(activation, dropout):
 
 
 def test_deterministic():
-    x = _randn((50, 16), F32)
-    params = _params(16, 32, F32)
-    grad_out = _randn(x.shape, F32, seed=3)
+    x = ffn_randn((50, 16), F32)
+    params = ffn_params(16, 32, F32)
+    grad_out = ffn_randn(x.shape, F32, seed=3)
 
     def run():
         return _forward_backward(
@@ -228,128 +189,21 @@ def test_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))
 
 
-# ------------------------------------------------------------------------ gradcheck / opcheck
+# ------------------------------------------------------------------------ gradcheck
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("bias,dropout", [(True, 0.0), (False, 0.0), (True, 0.4)],
                          ids=["bias", "nobias", "dropout"])
 def test_gradcheck(activation, bias, dropout):
-    x = _randn((2, 3, 4)).requires_grad_()
-    params = [t.requires_grad_() if t is not None else None for t in _params(4, 6, bias=bias)]
+    x = ffn_randn((2, 3, 4)).requires_grad_()
+    params = [t.requires_grad_() if t is not None else None for t in ffn_params(4, 6, bias=bias)]
 
     def fn(*args):
         return rx.chunked_feed_forward(*args, chunk_size=4, activation=activation,
                                        dropout=dropout, dropout_seed=11)
 
     assert torch.autograd.gradcheck(fn, (x, *params))
-
-
-def _op_samples():
-    x = _randn((2, 5, 6))
-    full = (x, *_params(6, 10))
-    nobias = (x, full[1], None, full[3], None)
-    return [
-        (full, 4, "gelu", 0.0, None),
-        (nobias, 3, "relu", 0.0, None),
-        (full, 100, "silu", 0.25, torch.tensor(1234)),
-        (nobias, 1, "gelu_tanh", 0.5, torch.tensor(-7)),
-    ]
-
-
-@pytest.mark.parametrize("sample", range(4))
-def test_opcheck_forward(sample):
-    tensors, *options = _op_samples()[sample]
-    tensors = [t.clone().requires_grad_() if t is not None else None for t in tensors]
-    torch.library.opcheck(ops.chunked_ffn.default, (*tensors, *options))
-
-
-@pytest.mark.parametrize("sample", range(4))
-def test_opcheck_backward(sample):
-    tensors, *options = _op_samples()[sample]
-    grad_out = torch.ones_like(tensors[0])
-    mask = [True, True, True, True, True] if sample % 2 == 0 else [True, False, True, True, False]
-    torch.library.opcheck(ops.chunked_ffn_backward.default,
-                          (grad_out, *tensors, *options, mask))
-
-
-def test_compile_module():
-    ff = rx.nn.ChunkedFeedForward(8, 16, chunk_size=3).double()
-    x = _randn((2, 5, 8)).requires_grad_()
-    compiled = torch.compile(ff, backend="aot_eager", fullgraph=True)
-    y = compiled(x)
-    y_ref = ff(x)
-    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
-    (gx,) = torch.autograd.grad(y.sum(), [x])
-    (gx_ref,) = torch.autograd.grad(y_ref.sum(), [x])
-    torch.testing.assert_close(gx, gx_ref, rtol=0, atol=0)
-
-
-# ------------------------------------------------------------------------ errors
-
-
-def _bad_calls():
-    w1, b1, w2, b2 = _params(8, 12)
-    x = _randn((4, 8))
-    kw = dict(chunk_size=4)
-    seed = torch.tensor(3)
-    return [
-        ("w1", lambda: rx.chunked_feed_forward(x, w1[:, :7], b1, w2, b2, **kw)),
-        ("w1", lambda: rx.chunked_feed_forward(x, w1[0], b1, w2, b2, **kw)),
-        ("w2", lambda: rx.chunked_feed_forward(x, w1, b1, w2[:, :11], b2, **kw)),
-        ("w2", lambda: rx.chunked_feed_forward(x, w1, b1, w2.t(), b2, **kw)),
-        ("b1", lambda: rx.chunked_feed_forward(x, w1, b1[:5], w2, b2, **kw)),
-        ("b2", lambda: rx.chunked_feed_forward(x, w1, b1, w2, b1, **kw)),
-        ("activation", lambda: rx.chunked_feed_forward(x, w1, b1, w2, b2, activation="tanh")),
-        ("chunk_size", lambda: rx.chunked_feed_forward(x, w1, b1, w2, b2, chunk_size=0)),
-        ("dropout", lambda: rx.chunked_feed_forward(x, w1, b1, w2, b2, dropout=1.0)),
-        ("dropout", lambda: rx.chunked_feed_forward(x, w1, b1, w2, b2, dropout=-0.1)),
-        ("w1 must have the dtype of x",
-         lambda: rx.chunked_feed_forward(x, w1.float(), b1, w2, b2, **kw)),
-        ("b2 must have the dtype of x",
-         lambda: rx.chunked_feed_forward(x, w1, b1, w2, b2.float(), **kw)),
-        ("x must be float", lambda: rx.chunked_feed_forward(x.long(), w1, b1, w2, b2, **kw)),
-        ("x must have shape", lambda: rx.chunked_feed_forward(x[0, 0], w1, b1, w2, b2, **kw)),
-        # the raw operators check their arguments themselves
-        ("chunk_size", lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 0, "gelu", 0.0, None)),
-        ("activation", lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "GELU", 0.0, None)),
-        ("dropout_p", lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "gelu", 1.5, seed)),
-        ("dropout_p", lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "gelu", math.nan, seed)),
-        ("dropout_seed must be given",
-         lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "gelu", 0.5, None)),
-        ("dropout_seed must be a one-element int64",
-         lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "gelu", 0.5, seed.double())),
-        ("dropout_seed must be a one-element int64",
-         lambda: ops.chunked_ffn(x, w1, b1, w2, b2, 4, "gelu", 0.5, seed.expand(2))),
-        ("dropout_seed must be an int or", lambda: rx.chunked_feed_forward(
-            x, w1, b1, w2, b2, dropout=0.5, dropout_seed=seed.int())),
-        ("w1 must have the dtype",
-         lambda: ops.chunked_ffn(x, w1.float(), b1, w2, b2, 4, "gelu", 0.0, None)),
-        ("grad_out must have the shape",
-         lambda: ops.chunked_ffn_backward(x[:3], x, w1, b1, w2, b2, 4, "gelu", 0.0, None,
-                                          [True] * 5)),
-        ("grad_out must have the dtype",
-         lambda: ops.chunked_ffn_backward(x.float(), x, w1, b1, w2, b2, 4, "gelu", 0.0, None,
-                                          [True] * 5)),
-    ]
-
-
-@pytest.mark.parametrize("case", range(len(_bad_calls())))
-def test_bad_input_raises_value_error(case):
-    match, call = _bad_calls()[case]
-    with pytest.raises(ValueError, match=match):
-        call()
-
-
-def test_bad_argument_types():
-    w1, b1, w2, b2 = _params(8, 12)
-    x = _randn((4, 8))
-    with pytest.raises(TypeError, match="chunk_size"):
-        rx.chunked_feed_forward(x, w1, b1, w2, b2, chunk_size=2.0)
-    with pytest.raises(TypeError, match="w1"):
-        rx.chunked_feed_forward(x, w1.tolist(), b1, w2, b2)
-    with pytest.raises(TypeError, match="dropout_seed"):
-        rx.chunked_feed_forward(x, w1, b1, w2, b2, dropout=0.1, dropout_seed=1.5)
 
 
 # ------------------------------------------------------------------------ dropout
@@ -394,14 +248,14 @@ def test_dropout_rate():
 def test_dropout_matches_explicit_mask(activation, chunk_size):
     """Forward and all gradients equal a plain FFN with the explicit mask: the backward's
     recompute regenerates exactly the forward's mask."""
-    _check_against_plain(_randn((3, 9, 8)), _params(8, 20), chunk_size=chunk_size,
+    _check_against_plain(ffn_randn((3, 9, 8)), ffn_params(8, 20), chunk_size=chunk_size,
                          activation=activation, tol=1e-10, p=0.4, seed=31337)
 
 
 def test_dropout_seeds():
-    x = _randn((20, 8))
-    params = _params(8, 16)
-    grad_out = _randn(x.shape, seed=4)
+    x = ffn_randn((20, 8))
+    params = ffn_params(8, 16)
+    grad_out = ffn_randn(x.shape, seed=4)
 
     def run(seed, chunk_size=4):
         return _forward_backward(
@@ -426,71 +280,6 @@ def test_dropout_seeds():
     assert torch.equal(a, b) and not torch.equal(b, c)
 
 
-# ------------------------------------------------------------------------ module
-
-
-def test_module_matches_sequential_state_dict():
-    torch.manual_seed(0)
-    for seq, act in [
-        (torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)),
-         "gelu"),
-        (torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Dropout(0.1),
-                             torch.nn.Linear(32, 8)), "relu"),
-    ]:
-        seq = seq.double().eval()
-        ff = rx.nn.ChunkedFeedForward(8, 32, chunk_size=5, activation=act, dropout=0.1).double()
-        ff.load_state_dict(seq.state_dict())  # 0.* -> w1.*, 2.* / 3.* -> w2.*
-        ff.eval()
-        x = _randn((3, 7, 8))
-        _assert_rel(ff(x), seq(x), 1e-12)
-        assert set(ff.state_dict()) == {"w1.weight", "w1.bias", "w2.weight", "w2.bias"}
-        assert torch.equal(ff.w2.weight, seq[-1].weight)
-
-        built = rx.nn.ChunkedFeedForward.from_sequential(seq, chunk_size=3).eval()
-        assert built.activation == act and built.dropout == (0.1 if act == "relu" else 0.0)
-        _assert_rel(built(x), seq(x), 1e-12)
-        _assert_rel(built.to_sequential().eval()(x), seq(x), 1e-12)
-
-        renamed = rx.nn.ChunkedFeedForward.sequential_state_dict(seq.state_dict())
-        assert set(renamed) == {"w1.weight", "w1.bias", "w2.weight", "w2.bias"}
-
-
-def test_module_nested_load_and_bias_free():
-    class Block(torch.nn.Module):
-        def __init__(self, ff):
-            super().__init__()
-            self.norm = torch.nn.LayerNorm(8)
-            self.ff = ff
-
-    plain = Block(torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.SiLU(),
-                                      torch.nn.Linear(16, 8, bias=False)))
-    ours = Block(rx.nn.ChunkedFeedForward(8, 16, activation="silu", bias=False))
-    ours.load_state_dict(plain.state_dict())
-    x = torch.randn(4, 8)
-    torch.testing.assert_close(ours.ff(x), plain.ff(x))
-    with pytest.raises(RuntimeError, match="size mismatch"):
-        rx.nn.ChunkedFeedForward(8, 12).load_state_dict(
-            torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(),
-                                torch.nn.Linear(16, 8)).state_dict())
-
-
-def test_module_dropout_training_and_eval():
-    ff = rx.nn.ChunkedFeedForward(8, 64, chunk_size=4, dropout=0.5).double()
-    x = _randn((10, 8))
-    torch.manual_seed(3)
-    a = ff(x)
-    torch.manual_seed(3)
-    b = ff(x)
-    c = ff(x)
-    assert torch.equal(a, b) and not torch.equal(b, c)  # fresh seed per forward, reproducible
-    torch.testing.assert_close(ff(x, dropout_seed=9), ff(x, dropout_seed=9), rtol=0, atol=0)
-    ff.eval()
-    plain = _plain_ffn(x, ff.w1.weight, ff.w1.bias, ff.w2.weight, ff.w2.bias)
-    _assert_rel(ff(x).detach(), plain.detach(), 1e-12)
-    with pytest.raises(ValueError, match="activation"):
-        rx.nn.ChunkedFeedForward(8, 16, activation="tanh")
-
-
 # ------------------------------------------------------------------------ CUDA
 
 
@@ -499,9 +288,9 @@ def test_module_dropout_training_and_eval():
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_cuda_matches_cpu(dtype, activation, bias):
-    x = _randn((4, 33, 32), dtype)
-    params = _params(32, 96, dtype, bias)
-    grad_out = _randn(x.shape, dtype, seed=5)
+    x = ffn_randn((4, 33, 32), dtype)
+    params = ffn_params(32, 96, dtype, bias)
+    grad_out = ffn_randn(x.shape, dtype, seed=5)
 
     def fn(*t):
         return rx.chunked_feed_forward(*t, chunk_size=40, activation=activation, dropout=0.2,
@@ -511,11 +300,11 @@ def test_cuda_matches_cpu(dtype, activation, bias):
     moved = [t.cuda() if t is not None else None for t in (x, *params)]
     y_gpu, g_gpu = _forward_backward(fn, moved, grad_out.cuda())
     tol = 1e-10 if dtype == F64 else 2e-3  # TF32 may be enabled for float32 GEMMs
-    _assert_rel(y_gpu.cpu(), y_cpu, tol, "y")
+    assert_rel(y_gpu.cpu(), y_cpu, tol, "y")
     for name, a, b in zip(("x", "w1", "b1", "w2", "b2"), g_gpu, g_cpu):
         assert (a is None) == (b is None)
         if a is not None:
-            _assert_rel(a.cpu(), b, tol, name)
+            assert_rel(a.cpu(), b, tol, name)
 
 
 @cuda
@@ -532,7 +321,7 @@ def test_cuda_memory_stays_chunked():
     inputs, weights, outputs and gradients stays far below N * d_ff elements."""
     n, d_model, d_ff, chunk = 16384, 256, 1024, 512
     x = torch.randn(n, d_model, device="cuda", requires_grad=True)
-    w1, b1, w2, b2 = [t.requires_grad_() for t in _params(d_model, d_ff, F32, device="cuda")]
+    w1, b1, w2, b2 = [t.requires_grad_() for t in ffn_params(d_model, d_ff, F32, device="cuda")]
     grad_out = torch.randn(n, d_model, device="cuda")
     y = rx.chunked_feed_forward(x, w1, b1, w2, b2, chunk_size=chunk)
     y.backward(grad_out)  # warm-up: cuBLAS workspaces exist from here on

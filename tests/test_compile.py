@@ -1,4 +1,4 @@
-"""torch.compile of the modules (issue 6): fullgraph compilation, outputs and gradients equal to
+"""torch.compile of the modules: fullgraph compilation, outputs and gradients equal to
 eager mode, zero graph breaks in torch._dynamo.explain, and no recompilation with dynamic=True
 for new batch sizes and sequence lengths.
 

@@ -1,48 +1,48 @@
 """CUDA kernels of the reformer operators against the CPU kernel and reference.py.
 
 Every test needs a CUDA device and is skipped without one. The LSH attention cases are the
-foundation matrix of tests/test_lsh_attention.py (CASES), run on the GPU in float32, bfloat16 and
-float16, plus float64 against the float64 reference; then shapes that exercise the kernels' tiling
-(several CTAs per chunk, head dims 32/64/128, windows of many chunks), gradcheck in float64,
-opcheck on CUDA tensors, bitwise determinism, the head-dim error, and the chunked feed-forward on
-CUDA against the CPU.
+foundation matrix of tests/test_lsh_attention.py (LSH_CASES in tests/_helpers.py), run on the GPU
+in float32, bfloat16 and float16, plus float64 against the float64 reference; then shapes that
+exercise the kernels' tiling (several CTAs per chunk, head dims 32/64/128, windows of many
+chunks), gradcheck in float64, bitwise determinism, the head-dim error, and the chunked
+feed-forward on CUDA against the CPU. opcheck on CUDA tensors: tests/test_opcheck.py.
 """
 
 import pytest
 import torch
 
 import reformer_ext as rx
-from reformer_ext.reference import lsh_buckets_reference
-from test_lsh_attention import (CASES, DET_CASE, F16, F32, F64, BF16, _assert_bitwise,
-                                _assert_close, _assert_lowp, _case, _case_id, _cotangents,
-                                _inputs, _kwargs, _run_ours, _run_ref, _seed)
 
-ops = torch.ops.reformer
+from _helpers import (BF16, F16, F32, F64, LSH_CASES, LSH_DET_CASE, assert_lsh_bitwise,
+                      assert_lsh_close, assert_lsh_lowp, lsh_buckets_reference, lsh_case,
+                      lsh_case_id, lsh_cotangents, lsh_inputs, lsh_kwargs, lsh_seed, ops, run_lsh,
+                      run_lsh_reference)
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _compare_to_cpu_and_reference(c, dtype, seed=None):
-    seed = _seed(c) if seed is None else seed
-    qk, v, rot, mask = _inputs(c, dtype, seed)
-    go, gl = _cotangents(c, seed, dtype)
-    on_gpu = _run_ours(c, qk, v, rot, mask, go, gl, device="cuda")
-    on_cpu = _run_ours(c, qk, v, rot, mask, go, gl)
+    seed = lsh_seed(c) if seed is None else seed
+    qk, v, rot, mask = lsh_inputs(c, dtype, seed)
+    go, gl = lsh_cotangents(c, seed, dtype)
+    on_gpu = run_lsh(c, qk, v, rot, mask, go, gl, device="cuda")
+    on_cpu = run_lsh(c, qk, v, rot, mask, go, gl)
     for a, b in zip(on_gpu, on_cpu):
         assert a.dtype == b.dtype and a.shape == b.shape
-    ref64 = _run_ref(c, qk, v, rot, mask, go, gl, F64)
+    ref64 = run_lsh_reference(c, qk, v, rot, mask, go, gl, F64)
     if dtype == F64:
-        _assert_close(on_gpu, ref64, rtol=1e-10, atol=1e-10)
+        assert_lsh_close(on_gpu, ref64, rtol=1e-10, atol=1e-10)
     elif dtype == F32:
-        _assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
-        _assert_close(on_gpu, ref64, rtol=1e-4, atol=1e-4)
+        assert_lsh_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
+        assert_lsh_close(on_gpu, ref64, rtol=1e-4, atol=1e-4)
     else:
         ref_lp = [t.to(dtype) if i != 1 else t
-                  for i, t in enumerate(_run_ref(c, qk, v, rot, mask, go, gl, F32))]
-        _assert_lowp(on_gpu, ref64, ref_lp, dtype)
+                  for i, t in enumerate(run_lsh_reference(c, qk, v, rot, mask, go, gl, F32))]
+        assert_lsh_lowp(on_gpu, ref64, ref_lp, dtype)
 
 
 @pytest.mark.parametrize("dtype", [F64, F32, BF16, F16], ids=["f64", "f32", "bf16", "f16"])
-@pytest.mark.parametrize("c", CASES, ids=_case_id)
+@pytest.mark.parametrize("c", LSH_CASES, ids=lsh_case_id)
 def test_foundation_matrix_on_cuda(c, dtype):
     _compare_to_cpu_and_reference(c, dtype)
 
@@ -50,19 +50,19 @@ def test_foundation_matrix_on_cuda(c, dtype):
 # Mid-sized shapes: several CTAs per chunk, every head-dim bucket, D != Dv, strided inputs; the
 # sorted positions (hash + CUB sort) must equal the CPU's exactly.
 CUDA_CASES = [
-    _case(B=2, H=2, L=300, D=32, Dv=32, m=16, R=4, half=8, causal=True, mask="row"),
-    _case(B=1, H=2, Hr=1, L=1000, D=64, Dv=64, m=64, R=2, half=8),
-    _case(B=1, H=2, L=77, D=128, Dv=64, m=32, R=8, half=2, before=2, after=1, noncontig=True),
-    _case(B=2, H=2, L=257, D=64, Dv=64, m=32, R=4, half=4, mask="random", before=0, after=0),
-    _case(B=2, H=2, L=5, D=16, Dv=16, m=8, R=2, half=1, causal=True),
+    lsh_case(B=2, H=2, L=300, D=32, Dv=32, m=16, R=4, half=8, causal=True, mask="row"),
+    lsh_case(B=1, H=2, Hr=1, L=1000, D=64, Dv=64, m=64, R=2, half=8),
+    lsh_case(B=1, H=2, L=77, D=128, Dv=64, m=32, R=8, half=2, before=2, after=1, noncontig=True),
+    lsh_case(B=2, H=2, L=257, D=64, Dv=64, m=32, R=4, half=4, mask="random", before=0, after=0),
+    lsh_case(B=2, H=2, L=5, D=16, Dv=16, m=8, R=2, half=1, causal=True),
 ]
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=["f32", "bf16", "f16"])
-@pytest.mark.parametrize("c", CUDA_CASES, ids=_case_id)
+@pytest.mark.parametrize("c", CUDA_CASES, ids=lsh_case_id)
 def test_cuda_cases_match_cpu(c, dtype):
     _compare_to_cpu_and_reference(c, dtype)
-    qk, v, rot, mask = _inputs(c, dtype, _seed(c))
+    qk, v, rot, mask = lsh_inputs(c, dtype, lsh_seed(c))
     args = (c["m"], c["causal"], c["before"], c["after"], c["scale"])
     sp_gpu = ops.lsh_attention(qk.cuda(), v.cuda(), rot.cuda(),
                                None if mask is None else mask.cuda(), *args)[2]
@@ -73,26 +73,26 @@ def test_cuda_cases_match_cpu(c, dtype):
 # Shapes the small matrix does not reach: chunks longer than one CTA's 16 rows (several CTAs per
 # chunk, key tiles that straddle chunk boundaries), every head-dim bucket, D != Dv, long windows.
 TILING_CASES = [
-    _case(B=1, H=2, L=200, D=32, Dv=32, m=48, R=2, half=2, causal=True, mask="suffix"),
-    _case(B=1, H=2, Hr=1, L=300, D=64, Dv=64, m=64, R=4, half=3),
-    _case(B=1, H=1, Hr=1, L=130, D=128, Dv=128, m=20, R=2, half=4, before=3, after=2,
-          causal=True),
-    _case(B=2, H=1, Hr=1, L=90, D=128, Dv=40, m=17, R=3, half=2, mask="random"),
-    _case(B=1, H=2, L=64, D=33, Dv=1, m=8, R=2, half=2, before=5, after=5),
+    lsh_case(B=1, H=2, L=200, D=32, Dv=32, m=48, R=2, half=2, causal=True, mask="suffix"),
+    lsh_case(B=1, H=2, Hr=1, L=300, D=64, Dv=64, m=64, R=4, half=3),
+    lsh_case(B=1, H=1, Hr=1, L=130, D=128, Dv=128, m=20, R=2, half=4, before=3, after=2,
+             causal=True),
+    lsh_case(B=2, H=1, Hr=1, L=90, D=128, Dv=40, m=17, R=3, half=2, mask="random"),
+    lsh_case(B=1, H=2, L=64, D=33, Dv=1, m=8, R=2, half=2, before=5, after=5),
 ]
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("c", TILING_CASES, ids=_case_id)
+@pytest.mark.parametrize("c", TILING_CASES, ids=lsh_case_id)
 def test_tiling_shapes(c, dtype):
     _compare_to_cpu_and_reference(c, dtype)
 
 
 @pytest.mark.parametrize("causal,mask", [(False, None), (True, "random"), (True, "row")])
 def test_gradcheck_float64(causal, mask):
-    c = _case(B=1, H=2, L=9, D=4, Dv=3, m=3, R=2, half=2, causal=causal, mask=mask, after=1)
-    qk, v, rot, m = _inputs(c, F64, _seed(c, "cuda"), margin=1e-3)
-    kw = _kwargs(c, rot.cuda(), None if m is None else m.cuda())
+    c = lsh_case(B=1, H=2, L=9, D=4, Dv=3, m=3, R=2, half=2, causal=causal, mask=mask, after=1)
+    qk, v, rot, m = lsh_inputs(c, F64, lsh_seed(c, "cuda"), margin=1e-3)
+    kw = lsh_kwargs(c, rot.cuda(), None if m is None else m.cuda())
 
     def f(qk, v):
         return rx.lsh_attention(qk, v, return_lse=True, **kw)
@@ -100,33 +100,18 @@ def test_gradcheck_float64(causal, mask):
     assert torch.autograd.gradcheck(f, (qk.cuda().requires_grad_(), v.cuda().requires_grad_()))
 
 
-@pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
-def test_opcheck(dtype):
-    c = _case(L=12, D=8, Dv=5, R=2, m=4, mask="row", before=2, after=1, scale=0.5)
-    qk, v, rot, mask = (t.cuda() for t in _inputs(c, dtype, _seed(c)))
-    go, gl = (t.cuda() for t in _cotangents(c, 5, dtype))
-    args = (mask, c["m"], c["causal"], c["before"], c["after"], c["scale"])
-    torch.library.opcheck(ops.lsh_attention.default,
-                          (qk.clone().requires_grad_(), v.clone().requires_grad_(), rot, *args))
-    out, lse, sp, st = ops.lsh_attention(qk, v, rot, *args)
-    assert out.is_cuda and lse.is_cuda and sp.is_cuda and st.is_cuda
-    torch.library.opcheck(ops.lsh_attention_backward.default, (go, gl, qk, v, out, st, sp, *args))
-    torch.library.opcheck(ops.lsh_attention_backward.default,
-                          (go, None, qk, v, out, st, sp, *args))
-
-
 @pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=["f32", "bf16", "f16"])
 def test_deterministic(dtype):
-    qk, v, rot, mask = _inputs(DET_CASE, dtype, 21)
-    go, gl = _cotangents(DET_CASE, 21, dtype)
-    first = _run_ours(DET_CASE, qk, v, rot, mask, go, gl, "cuda")
+    qk, v, rot, mask = lsh_inputs(LSH_DET_CASE, dtype, 21)
+    go, gl = lsh_cotangents(LSH_DET_CASE, 21, dtype)
+    first = run_lsh(LSH_DET_CASE, qk, v, rot, mask, go, gl, "cuda")
     for _ in range(2):
-        _assert_bitwise(first, _run_ours(DET_CASE, qk, v, rot, mask, go, gl, "cuda"))
+        assert_lsh_bitwise(first, run_lsh(LSH_DET_CASE, qk, v, rot, mask, go, gl, "cuda"))
 
 
 def test_sorted_positions_and_stats_equal_cpu():
-    c = _case(B=2, H=3, Hr=1, L=211, D=16, Dv=16, m=8, R=4, half=8, mask="random")
-    qk, v, rot, mask = _inputs(c, F32, 22)
+    c = lsh_case(B=2, H=3, Hr=1, L=211, D=16, Dv=16, m=8, R=4, half=8, mask="random")
+    qk, v, rot, mask = lsh_inputs(c, F32, 22)
     args = (c["m"], c["causal"], c["before"], c["after"], c["scale"])
     _, _, sp_cpu, st_cpu = ops.lsh_attention(qk, v, rot, mask, *args)
     _, _, sp_gpu, st_gpu = ops.lsh_attention(qk.cuda(), v.cuda(), rot.cuda(), mask.cuda(), *args)
@@ -142,12 +127,12 @@ def test_head_dim_above_128_is_a_clear_error():
 
 
 def test_other_cuda_stream_and_device_guard():
-    c = _case(L=40, m=8, R=2, half=4, causal=True)
-    qk, v, rot, mask = _inputs(c, F32, 23)
-    expected = rx.lsh_attention(qk.cuda(), v.cuda(), **_kwargs(c, rot.cuda(), None))
+    c = lsh_case(L=40, m=8, R=2, half=4, causal=True)
+    qk, v, rot, mask = lsh_inputs(c, F32, 23)
+    expected = rx.lsh_attention(qk.cuda(), v.cuda(), **lsh_kwargs(c, rot.cuda(), None))
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        got = rx.lsh_attention(qk.cuda(), v.cuda(), **_kwargs(c, rot.cuda(), None))
+        got = rx.lsh_attention(qk.cuda(), v.cuda(), **lsh_kwargs(c, rot.cuda(), None))
     stream.synchronize()
     assert torch.equal(got, expected)
 
@@ -184,12 +169,12 @@ def test_chunked_ffn_cuda_matches_cpu(activation, dtype, dropout_p):
 # sizes that are not multiples of 16 or span two CTAs, partial key tiles, windows of many chunks,
 # one chunk per round, all-padding batch rows, strided inputs.
 TENSOR_CORE_CASES = [
-    _case(B=1, H=2, L=300, D=32, Dv=32, m=64, R=4, half=4, causal=True, mask="random"),
-    _case(B=2, H=2, Hr=1, L=200, D=64, Dv=64, m=48, R=2, half=3, noncontig=True),
-    _case(B=1, H=2, L=257, D=128, Dv=128, m=128, R=2, half=2, before=1, after=1, causal=True),
-    _case(B=1, H=1, L=90, D=64, Dv=64, m=20, R=3, half=2, before=3, after=2, mask="suffix"),
-    _case(B=1, H=2, L=5, D=32, Dv=32, m=8, R=2, half=1, causal=True),
-    _case(B=2, H=2, L=130, D=64, Dv=64, m=16, R=2, half=4, mask="row"),
+    lsh_case(B=1, H=2, L=300, D=32, Dv=32, m=64, R=4, half=4, causal=True, mask="random"),
+    lsh_case(B=2, H=2, Hr=1, L=200, D=64, Dv=64, m=48, R=2, half=3, noncontig=True),
+    lsh_case(B=1, H=2, L=257, D=128, Dv=128, m=128, R=2, half=2, before=1, after=1, causal=True),
+    lsh_case(B=1, H=1, L=90, D=64, Dv=64, m=20, R=3, half=2, before=3, after=2, mask="suffix"),
+    lsh_case(B=1, H=2, L=5, D=32, Dv=32, m=8, R=2, half=1, causal=True),
+    lsh_case(B=2, H=2, L=130, D=64, Dv=64, m=16, R=2, half=4, mask="row"),
 ]
 
 
@@ -204,9 +189,9 @@ def _kernel_names(fn):
 
 
 def _uses_tensor_cores(c, dtype, qk=None):
-    qk_, v, rot, mask = (None if t is None else t.cuda() for t in _inputs(c, dtype, 3))
+    qk_, v, rot, mask = (None if t is None else t.cuda() for t in lsh_inputs(c, dtype, 3))
     qk = qk_ if qk is None else qk
-    names = _kernel_names(lambda: rx.lsh_attention(qk, v, **_kwargs(c, rot, mask)))
+    names = _kernel_names(lambda: rx.lsh_attention(qk, v, **lsh_kwargs(c, rot, mask)))
     return any("mma_kernel" in n for n in names)
 
 
@@ -214,8 +199,8 @@ def test_tensor_cores_are_used_where_they_apply(monkeypatch):
     c = TENSOR_CORE_CASES[0]
     assert _uses_tensor_cores(c, BF16) and _uses_tensor_cores(c, F16)
     assert not _uses_tensor_cores(c, F32)
-    assert not _uses_tensor_cores(_case(L=40, D=48, Dv=48, m=8), BF16)  # not 32/64/128
-    assert not _uses_tensor_cores(_case(L=40, D=64, Dv=32, m=8), BF16)  # D != Dv
+    assert not _uses_tensor_cores(lsh_case(L=40, D=48, Dv=48, m=8), BF16)  # not 32/64/128
+    assert not _uses_tensor_cores(lsh_case(L=40, D=64, Dv=32, m=8), BF16)  # D != Dv
     # rows not 16-byte aligned: the FFMA kernels take the call
     B, H, L, D = 1, 2, 300, 32
     unaligned = torch.randn(B * H * L * D + 1, device="cuda", dtype=BF16)[1:].view(B, H, L, D)
@@ -225,25 +210,25 @@ def test_tensor_cores_are_used_where_they_apply(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("c", TENSOR_CORE_CASES, ids=_case_id)
+@pytest.mark.parametrize("c", TENSOR_CORE_CASES, ids=lsh_case_id)
 def test_tensor_cores_match_cpu_and_reference(c, dtype):
     _compare_to_cpu_and_reference(c, dtype)
 
 
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("c", TENSOR_CORE_CASES[:3], ids=_case_id)
+@pytest.mark.parametrize("c", TENSOR_CORE_CASES[:3], ids=lsh_case_id)
 def test_tensor_cores_agree_with_ffma_kernels(c, dtype, monkeypatch):
-    seed = _seed(c)
-    qk, v, rot, mask = _inputs(c, dtype, seed)
-    go, gl = _cotangents(c, seed, dtype)
-    tensor_cores = _run_ours(c, qk, v, rot, mask, go, gl, device="cuda")
+    seed = lsh_seed(c)
+    qk, v, rot, mask = lsh_inputs(c, dtype, seed)
+    go, gl = lsh_cotangents(c, seed, dtype)
+    tensor_cores = run_lsh(c, qk, v, rot, mask, go, gl, device="cuda")
     monkeypatch.setenv("REFORMER_EXT_TENSOR_CORES", "0")
-    ffma = _run_ours(c, qk, v, rot, mask, go, gl, device="cuda")
-    ref64 = _run_ref(c, qk, v, rot, mask, go, gl, F64)
+    ffma = run_lsh(c, qk, v, rot, mask, go, gl, device="cuda")
+    ref64 = run_lsh_reference(c, qk, v, rot, mask, go, gl, F64)
     ref_lp = [t.to(dtype) if i != 1 else t
-              for i, t in enumerate(_run_ref(c, qk, v, rot, mask, go, gl, F32))]
-    _assert_lowp(tensor_cores, ref64, ref_lp, dtype)
-    _assert_lowp(ffma, ref64, ref_lp, dtype)
+              for i, t in enumerate(run_lsh_reference(c, qk, v, rot, mask, go, gl, F32))]
+    assert_lsh_lowp(tensor_cores, ref64, ref_lp, dtype)
+    assert_lsh_lowp(ffma, ref64, ref_lp, dtype)
     # the same sorted items and masks: the two differ only by rounding (P and dS in dtype)
     eps = torch.finfo(dtype).eps
     for name, a, b in zip(("out", "lse", "grad_qk", "grad_v"), tensor_cores, ffma):
@@ -254,11 +239,11 @@ def test_tensor_cores_agree_with_ffma_kernels(c, dtype, monkeypatch):
 
 def test_tensor_cores_deterministic():
     c = TENSOR_CORE_CASES[0]
-    qk, v, rot, mask = _inputs(c, BF16, 31)
-    go, gl = _cotangents(c, 31, BF16)
-    first = _run_ours(c, qk, v, rot, mask, go, gl, "cuda")
+    qk, v, rot, mask = lsh_inputs(c, BF16, 31)
+    go, gl = lsh_cotangents(c, 31, BF16)
+    first = run_lsh(c, qk, v, rot, mask, go, gl, "cuda")
     for _ in range(2):
-        _assert_bitwise(first, _run_ours(c, qk, v, rot, mask, go, gl, "cuda"))
+        assert_lsh_bitwise(first, run_lsh(c, qk, v, rot, mask, go, gl, "cuda"))
 
 
 # The hash on tensor cores (kernels/lsh_hash_mma.cuh): rotations split into three fp16/bf16
@@ -267,8 +252,8 @@ def test_tensor_cores_deterministic():
 @pytest.mark.parametrize("D", [32, 64, 128])
 @pytest.mark.parametrize("Hr,half", [(1, 37), (3, 64), (3, 130)])
 def test_tensor_core_hash_equals_cpu(dtype, D, Hr, half, monkeypatch):
-    c = _case(B=2, H=3, Hr=Hr, L=300, D=D, Dv=D, R=3, half=half, mask="random")
-    qk, _, rot, mask = _inputs(c, dtype, D + half)
+    c = lsh_case(B=2, H=3, Hr=Hr, L=300, D=D, Dv=D, R=3, half=half, mask="random")
+    qk, _, rot, mask = lsh_inputs(c, dtype, D + half)
     expected = lsh_buckets_reference(qk, rot, mask)
     got = rx.lsh_buckets(qk.cuda(), rot.cuda(), mask.cuda())
     assert torch.equal(got.cpu(), expected)
@@ -280,8 +265,8 @@ def test_tensor_core_hash_equals_cpu(dtype, D, Hr, half, monkeypatch):
 
 def test_tensor_core_hash_ignores_the_rotation_scale():
     """The pieces are taken after scaling the rotations to max |rot| <= 1 (fp16 range)."""
-    c = _case(B=1, H=2, Hr=2, L=200, D=64, Dv=64, R=2, half=16)
-    qk, _, rot, _ = _inputs(c, F16, 41)
+    c = lsh_case(B=1, H=2, Hr=2, L=200, D=64, Dv=64, R=2, half=16)
+    qk, _, rot, _ = lsh_inputs(c, F16, 41)
     for factor in (1e-20, 1.0, 1e6):
         got = rx.lsh_buckets(qk.cuda(), (rot * factor).cuda())
         assert torch.equal(got.cpu(), lsh_buckets_reference(qk, rot))

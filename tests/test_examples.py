@@ -2,7 +2,8 @@
 two claims the examples rest on:
 
 - full attention in duplication.py (a ReformerLM built with bucket_size >= L and one hash round)
-  is exact softmax attention over the shared query/keys, with the masks of SPEC §1;
+  is exact softmax attention over the shared query/keys, with the masks of
+  docs/semantics.md §1;
 - train_char_lm.py's --resume continues a run exactly like an uninterrupted one.
 """
 

@@ -1,13 +1,16 @@
-"""torch.library.opcheck with every test utility (issue 6) on every operator.
+"""torch.library.opcheck of every operator: the one file that calls it.
 
-tests/test_lsh_attention.py and tests/test_chunked_ffn.py already run opcheck's default
-utilities (schema, autograd registration, fake tensor, AOT dispatch dynamic) on the CPU in
-float32/float64, and the three LSH operators on CUDA. This file fills the gaps:
-
-- ``test_aot_dispatch_static`` (not among the defaults) for all five operators on the CPU;
-- all five utilities in the low-precision dtypes (bfloat16, float16) on the CPU;
-- all five utilities for all five operators on CUDA, in float32 and bfloat16 (skipped without
-  a GPU).
+- ``test_aot_dispatch_static`` (not among opcheck's defaults) for the LSH and feed-forward
+  operators on the CPU;
+- all five utilities (schema, autograd registration, fake tensor, AOT dispatch static and
+  dynamic) in the low-precision dtypes (bfloat16, float16) on the CPU;
+- all five utilities for those operators on CUDA, in float32 and bfloat16 (skipped without
+  a GPU);
+- opcheck's default utilities (schema, autograd registration, fake tensor, AOT dispatch
+  dynamic), operator by operator: the LSH operators (lsh_buckets, lsh_attention,
+  lsh_attention_backward) in float32/float64 on the CPU and on CUDA, chunked_ffn and
+  chunked_ffn_backward with and without biases and dropout, reformer_stack and
+  reformer_stack_backward.
 """
 
 import pytest
@@ -16,11 +19,12 @@ from torch.testing._internal.optests.generate_tests import ALL_TEST_UTILS
 
 import reformer_ext  # noqa: F401  (loads torch.ops.reformer)
 
-ops = torch.ops.reformer
+from _helpers import (BF16, F32, F64, cuda, ffn_params, ffn_randn, lsh_case, lsh_case_id,
+                      lsh_cotangents, lsh_inputs, lsh_seed, ops, stack_op_args)
+
 ALL_UTILS = tuple(ALL_TEST_UTILS)  # schema, autograd registration, fake, aot static and dynamic
 OPS = ["lsh_buckets", "lsh_attention", "lsh_attention_backward", "chunked_ffn",
        "chunked_ffn_backward"]
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _randn(*shape, dtype, device, generator):
@@ -110,3 +114,106 @@ def test_cuda_all_utils(op_name, dtype):
     if not torch._C._dispatch_has_kernel_for_dispatch_key(f"reformer::{op_name}", "CUDA"):
         pytest.skip(f"reformer::{op_name} has no CUDA kernel in this build")
     _opcheck(op_name, dtype, "cuda", ALL_UTILS)
+
+
+# ------------------------------------------------------- default utilities: the LSH operators
+
+OPCHECK_CASES = [
+    lsh_case(L=10, R=2, causal=True),
+    lsh_case(L=7, R=3, Hr=1, mask="random", before=0, after=0),
+    lsh_case(L=12, D=8, Dv=5, R=2, m=4, mask="row", before=2, after=1, scale=0.5),
+]
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+@pytest.mark.parametrize("c", OPCHECK_CASES, ids=lsh_case_id)
+def test_lsh_default_utils(c, dtype):
+    qk, v, rot, mask = lsh_inputs(c, dtype, lsh_seed(c))
+    go, gl = lsh_cotangents(c, 5, dtype)
+    args = (mask, c["m"], c["causal"], c["before"], c["after"], c["scale"])
+    torch.library.opcheck(ops.lsh_buckets.default, (qk, rot, mask))
+    torch.library.opcheck(ops.lsh_attention.default,
+                          (qk.clone().requires_grad_(), v.clone().requires_grad_(), rot, *args))
+    torch.library.opcheck(ops.lsh_attention.default, (qk, v, rot, *args))
+    out, lse, sp, st = ops.lsh_attention(qk, v, rot, *args)
+    torch.library.opcheck(ops.lsh_attention_backward.default,
+                          (go, gl, qk, v, out, st, sp, *args))
+    torch.library.opcheck(ops.lsh_attention_backward.default,
+                          (go, None, qk, v, out, st, sp, *args))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
+def test_lsh_cuda_default_utils(dtype):
+    c = lsh_case(L=12, D=8, Dv=5, R=2, m=4, mask="row", before=2, after=1, scale=0.5)
+    qk, v, rot, mask = (t.cuda() for t in lsh_inputs(c, dtype, lsh_seed(c)))
+    go, gl = (t.cuda() for t in lsh_cotangents(c, 5, dtype))
+    args = (mask, c["m"], c["causal"], c["before"], c["after"], c["scale"])
+    torch.library.opcheck(ops.lsh_attention.default,
+                          (qk.clone().requires_grad_(), v.clone().requires_grad_(), rot, *args))
+    out, lse, sp, st = ops.lsh_attention(qk, v, rot, *args)
+    assert out.is_cuda and lse.is_cuda and sp.is_cuda and st.is_cuda
+    torch.library.opcheck(ops.lsh_attention_backward.default, (go, gl, qk, v, out, st, sp, *args))
+    torch.library.opcheck(ops.lsh_attention_backward.default,
+                          (go, None, qk, v, out, st, sp, *args))
+
+
+@cuda
+def test_lsh_cuda_opcheck_and_fake():
+    c = OPCHECK_CASES[2]
+    qk, v, rot, mask = (None if t is None else t.cuda() for t in lsh_inputs(c, F32, 10))
+    args = (mask, c["m"], c["causal"], c["before"], c["after"], c["scale"])
+    torch.library.opcheck(ops.lsh_buckets.default, (qk, rot, mask))
+    torch.library.opcheck(ops.lsh_attention.default,
+                          (qk.clone().requires_grad_(), v.clone().requires_grad_(), rot, *args))
+    out, lse, sp, st = ops.lsh_attention(qk, v, rot, *args)
+    torch.library.opcheck(ops.lsh_attention_backward.default,
+                          (out, lse, qk, v, out, st, sp, *args))
+
+
+# ------------------------------------------- default utilities: the chunked feed-forward
+
+
+def _ffn_op_samples():
+    x = ffn_randn((2, 5, 6))
+    full = (x, *ffn_params(6, 10))
+    nobias = (x, full[1], None, full[3], None)
+    return [
+        (full, 4, "gelu", 0.0, None),
+        (nobias, 3, "relu", 0.0, None),
+        (full, 100, "silu", 0.25, torch.tensor(1234)),
+        (nobias, 1, "gelu_tanh", 0.5, torch.tensor(-7)),
+    ]
+
+
+@pytest.mark.parametrize("sample", range(4))
+def test_chunked_ffn_forward(sample):
+    tensors, *options = _ffn_op_samples()[sample]
+    tensors = [t.clone().requires_grad_() if t is not None else None for t in tensors]
+    torch.library.opcheck(ops.chunked_ffn.default, (*tensors, *options))
+
+
+@pytest.mark.parametrize("sample", range(4))
+def test_chunked_ffn_backward(sample):
+    tensors, *options = _ffn_op_samples()[sample]
+    grad_out = torch.ones_like(tensors[0])
+    mask = [True, True, True, True, True] if sample % 2 == 0 else [True, False, True, True, False]
+    torch.library.opcheck(ops.chunked_ffn_backward.default,
+                          (grad_out, *tensors, *options, mask))
+
+
+# -------------------------------------------------- default utilities: the reformer_stack
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_reformer_stack(requires_grad):
+    torch.library.opcheck(torch.ops.reformer.reformer_stack,
+                          stack_op_args(requires_grad=requires_grad))
+
+
+def test_reformer_stack_backward():
+    x1, x2, weights, rotations, mask, seeds, *options = stack_op_args(requires_grad=False)
+    y1, y2 = torch.ops.reformer.reformer_stack(x1, x2, weights, rotations, mask, seeds, *options)
+    args = (torch.randn_like(y1), torch.randn_like(y2), y1, y2, weights, rotations, mask, seeds,
+            *options)
+    torch.library.opcheck(torch.ops.reformer.reformer_stack_backward, args)

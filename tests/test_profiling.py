@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import reformer_ext as rx
-from reformer_ext._profiling import _replay, measure_peak, measure_step_memory
+
+from _helpers import _replay, measure_peak, measure_step_memory
 
 MiB = 2**20
 SMALL = 4096  # room for incidental scalars (e.g. the loss) next to the big known buffers

@@ -1,4 +1,4 @@
-"""Property-based tests (issue 8, item 2): hypothesis draws shapes and options and the
+"""Property-based tests: hypothesis draws shapes and options and the
 operators are checked against reformer_ext/reference.py in float64.
 
 Drawn: B, H in 1..2, L in 1..40 (so L=1 and L < bucket_size occur), D and Dv small, n_hashes
@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import reformer_ext as rx
-from reformer_ext.reference import lsh_attention_reference, lsh_buckets_reference
+
+from _helpers import lsh_attention_reference, lsh_buckets_reference
 
 F64 = torch.float64
 

@@ -2,8 +2,9 @@
 
 The reference is the oracle for the C++/CUDA kernels, so it is checked here against
 (a) hand-computed buckets, (b) dense softmax attention in the cases where LSH attention
-must reduce to it, (c) a second, loop-by-loop implementation of SPEC section 1 that
-builds the multiset S_i of step 6 literally, and (d) invariances that follow from the spec.
+must reduce to it, (c) a second, loop-by-loop implementation of docs/semantics.md §1 that
+builds the multiset S_i of step 6 literally, and (d) invariances that follow from
+docs/semantics.md.
 """
 
 import math
@@ -11,7 +12,7 @@ import math
 import pytest
 import torch
 
-from reformer_ext.reference import lsh_attention_reference, lsh_buckets_reference
+from _helpers import lsh_attention_reference, lsh_buckets_reference
 
 F64 = torch.float64
 
@@ -27,7 +28,8 @@ def _keys(qk):
 
 
 def _dense(qk, v, *, causal=False, pad=None, scale=1.0):
-    """Dense softmax attention with the SPEC masks (pad: (B, L) bool, True = padding)."""
+    """Dense softmax attention with the masks of docs/semantics.md §1 (pad: (B, L) bool,
+    True = padding)."""
     B, H, L, _ = qk.shape
     s = scale * qk @ _keys(qk).transpose(-1, -2)
     i = torch.arange(L)[:, None]
@@ -49,7 +51,7 @@ def _dense(qk, v, *, causal=False, pad=None, scale=1.0):
 
 def _naive(qk, v, rot, *, bucket_size, causal=False, key_padding_mask=None,
            n_chunks_before=1, n_chunks_after=0, scale=1.0):
-    """SPEC section 1 step by step with Python loops, in float64. Tiny inputs only."""
+    """docs/semantics.md §1 step by step with Python loops, in float64. Tiny inputs only."""
     B, H, L, D = qk.shape
     Dv = v.shape[-1]
     m = bucket_size

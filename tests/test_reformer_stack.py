@@ -1,55 +1,16 @@
-"""The reversible stack operator torch.ops.reformer.reformer_stack (SPEC §3) against the
-plain-PyTorch reference (reformer_ext.reference.reformer_stack_reference): outputs and every
-gradient, gradcheck, opcheck, determinism and argument errors. The module-level comparison with
-the non-reversible stack is in test_reversible.py."""
+"""The reversible stack operator torch.ops.reformer.reformer_stack (docs/semantics.md §3)
+against the plain-PyTorch reference (reformer_ext.reference.reformer_stack_reference): outputs
+and every gradient, gradcheck and determinism. opcheck: tests/test_opcheck.py; argument errors:
+tests/test_reformer_stack_errors.py. The module-level comparison with the non-reversible stack
+is in tests/test_nn_reformer.py."""
 
 import pytest
 import torch
 
 import reformer_ext as rx
-from reformer_ext.reference import reformer_stack_reference
-from reformer_ext.ops import reformer_stack as stack_ops
-from reformer_ext.ops.reformer_stack import (LAYER_WEIGHT_NAMES, WEIGHTS_PER_LAYER,
-                                             StackOptions)
 
-F64 = torch.float64
-
-
-def reformer_stack(x1, x2, weights, rotations, seeds, *, key_padding_mask=None, dropout_p=0.0,
-                   **options):
-    """The package's stack wrapper called with a flat weight list (LAYER_WEIGHT_NAMES order per
-    layer), as the reference takes them."""
-    layers = [dict(zip(LAYER_WEIGHT_NAMES, weights[i:i + WEIGHTS_PER_LAYER]))
-              for i in range(0, len(weights), WEIGHTS_PER_LAYER)]
-    return stack_ops.reformer_stack(x1, x2, layers, rotations, seeds, StackOptions(**options),
-                                    key_padding_mask=key_padding_mask, dropout_p=dropout_p)
-
-
-def _problem(depth=2, batch=2, length=21, d_model=8, n_heads=2, d_ff=12, n_hashes=2,
-             n_buckets=4, dtype=F64, seed=0):
-    """Random streams, weights (LayerNorm weights around 1), rotations and dropout seeds."""
-    g = torch.Generator().manual_seed(seed)
-    d_head = d_model // n_heads
-    inner = n_heads * d_head
-    shapes = {"norm1_weight": (d_model,), "norm1_bias": (d_model,),
-              "qk_weight": (inner, d_model), "v_weight": (inner, d_model),
-              "out_weight": (d_model, inner), "out_bias": (d_model,),
-              "norm2_weight": (d_model,), "norm2_bias": (d_model,),
-              "ffn_w1": (d_ff, d_model), "ffn_b1": (d_ff,), "ffn_w2": (d_model, d_ff),
-              "ffn_b2": (d_model,)}
-    weights = []
-    for _ in range(depth):
-        for name in LAYER_WEIGHT_NAMES:
-            w = torch.randn(shapes[name], generator=g, dtype=dtype) * 0.5
-            if name.startswith("norm") and name.endswith("weight"):
-                w = w * 0.2 + 1.0
-            weights.append(w.requires_grad_(True))
-    x1 = torch.randn(batch, length, d_model, generator=g, dtype=dtype, requires_grad=True)
-    x2 = torch.randn(batch, length, d_model, generator=g, dtype=dtype, requires_grad=True)
-    rotations = [torch.randn(n_heads, d_head, n_hashes, n_buckets // 2, generator=g, dtype=dtype)
-                 for _ in range(depth)]
-    seeds = torch.randint(0, 2**62, (depth, 3), generator=g, dtype=torch.int64)
-    return x1, x2, weights, rotations, seeds
+from _helpers import (F64, LAYER_WEIGHT_NAMES, WEIGHTS_PER_LAYER, StackOptions, reformer_stack,
+                      reformer_stack_reference, stack_op_args, stack_ops, stack_problem)
 
 
 def _rel(a, b):
@@ -61,7 +22,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 def test_matches_reference_float64(causal, dropout_p, masked, activation):
-    x1, x2, weights, rotations, seeds = _problem()
+    x1, x2, weights, rotations, seeds = stack_problem()
     mask = None
     if masked:
         mask = torch.zeros(2, 21, dtype=torch.bool)
@@ -82,7 +43,7 @@ def test_matches_reference_float64(causal, dropout_p, masked, activation):
 
 
 def test_dropout_is_applied_and_reproducible():
-    x1, x2, weights, rotations, seeds = _problem()
+    x1, x2, weights, rotations, seeds = stack_problem()
     run = lambda p, s: reformer_stack(x1, x2, weights, rotations, s, n_heads=2,  # noqa: E731
                                       bucket_size=4, dropout_p=p)
     plain = run(0.0, seeds)
@@ -95,38 +56,14 @@ def test_dropout_is_applied_and_reproducible():
 
 
 def test_gradcheck_float64():
-    x1, x2, weights, rotations, seeds = _problem(depth=2, batch=1, length=9, d_model=4,
-                                                 n_heads=1, d_ff=6, n_buckets=2)
+    x1, x2, weights, rotations, seeds = stack_problem(depth=2, batch=1, length=9,
+                                                      d_model=4, n_heads=1, d_ff=6, n_buckets=2)
 
     def fn(x1, x2, *w):
         return reformer_stack(x1, x2, w, rotations, seeds, n_heads=1, bucket_size=4,
                               ff_chunk_size=4, dropout_p=0.25)
 
     assert torch.autograd.gradcheck(fn, (x1, x2, *weights), eps=1e-6, atol=1e-5, rtol=1e-4)
-
-
-def _op_args(dtype=torch.float32, requires_grad=True, dropout_p=0.2, masked=True):
-    x1, x2, weights, rotations, seeds = _problem(depth=2, batch=1, length=10, dtype=dtype)
-    for t in [x1, x2, *weights]:
-        t.requires_grad_(requires_grad)
-    mask = torch.zeros(1, 10, dtype=torch.bool)
-    if masked:
-        mask[0, 8:] = True
-    return (x1, x2, weights, rotations, mask, seeds, 2, 4, True, 1, 0, 3, "gelu", dropout_p,
-            1e-5)
-
-
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(requires_grad):
-    torch.library.opcheck(torch.ops.reformer.reformer_stack, _op_args(requires_grad=requires_grad))
-
-
-def test_opcheck_backward():
-    x1, x2, weights, rotations, mask, seeds, *options = _op_args(requires_grad=False)
-    y1, y2 = torch.ops.reformer.reformer_stack(x1, x2, weights, rotations, mask, seeds, *options)
-    args = (torch.randn_like(y1), torch.randn_like(y2), y1, y2, weights, rotations, mask, seeds,
-            *options)
-    torch.library.opcheck(torch.ops.reformer.reformer_stack_backward, args)
 
 
 THREAD_COUNTS = (1, 2, 3, 4, 7)  # 7: more threads than this machine may have cores
@@ -137,9 +74,10 @@ def _large_args(dtype):
     d_model 128, 4 heads, d_ff 512, one hash, ff chunks of 341 rows (the last one of 10: MKL splits 5 to 11
     rows between 2 threads on some CPUs, with different results), dropout, a padding mask.
     Weights scaled by 1/sqrt(fan_in) so float16 stays finite."""
-    x1, x2, weights, rotations, seeds = _problem(depth=2, batch=2, length=1028, d_model=128,
-                                                 n_heads=4, d_ff=512, n_hashes=1, n_buckets=64,
-                                                 dtype=F64, seed=5)
+    x1, x2, weights, rotations, seeds = stack_problem(depth=2, batch=2, length=1028,
+                                                      d_model=128, n_heads=4, d_ff=512,
+                                                      n_hashes=1, n_buckets=64, dtype=F64,
+                                                      seed=5)
     weights = [(w.detach() / (w.shape[1] ** 0.5 if w.dim() == 2 else 1.0)).to(dtype)
                for w in weights]
     mask = torch.zeros(2, 1028, dtype=torch.bool)
@@ -184,58 +122,11 @@ def test_deterministic_across_runs_and_threads(dtype):
 
 def test_low_precision_runs_finite():
     for dtype in (torch.bfloat16, torch.float16):
-        args = _op_args(dtype=dtype)
+        args = stack_op_args(dtype=dtype)
         y1, y2 = torch.ops.reformer.reformer_stack(*args)
         assert y1.dtype == dtype and torch.isfinite(y1).all() and torch.isfinite(y2).all()
         grads = torch.autograd.grad((y1.float() + y2.float()).sum(), [args[0], *args[2]])
         assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
-
-
-def _replace(args, index, value):
-    args = list(args)
-    args[index] = value
-    return tuple(args)
-
-
-def _bad_calls():
-    args = _op_args(requires_grad=False)
-    x1, x2, weights, rotations, mask, seeds = args[:6]
-    w = list(weights)
-    w_bad_shape = list(w)
-    w_bad_shape[13] = torch.ones(3, dtype=torch.float32)  # layer 1's norm1_bias
-    w_bad_dtype = list(w)
-    w_bad_dtype[4] = w[4].double()
-    return [
-        ("x1", _replace(args, 0, x1[0])),
-        ("x2", _replace(args, 1, x2[:, :5])),
-        ("weights must hold 12", _replace(args, 2, w[:11])),
-        ("weights[13] (layer 1, norm1_bias)", _replace(args, 2, w_bad_shape)),
-        ("weights[4] (layer 0, out_weight)", _replace(args, 2, w_bad_dtype)),
-        ("rotations must hold one tensor per layer", _replace(args, 3, rotations[:1])),
-        ("rotations[1]", _replace(args, 3, [rotations[0], rotations[1][:, :2]])),
-        ("key_padding_mask", _replace(args, 4, mask.int())),
-        ("key_padding_mask", _replace(args, 4, mask[:, :3])),
-        # one argument on meta sends the call to the fake kernel, which must refuse it too
-        ("key_padding_mask must be on the device", _replace(args, 4, mask.to("meta"))),
-        ("rotations[0] must be on the device",
-         _replace(args, 3, [rotations[0].to("meta"), rotations[1]])),
-        ("seeds", _replace(args, 5, seeds.int())),
-        ("seeds", _replace(args, 5, seeds[:1])),
-        ("n_heads", _replace(args, 6, 3)),
-        ("bucket_size", _replace(args, 7, 0)),
-        ("n_chunks_before", _replace(args, 9, -1)),
-        ("ff_chunk_size", _replace(args, 11, 0)),
-        ("activation", _replace(args, 12, "tanh")),
-        ("dropout_p", _replace(args, 13, 1.0)),
-        ("layer_norm_eps", _replace(args, 14, 0.0)),
-    ]
-
-
-@pytest.mark.parametrize("needle,args", _bad_calls(), ids=[n for n, _ in _bad_calls()])
-def test_bad_arguments_name_the_argument(needle, args):
-    with pytest.raises((ValueError, RuntimeError)) as info:
-        torch.ops.reformer.reformer_stack(*args)
-    assert needle in str(info.value)
 
 
 def test_weights_per_layer_constant():
@@ -263,7 +154,7 @@ def test_module_names_each_weight_for_the_stack():
 
 @pytest.mark.parametrize("change", ["missing", "unexpected"])
 def test_wrapper_takes_weights_by_name(change):
-    x1, x2, weights, rotations, seeds = _problem(depth=2, length=9)
+    x1, x2, weights, rotations, seeds = stack_problem(depth=2, length=9)
     layers = [dict(zip(LAYER_WEIGHT_NAMES, weights[i:i + WEIGHTS_PER_LAYER]))
               for i in (0, WEIGHTS_PER_LAYER)]
     if change == "missing":

@@ -1,17 +1,18 @@
-"""Tests of the reversible Reformer modules (SPEC §3, §4): rx.nn.LSHSelfAttention,
-rx.nn.ReversibleSequence, rx.nn.Reformer and rx.nn.ReformerLM.
+"""Tests of the Reformer modules (docs/semantics.md §3, §4): rx.nn.Reformer and
+rx.nn.ReformerLM.
 
 - the reversible stack's output and every gradient (input and each parameter) equal those of the
   same stack with reversible=False (float64 <= 1e-8, float32 <= 1e-4 relative), with dropout on
   (same seed before each run) and off, causal and not, with a padding mask;
-- ReversibleSequence against the plain composition for generic blocks (Linear + dropout, shared
-  and frozen parameters, keyword arguments to f and g);
 - the global random state after backward is what it was before it;
 - the reversible forward saves the same tensors whatever the depth;
 - a 2-process DistributedDataParallel (gloo, CPU) step of ReformerLM gives the gradients of one
   process on the whole batch;
 - a tiny ReformerLM learns a copy task;
-- padding, rotations (fresh in training, fixed in eval), any length, state_dict round trips.
+- any length, state_dict round trips (of every module).
+
+ReversibleSequence/ReversibleBlock: tests/test_nn_reversible.py; LSHSelfAttention:
+tests/test_nn_attention.py.
 """
 
 import copy
@@ -25,11 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import reformer_ext as rx
-from reformer_ext.ops.seeded_random import seeded_rotations
 
-F64, F32 = torch.float64, torch.float32
-TOL = {F64: 1e-8, F32: 1e-4}
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from _helpers import F32, F64, TOL, cuda, rel_error, small_reformer
 
 
 # ------------------------------------------------------------------------ helpers
@@ -37,10 +35,6 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 # small tensors: one thread (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _rel(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def _mask(batch, length, pad_from):
@@ -68,19 +62,12 @@ def _step(model, x, mask, seed, grad_seed=1):
 
 
 def _assert_close(out_a, grads_a, out_b, grads_b, tol, names=None):
-    assert _rel(out_a, out_b) <= tol, f"output: {_rel(out_a, out_b):.3g}"
+    assert rel_error(out_a, out_b) <= tol, f"output: {rel_error(out_a, out_b):.3g}"
     names = names or [str(i) for i in range(len(grads_a))]
     assert len(grads_a) == len(grads_b)
     for name, a, b in zip(names, grads_a, grads_b):
         assert a is not None and b is not None, f"missing gradient for {name}"
-        assert _rel(a, b) <= tol, f"gradient of {name}: relative error {_rel(a, b):.3g}"
-
-
-def _small_reformer(dtype=F64, **kwargs):
-    kw = dict(bucket_size=8, n_hashes=2, ff_chunk_size=16)
-    kw.update(kwargs)
-    torch.manual_seed(0)
-    return rx.nn.Reformer(32, 3, 2, **kw).to(dtype)
+        assert rel_error(a, b) <= tol, f"gradient of {name}: relative error {rel_error(a, b):.3g}"
 
 
 # ------------------------------------------------------------------------ Reformer: reversible == plain
@@ -90,7 +77,7 @@ def _small_reformer(dtype=F64, **kwargs):
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dropout", [0.0, 0.2], ids=["nodrop", "dropout"])
 def test_reformer_reversible_equals_plain(dtype, causal, dropout):
-    model = _small_reformer(dtype, causal=causal, dropout=dropout)
+    model = small_reformer(dtype, causal=causal, dropout=dropout)
     x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(2), dtype=dtype)
     mask = _mask(2, 37, 29)
     names = ["x"] + [n for n, _ in model.named_parameters()]
@@ -101,14 +88,14 @@ def test_reformer_reversible_equals_plain(dtype, causal, dropout):
     _assert_close(out_r, grads_r, out_p, grads_p, TOL[dtype], names)
     if dropout > 0:  # the seed matters: dropout and fresh rotations are really random
         out_other, _ = _step(model, x, mask, seed=6)
-        assert _rel(out_other, out_p) > 1e-3
+        assert rel_error(out_other, out_p) > 1e-3
 
 
 @pytest.mark.parametrize("merge", ["concat", "mean"])
 def test_reformer_eval_and_merge(merge):
     """Eval mode (fixed rotations, no dropout) gives the same forward and gradients in both
     modes, for both merges; the merge decides the output layers."""
-    model = _small_reformer(F64, merge=merge, dropout=0.3).eval()
+    model = small_reformer(F64, merge=merge, dropout=0.3).eval()
     x = torch.randn(3, 20, 32, dtype=F64)
     out_r, grads_r = _step(model, x, None, seed=1)
     model.reversible = False
@@ -123,7 +110,7 @@ def test_reversible_under_autocast():
     """Under autocast (bfloat16 on the CPU) both modes return bfloat16 close to the float32
     result: the stack operator runs in the autocast dtype (float32 accumulation in its kernels),
     the plain modules follow autocast layer by layer."""
-    model = _small_reformer(F32, dropout=0.1)
+    model = small_reformer(F32, dropout=0.1)
     x = torch.randn(2, 37, 32)
     results = {}
     for mode in ("float32", True, False):
@@ -139,16 +126,16 @@ def test_reversible_under_autocast():
         results[mode] = [out.float(), xr.grad] + [p.grad for p in model.parameters()]
     for mode in (True, False):
         out, *grads = results[mode]
-        assert torch.isfinite(out).all() and _rel(out, results["float32"][0]) <= 0.05
+        assert torch.isfinite(out).all() and rel_error(out, results["float32"][0]) <= 0.05
         # looser for gradients: in bfloat16 a few positions hash to other buckets
         for a, b in zip(grads, results["float32"][1:]):
-            assert torch.isfinite(a).all() and _rel(a, b) <= 0.2
+            assert torch.isfinite(a).all() and rel_error(a, b) <= 0.2
 
 
 def test_autograd_grad_and_accumulation():
     """torch.autograd.grad sees the parameters' gradients (nothing goes to .grad behind its
     back); two backward passes accumulate; retain_graph allows a second backward."""
-    model = _small_reformer(F64).eval()
+    model = small_reformer(F64).eval()
     params = list(model.parameters())
     x = torch.randn(2, 21, 32, dtype=F64, requires_grad=True)
     out = model(x)
@@ -159,18 +146,19 @@ def test_autograd_grad_and_accumulation():
     first = [p.grad.clone() for p in params]
     loss.backward()
     for g, p, f in zip(grads[1:], params, first):
-        assert _rel(f, g) <= 1e-12
-        assert _rel(p.grad, 2 * g) <= 1e-12
+        assert rel_error(f, g) <= 1e-12
+        assert rel_error(p.grad, 2 * g) <= 1e-12
     model.reversible = False
     x2 = x.detach().requires_grad_(True)
     ref = torch.autograd.grad((model(x2) ** 2).sum(), [x2] + params)
     for a, b in zip(grads, ref):
-        assert _rel(a, b) <= TOL[F64]
+        assert rel_error(a, b) <= TOL[F64]
 
 
 def test_saved_memory_independent_of_depth():
     """The reversible forward saves the same tensors for depth 2 and depth 6, but for each
-    layer's random state (rotations and dropout seeds, SPEC §3); the plain stack saves more the deeper it is."""
+    layer's random state (rotations and dropout seeds, docs/semantics.md §3); the plain stack
+    saves more the deeper it is."""
 
     def saved_bytes(depth, reversible):
         torch.manual_seed(0)
@@ -196,177 +184,9 @@ def test_saved_memory_independent_of_depth():
     assert saved_bytes(6, False) > 2 * saved_bytes(2, True)
 
 
-# ------------------------------------------------------------------------ generic ReversibleSequence
-
-
-def _generic_blocks(p=0.3, shared=None):
-    torch.manual_seed(0)
-    blocks = []
-    for i in range(3):
-        f = nn.Sequential(nn.Linear(16, 16), nn.Dropout(p), nn.Tanh())
-        g = nn.Sequential(nn.Linear(16, 16), nn.Dropout(p), nn.GELU(), nn.Linear(16, 16))
-        if shared is not None:
-            g[3] = shared  # the same Linear in every g
-        blocks.append((f, g))
-    blocks[1][0][0].bias.requires_grad_(False)  # a frozen parameter
-    return blocks
-
-
-def _plain_composition(blocks, x1, x2):
-    for f, g in blocks:
-        x1 = x1 + f(x2)
-        x2 = x2 + g(x1)
-    return x1, x2
-
-
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
-def test_reversible_sequence_equals_plain_composition(dropout, dtype):
-    shared = nn.Linear(16, 16)
-    blocks = _generic_blocks(dropout, shared)
-    seq = rx.nn.ReversibleSequence(blocks).to(dtype)
-    params = [p for p in seq.parameters() if p.requires_grad]
-    gen = torch.Generator().manual_seed(3)
-    x1 = torch.randn(4, 5, 16, generator=gen, dtype=dtype)
-    x2 = torch.randn(4, 5, 16, generator=gen, dtype=dtype)
-    gy = [torch.randn(4, 5, 16, generator=gen, dtype=dtype) for _ in range(2)]
-
-    def run(fn):
-        a, b = x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)
-        torch.manual_seed(11)
-        y1, y2 = fn(a, b)
-        state = torch.get_rng_state()
-        grads = torch.autograd.grad((y1 * gy[0]).sum() + (y2 * gy[1]).sum(), [a, b] + params)
-        assert torch.equal(torch.get_rng_state(), state)
-        # the stream after backward is the one the caller would see without recomputation
-        return y1.detach(), y2.detach(), grads, torch.rand(4)
-
-    rev = run(seq)
-    plain = run(lambda a, b: _plain_composition(blocks, a, b))
-    assert _rel(rev[0], plain[0]) <= TOL[dtype] and _rel(rev[1], plain[1]) <= TOL[dtype]
-    for a, b in zip(rev[2], plain[2]):
-        assert _rel(a, b) <= TOL[dtype]
-    assert torch.equal(rev[3], plain[3])
-    assert blocks[1][0][0].bias.grad is None
-
-
-class _Scaled(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(8, 8)
-
-    def forward(self, x, scale=None, add=0.0):
-        out = self.lin(x)
-        return out * scale if scale is not None else out + add
-
-
-def test_reversible_sequence_kwargs_and_errors():
-    torch.manual_seed(0)
-    seq = rx.nn.ReversibleSequence([rx.nn.ReversibleBlock(_Scaled(), _Scaled()) for _ in range(2)])
-    x1, x2 = torch.randn(2, 8, requires_grad=True), torch.randn(2, 8, requires_grad=True)
-    scale = torch.rand(2, 1)
-    y1, y2 = seq(x1, x2, scale=scale, g_kwargs={"add": 0.5})
-    (y1.sum() + y2.sum()).backward()
-    grads = [x1.grad, x2.grad] + [p.grad.clone() for p in seq.parameters()]
-    seq.zero_grad()
-    x1.grad = x2.grad = None
-    seq.reversible = False
-    z1, z2 = seq(x1, x2, scale=scale, g_kwargs={"add": 0.5})
-    (z1.sum() + z2.sum()).backward()
-    ref = [x1.grad, x2.grad] + [p.grad for p in seq.parameters()]
-    assert _rel(y1, z1) < 1e-6 and _rel(y2, z2) < 1e-6
-    for a, b in zip(grads, ref):
-        assert _rel(a, b) < 1e-5
-    seq.reversible = True
-    with pytest.raises(ValueError, match="requires grad"):
-        seq(x1, x2, scale=scale.requires_grad_(True))
-    with pytest.raises(ValueError, match="same shape"):
-        seq(x1, x2[:1])
-    with pytest.raises(TypeError):
-        rx.nn.ReversibleSequence([nn.Linear(2, 2)])
-    with torch.no_grad():  # no autograd: the blocks simply run
-        w1, w2 = seq(x1, x2, scale=scale.detach(), g_kwargs={"add": 0.5})
-    assert torch.allclose(w1, z1) and torch.allclose(w2, z2)
-    inv = seq.blocks[1].inverse(z1, z2, {"scale": scale.detach()}, {"add": 0.5})
-    mid = seq.blocks[0](x1, x2, {"scale": scale.detach()}, {"add": 0.5})
-    assert torch.allclose(inv[0], mid[0], atol=1e-6) and torch.allclose(inv[1], mid[1], atol=1e-6)
-
-
-# ------------------------------------------------------------------------ LSHSelfAttention
-
-
-def test_attention_padding_independence():
-    torch.manual_seed(0)
-    attn = rx.nn.LSHSelfAttention(32, 4, bucket_size=8, n_hashes=3).train()
-    x = torch.randn(3, 45, 32)
-    mask = torch.zeros(3, 45, dtype=torch.bool)
-    mask[0, 40:] = True
-    mask[2, 10:] = True
-    y = x.clone()
-    y[mask] = torch.randn(int(mask.sum()), 32) * 100
-    rot = attn.make_rotations(45)
-    a = attn(x, mask, rotations=rot)
-    b = attn(y, mask, rotations=rot)
-    keep = ~mask
-    assert torch.allclose(a[keep], b[keep], rtol=1e-5, atol=1e-5)
-    # padded positions output to_out's bias (the operator gives 0 there)
-    assert torch.allclose(a[mask], attn.to_out.bias.expand(int(mask.sum()), 32))
-    # the whole stack: non-padded outputs do not depend on padded tokens either
-    model = _small_reformer(F32).eval()
-    assert torch.allclose(model(x, mask)[keep], model(y, mask)[keep], rtol=1e-4, atol=1e-4)
-
-
-def test_attention_rotations_train_and_eval():
-    torch.manual_seed(0)
-    attn = rx.nn.LSHSelfAttention(32, 2, bucket_size=8, n_hashes=2)
-    x = torch.randn(2, 30, 32)
-    # training: fresh rotations from the default generator, reproducible with manual_seed
-    attn.train()
-    torch.manual_seed(4)
-    a = attn(x)
-    torch.manual_seed(4)
-    assert torch.equal(attn(x), a)
-    torch.manual_seed(4)
-    rot = attn.make_rotations(30)
-    assert rot.shape == (2, 16, 2, 4)  # n_buckets = 2 * ceil(30 / 8) = 8
-    assert torch.equal(attn(x, rotations=rot), a)
-    assert not torch.equal(attn(x), attn(x))
-    # eval: fixed rotations from the module seed; the global RNG is not touched
-    attn.eval()
-    state = torch.get_rng_state()
-    e = attn(x)
-    assert torch.equal(attn(x), e)
-    assert torch.equal(torch.get_rng_state(), state)
-    fixed = attn.make_rotations(30)
-    assert torch.equal(fixed, seeded_rotations(attn.rotation_seed, (2, 16, 2, 4)))
-    assert torch.equal(attn(x, rotations=fixed), e)
-    attn.reseed(attn.rotation_seed.item() + 1)
-    assert not torch.equal(attn(x), e)
-    # fixed rotations in training too, when asked; fresh ones in eval when asked
-    attn.fixed_rotations = True
-    attn.train()
-    assert torch.equal(attn(x), attn(x))
-    attn.fixed_rotations = False
-    attn.eval()
-    assert not torch.equal(attn(x), attn(x))
-    # the seed is fixed by manual_seed before construction
-    torch.manual_seed(9)
-    s1 = rx.nn.LSHSelfAttention(32, 2).rotation_seed
-    torch.manual_seed(9)
-    assert torch.equal(rx.nn.LSHSelfAttention(32, 2).rotation_seed, s1)
-
-
-def test_seeded_rotations_are_normal_and_prefix_stable():
-    r = seeded_rotations(123, (4, 16, 4, 64))
-    assert r.dtype == F32 and r.shape == (4, 16, 4, 64)
-    assert abs(r.mean().item()) < 0.03 and abs(r.std().item() - 1) < 0.03
-    assert torch.equal(seeded_rotations(123, (4, 16, 4, 8), dtype=F64).float(), r[..., :8])
-    assert not torch.equal(seeded_rotations(124, (4, 16, 4, 64)), r)
-
-
 @pytest.mark.parametrize("length", [1, 5, 8, 37])
 def test_any_length(length):
-    model = _small_reformer(F32, causal=True)
+    model = small_reformer(F32, causal=True)
     x = torch.randn(2, length, 32, requires_grad=True)
     out = model(x, _mask(2, length, max(1, length - 2)))
     out.sum().backward()
@@ -525,10 +345,10 @@ def test_ddp_matches_single_process(tmp_path):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert got["grads"].keys() == grads.keys()
         for name, g in grads.items():
-            assert _rel(got["grads"][name], g) <= 1e-10, name
+            assert rel_error(got["grads"][name], g) <= 1e-10, name
             assert g.abs().sum() > 0, name
         for name, p in params.items():
-            assert _rel(got["params"][name], p) <= 1e-10, name
+            assert rel_error(got["params"][name], p) <= 1e-10, name
 
 
 # ------------------------------------------------------------------------ CUDA
@@ -536,7 +356,7 @@ def test_ddp_matches_single_process(tmp_path):
 
 @cuda
 def test_cuda_reversible_equals_plain_with_dropout():
-    model = _small_reformer(F32, dropout=0.2, causal=True).cuda()
+    model = small_reformer(F32, dropout=0.2, causal=True).cuda()
     x = torch.randn(2, 37, 32, device="cuda")
     mask = _mask(2, 37, 29).cuda()
     out = []
@@ -552,4 +372,4 @@ def test_cuda_reversible_equals_plain_with_dropout():
         assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
         out.append([y.detach(), xr.grad] + [p.grad for p in model.parameters()])
     for a, b in zip(*out):
-        assert _rel(a, b) <= TOL[F32]
+        assert rel_error(a, b) <= TOL[F32]

@@ -1,11 +1,11 @@
-"""Drop-in use (issue 6): LSHSelfAttention accepts the nn.MultiheadAttention self-attention call,
+"""Drop-in use: LSHSelfAttention accepts the nn.MultiheadAttention self-attention call,
 and reformer_ext.nn.replace_attention swaps the attention of nn.TransformerEncoder (and
 friends) for LSH attention.
 
 The equivalence check: with one hash round and one chunk covering the whole sequence
 (bucket_size >= L, n_chunks_before = 0), LSH attention is dense attention with shared
-query/keys under the SPEC §1 rules (unit-normalised keys, scale 1, a token sees itself only
-with logit -1e5). ``DenseSharedQK`` below computes that directly from a replaced
+query/keys under the docs/semantics.md §1 rules (unit-normalised keys, scale 1, a token sees
+itself only with logit -1e5). ``DenseSharedQK`` below computes that directly from a replaced
 nn.MultiheadAttention's weights, so the replaced model must match a copy of the original model
 that uses ``DenseSharedQK`` instead.
 """
@@ -134,9 +134,10 @@ def test_mha_call_compiles_without_graph_breaks():
 
 
 class DenseSharedQK(nn.Module):
-    """Dense shared-QK attention (SPEC §1 steps 4-6 with every key in the window) from an
-    nn.MultiheadAttention's weights, the way replace_attention maps them: queries from the
-    query projection without bias, values with bias, keys = normalised queries."""
+    """Dense shared-QK attention (docs/semantics.md §1 steps 4-6 with every key in the
+    window) from an nn.MultiheadAttention's weights, the way replace_attention maps them:
+    queries from the query projection without bias, values with bias, keys = normalised
+    queries."""
 
     def __init__(self, mha, causal=False):
         super().__init__()

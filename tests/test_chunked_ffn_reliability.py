@@ -1,5 +1,5 @@
-"""Reliability of the chunked feed-forward operator (issue 8, items 3, 4 and 6, for
-rx.chunked_feed_forward / torch.ops.reformer.chunked_ffn{,_backward}).
+"""Reliability of the chunked feed-forward operator (rx.chunked_feed_forward /
+torch.ops.reformer.chunked_ffn{,_backward}): numerical safety, determinism and resource hygiene.
 
 - Numerical safety: float16/bfloat16 inputs of large magnitude give no inf/NaN where the float32
   computation from the same (rounded) inputs is finite, for every activation, in the forward
@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import reformer_ext as rx
-from test_reliability import assert_memory_flat_over_1000_calls, run_in_threads
+
+from _helpers import assert_memory_flat_over_1000_calls, run_in_threads
 
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")

@@ -1,4 +1,5 @@
-"""Reliability of the LSH attention operators (issue 8, items 3-7).
+"""Reliability of the LSH attention operators: numerical safety, determinism, scale and
+resource hygiene.
 
 - Numerical safety: float16/bfloat16 inputs of large magnitude give no inf/NaN where the
   float32 computation is finite; rows with no valid key give 0, not NaN; a NaN or inf in one
@@ -11,19 +12,18 @@
   at once give the results of sequential calls.
 - Checkpoints (state_dict round trips of LSHSelfAttention, rotation_seed included, and of
   every other module): tests/test_checkpoints.py. The chunked feed-forward's reliability:
-  tests/test_ffn_reliability.py.
+  tests/test_chunked_ffn_reliability.py.
 """
 
-import gc
 import math
 import os
-import threading
 
 import pytest
 import torch
 
 import reformer_ext as rx
-from reformer_ext.reference import lsh_attention_reference
+
+from _helpers import assert_memory_flat_over_1000_calls, lsh_attention_reference, run_in_threads
 
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 
@@ -63,7 +63,7 @@ NAMES = ("out", "lse", "grad_qk", "grad_v")
 # ----------------------------------------------------------------------- numerical safety
 
 LARGE = [
-    # (dtype, qk scale, v scale): the issue's qk*100, v*1e3 in float16; values near the top of
+    # (dtype, qk scale, v scale): the originally reported qk*100, v*1e3 in float16; values near the top of
     # float16's range; and bfloat16 far beyond float16's range.
     (F16, 100.0, 1e3),
     (F16, 1e3, 6e4),
@@ -312,56 +312,6 @@ def test_index_overflow_more_than_2_pow_31_items():
 
 
 # --------------------------------------------------------------------------- resource hygiene
-
-
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def assert_memory_flat_over_1000_calls(step) -> None:
-    """Calls ``step()`` 1,000 times on one thread (short on a 2-core CI machine); the resident
-    memory after call 1,000 must be within 4 MiB of that after call 100. ``step`` must drop its
-    results (a leak of one small tensor per call then shows as several MiB)."""
-    n_threads = torch.get_num_threads()
-    rss = {}
-    try:
-        torch.set_num_threads(1)
-        for it in range(1, 1001):
-            step()
-            if it in (100, 1000):
-                gc.collect()
-                rss[it] = _rss_bytes()
-    finally:
-        torch.set_num_threads(n_threads)
-    growth = rss[1000] - rss[100]
-    assert growth < 4 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MiB"
-
-
-def run_in_threads(calls, repeats: int = 3) -> list:
-    """Makes each call (a function without arguments) ``repeats`` times from its own Python
-    thread, all threads released at once; returns results[k][rep]. Fails if a thread raises or
-    hangs."""
-    results = [[None] * repeats for _ in calls]
-    errors = []
-    barrier = threading.Barrier(len(calls))
-
-    def worker(k):
-        try:
-            barrier.wait()
-            for rep in range(repeats):
-                results[k][rep] = calls[k]()
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append((k, e))
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a worker thread hangs"
-    assert not errors, errors
-    return results
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")

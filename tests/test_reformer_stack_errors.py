@@ -1,0 +1,54 @@
+"""Argument errors of the reversible stack operator torch.ops.reformer.reformer_stack: each bad
+argument (shapes, dtypes, counts, devices, options) raises an error whose message names it."""
+
+import pytest
+import torch
+
+from _helpers import stack_op_args
+
+
+def _replace(args, index, value):
+    args = list(args)
+    args[index] = value
+    return tuple(args)
+
+
+def _bad_calls():
+    args = stack_op_args(requires_grad=False)
+    x1, x2, weights, rotations, mask, seeds = args[:6]
+    w = list(weights)
+    w_bad_shape = list(w)
+    w_bad_shape[13] = torch.ones(3, dtype=torch.float32)  # layer 1's norm1_bias
+    w_bad_dtype = list(w)
+    w_bad_dtype[4] = w[4].double()
+    return [
+        ("x1", _replace(args, 0, x1[0])),
+        ("x2", _replace(args, 1, x2[:, :5])),
+        ("weights must hold 12", _replace(args, 2, w[:11])),
+        ("weights[13] (layer 1, norm1_bias)", _replace(args, 2, w_bad_shape)),
+        ("weights[4] (layer 0, out_weight)", _replace(args, 2, w_bad_dtype)),
+        ("rotations must hold one tensor per layer", _replace(args, 3, rotations[:1])),
+        ("rotations[1]", _replace(args, 3, [rotations[0], rotations[1][:, :2]])),
+        ("key_padding_mask", _replace(args, 4, mask.int())),
+        ("key_padding_mask", _replace(args, 4, mask[:, :3])),
+        # one argument on meta sends the call to the fake kernel, which must refuse it too
+        ("key_padding_mask must be on the device", _replace(args, 4, mask.to("meta"))),
+        ("rotations[0] must be on the device",
+         _replace(args, 3, [rotations[0].to("meta"), rotations[1]])),
+        ("seeds", _replace(args, 5, seeds.int())),
+        ("seeds", _replace(args, 5, seeds[:1])),
+        ("n_heads", _replace(args, 6, 3)),
+        ("bucket_size", _replace(args, 7, 0)),
+        ("n_chunks_before", _replace(args, 9, -1)),
+        ("ff_chunk_size", _replace(args, 11, 0)),
+        ("activation", _replace(args, 12, "tanh")),
+        ("dropout_p", _replace(args, 13, 1.0)),
+        ("layer_norm_eps", _replace(args, 14, 0.0)),
+    ]
+
+
+@pytest.mark.parametrize("needle,args", _bad_calls(), ids=[n for n, _ in _bad_calls()])
+def test_bad_arguments_name_the_argument(needle, args):
+    with pytest.raises((ValueError, RuntimeError)) as info:
+        torch.ops.reformer.reformer_stack(*args)
+    assert needle in str(info.value)
