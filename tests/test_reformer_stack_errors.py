@@ -4,7 +4,7 @@ argument (shapes, dtypes, counts, devices, options) raises an error whose messag
 import pytest
 import torch
 
-from _helpers import stack_op_args
+from _helpers import LAYER_WEIGHT_NAMES, WEIGHTS_PER_LAYER, stack_op_args
 
 
 def _replace(args, index, value):
@@ -52,3 +52,20 @@ def test_bad_arguments_name_the_argument(needle, args):
     with pytest.raises((ValueError, RuntimeError)) as info:
         torch.ops.reformer.reformer_stack(*args)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("fault", ["dtype", "shape"])
+def test_cpp_checks_name_each_weight_as_python_does(fault):
+    """The weight order is defined once per language (LAYER_WEIGHT_NAMES in Python, LayerWeight
+    in csrc/reformer_stack.h): a bad weight at every index of every layer gets a C++ message
+    naming it by the Python name of that index, so the two orders cannot drift apart."""
+    args = stack_op_args(requires_grad=False)
+    weights = args[2]
+    for i, w in enumerate(weights):
+        bad = list(weights)
+        bad[i] = w.double() if fault == "dtype" else torch.ones(w.shape[0] + 1, dtype=w.dtype)
+        layer, name = divmod(i, WEIGHTS_PER_LAYER)
+        with pytest.raises((ValueError, RuntimeError)) as info:
+            torch.ops.reformer.reformer_stack(*_replace(args, 2, bad))
+        label = f"weights[{i}] (layer {layer}, {LAYER_WEIGHT_NAMES[name]})"
+        assert label in str(info.value), (label, str(info.value))
