@@ -1,5 +1,5 @@
-// reformer::chunked_ffn and reformer::chunked_ffn_backward (SPEC §2): one device-generic
-// implementation, registered below for both the CPU and the CUDA dispatch keys.
+// reformer::chunked_ffn and reformer::chunked_ffn_backward (docs/semantics.md §2): one
+// device-generic implementation, registered below for both the CPU and the CUDA dispatch keys.
 //
 // Forward, per chunk of at most chunk_size rows of x viewed as (N, d_model):
 //   h = x_c · W1ᵀ                 (GEMM into a (chunk, d_ff) buffer reused by every chunk)

@@ -1,4 +1,4 @@
-// Torch-facing declarations of the chunked feed-forward operators (SPEC §2):
+// Torch-facing declarations of the chunked feed-forward operators (docs/semantics.md §2):
 //   y = W2 · dropout(act(W1 · x + b1)) + b2, position-wise on x (..., d_model),
 // computed chunk_size positions at a time, in forward and backward, so that the (N, d_ff) hidden
 // activation never exists. One device-generic implementation (GEMMs through gemm.h: the

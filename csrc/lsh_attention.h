@@ -1,5 +1,5 @@
-// Torch-facing declarations of the LSH attention operators (SPEC §1): argument checks shared by
-// every backend, and the per-backend kernels that the dispatcher registrations call.
+// Torch-facing declarations of the LSH attention operators (docs/semantics.md §1): argument checks
+// shared by every backend, and the per-backend kernels that the dispatcher registrations call.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -56,7 +56,7 @@ LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at:
 
 namespace cpu {
 
-// Buckets (B, H, R, L) int64 of SPEC §1 step 1.
+// Buckets (B, H, R, L) int64 of docs/semantics.md §1 step 1.
 at::Tensor lsh_buckets(const at::Tensor& qk, const at::Tensor& rotations,
                        const c10::optional<at::Tensor>& key_padding_mask);
 

@@ -1,4 +1,5 @@
-// reformer::reformer_stack and reformer::reformer_stack_backward (SPEC §3; see reformer_stack.h).
+// reformer::reformer_stack and reformer::reformer_stack_backward (docs/semantics.md §3; see
+// reformer_stack.h).
 //
 // One device-generic implementation on ATen operators (LayerNorm), the GEMMs and column sums of
 // gemm.h (fixed-order kernels on the CPU, cuBLAS on CUDA) and the project's own operators, called

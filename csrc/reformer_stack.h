@@ -1,4 +1,4 @@
-// Torch-facing declarations of the reversible Reformer stack operators (SPEC §3).
+// Torch-facing declarations of the reversible Reformer stack operators (docs/semantics.md §3).
 //
 // reformer::reformer_stack runs `depth` reversible layers over two streams (B, L, d_model):
 //   y1 = x1 + F(x2),   F(x) = dropout_a(W_out · LSHAttention(LN1(x)) + b_out)
@@ -13,12 +13,12 @@
 //   weights    kWeightsPerLayer tensors per layer, in the order of LayerWeight below; the
 //              nn.Linear / nn.LayerNorm layouts (w_qk, w_v: (H·Dh, d_model); w_out: (d_model,
 //              H·Dh); w1: (d_ff, d_model); w2: (d_model, d_ff)); dtype and device of x1.
-//   rotations  one (1 or H, Dh, n_hashes, n_buckets / 2) tensor per layer (SPEC §1).
+//   rotations  one (1 or H, Dh, n_hashes, n_buckets / 2) tensor per layer (docs/semantics.md §1).
 //   seeds      (depth, 3) int64 on the CPU: per layer, the seeds of the attention-output,
 //              FFN-hidden and FFN-output dropout masks (seeded_dropout.h); unused when
 //              dropout_p == 0.
-//   the LSH options of SPEC §1 (scale 1), the FFN's chunk size and activation (SPEC §2), the
-//   dropout rate of all three dropouts, and LayerNorm's eps.
+//   the LSH options of docs/semantics.md §1 (scale 1), the FFN's chunk size and activation
+//   (docs/semantics.md §2), the dropout rate of all three dropouts, and LayerNorm's eps.
 #pragma once
 
 #include <ATen/core/Tensor.h>

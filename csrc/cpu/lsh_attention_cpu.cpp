@@ -1,4 +1,4 @@
-// CPU kernels of LSH attention (SPEC §1), forward and flash-style backward.
+// CPU kernels of LSH attention (docs/semantics.md §1), forward and flash-style backward.
 //
 // Work is split by chunk of the bucket-sorted sequence: a task gathers one chunk's queries and
 // the keys of its window into cache-sized tiles, computes the logits with a tiled GEMM, the row
@@ -92,8 +92,8 @@ struct ChunkInputs {
     }
   }
 
-  // row[n] = scale * row[n] with the masks of SPEC §1 step 5, for the keys kpos[0..nk) of the
-  // query at query_pos.
+  // row[n] = scale * row[n] with the masks of docs/semantics.md §1 step 5, for the keys kpos[0..nk)
+  // of the query at query_pos.
   void mask_logits(acc_t* row, int64_t nk, int32_t query_pos, const int32_t* kpos) const {
     const acc_t sc = scale;
     const bool is_causal = causal;
@@ -237,7 +237,7 @@ void probabilities_and_logit_grads(const ChunkInputs<acc_t>& in, const int32_t* 
     in.mask_logits(prow, nk, query_pos, kpos);
     for (int64_t n = 0; n < nk; ++n) prow[n] = fast_exp((prow[n] - row_max) - log_sum);
     for (int64_t n = 0; n < nk; ++n) {
-      // A replaced logit is a constant: it has no gradient (SPEC §1 step 5).
+      // A replaced logit is a constant: it has no gradient (docs/semantics.md §1 step 5).
       const bool replaced = logit_is_replaced<int32_t>(query_pos, kpos[n], causal);
       dsrow[n] = replaced ? acc_t(0) : prow[n] * (dsrow[n] - delta);
     }

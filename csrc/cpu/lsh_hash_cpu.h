@@ -1,4 +1,5 @@
-// CPU hashing and bucket sort (SPEC §1 steps 1-2), used by lsh_buckets and the attention forward.
+// CPU hashing and bucket sort (docs/semantics.md §1 steps 1-2), used by lsh_buckets and the
+// attention forward.
 #pragma once
 
 #include <ATen/core/Tensor.h>

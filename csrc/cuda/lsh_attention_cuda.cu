@@ -1,7 +1,7 @@
-// CUDA entry points of reformer::lsh_attention and reformer::lsh_attention_backward (SPEC §1):
-// argument checks (shared with the CPU kernel), device guard, current stream, buffers from
-// PyTorch's caching allocator, dtype and head-dim dispatch, and launch checks. The device code
-// is torch-free and lives in kernels/: hashing (lsh_hash.cuh), the CUB bucket sort
+// CUDA entry points of reformer::lsh_attention and reformer::lsh_attention_backward
+// (docs/semantics.md §1): argument checks (shared with the CPU kernel), device guard, current
+// stream, buffers from PyTorch's caching allocator, dtype and head-dim dispatch, and launch checks.
+// The device code is torch-free and lives in kernels/: hashing (lsh_hash.cuh), the CUB bucket sort
 // (lsh_sort.cuh), the forward (lsh_attention_fwd.cuh) and the backward (lsh_attention_bwd.cuh).
 //
 // Outputs have the CPU kernel's meaning and layout, so reformer_ext/ops.py's autograd works
@@ -87,7 +87,7 @@ void sort_with_keys(const at::Tensor& buckets, const SortShape& shape, at::Tenso
       c10::cuda::getCurrentCUDAStream()));
 }
 
-// sorted_positions (B, H, R * L') int32 of SPEC §1 step 2.
+// sorted_positions (B, H, R * L') int32 of docs/semantics.md §1 step 2.
 at::Tensor sort_by_bucket(const at::Tensor& buckets, const LshShape& s) {
   auto sorted = at::empty({s.batch, s.heads, s.n_hashes * s.padded_length},
                           buckets.options().dtype(at::kInt));

@@ -33,8 +33,9 @@ void dispatch_slots(int64_t dim, int64_t value_dim, const F& f) {
   }
 }
 
-// Buckets (B, H, R, L) int64 of SPEC §1 step 1 on the current stream (padding positions: the
-// bucket n_buckets); qk contiguous, mask contiguous bool or undefined. lsh_buckets_cuda.cu.
+// Buckets (B, H, R, L) int64 of docs/semantics.md §1 step 1 on the current stream (padding
+// positions: the bucket n_buckets); qk contiguous, mask contiguous bool or undefined.
+// lsh_buckets_cuda.cu.
 at::Tensor hash_buckets(const at::Tensor& qk, const at::Tensor& rotations, const at::Tensor& mask,
                         const LshShape& s);
 
