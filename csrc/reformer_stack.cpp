@@ -2,9 +2,10 @@
 // reformer_stack.h).
 //
 // One device-generic implementation on ATen operators (LayerNorm), the GEMMs and column sums of
-// gemm.h (fixed-order kernels on the CPU, cuBLAS on CUDA) and the project's own operators, called
-// through the dispatcher so that each runs its CPU or CUDA kernel: reformer::lsh_attention
-// (_backward) and the chunked feed-forward. Registered for CPU and CUDA.
+// gemm.h (fixed-order kernels on the CPU, cuBLAS on CUDA) and the project's own operators:
+// reformer::lsh_attention (_backward) through the dispatcher (lsh_attention.h), so that it runs
+// its CPU or CUDA kernel, and the device-generic chunked feed-forward (chunked_ffn.h).
+// Registered for CPU and CUDA at the bottom of this file.
 //
 // Backward, per layer from the last, given its outputs (y1, y2) and their gradients (dy1, dy2):
 //   G:  h2 = LN2(y1); one chunked pass gives the FFN's output u and its gradients from
@@ -21,15 +22,16 @@
 #include "reformer_stack.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <array>
 #include <string>
+#include <vector>
 
 #include "chunked_ffn.h"
 #include "gemm.h"
+#include "lsh_attention.h"
 #include "seeded_dropout.h"
 
 namespace reformer {
@@ -158,38 +160,9 @@ StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::Tens
                     o.dropout_p);
   TORCH_CHECK_VALUE(o.eps > 0.0, "layer_norm_eps must be > 0, got ", o.eps);
   TORCH_CHECK_VALUE(o.ff_chunk_size >= 1, "ff_chunk_size must be >= 1, got ", o.ff_chunk_size);
-  parse_ffn_activation(o.activation);  // a ValueError naming `activation` if unknown
+  parse_chunked_ffn_activation(o.activation);  // a ValueError naming `activation` if unknown
   // bucket_size and the window are checked by reformer::lsh_attention itself.
   return s;
-}
-
-// The attention operators, through the dispatcher (CPU or CUDA kernel by the inputs' device).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_lsh_attention(
-    const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
-    const c10::optional<at::Tensor>& mask, const StackOptions& o) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("reformer::lsh_attention", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const c10::optional<at::Tensor>&, int64_t, bool, int64_t, int64_t, double)>();
-  return op.call(qk, v, rotations, mask, o.bucket_size, o.causal, o.n_chunks_before,
-                 o.n_chunks_after, 1.0);
-}
-
-std::tuple<at::Tensor, at::Tensor> call_lsh_attention_backward(
-    const at::Tensor& grad_out, const at::Tensor& qk, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& stats, const at::Tensor& sorted_positions,
-    const c10::optional<at::Tensor>& mask, const StackOptions& o) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("reformer::lsh_attention_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(
-              const at::Tensor&, const c10::optional<at::Tensor>&, const at::Tensor&,
-              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const c10::optional<at::Tensor>&, int64_t, bool, int64_t, int64_t, double)>();
-  return op.call(grad_out, c10::nullopt, qk, v, out, stats, sorted_positions, mask,
-                 o.bucket_size, o.causal, o.n_chunks_before, o.n_chunks_after, 1.0);
 }
 
 // One layer's weights and dropout seeds.
@@ -252,7 +225,9 @@ at::Tensor attention_branch(const at::Tensor& x, const Layer& layer,
                                                     layer[kNorm1Bias], o.eps);
   const auto qk = split_heads(gemm(normed, layer[kQkWeight].t()), s, o.n_heads);
   const auto v = split_heads(gemm(normed, layer[kVWeight].t()), s, o.n_heads);
-  auto [out, lse, sorted_positions, stats] = call_lsh_attention(qk, v, layer.rotations, mask, o);
+  auto [out, lse, sorted_positions, stats] =
+      lsh_attention(qk, v, layer.rotations, mask, o.bucket_size, o.causal, o.n_chunks_before,
+                    o.n_chunks_after, /*scale=*/1.0);
   auto merged = merge_heads(out, s);
   auto a = gemm(merged, layer[kOutWeight].t(), layer[kOutBias]);
   seeded_dropout_(a, o.dropout_p, layer.seed[kAttentionOutput]);
@@ -316,8 +291,10 @@ at::Tensor attention_branch_backward(const at::Tensor& x2, const at::Tensor& dy1
   grads[kOutBias] = column_sums(da, da.scalar_type());
   const auto d_merged = gemm(da, layer[kOutWeight]);  // (B·L, H·Dh)
   const auto d_out = split_heads(d_merged, s, o.n_heads);
-  auto [d_qk, d_v] = call_lsh_attention_backward(d_out, st.qk, st.v, st.out, st.stats,
-                                                 st.sorted_positions, mask, o);
+  auto [d_qk, d_v] = lsh_attention_backward(d_out, /*grad_lse=*/c10::nullopt, st.qk, st.v, st.out,
+                                            st.stats, st.sorted_positions, mask, o.bucket_size,
+                                            o.causal, o.n_chunks_before, o.n_chunks_after,
+                                            /*scale=*/1.0);
   const auto d_qk2d = merge_heads(d_qk, s);
   const auto d_v2d = merge_heads(d_v, s);
   grads[kQkWeight] = gemm(d_qk2d.t(), st.normed);

@@ -1,6 +1,9 @@
 // The operator schemas of the `reformer` namespace: the one TORCH_LIBRARY of the project.
-// Backends register their kernels with TORCH_LIBRARY_IMPL (csrc/cpu, csrc/cuda); the fake
-// (meta) kernels and autograd formulas are registered from Python in reformer_ext/ops.py.
+// Kernels are registered (TORCH_LIBRARY_IMPL) at the bottom of the file that implements them:
+// csrc/cpu/<op>_cpu.cpp and csrc/cuda/<op>_cuda.cu for device-specific kernels (lsh_attention),
+// csrc/<op>.cpp, for CPU and CUDA, for one device-generic implementation (chunked_ffn,
+// reformer_stack, gemm). The fake (meta) kernels and autograd formulas are registered from
+// Python, in the modules named by set_python_module below.
 //
 // lsh_attention's softmax_stats (B, H, L, 2) holds, per query, the largest logit m and
 // log Σ exp(s - m): lse = m + that, but kept apart so the backward's exp(s - lse) stays exact in

@@ -5,11 +5,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define RX_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define RX_HOST_DEVICE inline
-#endif
+#include "host_device.h"
 
 namespace reformer {
 
