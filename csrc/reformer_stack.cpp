@@ -25,7 +25,9 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -36,10 +38,6 @@
 
 namespace reformer {
 namespace {
-
-constexpr std::array<const char*, kWeightsPerLayer> kWeightNames = {
-    "norm1_weight", "norm1_bias", "qk_weight", "v_weight",   "out_weight", "out_bias",
-    "norm2_weight", "norm2_bias", "ffn_w1",    "ffn_b1",     "ffn_w2",     "ffn_b2"};
 
 // Seeds of the three dropout masks of a layer, columns of `seeds`.
 enum DropoutSite : int64_t { kAttentionOutput, kFfnHidden, kFfnOutput, kDropoutSites };
@@ -58,12 +56,6 @@ struct StackShape {
   int64_t rows() const { return batch * length; }
 };
 
-std::string weight_name(int64_t index) {
-  return "weights[" + std::to_string(index) + "] (layer " +
-         std::to_string(index / kWeightsPerLayer) + ", " +
-         kWeightNames[index % kWeightsPerLayer] + ")";
-}
-
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
@@ -76,6 +68,36 @@ void check_stream(const at::Tensor& t, const char* name, const at::Tensor& x1) {
                     x1.scalar_type(), "), got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == x1.device(), name, " must be on the device of x1 (",
                     x1.device(), "), got ", t.device());
+}
+
+// Where a size is read off: dimension `dim` of weight `weight` when that weight has rank `rank`.
+struct SizeSource {
+  LayerWeight weight;
+  int64_t rank, dim;
+};
+
+// A size that several weights of every layer carry (H·Dh: qk, v and out; d_ff: w1, b1 and w2),
+// as most of them give it (the first of equally frequent values; -1 if none has its rank). A
+// single wrong weight, whichever it is, is outvoted, so the check of every weight against the
+// sizes reports that weight and not one that agrees with the others.
+int64_t agreed_size(at::TensorList weights, std::initializer_list<SizeSource> sources) {
+  std::vector<int64_t> sizes;
+  for (size_t first = 0; first < weights.size(); first += kWeightsPerLayer) {
+    for (const auto& source : sources) {
+      const auto& w = weights[first + source.weight];
+      if (w.defined() && w.dim() == source.rank) sizes.push_back(w.size(source.dim));
+    }
+  }
+  int64_t agreed = -1;
+  std::ptrdiff_t agreed_count = 0;
+  for (const int64_t size : sizes) {
+    const auto count = std::count(sizes.begin(), sizes.end(), size);
+    if (count > agreed_count) {
+      agreed = size;
+      agreed_count = count;
+    }
+  }
+  return agreed;
 }
 
 StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::TensorList weights,
@@ -99,28 +121,34 @@ StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::Tens
   s.depth = static_cast<int64_t>(weights.size()) / kWeightsPerLayer;
   TORCH_CHECK_VALUE(o.n_heads >= 1, "n_heads must be >= 1, got ", o.n_heads);
   const auto& w_qk = weights[kQkWeight];
-  TORCH_CHECK_VALUE(w_qk.defined() && w_qk.dim() == 2 && w_qk.size(0) % o.n_heads == 0 &&
-                        w_qk.size(0) > 0,
-                    weight_name(kQkWeight), " must have shape (n_heads * d_head, d_model) with ",
-                    "n_heads = ", o.n_heads, ", got ",
-                    w_qk.defined() ? w_qk.sizes() : at::IntArrayRef{});
-  s.d_head = w_qk.size(0) / o.n_heads;
+  const int64_t inner =
+      agreed_size(weights, {{kQkWeight, 2, 0}, {kVWeight, 2, 0}, {kOutWeight, 2, 1}});
+  TORCH_CHECK_VALUE(inner > 0 && inner % o.n_heads == 0, stack_weight_name(kQkWeight),
+                    " must have shape (n_heads * d_head, d_model) with n_heads = ", o.n_heads,
+                    ", got ", w_qk.defined() ? w_qk.sizes() : at::IntArrayRef{});
+  s.d_head = inner / o.n_heads;
   const auto& w1 = weights[kFfnW1];
-  TORCH_CHECK_VALUE(w1.defined() && w1.dim() == 2 && w1.size(0) >= 1,
-                    weight_name(kFfnW1), " must have shape (d_ff, d_model), got ",
+  s.d_ff = agreed_size(weights, {{kFfnW1, 2, 0}, {kFfnB1, 1, 0}, {kFfnW2, 2, 1}});
+  TORCH_CHECK_VALUE(s.d_ff >= 1, stack_weight_name(kFfnW1),
+                    " must have shape (d_ff, d_model), got ",
                     w1.defined() ? w1.sizes() : at::IntArrayRef{});
-  s.d_ff = w1.size(0);
-  const int64_t d = s.d_model, inner = o.n_heads * s.d_head, ff = s.d_ff;
-  const std::array<std::vector<int64_t>, kWeightsPerLayer> expected = {
-      std::vector<int64_t>{d}, {d}, {inner, d}, {inner, d}, {d, inner}, {d},
-      {d},                     {d}, {ff, d},    {ff},       {d, ff},    {d}};
+  const int64_t d = s.d_model, ff = s.d_ff;
+  std::array<std::vector<int64_t>, kWeightsPerLayer> expected;
+  expected[kNorm1Weight] = expected[kNorm1Bias] = {d};
+  expected[kQkWeight] = expected[kVWeight] = {inner, d};
+  expected[kOutWeight] = {d, inner};
+  expected[kOutBias] = {d};
+  expected[kNorm2Weight] = expected[kNorm2Bias] = {d};
+  expected[kFfnW1] = {ff, d};
+  expected[kFfnB1] = {ff};
+  expected[kFfnW2] = {d, ff};
+  expected[kFfnB2] = {d};
   for (int64_t i = 0; i < static_cast<int64_t>(weights.size()); ++i) {
     const auto& w = weights[i];
-    const auto name = weight_name(i);
+    const auto name = stack_weight_name(i);
+    const at::IntArrayRef shape(expected[i % kWeightsPerLayer]);
     TORCH_CHECK_VALUE(w.defined(), name, " must be a tensor, got None");
-    TORCH_CHECK_VALUE(w.sizes() == at::IntArrayRef(expected[i % kWeightsPerLayer]), name,
-                      " must have shape ", at::IntArrayRef(expected[i % kWeightsPerLayer]),
-                      ", got ", w.sizes());
+    TORCH_CHECK_VALUE(w.sizes() == shape, name, " must have shape ", shape, ", got ", w.sizes());
     TORCH_CHECK_VALUE(w.scalar_type() == x1.scalar_type(), name, " must have the dtype of x1 (",
                       x1.scalar_type(), "), got ", w.scalar_type());
     TORCH_CHECK_VALUE(w.device() == x1.device(), name, " must be on the device of x1 (",

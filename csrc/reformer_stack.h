@@ -26,13 +26,18 @@
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
+#include <array>
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
 namespace reformer {
 
-// Position of each of a layer's weights within its group of kWeightsPerLayer in `weights`.
+// The per-layer weight order, defined here once: the position of each of a layer's weights
+// within its group of kWeightsPerLayer in `weights` (weights[l * kWeightsPerLayer + i] is weight
+// i of layer l), and below, its name.
 enum LayerWeight : int64_t {
   kNorm1Weight, kNorm1Bias,             // F's LayerNorm
   kQkWeight, kVWeight,                  // shared query/key and value projections (no bias)
@@ -41,6 +46,18 @@ enum LayerWeight : int64_t {
   kFfnW1, kFfnB1, kFfnW2, kFfnB2,       // the feed-forward's two linear layers
   kWeightsPerLayer
 };
+
+// The name of each LayerWeight, in that order (the names of the Python module's weight list).
+inline constexpr std::array<std::string_view, kWeightsPerLayer> kLayerWeightNames = {
+    "norm1_weight", "norm1_bias", "qk_weight", "v_weight", "out_weight", "out_bias",
+    "norm2_weight", "norm2_bias", "ffn_w1",    "ffn_b1",   "ffn_w2",     "ffn_b2"};
+
+// "weights[<index>] (layer <l>, <name>)": how every argument-check message names a weight.
+inline std::string stack_weight_name(int64_t index) {
+  return "weights[" + std::to_string(index) + "] (layer " +
+         std::to_string(index / kWeightsPerLayer) + ", " +
+         std::string(kLayerWeightNames[index % kWeightsPerLayer]) + ")";
+}
 
 // (y1, y2).
 std::tuple<at::Tensor, at::Tensor> reformer_stack(
