@@ -14,8 +14,9 @@
 #include "../include/reformer_ext/reformer_ext.h"
 
 TORCH_LIBRARY(reformer, m) {
-  // Where the fake kernels live, so torch can import them when it meets these ops.
-  m.set_python_module("reformer_ext.ops");
+  // Where the fake kernels live, so torch can import them when it meets these ops
+  // (set_python_module applies to the defs that follow it, up to the next set_python_module).
+  m.set_python_module("reformer_ext.ops.lsh_attention");
   m.def("lsh_buckets(Tensor qk, Tensor rotations, Tensor? key_padding_mask=None) -> Tensor");
   m.def(
       "lsh_attention(Tensor qk, Tensor v, Tensor rotations, Tensor? key_padding_mask, "
@@ -34,9 +35,7 @@ TORCH_LIBRARY(reformer, m) {
   // the graph), None only when dropout_p is 0. The backward recomputes the hidden activation chunk
   // by chunk; output_mask selects (grad_x, grad_w1, grad_b1, grad_w2, grad_b2), the others (and
   // those of absent biases) come back undefined (None).
-  // Its fake kernels and autograd live in reformer_ext/feed_forward.py (set_python_module applies
-  // to the defs that follow it, up to the next set_python_module).
-  m.set_python_module("reformer_ext.feed_forward");
+  m.set_python_module("reformer_ext.ops.chunked_ffn");
   m.def(
       "chunked_ffn(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, int chunk_size, "
       "str activation, float dropout_p, Tensor? dropout_seed) -> Tensor");
@@ -50,8 +49,8 @@ TORCH_LIBRARY(reformer, m) {
   // to_out), G = LayerNorm -> chunked feed-forward, weights passed explicitly (12 per layer, order
   // in reformer_stack.h), one rotation tensor per layer, per-layer dropout seeds (depth, 3) int64
   // on the CPU. The forward keeps nothing but its outputs; the backward rebuilds every layer's
-  // inputs from them. Fake kernels and autograd: reformer_ext/reformer_stack.py.
-  m.set_python_module("reformer_ext.reformer_stack");
+  // inputs from them.
+  m.set_python_module("reformer_ext.ops.reformer_stack");
   m.def(
       "reformer_stack(Tensor x1, Tensor x2, Tensor[] weights, Tensor[] rotations, "
       "Tensor? key_padding_mask, Tensor seeds, int n_heads, int bucket_size, bool causal, "
@@ -63,7 +62,7 @@ TORCH_LIBRARY(reformer, m) {
       "int n_heads, int bucket_size, bool causal, int n_chunks_before, int n_chunks_after, "
       "int ff_chunk_size, str activation, float dropout_p, float layer_norm_eps) "
       "-> (Tensor grad_x1, Tensor grad_x2, Tensor[] grad_weights)");
-  m.set_python_module("reformer_ext.ops");  // back to the default for defs added below
+  m.set_python_module("reformer_ext.ops.gemm");
   // The GEMM the operators use (csrc/gemm.h): c + alpha · a · b (c is not modified) or
   // bias + alpha · a · b, for 2-D a (M, K) and b (K, N); on the CPU with a fixed summation order
   // (bitwise independent of the thread count). packed_b: b packed first, as the operators do with
