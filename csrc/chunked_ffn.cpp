@@ -1,5 +1,5 @@
-// reformer::chunked_ffn and reformer::chunked_ffn_backward (SPEC §2): one device-generic
-// implementation, registered below for both the CPU and the CUDA dispatch keys.
+// reformer::chunked_ffn and reformer::chunked_ffn_backward (docs/semantics.md §2): one
+// device-generic implementation, registered below for both the CPU and the CUDA dispatch keys.
 //
 // Forward, per chunk of at most chunk_size rows of x viewed as (N, d_model):
 //   h = x_c · W1ᵀ                 (GEMM into a (chunk, d_ff) buffer reused by every chunk)
@@ -13,11 +13,11 @@
 //   a = s · g_c · W2;  a = a ⊙ pre;  gb1 += Σ_rows a   (one pass)
 //   gW1 += aᵀ · x_c;  gx_c = a · W1
 // gb2 = Σ_rows g. GEMMs and column sums go through gemm.h: on the CPU the project's fixed-order
-// kernels, on CUDA ATen (cuBLAS). The fused passes are the CPU kernels of cpu/ffn_cpu.cpp
-// (float32, float64) and, in a CUDA build, the CUDA kernels of cuda/ffn_cuda.cu (every dtype).
-// CPU float16 / bfloat16 inputs are computed in float32 chunk by chunk (weights converted once);
-// the hidden pre-activation (with b1), the activation and the outputs y and gx are rounded to
-// the input dtype, as buffers of it would be; the backward's intermediate gradients stay
+// kernels, on CUDA ATen (cuBLAS). The fused passes are the CPU kernels of cpu/chunked_ffn_cpu.cpp
+// (float32, float64) and, in a CUDA build, the CUDA kernels of cuda/chunked_ffn_cuda.cu (every
+// dtype). CPU float16 / bfloat16 inputs are computed in float32 chunk by chunk (weights converted
+// once); the hidden pre-activation (with b1), the activation and the outputs y and gx are rounded
+// to the input dtype, as buffers of it would be; the backward's intermediate gradients stay
 // float32. Where no fused kernel applies (not on the CPU), the same steps are composed from ATen
 // operators (GEMM with the bias, in-place activation, masked_fill_, activation backward, column
 // sum).
@@ -45,10 +45,11 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cpu/ffn_cpu.h"
+#include "cpu/chunked_ffn_cpu.h"
 #include "gemm.h"
+#include "seeded_dropout.h"
 #ifdef REFORMER_WITH_CUDA
-#include "cuda/ffn_cuda.h"
+#include "cuda/chunked_ffn_cuda.h"
 #endif
 
 namespace reformer {
@@ -66,8 +67,8 @@ void check_operand(const at::Tensor& t, const char* name, const at::Tensor& x) {
 }
 
 // Everything a chunk loop needs, derived once per call.
-struct FfnProblem {
-  FfnShape shape;
+struct ChunkedFfnProblem {
+  ChunkedFfnShape shape;
   int64_t chunk = 1;  // rows per chunk, <= max(N, 1)
   at::Tensor x2d;     // (N, d_model), contiguous, x's dtype
   // CPU float16 / bfloat16: every chunk is computed in float32 (the fused CPU kernels, whose
@@ -84,9 +85,10 @@ struct FfnProblem {
   double scale = 1.0;  // 1 / (1 - dropout_p)
   int64_t seed = 0;
 
-  FfnProblem(const at::Tensor& x, const at::Tensor& w1_, const c10::optional<at::Tensor>& b1_,
-             const at::Tensor& w2_, const c10::optional<at::Tensor>& b2_, int64_t chunk_size,
-             std::string_view activation, double p, int64_t seed_)
+  ChunkedFfnProblem(const at::Tensor& x, const at::Tensor& w1_,
+                    const c10::optional<at::Tensor>& b1_, const at::Tensor& w2_,
+                    const c10::optional<at::Tensor>& b2_, int64_t chunk_size,
+                    std::string_view activation, double p, int64_t seed_)
       : shape(check_chunked_ffn_args(x, w1_, b1_, w2_, b2_, chunk_size, activation, p)),
         dropout_p(p),
         scale(p > 0.0 ? 1.0 / (1.0 - p) : 1.0),
@@ -131,7 +133,7 @@ struct FfnProblem {
   at::Tensor kernel_bias1() const { return !upcast && b1.has_value() ? *b1 : at::Tensor(); }
 
   bool has_dropout() const { return dropout_p > 0.0; }
-  cpu::HiddenDropoutRows dropout_rows(int64_t first_row) const {
+  ChunkedFfnHiddenDropoutRows dropout_rows(int64_t first_row) const {
     return {dropout_p, seed, first_row};
   }
 
@@ -139,11 +141,11 @@ struct FfnProblem {
   // (cuBLASLt epilogue for relu / gelu_tanh on CUDA). Returns whether it was activated.
   bool first_linear(at::Tensor& pre, const at::Tensor& x_c, bool activate) const {
     const bool fused = activate && b1.has_value() && x_c.is_cuda() &&
-                       (shape.activation == FfnActivation::Relu ||
-                        shape.activation == FfnActivation::GeluTanh);
+                       (shape.activation == ChunkedFfnActivation::Relu ||
+                        shape.activation == ChunkedFfnActivation::GeluTanh);
     if (fused) {
       at::_addmm_activation_out(pre, *b1, x_c, w1t, 1, 1,
-                                /*use_gelu=*/shape.activation == FfnActivation::GeluTanh);
+                                /*use_gelu=*/shape.activation == ChunkedFfnActivation::GeluTanh);
     } else {
       gemm_out(pre, x_c, rhs_w1t(), b1.value_or(at::Tensor()));
     }
@@ -158,31 +160,56 @@ struct FfnProblem {
   }
 };
 
-void activation_inplace(at::Tensor& h, FfnActivation act) {
+void activation_inplace(at::Tensor& h, ChunkedFfnActivation act) {
   switch (act) {
-    case FfnActivation::Gelu: at::gelu_(h, "none"); break;
-    case FfnActivation::GeluTanh: at::gelu_(h, "tanh"); break;
-    case FfnActivation::Relu: at::relu_(h); break;
-    case FfnActivation::Silu: at::silu_(h); break;
+    case ChunkedFfnActivation::Gelu:
+      at::gelu_(h, "none");
+      break;
+    case ChunkedFfnActivation::GeluTanh:
+      at::gelu_(h, "tanh");
+      break;
+    case ChunkedFfnActivation::Relu:
+      at::relu_(h);
+      break;
+    case ChunkedFfnActivation::Silu:
+      at::silu_(h);
+      break;
   }
 }
 
-void activation_out(at::Tensor& out, const at::Tensor& pre, FfnActivation act) {
+void activation_out(at::Tensor& out, const at::Tensor& pre, ChunkedFfnActivation act) {
   switch (act) {
-    case FfnActivation::Gelu: at::gelu_out(out, pre, "none"); break;
-    case FfnActivation::GeluTanh: at::gelu_out(out, pre, "tanh"); break;
-    case FfnActivation::Relu: at::clamp_min_out(out, pre, 0); break;
-    case FfnActivation::Silu: at::silu_out(out, pre); break;
+    case ChunkedFfnActivation::Gelu:
+      at::gelu_out(out, pre, "none");
+      break;
+    case ChunkedFfnActivation::GeluTanh:
+      at::gelu_out(out, pre, "tanh");
+      break;
+    case ChunkedFfnActivation::Relu:
+      at::clamp_min_out(out, pre, 0);
+      break;
+    case ChunkedFfnActivation::Silu:
+      at::silu_out(out, pre);
+      break;
   }
 }
 
 // grad = act'(pre) ⊙ grad, in place.
-void activation_backward_inplace(at::Tensor& grad, const at::Tensor& pre, FfnActivation act) {
+void activation_backward_inplace(at::Tensor& grad, const at::Tensor& pre,
+                                 ChunkedFfnActivation act) {
   switch (act) {
-    case FfnActivation::Gelu: at::gelu_backward_out(grad, grad, pre, "none"); break;
-    case FfnActivation::GeluTanh: at::gelu_backward_out(grad, grad, pre, "tanh"); break;
-    case FfnActivation::Relu: at::threshold_backward_out(grad, grad, pre, 0); break;
-    case FfnActivation::Silu: at::silu_backward_out(grad, grad, pre); break;
+    case ChunkedFfnActivation::Gelu:
+      at::gelu_backward_out(grad, grad, pre, "none");
+      break;
+    case ChunkedFfnActivation::GeluTanh:
+      at::gelu_backward_out(grad, grad, pre, "tanh");
+      break;
+    case ChunkedFfnActivation::Relu:
+      at::threshold_backward_out(grad, grad, pre, 0);
+      break;
+    case ChunkedFfnActivation::Silu:
+      at::silu_backward_out(grad, grad, pre);
+      break;
   }
 }
 
@@ -211,61 +238,61 @@ void fill_rows(const at::Tensor& dst, const at::Tensor& staging, int64_t row0, i
 // callers compose the same steps from ATen operators.
 bool fused_supported(const at::Tensor& h) {
 #ifdef REFORMER_WITH_CUDA
-  if (h.is_cuda()) return cuda::ffn_fused_supported(h);
+  if (h.is_cuda()) return cuda::chunked_ffn_fused_supported(h);
 #endif
-  return cpu::ffn_fused_supported(h);
+  return cpu::chunked_ffn_fused_supported(h);
 }
 
 void fused_bias_activation_(const at::Tensor& h, const at::Tensor& bias,
-                            const cpu::HiddenDropoutRows& dropout, FfnActivation act) {
+                            const ChunkedFfnHiddenDropoutRows& dropout, ChunkedFfnActivation act) {
 #ifdef REFORMER_WITH_CUDA
-  if (h.is_cuda()) return cuda::ffn_bias_activation_(h, bias, dropout, act);
+  if (h.is_cuda()) return cuda::chunked_ffn_bias_activation_(h, bias, dropout, act);
 #endif
-  cpu::ffn_bias_activation_(h, bias, dropout, act);
+  cpu::chunked_ffn_bias_activation_(h, bias, dropout, act);
 }
 
 void fused_bias_activation_grad_(const at::Tensor& h, const at::Tensor& act_out,
-                                 const at::Tensor& bias, const cpu::HiddenDropoutRows& dropout,
-                                 FfnActivation act) {
+                                 const at::Tensor& bias, const ChunkedFfnHiddenDropoutRows& dropout,
+                                 ChunkedFfnActivation act) {
 #ifdef REFORMER_WITH_CUDA
-  if (h.is_cuda()) return cuda::ffn_bias_activation_grad_(h, act_out, bias, dropout, act);
+  if (h.is_cuda()) return cuda::chunked_ffn_bias_activation_grad_(h, act_out, bias, dropout, act);
 #endif
-  cpu::ffn_bias_activation_grad_(h, act_out, bias, dropout, act);
+  cpu::chunked_ffn_bias_activation_grad_(h, act_out, bias, dropout, act);
 }
 
 void fused_mul_colsum_(const at::Tensor& grad, const at::Tensor& deriv,
                        const at::Tensor& col_sums) {
 #ifdef REFORMER_WITH_CUDA
-  if (grad.is_cuda()) return cuda::ffn_mul_colsum_(grad, deriv, col_sums);
+  if (grad.is_cuda()) return cuda::chunked_ffn_mul_colsum_(grad, deriv, col_sums);
 #endif
-  cpu::ffn_mul_colsum_(grad, deriv, col_sums);
+  cpu::chunked_ffn_mul_colsum_(grad, deriv, col_sums);
 }
 
 // The forward's output rows y_c = b2 + s · a · W2ᵀ from the dropped-out activation a.
-void second_linear(const at::Tensor& y_c, const at::Tensor& a, const FfnProblem& P) {
+void second_linear(const at::Tensor& y_c, const at::Tensor& a, const ChunkedFfnProblem& P) {
   gemm_out(y_c, a, P.rhs_w2t(), P.b2.value_or(at::Tensor()), /*alpha=*/P.scale);
 }
 
 }  // namespace
 
-FfnActivation parse_ffn_activation(std::string_view activation) {
-  if (activation == "gelu") return FfnActivation::Gelu;
-  if (activation == "gelu_tanh") return FfnActivation::GeluTanh;
-  if (activation == "relu") return FfnActivation::Relu;
-  if (activation == "silu") return FfnActivation::Silu;
+ChunkedFfnActivation parse_chunked_ffn_activation(std::string_view activation) {
+  if (activation == "gelu") return ChunkedFfnActivation::Gelu;
+  if (activation == "gelu_tanh") return ChunkedFfnActivation::GeluTanh;
+  if (activation == "relu") return ChunkedFfnActivation::Relu;
+  if (activation == "silu") return ChunkedFfnActivation::Silu;
   TORCH_CHECK_VALUE(false, "activation must be one of 'gelu', 'gelu_tanh', 'relu', 'silu', got '",
                     activation, "'");
-  return FfnActivation::Gelu;  // unreachable
+  return ChunkedFfnActivation::Gelu;  // unreachable
 }
 
-FfnShape check_chunked_ffn_args(const at::Tensor& x, const at::Tensor& w1,
-                                const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-                                const c10::optional<at::Tensor>& b2, int64_t chunk_size,
-                                std::string_view activation, double dropout_p) {
+ChunkedFfnShape check_chunked_ffn_args(const at::Tensor& x, const at::Tensor& w1,
+                                       const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                       const c10::optional<at::Tensor>& b2, int64_t chunk_size,
+                                       std::string_view activation, double dropout_p) {
   TORCH_CHECK_VALUE(x.dim() >= 1, "x must have shape (..., d_model), got a 0-dimensional tensor");
   TORCH_CHECK_VALUE(is_supported_float(x.scalar_type()),
                     "x must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
-  FfnShape s;
+  ChunkedFfnShape s;
   s.d_model = x.size(-1);
   s.rows = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
   TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(1) == s.d_model,
@@ -288,7 +315,7 @@ FfnShape check_chunked_ffn_args(const at::Tensor& x, const at::Tensor& w1,
     check_operand(*b2, "b2", x);
   }
   TORCH_CHECK_VALUE(chunk_size >= 1, "chunk_size must be >= 1, got ", chunk_size);
-  s.activation = parse_ffn_activation(activation);
+  s.activation = parse_chunked_ffn_activation(activation);
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "dropout_p must be in [0, 1), got ",
                     dropout_p);
   return s;
@@ -298,8 +325,8 @@ at::Tensor chunked_ffn(const at::Tensor& x, const at::Tensor& w1,
                        const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
                        const c10::optional<at::Tensor>& b2, int64_t chunk_size,
                        c10::string_view activation, double dropout_p, int64_t dropout_seed) {
-  const FfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
-  const FfnShape& s = P.shape;
+  const ChunkedFfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
+  const ChunkedFfnShape& s = P.shape;
   auto out = at::empty({s.rows, s.d_model}, x.options());
   if (s.rows == 0) return out.view(x.sizes());
   auto hidden = at::empty({P.chunk, s.d_ff}, P.compute);
@@ -332,11 +359,12 @@ namespace {
 
 // The backward; with `forward_out` it also writes the forward's output there (one more GEMM per
 // chunk on the activation it recomputes anyway), for callers that need both.
-FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, const at::Tensor& x,
-                           std::array<bool, 5> output_mask, at::Tensor* forward_out) {
+ChunkedFfnGradients backward_impl(const ChunkedFfnProblem& P, const at::Tensor& grad_out,
+                                  const at::Tensor& x, std::array<bool, 5> output_mask,
+                                  at::Tensor* forward_out) {
   const auto& b1 = P.b1;
   const auto& b2 = P.b2;
-  const FfnShape& s = P.shape;
+  const ChunkedFfnShape& s = P.shape;
   TORCH_CHECK_VALUE(grad_out.sizes() == x.sizes(), "grad_out must have the shape of x ",
                     x.sizes(), ", got ", grad_out.sizes());
   check_operand(grad_out, "grad_out", x);
@@ -373,7 +401,7 @@ FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, cons
       dropout.emplace(P.dropout_p, P.seed, s.d_ff, P.chunk, x.options());
     }
     // relu's derivative can be read off its output, so relu needs no separate pre-activation.
-    const bool relu = s.activation == FfnActivation::Relu;
+    const bool relu = s.activation == ChunkedFfnActivation::Relu;
 
     for (int64_t row0 = 0; row0 < s.rows; row0 += P.chunk) {
       const int64_t n = std::min(P.chunk, s.rows - row0);
@@ -448,22 +476,22 @@ FfnGradients backward_impl(const FfnProblem& P, const at::Tensor& grad_out, cons
 
 }  // namespace
 
-FfnGradients chunked_ffn_backward(const at::Tensor& grad_out, const at::Tensor& x,
-                                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                                  const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-                                  int64_t chunk_size, c10::string_view activation,
-                                  double dropout_p, int64_t dropout_seed,
-                                  std::array<bool, 5> output_mask) {
-  const FfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
+ChunkedFfnGradients chunked_ffn_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                         const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                                         const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                                         int64_t chunk_size, c10::string_view activation,
+                                         double dropout_p, int64_t dropout_seed,
+                                         std::array<bool, 5> output_mask) {
+  const ChunkedFfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
   return backward_impl(P, grad_out, x, output_mask, nullptr);
 }
 
-FfnGradients chunked_ffn_backward_with_output(
+ChunkedFfnGradients chunked_ffn_backward_with_output(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1,
-    const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
-    const c10::optional<at::Tensor>& b2, int64_t chunk_size, c10::string_view activation,
-    double dropout_p, int64_t dropout_seed, at::Tensor& forward_out) {
-  const FfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
+    const c10::optional<at::Tensor>& b1, const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    int64_t chunk_size, c10::string_view activation, double dropout_p, int64_t dropout_seed,
+    at::Tensor& forward_out) {
+  const ChunkedFfnProblem P(x, w1, b1, w2, b2, chunk_size, activation, dropout_p, dropout_seed);
   return backward_impl(P, grad_out, x, {true, true, true, true, true}, &forward_out);
 }
 
@@ -495,13 +523,11 @@ at::Tensor chunked_ffn_op(const at::Tensor& x, const at::Tensor& w1,
                      read_dropout_seed(dropout_seed, dropout_p));
 }
 
-FfnGradients chunked_ffn_backward_op(const at::Tensor& grad_out, const at::Tensor& x,
-                                     const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                                     const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
-                                     int64_t chunk_size, c10::string_view activation,
-                                     double dropout_p,
-                                     const c10::optional<at::Tensor>& dropout_seed,
-                                     std::array<bool, 5> output_mask) {
+ChunkedFfnGradients chunked_ffn_backward_op(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1,
+    const c10::optional<at::Tensor>& b1, const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    int64_t chunk_size, c10::string_view activation, double dropout_p,
+    const c10::optional<at::Tensor>& dropout_seed, std::array<bool, 5> output_mask) {
   return chunked_ffn_backward(grad_out, x, w1, b1, w2, b2, chunk_size, activation, dropout_p,
                               read_dropout_seed(dropout_seed, dropout_p), output_mask);
 }

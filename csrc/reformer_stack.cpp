@@ -1,9 +1,11 @@
-// reformer::reformer_stack and reformer::reformer_stack_backward (SPEC §3; see reformer_stack.h).
+// reformer::reformer_stack and reformer::reformer_stack_backward (docs/semantics.md §3; see
+// reformer_stack.h).
 //
 // One device-generic implementation on ATen operators (LayerNorm), the GEMMs and column sums of
-// gemm.h (fixed-order kernels on the CPU, cuBLAS on CUDA) and the project's own operators, called
-// through the dispatcher so that each runs its CPU or CUDA kernel: reformer::lsh_attention
-// (_backward) and the chunked feed-forward. Registered for CPU and CUDA.
+// gemm.h (fixed-order kernels on the CPU, cuBLAS on CUDA) and the project's own operators:
+// reformer::lsh_attention (_backward) through the dispatcher (lsh_attention.h), so that it runs
+// its CPU or CUDA kernel, and the device-generic chunked feed-forward (chunked_ffn.h).
+// Registered for CPU and CUDA at the bottom of this file.
 //
 // Backward, per layer from the last, given its outputs (y1, y2) and their gradients (dy1, dy2):
 //   G:  h2 = LN2(y1); one chunked pass gives the FFN's output u and its gradients from
@@ -20,23 +22,22 @@
 #include "reformer_stack.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "chunked_ffn.h"
 #include "gemm.h"
+#include "lsh_attention.h"
 #include "seeded_dropout.h"
 
 namespace reformer {
 namespace {
-
-constexpr std::array<const char*, kWeightsPerLayer> kWeightNames = {
-    "norm1_weight", "norm1_bias", "qk_weight", "v_weight",   "out_weight", "out_bias",
-    "norm2_weight", "norm2_bias", "ffn_w1",    "ffn_b1",     "ffn_w2",     "ffn_b2"};
 
 // Seeds of the three dropout masks of a layer, columns of `seeds`.
 enum DropoutSite : int64_t { kAttentionOutput, kFfnHidden, kFfnOutput, kDropoutSites };
@@ -55,12 +56,6 @@ struct StackShape {
   int64_t rows() const { return batch * length; }
 };
 
-std::string weight_name(int64_t index) {
-  return "weights[" + std::to_string(index) + "] (layer " +
-         std::to_string(index / kWeightsPerLayer) + ", " +
-         kWeightNames[index % kWeightsPerLayer] + ")";
-}
-
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
@@ -73,6 +68,36 @@ void check_stream(const at::Tensor& t, const char* name, const at::Tensor& x1) {
                     x1.scalar_type(), "), got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == x1.device(), name, " must be on the device of x1 (",
                     x1.device(), "), got ", t.device());
+}
+
+// Where a size is read off: dimension `dim` of weight `weight` when that weight has rank `rank`.
+struct SizeSource {
+  LayerWeight weight;
+  int64_t rank, dim;
+};
+
+// A size that several weights of every layer carry (H·Dh: qk, v and out; d_ff: w1, b1 and w2),
+// as most of them give it (the first of equally frequent values; -1 if none has its rank). A
+// single wrong weight, whichever it is, is outvoted, so the check of every weight against the
+// sizes reports that weight and not one that agrees with the others.
+int64_t agreed_size(at::TensorList weights, std::initializer_list<SizeSource> sources) {
+  std::vector<int64_t> sizes;
+  for (size_t first = 0; first < weights.size(); first += kWeightsPerLayer) {
+    for (const auto& source : sources) {
+      const auto& w = weights[first + source.weight];
+      if (w.defined() && w.dim() == source.rank) sizes.push_back(w.size(source.dim));
+    }
+  }
+  int64_t agreed = -1;
+  std::ptrdiff_t agreed_count = 0;
+  for (const int64_t size : sizes) {
+    const auto count = std::count(sizes.begin(), sizes.end(), size);
+    if (count > agreed_count) {
+      agreed = size;
+      agreed_count = count;
+    }
+  }
+  return agreed;
 }
 
 StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::TensorList weights,
@@ -96,28 +121,34 @@ StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::Tens
   s.depth = static_cast<int64_t>(weights.size()) / kWeightsPerLayer;
   TORCH_CHECK_VALUE(o.n_heads >= 1, "n_heads must be >= 1, got ", o.n_heads);
   const auto& w_qk = weights[kQkWeight];
-  TORCH_CHECK_VALUE(w_qk.defined() && w_qk.dim() == 2 && w_qk.size(0) % o.n_heads == 0 &&
-                        w_qk.size(0) > 0,
-                    weight_name(kQkWeight), " must have shape (n_heads * d_head, d_model) with ",
-                    "n_heads = ", o.n_heads, ", got ",
-                    w_qk.defined() ? w_qk.sizes() : at::IntArrayRef{});
-  s.d_head = w_qk.size(0) / o.n_heads;
+  const int64_t inner =
+      agreed_size(weights, {{kQkWeight, 2, 0}, {kVWeight, 2, 0}, {kOutWeight, 2, 1}});
+  TORCH_CHECK_VALUE(inner > 0 && inner % o.n_heads == 0, stack_weight_name(kQkWeight),
+                    " must have shape (n_heads * d_head, d_model) with n_heads = ", o.n_heads,
+                    ", got ", w_qk.defined() ? w_qk.sizes() : at::IntArrayRef{});
+  s.d_head = inner / o.n_heads;
   const auto& w1 = weights[kFfnW1];
-  TORCH_CHECK_VALUE(w1.defined() && w1.dim() == 2 && w1.size(0) >= 1,
-                    weight_name(kFfnW1), " must have shape (d_ff, d_model), got ",
+  s.d_ff = agreed_size(weights, {{kFfnW1, 2, 0}, {kFfnB1, 1, 0}, {kFfnW2, 2, 1}});
+  TORCH_CHECK_VALUE(s.d_ff >= 1, stack_weight_name(kFfnW1),
+                    " must have shape (d_ff, d_model), got ",
                     w1.defined() ? w1.sizes() : at::IntArrayRef{});
-  s.d_ff = w1.size(0);
-  const int64_t d = s.d_model, inner = o.n_heads * s.d_head, ff = s.d_ff;
-  const std::array<std::vector<int64_t>, kWeightsPerLayer> expected = {
-      std::vector<int64_t>{d}, {d}, {inner, d}, {inner, d}, {d, inner}, {d},
-      {d},                     {d}, {ff, d},    {ff},       {d, ff},    {d}};
+  const int64_t d = s.d_model, ff = s.d_ff;
+  std::array<std::vector<int64_t>, kWeightsPerLayer> expected;
+  expected[kNorm1Weight] = expected[kNorm1Bias] = {d};
+  expected[kQkWeight] = expected[kVWeight] = {inner, d};
+  expected[kOutWeight] = {d, inner};
+  expected[kOutBias] = {d};
+  expected[kNorm2Weight] = expected[kNorm2Bias] = {d};
+  expected[kFfnW1] = {ff, d};
+  expected[kFfnB1] = {ff};
+  expected[kFfnW2] = {d, ff};
+  expected[kFfnB2] = {d};
   for (int64_t i = 0; i < static_cast<int64_t>(weights.size()); ++i) {
     const auto& w = weights[i];
-    const auto name = weight_name(i);
+    const auto name = stack_weight_name(i);
+    const at::IntArrayRef shape(expected[i % kWeightsPerLayer]);
     TORCH_CHECK_VALUE(w.defined(), name, " must be a tensor, got None");
-    TORCH_CHECK_VALUE(w.sizes() == at::IntArrayRef(expected[i % kWeightsPerLayer]), name,
-                      " must have shape ", at::IntArrayRef(expected[i % kWeightsPerLayer]),
-                      ", got ", w.sizes());
+    TORCH_CHECK_VALUE(w.sizes() == shape, name, " must have shape ", shape, ", got ", w.sizes());
     TORCH_CHECK_VALUE(w.scalar_type() == x1.scalar_type(), name, " must have the dtype of x1 (",
                       x1.scalar_type(), "), got ", w.scalar_type());
     TORCH_CHECK_VALUE(w.device() == x1.device(), name, " must be on the device of x1 (",
@@ -157,38 +188,9 @@ StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::Tens
                     o.dropout_p);
   TORCH_CHECK_VALUE(o.eps > 0.0, "layer_norm_eps must be > 0, got ", o.eps);
   TORCH_CHECK_VALUE(o.ff_chunk_size >= 1, "ff_chunk_size must be >= 1, got ", o.ff_chunk_size);
-  parse_ffn_activation(o.activation);  // a ValueError naming `activation` if unknown
+  parse_chunked_ffn_activation(o.activation);  // a ValueError naming `activation` if unknown
   // bucket_size and the window are checked by reformer::lsh_attention itself.
   return s;
-}
-
-// The attention operators, through the dispatcher (CPU or CUDA kernel by the inputs' device).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_lsh_attention(
-    const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
-    const c10::optional<at::Tensor>& mask, const StackOptions& o) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("reformer::lsh_attention", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const c10::optional<at::Tensor>&, int64_t, bool, int64_t, int64_t, double)>();
-  return op.call(qk, v, rotations, mask, o.bucket_size, o.causal, o.n_chunks_before,
-                 o.n_chunks_after, 1.0);
-}
-
-std::tuple<at::Tensor, at::Tensor> call_lsh_attention_backward(
-    const at::Tensor& grad_out, const at::Tensor& qk, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& stats, const at::Tensor& sorted_positions,
-    const c10::optional<at::Tensor>& mask, const StackOptions& o) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("reformer::lsh_attention_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(
-              const at::Tensor&, const c10::optional<at::Tensor>&, const at::Tensor&,
-              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const c10::optional<at::Tensor>&, int64_t, bool, int64_t, int64_t, double)>();
-  return op.call(grad_out, c10::nullopt, qk, v, out, stats, sorted_positions, mask,
-                 o.bucket_size, o.causal, o.n_chunks_before, o.n_chunks_after, 1.0);
 }
 
 // One layer's weights and dropout seeds.
@@ -251,7 +253,9 @@ at::Tensor attention_branch(const at::Tensor& x, const Layer& layer,
                                                     layer[kNorm1Bias], o.eps);
   const auto qk = split_heads(gemm(normed, layer[kQkWeight].t()), s, o.n_heads);
   const auto v = split_heads(gemm(normed, layer[kVWeight].t()), s, o.n_heads);
-  auto [out, lse, sorted_positions, stats] = call_lsh_attention(qk, v, layer.rotations, mask, o);
+  auto [out, lse, sorted_positions, stats] =
+      lsh_attention(qk, v, layer.rotations, mask, o.bucket_size, o.causal, o.n_chunks_before,
+                    o.n_chunks_after, /*scale=*/1.0);
   auto merged = merge_heads(out, s);
   auto a = gemm(merged, layer[kOutWeight].t(), layer[kOutBias]);
   seeded_dropout_(a, o.dropout_p, layer.seed[kAttentionOutput]);
@@ -315,8 +319,10 @@ at::Tensor attention_branch_backward(const at::Tensor& x2, const at::Tensor& dy1
   grads[kOutBias] = column_sums(da, da.scalar_type());
   const auto d_merged = gemm(da, layer[kOutWeight]);  // (B·L, H·Dh)
   const auto d_out = split_heads(d_merged, s, o.n_heads);
-  auto [d_qk, d_v] = call_lsh_attention_backward(d_out, st.qk, st.v, st.out, st.stats,
-                                                 st.sorted_positions, mask, o);
+  auto [d_qk, d_v] = lsh_attention_backward(d_out, /*grad_lse=*/c10::nullopt, st.qk, st.v, st.out,
+                                            st.stats, st.sorted_positions, mask, o.bucket_size,
+                                            o.causal, o.n_chunks_before, o.n_chunks_after,
+                                            /*scale=*/1.0);
   const auto d_qk2d = merge_heads(d_qk, s);
   const auto d_v2d = merge_heads(d_v, s);
   grads[kQkWeight] = gemm(d_qk2d.t(), st.normed);

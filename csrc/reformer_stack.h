@@ -1,4 +1,4 @@
-// Torch-facing declarations of the reversible Reformer stack operators (SPEC §3).
+// Torch-facing declarations of the reversible Reformer stack operators (docs/semantics.md §3).
 //
 // reformer::reformer_stack runs `depth` reversible layers over two streams (B, L, d_model):
 //   y1 = x1 + F(x2),   F(x) = dropout_a(W_out · LSHAttention(LN1(x)) + b_out)
@@ -13,12 +13,12 @@
 //   weights    kWeightsPerLayer tensors per layer, in the order of LayerWeight below; the
 //              nn.Linear / nn.LayerNorm layouts (w_qk, w_v: (H·Dh, d_model); w_out: (d_model,
 //              H·Dh); w1: (d_ff, d_model); w2: (d_model, d_ff)); dtype and device of x1.
-//   rotations  one (1 or H, Dh, n_hashes, n_buckets / 2) tensor per layer (SPEC §1).
+//   rotations  one (1 or H, Dh, n_hashes, n_buckets / 2) tensor per layer (docs/semantics.md §1).
 //   seeds      (depth, 3) int64 on the CPU: per layer, the seeds of the attention-output,
 //              FFN-hidden and FFN-output dropout masks (seeded_dropout.h); unused when
 //              dropout_p == 0.
-//   the LSH options of SPEC §1 (scale 1), the FFN's chunk size and activation (SPEC §2), the
-//   dropout rate of all three dropouts, and LayerNorm's eps.
+//   the LSH options of docs/semantics.md §1 (scale 1), the FFN's chunk size and activation
+//   (docs/semantics.md §2), the dropout rate of all three dropouts, and LayerNorm's eps.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -26,13 +26,18 @@
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
+#include <array>
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
 namespace reformer {
 
-// Position of each of a layer's weights within its group of kWeightsPerLayer in `weights`.
+// The per-layer weight order, defined here once: the position of each of a layer's weights
+// within its group of kWeightsPerLayer in `weights` (weights[l * kWeightsPerLayer + i] is weight
+// i of layer l), and below, its name.
 enum LayerWeight : int64_t {
   kNorm1Weight, kNorm1Bias,             // F's LayerNorm
   kQkWeight, kVWeight,                  // shared query/key and value projections (no bias)
@@ -41,6 +46,18 @@ enum LayerWeight : int64_t {
   kFfnW1, kFfnB1, kFfnW2, kFfnB2,       // the feed-forward's two linear layers
   kWeightsPerLayer
 };
+
+// The name of each LayerWeight, in that order (the names of the Python module's weight list).
+inline constexpr std::array<std::string_view, kWeightsPerLayer> kLayerWeightNames = {
+    "norm1_weight", "norm1_bias", "qk_weight", "v_weight", "out_weight", "out_bias",
+    "norm2_weight", "norm2_bias", "ffn_w1",    "ffn_b1",   "ffn_w2",     "ffn_b2"};
+
+// "weights[<index>] (layer <l>, <name>)": how every argument-check message names a weight.
+inline std::string stack_weight_name(int64_t index) {
+  return "weights[" + std::to_string(index) + "] (layer " +
+         std::to_string(index / kWeightsPerLayer) + ", " +
+         std::string(kLayerWeightNames[index % kWeightsPerLayer]) + ")";
+}
 
 // (y1, y2).
 std::tuple<at::Tensor, at::Tensor> reformer_stack(

@@ -1,6 +1,9 @@
 // The operator schemas of the `reformer` namespace: the one TORCH_LIBRARY of the project.
-// Backends register their kernels with TORCH_LIBRARY_IMPL (csrc/cpu, csrc/cuda); the fake
-// (meta) kernels and autograd formulas are registered from Python in reformer_ext/ops/.
+// Kernels are registered (TORCH_LIBRARY_IMPL) at the bottom of the file that implements them:
+// csrc/cpu/<op>_cpu.cpp and csrc/cuda/<op>_cuda.cu for device-specific kernels (lsh_attention),
+// csrc/<op>.cpp, for CPU and CUDA, for one device-generic implementation (chunked_ffn,
+// reformer_stack, gemm). The fake (meta) kernels and autograd formulas are registered from
+// Python, in the modules named by set_python_module below.
 //
 // lsh_attention's softmax_stats (B, H, L, 2) holds, per query, the largest logit m and
 // log Σ exp(s - m): lse = m + that, but kept apart so the backward's exp(s - lse) stays exact in
@@ -11,7 +14,8 @@
 #include "../include/reformer_ext/reformer_ext.h"
 
 TORCH_LIBRARY(reformer, m) {
-  // Where the fake kernels live, so torch can import them when it meets these ops.
+  // Where the fake kernels live, so torch can import them when it meets these ops
+  // (set_python_module applies to the defs that follow it, up to the next set_python_module).
   m.set_python_module("reformer_ext.ops.lsh_attention");
   m.def("lsh_buckets(Tensor qk, Tensor rotations, Tensor? key_padding_mask=None) -> Tensor");
   m.def(
@@ -23,16 +27,14 @@ TORCH_LIBRARY(reformer, m) {
       "Tensor out, Tensor softmax_stats, Tensor sorted_positions, Tensor? key_padding_mask, "
       "int bucket_size, bool causal, int n_chunks_before, int n_chunks_after, float scale) "
       "-> (Tensor grad_qk, Tensor grad_v)");
-  // Chunked feed-forward (SPEC §2), csrc/chunked_ffn.{h,cpp}: y = W2 · dropout(act(W1 · x + b1)) + b2
-  // on x (..., d_model), chunk_size positions at a time; activation "gelu", "gelu_tanh", "relu" or
-  // "silu"; dropout_p in [0, 1) on the hidden activation with a mask that is a pure function of
-  // (dropout_seed, element index); dropout_seed is a one-element int64 CPU tensor (a tensor, so
-  // that a compiled graph can draw it without leaving the graph), None only when dropout_p is
-  // 0. The backward recomputes the hidden activation chunk by chunk;
-  // output_mask selects (grad_x, grad_w1, grad_b1, grad_w2, grad_b2), the others (and those of
-  // absent biases) come back undefined (None).
-  // Its fake kernels and autograd live in reformer_ext/ops/chunked_ffn.py (set_python_module
-  // applies to the defs that follow it, up to the next set_python_module).
+  // Chunked feed-forward (docs/semantics.md §2), csrc/chunked_ffn.{h,cpp}:
+  // y = W2 · dropout(act(W1 · x + b1)) + b2 on x (..., d_model), chunk_size positions at a time;
+  // activation "gelu", "gelu_tanh", "relu" or "silu"; dropout_p in [0, 1) on the hidden activation
+  // with a mask that is a pure function of (dropout_seed, element index); dropout_seed is a
+  // one-element int64 CPU tensor (a tensor, so that a compiled graph can draw it without leaving
+  // the graph), None only when dropout_p is 0. The backward recomputes the hidden activation chunk
+  // by chunk; output_mask selects (grad_x, grad_w1, grad_b1, grad_w2, grad_b2), the others (and
+  // those of absent biases) come back undefined (None).
   m.set_python_module("reformer_ext.ops.chunked_ffn");
   m.def(
       "chunked_ffn(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, int chunk_size, "
@@ -42,12 +44,12 @@ TORCH_LIBRARY(reformer, m) {
       "Tensor? b2, int chunk_size, str activation, float dropout_p, Tensor? dropout_seed, "
       "bool[5] output_mask) -> (Tensor grad_x, Tensor grad_w1, Tensor grad_b1, Tensor grad_w2, "
       "Tensor grad_b2)");
-  // The reversible Reformer stack (SPEC §3), csrc/reformer_stack.{h,cpp}: `depth` layers
-  // y1 = x1 + F(x2), y2 = x2 + G(y1) with F = LayerNorm -> LSH attention (to_qk, to_v, to_out),
-  // G = LayerNorm -> chunked feed-forward, weights passed explicitly (12 per layer, order in
-  // reformer_stack.h), one rotation tensor per layer, per-layer dropout seeds (depth, 3) int64 on
-  // the CPU. The forward keeps nothing but its outputs; the backward rebuilds every layer's
-  // inputs from them. Fake kernels and autograd: reformer_ext/ops/reformer_stack.py.
+  // The reversible Reformer stack (docs/semantics.md §3), csrc/reformer_stack.{h,cpp}: `depth`
+  // layers y1 = x1 + F(x2), y2 = x2 + G(y1) with F = LayerNorm -> LSH attention (to_qk, to_v,
+  // to_out), G = LayerNorm -> chunked feed-forward, weights passed explicitly (12 per layer, order
+  // in reformer_stack.h), one rotation tensor per layer, per-layer dropout seeds (depth, 3) int64
+  // on the CPU. The forward keeps nothing but its outputs; the backward rebuilds every layer's
+  // inputs from them.
   m.set_python_module("reformer_ext.ops.reformer_stack");
   m.def(
       "reformer_stack(Tensor x1, Tensor x2, Tensor[] weights, Tensor[] rotations, "

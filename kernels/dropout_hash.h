@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "lsh_common.h"  // RX_HOST_DEVICE
+#include "host_device.h"
 
 namespace reformer::dropout_hash {
 

@@ -1,4 +1,4 @@
-// LSH attention forward on the GPU (SPEC §1 steps 3-6), one hash round per launch.
+// LSH attention forward on the GPU (docs/semantics.md §1 steps 3-6), one hash round per launch.
 //
 // A CTA owns kRowsPerCta query items of one chunk of the round (lsh_attention_tile.cuh). It
 // gathers their qk rows by the sorted positions, then streams the keys of the chunk's window

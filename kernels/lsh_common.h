@@ -1,19 +1,15 @@
-// Index math and constants of LSH attention (SPEC §1) shared by the CPU kernel, the CUDA
-// kernels and the C++ tests. Torch-free and __host__ __device__, so the logic the GPU runs is
+// Index math and constants of LSH attention (docs/semantics.md §1) shared by the CPU kernel, the
+// CUDA kernels and the C++ tests. Torch-free and __host__ __device__, so the logic the GPU runs is
 // exercised by every CPU test run.
 #pragma once
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define RX_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define RX_HOST_DEVICE inline
-#endif
+#include "host_device.h"
 
 namespace reformer {
 
-// Logit replacements of SPEC §1 step 5, applied in the accumulator type.
+// Logit replacements of docs/semantics.md §1 step 5, applied in the accumulator type.
 constexpr float kMaskedLogit = -1e9f;  // padding key, or causal and key after query
 constexpr float kSelfLogit = -1e5f;    // key == query: used only when nothing else is valid
 // Epsilon of the key normalisation k = x * rsqrt(mean(x^2) + eps) / sqrt(D).
@@ -35,8 +31,9 @@ RX_HOST_DEVICE int64_t wrap_chunk(int64_t chunk, int64_t n_chunks) {
 }
 
 // The distinct chunks that query chunk `chunk` attends to, in the fixed order of offsets
-// -before..+after (SPEC §1 step 3). With few chunks, offsets wrap onto the same chunk; each chunk
-// is kept once, at its first offset. Returns the count written to `out` (<= before+after+1).
+// -before..+after (docs/semantics.md §1 step 3). With few chunks, offsets wrap onto the same chunk;
+// each chunk is kept once, at its first offset. Returns the count written to `out` (<=
+// before+after+1).
 RX_HOST_DEVICE int window_chunks(int64_t chunk, int64_t n_chunks, int before, int after,
                                  int64_t* out) {
   int count = 0;
@@ -63,7 +60,7 @@ RX_HOST_DEVICE int chunks_seeing(int64_t chunk, int64_t n_chunks, int before, in
   return count;
 }
 
-// A logit after the masks of SPEC §1 step 5 (padding keys are never passed here: their
+// A logit after the masks of docs/semantics.md §1 step 5 (padding keys are never passed here: their
 // weight exp(-1e9 - lse) is exactly zero, since the query always sees itself at >= -1e5).
 // Selects instead of branches, so loops over keys vectorise.
 template <typename acc_t, typename pos_t>
@@ -79,8 +76,9 @@ RX_HOST_DEVICE bool logit_is_replaced(pos_t query_pos, pos_t key_pos, bool causa
 }
 
 // Bucket of one hash round: the argmax over [p, -p] (length 2 * half) with ties to the lowest
-// index (SPEC §1 step 1), from the first index of the largest and of the smallest projection.
-// Every index of +p is below every index of -p, so a tie between max(p) and -min(p) goes to +p.
+// index (docs/semantics.md §1 step 1), from the first index of the largest and of the smallest
+// projection. Every index of +p is below every index of -p, so a tie between max(p) and -min(p)
+// goes to +p.
 template <typename acc_t>
 RX_HOST_DEVICE int64_t bucket_from_extremes(acc_t max_p, int64_t arg_max, acc_t min_p,
                                             int64_t arg_min, int64_t half) {

@@ -1,6 +1,6 @@
-// CUDA hashing of SPEC §1 step 1: projection of each position onto the random rotations and the
-// argmax over [p, -p], fused in one kernel (one thread per (batch·head, round, position)).
-// Torch-free: raw pointers, a params struct and a stream.
+// CUDA hashing of docs/semantics.md §1 step 1: projection of each position onto the random
+// rotations and the argmax over [p, -p], fused in one kernel (one thread per (batch·head, round,
+// position)). Torch-free: raw pointers, a params struct and a stream.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -1,6 +1,7 @@
-// LSH hashing on tensor cores (SPEC §1 step 1) for fp16/bf16 qk with D in {32, 64, 128}: the
-// projections p = qk_i · rotations[h, :, r, :] as a GEMM on mma.sync, fused with the argmax over
-// [p, -p] (ties to the lowest index), so the (L x R·nb/2) projections never reach memory.
+// LSH hashing on tensor cores (docs/semantics.md §1 step 1) for fp16/bf16 qk with D in {32, 64,
+// 128}: the projections p = qk_i · rotations[h, :, r, :] as a GEMM on mma.sync, fused with the
+// argmax over [p, -p] (ties to the lowest index), so the (L x R·nb/2) projections never reach
+// memory.
 //
 // Hashing is a GEMM with N = R·nb/2 and nb grows with L, so at long L it costs more than the
 // attention itself; on FFMA (lsh_hash.cuh) it would dominate the whole operator.

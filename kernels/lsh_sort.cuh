@@ -1,7 +1,7 @@
-// Bucket sort of SPEC §1 step 2 on the GPU: one stable CUB radix sort over all (batch, head,
-// round) segments at once. The key of position i in segment seg is (seg << bucket_bits) | bucket,
-// so sorting only the low segment_bits + bucket_bits bits orders by (segment, bucket) and, the
-// sort being stable, keeps original positions in order inside a bucket. The values are the
+// Bucket sort of docs/semantics.md §1 step 2 on the GPU: one stable CUB radix sort over all (batch,
+// head, round) segments at once. The key of position i in segment seg is (seg << bucket_bits) |
+// bucket, so sorting only the low segment_bits + bucket_bits bits orders by (segment, bucket) and,
+// the sort being stable, keeps original positions in order inside a bucket. The values are the
 // positions 0..L'-1; the sorted values, segment after segment, are exactly the (B, H, R * L')
 // sorted_positions of the operator. Torch-free: the caller provides CUB's temporary storage.
 #pragma once

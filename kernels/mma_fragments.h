@@ -23,7 +23,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "lsh_common.h"
+#include "host_device.h"
 
 namespace reformer::mma {
 

@@ -1,4 +1,5 @@
-// CPU kernels of LSH attention (SPEC §1), forward and flash-style backward.
+// CPU kernels of the LSH attention operators (docs/semantics.md §1): lsh_buckets, the forward
+// and the flash-style backward, registered for the CPU at the bottom of this file.
 //
 // Work is split by chunk of the bucket-sorted sequence: a task gathers one chunk's queries and
 // the keys of its window into cache-sized tiles, computes the logits with a tiled GEMM, the row
@@ -17,9 +18,10 @@
 #include <limits>
 
 #include "../../kernels/lsh_common.h"
-#include "../lsh_attention.h"
+#include "../lsh_attention_common.h"
 #include "cpu_dispatch.h"
 #include "lsh_hash_cpu.h"
+#include "lsh_sort_cpu.h"
 #include "tile_math.h"
 
 namespace reformer::cpu {
@@ -92,8 +94,8 @@ struct ChunkInputs {
     }
   }
 
-  // row[n] = scale * row[n] with the masks of SPEC §1 step 5, for the keys kpos[0..nk) of the
-  // query at query_pos.
+  // row[n] = scale * row[n] with the masks of docs/semantics.md §1 step 5, for the keys kpos[0..nk)
+  // of the query at query_pos.
   void mask_logits(acc_t* row, int64_t nk, int32_t query_pos, const int32_t* kpos) const {
     const acc_t sc = scale;
     const bool is_causal = causal;
@@ -237,7 +239,7 @@ void probabilities_and_logit_grads(const ChunkInputs<acc_t>& in, const int32_t* 
     in.mask_logits(prow, nk, query_pos, kpos);
     for (int64_t n = 0; n < nk; ++n) prow[n] = fast_exp((prow[n] - row_max) - log_sum);
     for (int64_t n = 0; n < nk; ++n) {
-      // A replaced logit is a constant: it has no gradient (SPEC §1 step 5).
+      // A replaced logit is a constant: it has no gradient (docs/semantics.md §1 step 5).
       const bool replaced = logit_is_replaced<int32_t>(query_pos, kpos[n], causal);
       dsrow[n] = replaced ? acc_t(0) : prow[n] * (dsrow[n] - delta);
     }
@@ -346,7 +348,15 @@ void check_cpu(const at::Tensor& t, const char* name) {
                     t.device());
 }
 
-}  // namespace
+at::Tensor lsh_buckets(const at::Tensor& qk, const at::Tensor& rotations,
+                       const c10::optional<at::Tensor>& key_padding_mask) {
+  // Any bucket size gives the same buckets; 1 keeps the padded length equal to L.
+  const LshShape s = check_hash_args(qk, rotations, key_padding_mask, /*bucket_size=*/1);
+  const auto acc = qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto buckets = hash_buckets(qk.to(acc).contiguous(), rotations.to(acc),
+                              padding_flags(s, key_padding_mask), s);
+  return buckets.to(at::kLong);
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention(
     const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
@@ -428,4 +438,11 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
   return {dqk.to(qk.scalar_type()), dv.to(v.scalar_type())};
 }
 
+}  // namespace
 }  // namespace reformer::cpu
+
+TORCH_LIBRARY_IMPL(reformer, CPU, m) {
+  m.impl("lsh_buckets", &reformer::cpu::lsh_buckets);
+  m.impl("lsh_attention", &reformer::cpu::lsh_attention);
+  m.impl("lsh_attention_backward", &reformer::cpu::lsh_attention_backward);
+}

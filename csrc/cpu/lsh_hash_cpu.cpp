@@ -1,5 +1,5 @@
-// CPU hashing: projections of each position onto the random rotations (a tiled GEMM per block of
-// rows), the argmax over [p, -p], and a stable counting sort by bucket.
+// CPU hashing of docs/semantics.md §1 step 1: projections of each position onto the random
+// rotations (a tiled GEMM per block of rows) and the argmax over [p, -p].
 #include "lsh_hash_cpu.h"
 
 #include <ATen/Dispatch.h>
@@ -81,40 +81,6 @@ at::Tensor hash_buckets(const at::Tensor& qk_acc, const at::Tensor& rotations,
                         padding.data_ptr<uint8_t>(), s, padded_cols, buckets.data_ptr<int32_t>());
   });
   return buckets;
-}
-
-at::Tensor sort_by_bucket(const at::Tensor& buckets, const LshShape& s) {
-  const int64_t Lp = s.padded_length, bins = s.n_buckets + 1;
-  auto sorted = at::empty({s.batch, s.heads, s.n_hashes * Lp}, at::dtype(at::kInt));
-  const int32_t* bucket = buckets.data_ptr<int32_t>();
-  int32_t* out = sorted.data_ptr<int32_t>();
-  at::parallel_for(0, s.batch * s.heads * s.n_hashes, 1, [&](int64_t begin, int64_t end) {
-    int64_t* next = thread_scratch<int64_t>(bins);
-    for (int64_t row = begin; row < end; ++row) {
-      const int32_t* key = bucket + row * Lp;
-      int32_t* dst = out + row * Lp;
-      std::fill(next, next + bins, 0);
-      for (int64_t p = 0; p < Lp; ++p) ++next[key[p]];
-      int64_t offset = 0;  // exclusive scan: first slot of each bucket
-      for (int64_t k = 0; k < bins; ++k) {
-        const int64_t count = next[k];
-        next[k] = offset;
-        offset += count;
-      }
-      for (int64_t p = 0; p < Lp; ++p) dst[next[key[p]]++] = static_cast<int32_t>(p);
-    }
-  });
-  return sorted;
-}
-
-at::Tensor lsh_buckets(const at::Tensor& qk, const at::Tensor& rotations,
-                       const c10::optional<at::Tensor>& key_padding_mask) {
-  // Any bucket size gives the same buckets; 1 keeps the padded length equal to L.
-  const LshShape s = check_hash_args(qk, rotations, key_padding_mask, /*bucket_size=*/1);
-  const auto acc = qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto buckets = hash_buckets(qk.to(acc).contiguous(), rotations.to(acc),
-                              padding_flags(s, key_padding_mask), s);
-  return buckets.to(at::kLong);
 }
 
 }  // namespace reformer::cpu

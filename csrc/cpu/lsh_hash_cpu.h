@@ -1,10 +1,10 @@
-// CPU hashing and bucket sort (SPEC §1 steps 1-2), used by lsh_buckets and the attention forward.
+// CPU hashing (docs/semantics.md §1 step 1), used by lsh_buckets and the attention forward.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
-#include "../lsh_attention.h"
+#include "../lsh_attention_common.h"
 
 namespace reformer::cpu {
 
@@ -15,9 +15,5 @@ at::Tensor padding_flags(const LshShape& s, const c10::optional<at::Tensor>& key
 // `qk_acc` is qk as a contiguous tensor of the accumulation type (float or double).
 at::Tensor hash_buckets(const at::Tensor& qk_acc, const at::Tensor& rotations,
                         const at::Tensor& padding, const LshShape& s);
-
-// Stable counting sort of every (batch, head, round) row of `buckets` (B, H, R, L'):
-// returns (B, H, R * L') int32 positions ordered by (bucket, position) within each round.
-at::Tensor sort_by_bucket(const at::Tensor& buckets, const LshShape& s);
 
 }  // namespace reformer::cpu

@@ -1,12 +1,14 @@
-// CUDA entry points of reformer::lsh_attention and reformer::lsh_attention_backward (SPEC §1):
-// argument checks (shared with the CPU kernel), device guard, current stream, buffers from
-// PyTorch's caching allocator, dtype and head-dim dispatch, and launch checks. The device code
-// is torch-free and lives in kernels/: hashing (lsh_hash.cuh), the CUB bucket sort
-// (lsh_sort.cuh), the forward (lsh_attention_fwd.cuh) and the backward (lsh_attention_bwd.cuh).
+// CUDA kernels of the LSH attention operators (docs/semantics.md §1), reformer::lsh_buckets,
+// reformer::lsh_attention and reformer::lsh_attention_backward, registered for CUDA at the bottom
+// of this file: argument checks (shared with the CPU kernels), device guard, current stream,
+// buffers from PyTorch's caching allocator, and the choice of kernels. The device code is
+// torch-free and lives in kernels/: hashing (lsh_hash.cuh, via lsh_hash_cuda.cu), the CUB bucket
+// sort (lsh_sort.cuh, via lsh_sort_cuda.cu), the forward (lsh_attention_fwd.cuh) and the backward
+// (lsh_attention_bwd.cuh), and their tensor-core forms (lsh_attention_mma_*.cuh).
 //
-// Outputs have the CPU kernel's meaning and layout, so reformer_ext/ops.py's autograd works
-// unchanged: sorted_positions (B, H, R * L') int32, softmax_stats (B, H, L, 2) = (max logit,
-// log-sum relative to it), lse = their sum; padding queries get out 0, stats 0 and lse 0.
+// Outputs have the CPU kernels' meaning and layout, so one autograd formula serves both devices:
+// sorted_positions (B, H, R * L') int32, softmax_stats (B, H, L, 2) = (max logit, log-sum
+// relative to it), lse = their sum; padding queries get out 0, stats 0 and lse 0.
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Functions.h>
@@ -16,29 +18,16 @@
 #include <torch/library.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
-#include <string>
 
-#include "../../kernels/lsh_attention_mma.cuh"
-#include "../../kernels/lsh_sort.cuh"
-#include "../lsh_attention.h"
+#include "../../kernels/lsh_common.h"
+#include "../lsh_attention_common.h"
 #include "lsh_attention_cuda.h"
+#include "lsh_hash_cuda.h"
+#include "lsh_sort_cuda.h"
+#include "tensor_cores_cuda.h"
 
 namespace reformer::cuda {
-
-bool use_tensor_cores(const at::Tensor& qk, const at::Tensor& v, const at::Tensor* dout) {
-  if (qk.scalar_type() != at::kHalf && qk.scalar_type() != at::kBFloat16) return false;
-  if (!mma_head_dims_supported(qk.size(-1), v.size(-1))) return false;
-  const auto aligned = [](const at::Tensor& t) {
-    return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
-  };
-  if (!aligned(qk) || !aligned(v) || (dout != nullptr && !aligned(*dout))) return false;
-  const char* setting = std::getenv("REFORMER_EXT_TENSOR_CORES");
-  if (setting != nullptr && std::string(setting) == "0") return false;
-  return tensor_core_kernels_run_on(qk.get_device());
-}
-
 namespace {
 
 AttentionParams make_params(const LshShape& s, const at::Tensor& mask, const at::Tensor& sorted,
@@ -68,38 +57,12 @@ at::Tensor key_scales(const at::Tensor& qk, const LshShape& s) {
   return x.square().mean(-1).add_(kKeyNormEps).mul_(static_cast<double>(s.dim)).rsqrt_();
 }
 
-template <typename key_t>
-void sort_with_keys(const at::Tensor& buckets, const SortShape& shape, at::Tensor& sorted) {
-  const auto key_dtype = sizeof(key_t) == 4 ? at::kInt : at::kLong;
-  auto options = buckets.options();
-  auto keys_in = at::empty({shape.items()}, options.dtype(key_dtype));
-  auto keys_out = at::empty({shape.items()}, options.dtype(key_dtype));
-  auto values_in = at::empty({shape.items()}, options.dtype(at::kInt));
-  size_t cub_bytes = 0;
-  C10_CUDA_CHECK(lsh_sort_temp_bytes<key_t>(shape, cub_bytes));
-  // CUB's scratch comes from the caching allocator, on the current stream.
-  auto cub_temp = at::empty({static_cast<int64_t>(std::max<size_t>(cub_bytes, 1))},
-                            options.dtype(at::kByte));
-  C10_CUDA_CHECK(launch_lsh_sort<key_t>(
-      buckets.data_ptr<int64_t>(), shape, reinterpret_cast<key_t*>(keys_in.data_ptr()),
-      reinterpret_cast<key_t*>(keys_out.data_ptr()), values_in.data_ptr<int32_t>(),
-      sorted.data_ptr<int32_t>(), cub_temp.data_ptr(), cub_bytes,
-      c10::cuda::getCurrentCUDAStream()));
-}
-
-// sorted_positions (B, H, R * L') int32 of SPEC §1 step 2.
-at::Tensor sort_by_bucket(const at::Tensor& buckets, const LshShape& s) {
-  auto sorted = at::empty({s.batch, s.heads, s.n_hashes * s.padded_length},
-                          buckets.options().dtype(at::kInt));
-  const SortShape shape{s.batch * s.heads * s.n_hashes, s.length, s.padded_length, s.n_buckets};
-  if (shape.items() == 0) return sorted;
-  TORCH_CHECK(shape.key_bits() <= 64, "lsh_attention: too many (batch, head, round) segments ",
-              "and buckets to sort with 64-bit keys");
-  if (shape.key_bits() <= 32)
-    sort_with_keys<uint32_t>(buckets, shape, sorted);
-  else
-    sort_with_keys<uint64_t>(buckets, shape, sorted);
-  return sorted;
+at::Tensor lsh_buckets_cuda(const at::Tensor& qk, const at::Tensor& rotations,
+                            const c10::optional<at::Tensor>& key_padding_mask) {
+  const LshShape s = check_hash_args(qk, rotations, key_padding_mask, /*bucket_size=*/1);
+  const c10::cuda::CUDAGuard guard(qk.device());
+  const auto mask = key_padding_mask.has_value() ? key_padding_mask->contiguous() : at::Tensor();
+  return hash_buckets(qk.contiguous(), rotations, mask, s);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention_cuda(
@@ -173,6 +136,7 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward_cuda(
 }  // namespace reformer::cuda
 
 TORCH_LIBRARY_IMPL(reformer, CUDA, m) {
+  m.impl("lsh_buckets", &reformer::cuda::lsh_buckets_cuda);
   m.impl("lsh_attention", &reformer::cuda::lsh_attention_cuda);
   m.impl("lsh_attention_backward", &reformer::cuda::lsh_attention_backward_cuda);
 }

@@ -1,7 +1,7 @@
 // Launchers of the LSH attention forward and backward kernels (kernels/lsh_attention_*.cuh) for
-// the dtype of qk, shared by the entry points in lsh_attention_cuda.cu. Each lives in its own
-// translation unit (lsh_attention_{fwd,bwd}_cuda.cu), so the many kernel instantiations
-// (dtype x head-dim slots) compile in parallel.
+// the dtype of qk, called by the CUDA kernels of the operators in lsh_attention_cuda.cu. Each
+// lives in its own translation unit (lsh_attention_{fwd,bwd,mma_fwd,mma_bwd}_cuda.cu), so the
+// many kernel instantiations (dtype x head-dim slots) compile in parallel.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,7 +10,7 @@
 #include <type_traits>
 
 #include "../../kernels/lsh_attention_tile.cuh"
-#include "../lsh_attention.h"
+#include "../lsh_attention_common.h"
 
 namespace reformer::cuda {
 
@@ -33,11 +33,6 @@ void dispatch_slots(int64_t dim, int64_t value_dim, const F& f) {
   }
 }
 
-// Buckets (B, H, R, L) int64 of SPEC §1 step 1 on the current stream (padding positions: the
-// bucket n_buckets); qk contiguous, mask contiguous bool or undefined. lsh_buckets_cuda.cu.
-at::Tensor hash_buckets(const at::Tensor& qk, const at::Tensor& rotations, const at::Tensor& mask,
-                        const LshShape& s);
-
 // Every round of the forward on the current stream. qk, v contiguous in the input dtype;
 // key_scale (B, H, L), out_acc (B, H, L, Dv) zero and stats (B, H, L, 2) -inf, in the
 // accumulation type.
@@ -52,20 +47,8 @@ void run_lsh_backward(const AttentionParams& p, int64_t n_hashes, const at::Tens
                       const at::Tensor& stats, const at::Tensor& delta, at::Tensor& dqk,
                       at::Tensor& dv);
 
-// Whether the tensor-core kernels (kernels/lsh_attention_mma_*.cuh) take this call: fp16/bf16
-// inputs, D == Dv in {32, 64, 128}, qk, v (and dout in the backward) 16-byte aligned,
-// tensor_core_kernels_run_on(qk's device), and the environment variable REFORMER_EXT_TENSOR_CORES
-// not "0" (the switch that selects the FFMA kernels instead, e.g. to compare the two).
-// lsh_attention_cuda.cu.
-bool use_tensor_cores(const at::Tensor& qk, const at::Tensor& v,
-                      const at::Tensor* dout = nullptr);
-
-// Whether `device` (the current device) has compute capability 8.0+ and loads the tensor-core
-// kernels compiled for a compute_80+ target. Cached per device. lsh_attention_mma_fwd_cuda.cu.
-bool tensor_core_kernels_run_on(int device);
-
 // Tensor-core forms of run_lsh_forward / run_lsh_backward, same arguments, for calls that
-// use_tensor_cores accepts. lsh_attention_mma_{fwd,bwd}_cuda.cu.
+// use_tensor_cores (tensor_cores_cuda.h) accepts. lsh_attention_mma_{fwd,bwd}_cuda.cu.
 void run_lsh_forward_mma(const AttentionParams& p, int64_t n_hashes, const at::Tensor& qk,
                          const at::Tensor& v, const at::Tensor& key_scale, at::Tensor& out_acc,
                          at::Tensor& stats);

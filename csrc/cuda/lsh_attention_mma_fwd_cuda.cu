@@ -3,9 +3,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include <mutex>
-#include <unordered_map>
-
 #include "../../kernels/lsh_attention_mma_fwd.cuh"
 #include "lsh_attention_cuda.h"
 
@@ -29,31 +26,6 @@ void forward_for(const AttentionParams& p, int64_t n_hashes, const at::Tensor& q
 }
 
 }  // namespace
-
-bool tensor_core_kernels_run_on(int device) {
-  static std::mutex lock;
-  static std::unordered_map<int, bool> known;
-  const std::lock_guard<std::mutex> hold(lock);
-  const auto found = known.find(device);
-  if (found != known.end()) return found->second;
-  int major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  bool usable = false;
-  if (major >= 8) {
-    // The code the driver loads for this device must come from a compute_80+ target: built for
-    // older targets only (e.g. "7.5+PTX", compiled just in time here), the kernels hold a trap
-    // where mma.sync would be. The caller's device guard makes `device` current.
-    cudaFuncAttributes attributes{};
-    const cudaError_t status =
-        cudaFuncGetAttributes(&attributes, lsh_forward_round_mma_kernel<__half, 64>);
-    if (status == cudaSuccess)
-      usable = attributes.ptxVersion >= 80;
-    else
-      (void)cudaGetLastError();  // no image for this device: the FFMA path reports it
-  }
-  known.emplace(device, usable);
-  return usable;
-}
 
 void run_lsh_forward_mma(const AttentionParams& p, int64_t n_hashes, const at::Tensor& qk,
                          const at::Tensor& v, const at::Tensor& key_scale, at::Tensor& out_acc,

@@ -1,5 +1,5 @@
 // The rotations in the form the tensor-core hash (kernels/lsh_hash_mma.cuh) reads, built with
-// ATen on the current stream. Shared by csrc/cuda/lsh_buckets_cuda.cu and the CPU simulation of
+// ATen on the current stream. Shared by csrc/cuda/lsh_hash_cuda.cu and the CPU simulation of
 // the kernels (tests/cuda_sim), so both feed the kernel the same pieces.
 #pragma once
 

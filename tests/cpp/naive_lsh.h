@@ -1,5 +1,5 @@
-// A deliberately naive C++ reference of SPEC §1 for the GoogleTest suite: plain loops over
-// std::vector<double>, one query at a time, written from the spec and sharing no code with the
+// A deliberately naive C++ reference of docs/semantics.md §1 for the GoogleTest suite: plain loops
+// over std::vector<double>, one query at a time, written from the spec and sharing no code with the
 // kernels except the constants.
 #pragma once
 

@@ -53,7 +53,7 @@ inline Tensor lsh_buckets(const Tensor& qk, const Tensor& rot, const OptTensor& 
 }
 
 // Gradients of chunked_ffn: (x, w1, b1, w2, b2).
-using FfnGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+using ChunkedFfnGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // The operators take the seed as a one-element int64 CPU tensor.
 inline Tensor seed_tensor(int64_t seed) { return at::scalar_tensor(seed, at::kLong); }
@@ -69,15 +69,17 @@ inline Tensor chunked_ffn(const Tensor& x, const Tensor& w1, const OptTensor& b1
   return op.call(x, w1, b1, w2, b2, chunk_size, activation, p, seed_tensor(seed));
 }
 
-inline FfnGrads chunked_ffn_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w1,
-                           const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
-                           int64_t chunk_size, const std::string& activation, double p,
-                           int64_t seed, std::array<bool, 5> mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("reformer::chunked_ffn_backward", "")
-                       .typed<FfnGrads(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                                    const Tensor&, const OptTensor&, int64_t, c10::string_view,
-                                    double, const OptTensor&, std::array<bool, 5>)>();
+inline ChunkedFfnGrads chunked_ffn_backward(const Tensor& grad_out, const Tensor& x,
+                                            const Tensor& w1, const OptTensor& b1, const Tensor& w2,
+                                            const OptTensor& b2, int64_t chunk_size,
+                                            const std::string& activation, double p, int64_t seed,
+                                            std::array<bool, 5> mask) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("reformer::chunked_ffn_backward", "")
+          .typed<ChunkedFfnGrads(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                 const Tensor&, const OptTensor&, int64_t, c10::string_view, double,
+                                 const OptTensor&, std::array<bool, 5>)>();
   return op.call(grad_out, x, w1, b1, w2, b2, chunk_size, activation, p, seed_tensor(seed),
                  mask);
 }

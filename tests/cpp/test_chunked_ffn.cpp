@@ -21,11 +21,11 @@ namespace {
 
 using reformer_test::chunked_ffn;
 using reformer_test::chunked_ffn_backward;
-using reformer_test::FfnGrads;
+using reformer_test::ChunkedFfnGrads;
 using reformer_test::OptTensor;
 using reformer_test::seed_tensor;
 using reformer_test::Tensor;
-using Grads = FfnGrads;
+using Grads = ChunkedFfnGrads;
 
 // The (e + 1)-th output of SplitMix64 seeded with `seed`.
 uint64_t splitmix64_word(uint64_t seed, uint64_t e) {

@@ -161,4 +161,36 @@ TEST(ReformerStack, BadArgumentsNameTheArgument) {
   expect_error(p.weights, p.seeds.to(at::kInt), "seeds");
 }
 
+// Every weight, at every index of a two-layer stack, that has a wrong shape (one row more, or one
+// dimension more) or a wrong dtype is reported by its index, layer and name, in the per-layer
+// order of csrc/reformer_stack.h (the order of the Python weight list).
+TEST(ReformerStack, EveryBadWeightIsNamed) {
+  const char* const kNames[kWeightsPerLayer] = {
+      "norm1_weight", "norm1_bias", "qk_weight", "v_weight", "out_weight", "out_bias",
+      "norm2_weight", "norm2_bias", "ffn_w1",    "ffn_b1",   "ffn_w2",     "ffn_b2"};
+  const auto p = make_problem(2);
+  for (size_t i = 0; i < p.weights.size(); ++i) {
+    const std::string needle = "weights[" + std::to_string(i) + "] (layer " +
+                               std::to_string(i / kWeightsPerLayer) + ", " +
+                               kNames[i % kWeightsPerLayer] + ")";
+    const auto& w = p.weights[i];
+    auto longer = w.sizes().vec();
+    longer[0] += 1;
+    auto deeper = w.sizes().vec();
+    deeper.push_back(1);
+    for (const auto& bad : {at::zeros(longer, w.options()), at::zeros(deeper, w.options()),
+                            w.to(at::kFloat)}) {
+      auto weights = p.weights;
+      weights[i] = bad;
+      try {
+        stack(p, p.x1, p.x2, weights, p.rotations, p.seeds);
+        ADD_FAILURE() << "no error for " << needle << " " << bad.sizes();
+      } catch (const c10::Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
+            << needle << " " << bad.sizes() << " " << bad.scalar_type() << ": " << e.what();
+      }
+    }
+  }
+}
+
 }  // namespace

@@ -1,6 +1,6 @@
 // Checks shared by the CUDA-simulation test files (test_cuda_kernels_sim.cpp,
-// test_ffn_kernels_sim.cpp): typed raw pointers into tensors and a tolerance comparison that
-// names the worst element.
+// test_chunked_ffn_kernels_sim.cpp): typed raw pointers into tensors and a tolerance comparison
+// that names the worst element.
 #pragma once
 
 #include <ATen/ATen.h>

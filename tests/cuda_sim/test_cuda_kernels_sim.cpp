@@ -5,7 +5,7 @@
 //   - attention forward + backward: FFMA kernels (float, double, and fp16/bf16 inputs with fp32
 //     accumulation) and tensor-core kernels (fp16/bf16, D = Dv in {32, 64, 128});
 //   - hashing: lsh_hash.cuh (FFMA) and lsh_hash_mma.cuh (tensor cores, with the three rotation
-//     pieces built as csrc/cuda/lsh_buckets_cuda.cu builds them), bucket for bucket;
+//     pieces built as csrc/cuda/lsh_hash_cuda.cu builds them), bucket for bucket;
 //   - the simulator itself: fp16/bf16 conversions, its mma emulation against the kernels'
 //     fragment loaders (two independent transcriptions of the PTX table), collectives, and the
 //     errors it reports.

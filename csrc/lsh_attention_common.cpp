@@ -1,6 +1,6 @@
-// Argument checks of the LSH attention operators, shared by the CPU and CUDA entry points.
+// Argument checks of the LSH attention operators (lsh_attention_common.h), for every backend.
 // Each failure is a ValueError in Python that names the argument, the expectation and the value.
-#include "lsh_attention.h"
+#include "lsh_attention_common.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>

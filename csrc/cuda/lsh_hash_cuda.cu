@@ -1,19 +1,17 @@
-// CUDA entry point of reformer::lsh_buckets, and the hash launch that the CUDA lsh_attention
-// shares (hash_buckets): checks, device guard, current stream, dtype dispatch and launch of the
-// torch-free kernels: tensor cores (kernels/lsh_hash_mma.cuh) where use_tensor_cores accepts
-// the call, else FFMA (kernels/lsh_hash.cuh).
+// CUDA hashing (lsh_hash_cuda.h) for lsh_buckets and the attention forward: current stream,
+// dtype dispatch and launch of the torch-free kernels: tensor cores (kernels/lsh_hash_mma.cuh)
+// where use_tensor_cores accepts the call, else FFMA (kernels/lsh_hash.cuh).
+#include "lsh_hash_cuda.h"
+
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Functions.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
-#include <torch/library.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "../../kernels/lsh_hash_mma.cuh"
-#include "../lsh_attention.h"
 #include "rotation_pieces.h"
-#include "lsh_attention_cuda.h"
+#include "tensor_cores_cuda.h"
 
 namespace reformer::cuda {
 namespace {
@@ -62,19 +60,4 @@ at::Tensor hash_buckets(const at::Tensor& qk, const at::Tensor& rotations, const
   return buckets;
 }
 
-namespace {
-
-at::Tensor lsh_buckets_cuda(const at::Tensor& qk, const at::Tensor& rotations,
-                            const c10::optional<at::Tensor>& key_padding_mask) {
-  const LshShape s = check_hash_args(qk, rotations, key_padding_mask, /*bucket_size=*/1);
-  const c10::cuda::CUDAGuard guard(qk.device());
-  const auto mask = key_padding_mask.has_value() ? key_padding_mask->contiguous() : at::Tensor();
-  return hash_buckets(qk.contiguous(), rotations, mask, s);
-}
-
-}  // namespace
 }  // namespace reformer::cuda
-
-TORCH_LIBRARY_IMPL(reformer, CUDA, m) {
-  m.impl("lsh_buckets", &reformer::cuda::lsh_buckets_cuda);
-}

@@ -1,4 +1,4 @@
-// Fused element-wise CPU kernels of the chunked feed-forward (see ffn_cpu.h).
+// Fused element-wise CPU kernels of the chunked feed-forward (see chunked_ffn_cpu.h).
 //
 // Each activation is evaluated once per element together with its derivative, sharing the
 // transcendental: exact GELU uses one exp(-z²/2) for both erf(z/√2) and the normal density,
@@ -8,8 +8,9 @@
 // The dropout mask is evaluated inline from (seed, element index) (kernels/dropout_hash.h),
 // so no mask tensor exists. Loops are parallel over rows (element-wise kernels) or column blocks
 // (the column sum), so every result is independent of the thread count.
-#include "ffn_cpu.h"
+#include "chunked_ffn_cpu.h"
 #include "tile_math.h"
+#include "../seeded_dropout.h"  // dropout_hash
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -188,7 +189,7 @@ void bias_activation_grad_loop(T* h, T* act_out, const T* bias, const RowDropout
 
 template <typename T, bool kDropout>
 void dispatch_bias_activation(const at::Tensor& h, const at::Tensor& bias, const RowDropout& drop,
-                              FfnActivation act, bool with_grad, const at::Tensor& act_out) {
+                              ChunkedFfnActivation act, bool with_grad, const at::Tensor& act_out) {
   const int64_t cols = h.size(-1);
   const int64_t rows = cols > 0 ? h.numel() / cols : 0;
   T* hp = h.data_ptr<T>();
@@ -203,17 +204,25 @@ void dispatch_bias_activation(const at::Tensor& h, const at::Tensor& bias, const
     }
   };
   switch (act) {
-    case FfnActivation::Gelu: run(Gelu{}); break;
-    case FfnActivation::GeluTanh: run(GeluTanh{}); break;
-    case FfnActivation::Relu: run(Relu{}); break;
-    case FfnActivation::Silu: run(Silu{}); break;
+    case ChunkedFfnActivation::Gelu:
+      run(Gelu{});
+      break;
+    case ChunkedFfnActivation::GeluTanh:
+      run(GeluTanh{});
+      break;
+    case ChunkedFfnActivation::Relu:
+      run(Relu{});
+      break;
+    case ChunkedFfnActivation::Silu:
+      run(Silu{});
+      break;
   }
 }
 
 void bias_activation_impl(const at::Tensor& h, const at::Tensor& bias,
-                          const HiddenDropoutRows& dropout, FfnActivation act, bool with_grad,
-                          const at::Tensor& act_out) {
-  TORCH_CHECK(ffn_fused_supported(h), "ffn fused kernel: unsupported hidden tensor");
+                          const ChunkedFfnHiddenDropoutRows& dropout, ChunkedFfnActivation act,
+                          bool with_grad, const at::Tensor& act_out) {
+  TORCH_CHECK(chunked_ffn_fused_supported(h), "ffn fused kernel: unsupported hidden tensor");
   const int64_t cols = h.size(-1);
   // An absent bias is a zero bias (d_ff elements: negligible next to the chunk).
   const at::Tensor b = bias.defined() ? bias.contiguous() : at::zeros({cols}, h.options());
@@ -272,24 +281,27 @@ void mul_colsum_loop(T* grad, const T* deriv, T* col_sums, int64_t rows, int64_t
 
 }  // namespace
 
-bool ffn_fused_supported(const at::Tensor& h) {
+bool chunked_ffn_fused_supported(const at::Tensor& h) {
   return h.device().is_cpu() && h.is_contiguous() &&
          (h.scalar_type() == at::kFloat || h.scalar_type() == at::kDouble);
 }
 
-void ffn_bias_activation_(const at::Tensor& h, const at::Tensor& bias,
-                          const HiddenDropoutRows& dropout, FfnActivation act) {
+void chunked_ffn_bias_activation_(const at::Tensor& h, const at::Tensor& bias,
+                                  const ChunkedFfnHiddenDropoutRows& dropout,
+                                  ChunkedFfnActivation act) {
   bias_activation_impl(h, bias, dropout, act, /*with_grad=*/false, at::Tensor());
 }
 
-void ffn_bias_activation_grad_(const at::Tensor& h, const at::Tensor& act_out,
-                               const at::Tensor& bias, const HiddenDropoutRows& dropout,
-                               FfnActivation act) {
+void chunked_ffn_bias_activation_grad_(const at::Tensor& h, const at::Tensor& act_out,
+                                       const at::Tensor& bias,
+                                       const ChunkedFfnHiddenDropoutRows& dropout,
+                                       ChunkedFfnActivation act) {
   bias_activation_impl(h, bias, dropout, act, /*with_grad=*/true, act_out);
 }
 
-void ffn_mul_colsum_(const at::Tensor& grad, const at::Tensor& deriv, const at::Tensor& col_sums) {
-  TORCH_CHECK(ffn_fused_supported(grad) && deriv.sizes() == grad.sizes() &&
+void chunked_ffn_mul_colsum_(const at::Tensor& grad, const at::Tensor& deriv,
+                             const at::Tensor& col_sums) {
+  TORCH_CHECK(chunked_ffn_fused_supported(grad) && deriv.sizes() == grad.sizes() &&
                   deriv.is_contiguous() && deriv.scalar_type() == grad.scalar_type(),
               "ffn fused kernel: grad / deriv");
   const int64_t cols = grad.size(-1);

@@ -1,11 +1,13 @@
-// The chunked feed-forward's CUDA kernel (kernels/ffn_activation.cuh: bias + activation + seeded
-// dropout in one pass, forward and backward form) run on the CPU under the simulated runtime of
-// cuda_sim_runtime.h, launched the way csrc/cuda/ffn_cuda.cu launches it (256 threads, the same
-// grid, the same aliasing: the forward writes h in place, the backward writes the derivative over
-// h), for float64, float32, float16 and bfloat16 (acc_type float), every activation, with and
-// without bias, dropout p = 0 and p > 0, and compared with
-//   - the CPU fused kernels of csrc/cpu/ffn_cpu.h (reformer::cpu::ffn_bias_activation_ and
-//     ffn_bias_activation_grad_ in float64, the same computation): values to a dtype tolerance;
+// The chunked feed-forward's CUDA kernel (kernels/chunked_ffn_activation.cuh: bias + activation +
+// seeded dropout in one pass, forward and backward form) run on the CPU under the simulated runtime
+// of cuda_sim_runtime.h, launched the way csrc/cuda/chunked_ffn_cuda.cu launches it (256 threads,
+// the same grid, the same aliasing: the forward writes h in place, the backward writes the
+// derivative over h), for float64, float32, float16 and bfloat16 (acc_type float), every
+// activation, with and without bias, dropout p = 0 and p > 0, and compared with
+//   - the CPU fused kernels of csrc/cpu/chunked_ffn_cpu.h
+//   (reformer::cpu::chunked_ffn_bias_activation_ and
+//     chunked_ffn_bias_activation_grad_ in float64, the same computation): values to a dtype
+//     tolerance;
 //   - the ATen form of the dropout mask (reformer::SeededDropoutMask, csrc/seeded_dropout.h):
 //     bit for bit: with dropout every output equals, bit for bit, the output without dropout
 //     where the CPU mask keeps the element and +0 where it drops it;
@@ -36,11 +38,11 @@
 // The simulated runtime first: the kernel below sees its threadIdx, blockIdx, gridDim, ...
 #include "cuda_sim_runtime.h"
 
-#include "kernels/ffn_activation.cuh"
+#include "kernels/chunked_ffn_activation.cuh"
 
 #include "csrc/chunked_ffn.h"
-#include "csrc/cuda/ffn_kernel_args.h"
-#include "csrc/cpu/ffn_cpu.h"
+#include "csrc/cuda/chunked_ffn_kernel_args.h"
+#include "csrc/cpu/chunked_ffn_cpu.h"
 #include "csrc/seeded_dropout.h"
 #include "sim_checks.h"
 #include "tests/cpp/reformer_ops.h"
@@ -49,10 +51,10 @@ namespace {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
-using reformer::FfnActivation;
-using reformer::cuda::FfnAct;
-using reformer::cuda::FfnDropoutRows;
-using reformer::cuda::ffn_bias_activation_kernel;
+using reformer::ChunkedFfnActivation;
+using reformer::cuda::chunked_ffn_bias_activation_kernel;
+using reformer::cuda::ChunkedFfnAct;
+using reformer::cuda::ChunkedFfnDropoutRows;
 using reformer::cuda::kernel_activation;
 using reformer::cuda::kernel_dropout;
 
@@ -80,26 +82,32 @@ Tensor bits(const Tensor& t) {
          << got.flatten()[i].item<double>() << ", want " << want.flatten()[i].item<double>();
 }
 
-// ------------------------------------------------------------------ the kernel, as ffn_cuda.cu
+// ------------------------------------------------------------------ the kernel, as
+// chunked_ffn_cuda.cu
 
-constexpr FfnActivation kActivations[] = {FfnActivation::Gelu, FfnActivation::GeluTanh,
-                                          FfnActivation::Relu, FfnActivation::Silu};
+constexpr ChunkedFfnActivation kActivations[] = {
+    ChunkedFfnActivation::Gelu, ChunkedFfnActivation::GeluTanh, ChunkedFfnActivation::Relu,
+    ChunkedFfnActivation::Silu};
 
-const char* activation_name(FfnActivation act) {
+const char* activation_name(ChunkedFfnActivation act) {
   switch (act) {
-    case FfnActivation::Gelu: return "gelu";
-    case FfnActivation::GeluTanh: return "gelu_tanh";
-    case FfnActivation::Relu: return "relu";
-    case FfnActivation::Silu: return "silu";
+    case ChunkedFfnActivation::Gelu:
+      return "gelu";
+    case ChunkedFfnActivation::GeluTanh:
+      return "gelu_tanh";
+    case ChunkedFfnActivation::Relu:
+      return "relu";
+    case ChunkedFfnActivation::Silu:
+      return "silu";
   }
   return "?";
 }
 
-// launch_ffn_bias_activation's host side (256 threads, grid capped at 65535 · 32) with the
+// launch_chunked_ffn_bias_activation's host side (256 threads, grid capped at 65535 · 32) with the
 // simulated launch; max_grid < the cap forces the kernel's grid-stride loop.
 template <typename scalar_t, typename acc_t>
-void launch_sim(FfnAct act, const scalar_t* h, const scalar_t* bias, int64_t rows, int64_t cols,
-                const FfnDropoutRows& drop, scalar_t* out, scalar_t* deriv,
+void launch_sim(ChunkedFfnAct act, const scalar_t* h, const scalar_t* bias, int64_t rows,
+                int64_t cols, const ChunkedFfnDropoutRows& drop, scalar_t* out, scalar_t* deriv,
                 int64_t max_grid = int64_t{65535} * 32) {
   const int64_t total = rows * cols;
   if (total == 0) return;
@@ -108,37 +116,38 @@ void launch_sim(FfnAct act, const scalar_t* h, const scalar_t* bias, int64_t row
   const int64_t grid = std::min(blocks, max_grid);
   const auto run = [&](auto kernel) { cuda_sim::launch(grid, kThreads, 0, kernel); };
   switch (act) {
-    case FfnAct::Gelu:
+    case ChunkedFfnAct::Gelu:
       run([&] {
-        ffn_bias_activation_kernel<FfnAct::Gelu, scalar_t, acc_t>(h, bias, rows, cols, drop, out,
-                                                                  deriv);
+        chunked_ffn_bias_activation_kernel<ChunkedFfnAct::Gelu, scalar_t, acc_t>(
+            h, bias, rows, cols, drop, out, deriv);
       });
       break;
-    case FfnAct::GeluTanh:
+    case ChunkedFfnAct::GeluTanh:
       run([&] {
-        ffn_bias_activation_kernel<FfnAct::GeluTanh, scalar_t, acc_t>(h, bias, rows, cols, drop,
-                                                                      out, deriv);
+        chunked_ffn_bias_activation_kernel<ChunkedFfnAct::GeluTanh, scalar_t, acc_t>(
+            h, bias, rows, cols, drop, out, deriv);
       });
       break;
-    case FfnAct::Relu:
+    case ChunkedFfnAct::Relu:
       run([&] {
-        ffn_bias_activation_kernel<FfnAct::Relu, scalar_t, acc_t>(h, bias, rows, cols, drop, out,
-                                                                  deriv);
+        chunked_ffn_bias_activation_kernel<ChunkedFfnAct::Relu, scalar_t, acc_t>(
+            h, bias, rows, cols, drop, out, deriv);
       });
       break;
-    case FfnAct::Silu:
+    case ChunkedFfnAct::Silu:
       run([&] {
-        ffn_bias_activation_kernel<FfnAct::Silu, scalar_t, acc_t>(h, bias, rows, cols, drop, out,
-                                                                  deriv);
+        chunked_ffn_bias_activation_kernel<ChunkedFfnAct::Silu, scalar_t, acc_t>(
+            h, bias, rows, cols, drop, out, deriv);
       });
       break;
   }
 }
 
-// ffn_cuda.cu's bias_activation: the dtype dispatch (AT_DISPATCH_FLOATING_TYPES_AND2 with
+// chunked_ffn_cuda.cu's bias_activation: the dtype dispatch (AT_DISPATCH_FLOATING_TYPES_AND2 with
 // acc_type<scalar_t, /*is_cuda=*/true>: float for half types) around the launch.
-void bias_activation(const Tensor& h, const Tensor& bias, const reformer::cpu::HiddenDropoutRows& d,
-                     FfnActivation act, const Tensor& out, const Tensor& deriv,
+void bias_activation(const Tensor& h, const Tensor& bias,
+                     const reformer::ChunkedFfnHiddenDropoutRows& d, ChunkedFfnActivation act,
+                     const Tensor& out, const Tensor& deriv,
                      int64_t max_grid = int64_t{65535} * 32) {
   const auto go = [&](auto scalar_tag, auto acc_tag) {
     using scalar_t = decltype(scalar_tag);
@@ -157,13 +166,15 @@ void bias_activation(const Tensor& h, const Tensor& bias, const reformer::cpu::H
   }
 }
 
-// ffn_bias_activation_ (in place: out = h) and ffn_bias_activation_grad_ (act_out, deriv = h).
-void sim_forward(const Tensor& h, const Tensor& bias, const reformer::cpu::HiddenDropoutRows& d,
-                 FfnActivation act, int64_t max_grid = int64_t{65535} * 32) {
+// chunked_ffn_bias_activation_ (in place: out = h) and chunked_ffn_bias_activation_grad_ (act_out,
+// deriv = h).
+void sim_forward(const Tensor& h, const Tensor& bias,
+                 const reformer::ChunkedFfnHiddenDropoutRows& d, ChunkedFfnActivation act,
+                 int64_t max_grid = int64_t{65535} * 32) {
   bias_activation(h, bias, d, act, h, Tensor(), max_grid);
 }
 void sim_backward(const Tensor& h, const Tensor& act_out, const Tensor& bias,
-                  const reformer::cpu::HiddenDropoutRows& d, FfnActivation act,
+                  const reformer::ChunkedFfnHiddenDropoutRows& d, ChunkedFfnActivation act,
                   int64_t max_grid = int64_t{65535} * 32) {
   bias_activation(h, bias, d, act, act_out, h, max_grid);
 }
@@ -227,14 +238,14 @@ void check_elementwise(at::ScalarType dtype) {
         const double rate = dropped.to(at::kDouble).mean().item<double>();
         EXPECT_NEAR(rate, p, 0.02);
       }
-      for (const FfnActivation act : kActivations) {
+      for (const ChunkedFfnActivation act : kActivations) {
         const std::string tag = std::string(activation_name(act)) + " " +
                                 c10::toString(dtype) + " " + std::to_string(c.rows) + "x" +
                                 std::to_string(c.cols) + (with_bias ? " bias" : " no bias");
         SCOPED_TRACE(tag);
         Tensor fwd[2], act_out[2], deriv[2];  // [0]: p = 0, [1]: p
         for (int k = 0; k < 2; ++k) {
-          const reformer::cpu::HiddenDropoutRows d{k == 0 ? 0.0 : p, c.seed, c.first_row};
+          const reformer::ChunkedFfnHiddenDropoutRows d{k == 0 ? 0.0 : p, c.seed, c.first_row};
           // Forward, in place.
           fwd[k] = h.clone();
           sim_forward(fwd[k], bias, d, act);
@@ -244,8 +255,8 @@ void check_elementwise(at::ScalarType dtype) {
           sim_backward(deriv[k], act_out[k], bias, d, act);
           // The CPU fused kernels in float64 on the same inputs, with the same dropout rows.
           Tensor want_fwd = hd.clone(), want_deriv = hd.clone(), want_act = at::empty_like(hd);
-          reformer::cpu::ffn_bias_activation_(want_fwd, bd, d, act);
-          reformer::cpu::ffn_bias_activation_grad_(want_deriv, want_act, bd, d, act);
+          reformer::cpu::chunked_ffn_bias_activation_(want_fwd, bd, d, act);
+          reformer::cpu::chunked_ffn_bias_activation_grad_(want_deriv, want_act, bd, d, act);
           const std::string pk = k == 0 ? " p=0" : " p=0.3";
           EXPECT_TRUE(close(fwd[k], want_fwd, rtol, atol, tag + pk + " forward"));
           EXPECT_TRUE(close(act_out[k], want_act, rtol, atol, tag + pk + " backward act"));
@@ -264,7 +275,7 @@ void check_elementwise(at::ScalarType dtype) {
 
         // The grid-stride loop: 3 CTAs for the whole tensor give the same bits.
         if (c.rows * c.cols > 3 * 256) {
-          const reformer::cpu::HiddenDropoutRows d{p, c.seed, c.first_row};
+          const reformer::ChunkedFfnHiddenDropoutRows d{p, c.seed, c.first_row};
           Tensor f = h.clone(), g = h.clone(), a = at::empty_like(h);
           sim_forward(f, bias, d, act, /*max_grid=*/3);
           sim_backward(g, a, bias, d, act, /*max_grid=*/3);
@@ -284,25 +295,25 @@ void check_nan_inputs(at::ScalarType dtype) {
   const auto [rtol, atol] = tolerance(dtype);
   const auto [h, bias] = make_inputs(4, 67, dtype, /*with_bias=*/true, 99);
   h.view(-1).slice(0, 1, h.numel(), 9).fill_(std::numeric_limits<double>::quiet_NaN());
-  for (const FfnActivation act : kActivations) {
+  for (const ChunkedFfnActivation act : kActivations) {
     for (const double p : {0.0, 0.3}) {
       const std::string tag = std::string(activation_name(act)) + " " + c10::toString(dtype) +
                               (p > 0 ? " p=0.3" : " p=0") + " with NaN inputs";
-      const reformer::cpu::HiddenDropoutRows d{p, 5, 3};
+      const reformer::ChunkedFfnHiddenDropoutRows d{p, 5, 3};
       Tensor fwd = h.clone(), deriv = h.clone(), act_out = at::empty_like(h);
       sim_forward(fwd, bias, d, act);
       sim_backward(deriv, act_out, bias, d, act);
       Tensor want_fwd = h.to(at::kDouble).clone(), want_deriv = h.to(at::kDouble).clone();
       Tensor want_act = at::empty_like(want_fwd);
       const Tensor bd = bias.to(at::kDouble);
-      reformer::cpu::ffn_bias_activation_(want_fwd, bd, d, act);
-      reformer::cpu::ffn_bias_activation_grad_(want_deriv, want_act, bd, d, act);
+      reformer::cpu::chunked_ffn_bias_activation_(want_fwd, bd, d, act);
+      reformer::cpu::chunked_ffn_bias_activation_grad_(want_deriv, want_act, bd, d, act);
       const std::pair<Tensor, Tensor> pairs[] = {
           {fwd, want_fwd}, {act_out, want_act}, {deriv, want_deriv}};
       for (const auto& [got, want] : pairs) {
         const Tensor nan = at::isnan(want);
         EXPECT_TRUE(at::equal(at::isnan(got), nan)) << tag;
-        EXPECT_GT(nan.sum().item<int64_t>() + (act == FfnActivation::Relu), 0) << tag;
+        EXPECT_GT(nan.sum().item<int64_t>() + (act == ChunkedFfnActivation::Relu), 0) << tag;
         EXPECT_TRUE(close(got.to(at::kDouble).masked_fill(nan, 0), want.masked_fill(nan, 0),
                           rtol, atol, tag));
       }
@@ -310,19 +321,19 @@ void check_nan_inputs(at::ScalarType dtype) {
   }
 }
 
-TEST(CudaSimFfnActivation, NanInputs) {
+TEST(CudaSimChunkedFfnActivation, NanInputs) {
   for (const auto dtype : {at::kDouble, at::kFloat, at::kHalf, at::kBFloat16})
     check_nan_inputs(dtype);
 }
 
-TEST(CudaSimFfnActivation, Double) { check_elementwise(at::kDouble); }
-TEST(CudaSimFfnActivation, Float) { check_elementwise(at::kFloat); }
-TEST(CudaSimFfnActivation, Half) { check_elementwise(at::kHalf); }
-TEST(CudaSimFfnActivation, BFloat16) { check_elementwise(at::kBFloat16); }
+TEST(CudaSimChunkedFfnActivation, Double) { check_elementwise(at::kDouble); }
+TEST(CudaSimChunkedFfnActivation, Float) { check_elementwise(at::kFloat); }
+TEST(CudaSimChunkedFfnActivation, Half) { check_elementwise(at::kHalf); }
+TEST(CudaSimChunkedFfnActivation, BFloat16) { check_elementwise(at::kBFloat16); }
 
 // ------------------------------------------------------------------ the operators
 
-using Grads = reformer_test::FfnGrads;
+using Grads = reformer_test::ChunkedFfnGrads;
 
 struct OpCase {
   int64_t batch, length, d_model, d_ff, chunk;
@@ -340,11 +351,11 @@ const OpCase kOpCases[] = {
 };
 
 // csrc/chunked_ffn.cpp's fused forward and backward chunk loops (CUDA build: the kernels of
-// ffn_cuda.cu; ffn_mul_colsum_ is grad.mul_(deriv) and an ATen column sum there), with ATen
-// GEMMs on the CPU and the simulated kernel. Weight gradients accumulate in float32 for
+// chunked_ffn_cuda.cu; chunked_ffn_mul_colsum_ is grad.mul_(deriv) and an ATen column sum there),
+// with ATen GEMMs on the CPU and the simulated kernel. Weight gradients accumulate in float32 for
 // float16 / bfloat16.
 Tensor sim_chunked_ffn(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
-                       const OptTensor& b2, const OpCase& c, FfnActivation act) {
+                       const OptTensor& b2, const OpCase& c, ChunkedFfnActivation act) {
   const Tensor x2d = x.reshape({-1, c.d_model}).contiguous();
   const int64_t rows = x2d.size(0);
   const double scale = c.p > 0 ? 1.0 / (1.0 - c.p) : 1.0;
@@ -364,7 +375,7 @@ Tensor sim_chunked_ffn(const Tensor& x, const Tensor& w1, const OptTensor& b1, c
 
 Grads sim_chunked_ffn_backward(const Tensor& g, const Tensor& x, const Tensor& w1,
                                const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
-                               const OpCase& c, FfnActivation act) {
+                               const OpCase& c, ChunkedFfnActivation act) {
   const Tensor x2d = x.reshape({-1, c.d_model}).contiguous();
   const Tensor g2d = g.reshape({-1, c.d_model}).contiguous();
   const int64_t rows = x2d.size(0);
@@ -418,7 +429,7 @@ void check_operators(at::ScalarType dtype, double rtol, double atol) {
     }
     const Tensor xd = x.to(at::kDouble), gd = g.to(at::kDouble);
     const Tensor w1d = w1.to(at::kDouble), w2d = w2.to(at::kDouble);
-    for (const FfnActivation act : kActivations) {
+    for (const ChunkedFfnActivation act : kActivations) {
       const std::string name = activation_name(act);
       const std::string tag = name + " " + c10::toString(dtype) + " d_ff " +
                               std::to_string(c.d_ff) + " chunk " + std::to_string(c.chunk) +
@@ -442,9 +453,9 @@ void check_operators(at::ScalarType dtype, double rtol, double atol) {
   }
 }
 
-TEST(CudaSimFfnOperator, Double) { check_operators(at::kDouble, 1e-10, 1e-12); }
-TEST(CudaSimFfnOperator, Float) { check_operators(at::kFloat, 1e-5, 2e-6); }
-TEST(CudaSimFfnOperator, Half) { check_operators(at::kHalf, 4e-3, 2e-3); }
-TEST(CudaSimFfnOperator, BFloat16) { check_operators(at::kBFloat16, 3e-2, 1.5e-2); }
+TEST(CudaSimChunkedFfnOperator, Double) { check_operators(at::kDouble, 1e-10, 1e-12); }
+TEST(CudaSimChunkedFfnOperator, Float) { check_operators(at::kFloat, 1e-5, 2e-6); }
+TEST(CudaSimChunkedFfnOperator, Half) { check_operators(at::kHalf, 4e-3, 2e-3); }
+TEST(CudaSimChunkedFfnOperator, BFloat16) { check_operators(at::kBFloat16, 3e-2, 1.5e-2); }
 
 }  // namespace
