@@ -8,7 +8,7 @@
 //             z ^= z >> 31                                       (logical shifts)
 // i.e. the (e + 1)-th output of Vigna's SplitMix64 seeded with `seed`, and is dropped iff
 // word(e), read as a signed int64, is < -2^63 + p · 2^64 (p · 2^64 is exact for a double p).
-// Kept elements are scaled by 1 / (1 - p). reformer_ext/feed_forward.py mirrors the rule in
+// Kept elements are scaled by 1 / (1 - p). reformer_ext/ops/seeded_random.py mirrors the rule in
 // Python (hidden_dropout_keep_mask).
 #pragma once
 

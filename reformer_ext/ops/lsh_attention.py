@@ -19,7 +19,7 @@ __all__ = ["accumulation_dtype", "default_n_buckets", "lsh_attention", "lsh_buck
 
 # ---------------------------------------------------------------------------------------------
 # Fake (meta) kernels: output shapes never depend on data, only on input shapes. They repeat the
-# C++ kernels' shape and device checks (csrc/lsh_attention_checks.cpp) with torch._check_value,
+# C++ kernels' shape and device checks (csrc/lsh_attention_common.cpp) with torch._check_value,
 # which also works on symbolic sizes, so tracing rejects what eager mode would.
 
 
