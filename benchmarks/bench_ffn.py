@@ -20,8 +20,9 @@ Rows (``--impls``, comma separated ids):
 Every (impl, chunk_size) runs in fresh processes: timing in children with the default allocator,
 ``--rounds`` rounds over all configurations (so that load from other processes on a shared
 machine hits every row alike), peak memory in one more child (see _harness.py for both
-definitions, on the CPU and on CUDA). Each step is one forward and one backward of a fixed random output gradient; .grad is reset to None before each
-step (outside the clock), so every step allocates fresh gradients.
+definitions, on the CPU and on CUDA). Each step is one forward and one backward of a fixed
+random output gradient; .grad is reset to None before each step (outside the clock), so every
+step allocates fresh gradients.
 
 "Beyond unavoidable" memory: the peak extra RSS of one step minus what every implementation must
 hold at the end of the step: the output y and the gradients of x, W1, b1, W2, b2 (the inputs,
