@@ -48,6 +48,17 @@ def _reformer_lm(seed):
                           dropout=0.1)
 
 
+def _axial(seed):
+    return rnn.AxialPositionEmbedding((4, 5), (6, 10), dropout=0.2)
+
+
+def _axial_reformer_lm(seed):
+    model = rnn.ReformerLM(23, D, 2, 2, 32, bucket_size=4, n_hashes=2, ff_chunk_size=8,
+                           dropout=0.1, axial_position_shape=(4, 8), axial_position_dims=(6, 10))
+    model.pos_emb.dropout = 0.1
+    return model
+
+
 def _tokens():
     return torch.randint(0, 23, (B, L), generator=torch.Generator().manual_seed(5))
 
@@ -59,6 +70,8 @@ MODULES = {
     "ReversibleSequence": (_reversible, lambda m: m(_x(1), _x(2), key_padding_mask=_mask())),
     "Reformer": (_reformer, lambda m: m(_x(), _mask())),
     "ReformerLM": (_reformer_lm, lambda m: m(_tokens(), _mask())),
+    "AxialPositionEmbedding": (_axial, lambda m: m(L, batch_size=B)),
+    "ReformerLM axial": (_axial_reformer_lm, lambda m: m(_tokens(), _mask())),
 }
 
 
@@ -154,6 +167,8 @@ WRONG_SHAPE = {
                               lambda: rnn.ReformerLM(29, D, 1, 2, 32)),
     "ReformerLM max_seq_len": (lambda: rnn.ReformerLM(23, D, 1, 2, 32),
                                lambda: rnn.ReformerLM(23, D, 1, 2, 64)),
+    "AxialPositionEmbedding axial_shape": (lambda: rnn.AxialPositionEmbedding((4, 8), (6, 10)),
+                                           lambda: rnn.AxialPositionEmbedding((8, 4), (6, 10))),
 }
 
 
@@ -208,3 +223,17 @@ def test_reformer_loads_state_dicts_of_the_earlier_layer_layout():
     target.load_state_dict(old)
     tokens = torch.randint(0, 20, (2, 11))
     assert torch.equal(target(tokens), source(tokens))
+
+
+def test_axial_and_learned_position_checkpoints_do_not_mix():
+    """A ReformerLM with axial position embeddings (``pos_emb.weights.<i>``) and one with the
+    learned table (``pos_emb.weight``) have the same keys elsewhere; across the two, a strict
+    load names the position keys as missing and unexpected."""
+    learned = rnn.ReformerLM(23, D, 1, 2, 32)
+    axial = rnn.ReformerLM(23, D, 1, 2, 32, axial_position_shape=(4, 8),
+                           axial_position_dims=(6, 10))
+    with pytest.raises(RuntimeError) as error:
+        learned.load_state_dict(axial.state_dict())
+    assert '"pos_emb.weight"' in str(error.value) and '"pos_emb.weights.0"' in str(error.value)
+    assert ({k for k in learned.state_dict() if not k.startswith("pos_emb.")}
+            == {k for k in axial.state_dict() if not k.startswith("pos_emb.")})

@@ -228,6 +228,30 @@ def test_reformer_lm_dynamic_shapes_compile_once(reversible):
                              with_mask=False)
 
 
+def _axial_reformer_lm(training, dropout=0.0):
+    """ReformerLM with axial position embeddings (8 x 8 = max_seq_len 64); ``dropout`` is the
+    axial embedding's own (HF's mask over batch rows and second-axis indices)."""
+    torch.manual_seed(0)
+    model = rx.nn.ReformerLM(VOCAB, D_MODEL, 2, HEADS, 64, d_ff=32, bucket_size=4, n_hashes=2,
+                             ff_chunk_size=8, axial_position_shape=(8, 8),
+                             axial_position_dims=(6, 10))
+    model.pos_emb.dropout = dropout
+    return model.train(training)
+
+
+@pytest.mark.parametrize("training", TRAINING)
+def test_reformer_lm_axial_matches_eager_and_has_no_graph_breaks(training):
+    model = _axial_reformer_lm(training, dropout=0.1 if training else 0.0)
+    _assert_compiled_matches_eager(model, _inputs("tokens", 2, 13), _padding_mask(2, 13))
+    torch._dynamo.reset()
+    _assert_no_graph_breaks(model, _inputs("tokens", 2, 9))
+
+
+def test_reformer_lm_axial_dynamic_shapes_compile_once():
+    _assert_no_recompilation(_axial_reformer_lm(training=True, dropout=0.1), "tokens",
+                             DYNAMIC_SHAPES, with_mask=False)
+
+
 # ------------------------------------------------------------------------ inductor
 
 

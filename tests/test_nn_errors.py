@@ -27,7 +27,7 @@ def _module_inputs():
                 dropout_seed=None, tokens=torch.randint(0, VOCAB, (MB, ML), generator=g),
                 x1=torch.randn(MB, ML, MD, generator=g).requires_grad_(),
                 x2=torch.randn(MB, ML, MD, generator=g).requires_grad_(),
-                g_kwargs=None, f_kwargs={})
+                g_kwargs=None, f_kwargs={}, length=ML, batch_size=MB)
 
 
 def _linear_pairs():
@@ -44,6 +44,13 @@ class ModuleAPI:
 
 
 MODULES = {
+    "AxialPositionEmbedding": ModuleAPI(
+        rnn.AxialPositionEmbedding,
+        lambda: dict(axial_shape=(4, 4), axial_dims=(3, 5), dropout=0.1, init_std=1.0,
+                     device=None, dtype=None),
+        ("axial_shape", "axial_dims"),
+        lambda m, a: m(a["length"], batch_size=a["batch_size"]),
+        ("length", "batch_size")),
     "LSHSelfAttention": ModuleAPI(
         rnn.LSHSelfAttention,
         lambda: dict(d_model=MD, n_heads=2, d_head=None, bucket_size=4, n_hashes=2,
@@ -78,7 +85,8 @@ MODULES = {
     "ReformerLM": ModuleAPI(
         rnn.ReformerLM,
         lambda: dict(num_tokens=VOCAB, d_model=MD, depth=1, n_heads=2, max_seq_len=MAX_LEN,
-                     causal=True, init_std=0.02, device=None, dtype=None, bucket_size=4,
+                     causal=True, init_std=0.02, axial_position_shape=None,
+                     axial_position_dims=None, device=None, dtype=None, bucket_size=4,
                      n_hashes=2),
         ("num_tokens", "d_model", "depth", "n_heads", "max_seq_len"),
         lambda m, a: m(a["tokens"], a["key_padding_mask"]),
@@ -115,6 +123,7 @@ for _name, _api in MODULES.items():
     CATALOGUE.args[f"{_name}()"] = set(_api.ctor())
     CATALOGUE.args[f"{_name}.forward"] = set(_api.forward_args)
 
+AX_M, AX_F = ("AxialPositionEmbedding()",), ("AxialPositionEmbedding.forward",)
 ATTN_M, ATTN_F = ("LSHSelfAttention()",), ("LSHSelfAttention.forward",)
 FF_M, FF_F = ("ChunkedFeedForward()",), ("ChunkedFeedForward.forward",)
 RS_M, RS_F = ("ReversibleSequence()",), ("ReversibleSequence.forward",)
@@ -150,20 +159,20 @@ CATALOGUE.cases += [
     C("n_chunks_after=1.5 (module)", lambda t: dict(n_chunks_after=1.5), "n_chunks_after",
       ATTN_M + STACK_M),
     C("dropout=1.0 (module)", lambda t: dict(dropout=1.0), "dropout",
-      ATTN_M + FF_M + STACK_M),
+      AX_M + ATTN_M + FF_M + STACK_M),
     C("dropout=-0.1 (module)", lambda t: dict(dropout=-0.1), "dropout",
-      ATTN_M + FF_M + STACK_M),
+      AX_M + ATTN_M + FF_M + STACK_M),
     C("dropout='0.1' (module)", lambda t: dict(dropout="0.1"), "dropout",
-      ATTN_M + FF_M + STACK_M),
+      AX_M + ATTN_M + FF_M + STACK_M),
     C("dropout=None (module)", lambda t: dict(dropout=None), "dropout",
-      ATTN_M + FF_M + REF_M),
+      AX_M + ATTN_M + FF_M + REF_M),
     C("seed='a'", lambda t: dict(seed="a"), "seed", ATTN_M),
     C("fixed_rotations='yes'", lambda t: dict(fixed_rotations="yes"), "fixed_rotations",
       ATTN_M + STACK_M),
     C("dtype=torch.int64", lambda t: dict(dtype=torch.int64), r"dtype.*int64|int64.*dtype",
-      ATTN_M + FF_M + STACK_M),
+      AX_M + ATTN_M + FF_M + STACK_M),
     C("device='nonsense'", lambda t: dict(device="nonsense"), "device",
-      ATTN_M + FF_M + STACK_M),
+      AX_M + ATTN_M + FF_M + STACK_M),
     # ---- ChunkedFeedForward constructor
     C("d_ff=0", lambda t: dict(d_ff=0), "d_ff", FF_M + STACK_M),
     C("d_ff=-1", lambda t: dict(d_ff=-1), "d_ff", FF_M + STACK_M),
@@ -195,9 +204,52 @@ CATALOGUE.cases += [
     C("num_tokens=11.0", lambda t: dict(num_tokens=11.0), "num_tokens", LM_M),
     C("max_seq_len=0", lambda t: dict(max_seq_len=0), "max_seq_len", LM_M),
     C("max_seq_len=None", lambda t: dict(max_seq_len=None), "max_seq_len", LM_M),
-    C("init_std=-1", lambda t: dict(init_std=-1.0), "init_std", LM_M),
-    C("init_std='a'", lambda t: dict(init_std="a"), "init_std", LM_M),
-    C("unknown keyword foo=1", lambda t: dict(foo=1), "foo", ATTN_M + FF_M + RS_M + STACK_M),
+    C("init_std=-1", lambda t: dict(init_std=-1.0), "init_std", AX_M + LM_M),
+    C("init_std='a'", lambda t: dict(init_std="a"), "init_std", AX_M + LM_M),
+    C("unknown keyword foo=1", lambda t: dict(foo=1), "foo",
+      AX_M + ATTN_M + FF_M + RS_M + STACK_M),
+    # ---- ReformerLM axial options (valid: shape (4, 4), dims (3, 5) for d_model 8, max 16)
+    C("axial_position_shape only", lambda t: dict(axial_position_shape=(4, 4)),
+      "axial_position_dims", LM_M),
+    C("axial_position_dims only", lambda t: dict(axial_position_dims=(3, 5)),
+      "axial_position_shape", LM_M),
+    C("axial_position_shape=(4, 0)", lambda t: dict(axial_position_shape=(4, 0),
+                                                    axial_position_dims=(3, 5)),
+      "axial_position_shape", LM_M),
+    C("axial_position_shape='44'", lambda t: dict(axial_position_shape="44",
+                                                  axial_position_dims=(3, 5)),
+      "axial_position_shape", LM_M),
+    C("axial_position_shape (2, 4): product 8 < max_seq_len 16",
+      lambda t: dict(axial_position_shape=(2, 4), axial_position_dims=(3, 5)),
+      "axial_position_shape.*max_seq_len", LM_M),
+    C("axial_position_dims (3, 4): sum 7 != d_model 8",
+      lambda t: dict(axial_position_shape=(4, 4), axial_position_dims=(3, 4)),
+      "axial_position_dims.*d_model", LM_M),
+    C("axial_position_dims=(8,) for two axes",
+      lambda t: dict(axial_position_shape=(4, 4), axial_position_dims=(8,)),
+      "axial_position_dims", LM_M),
+    C("axial_position_dims=(3, -5)",
+      lambda t: dict(axial_position_shape=(4, 4), axial_position_dims=(3, -5)),
+      "axial_position_dims", LM_M),
+    # ---- AxialPositionEmbedding constructor
+    C("axial_shape=(4, 0)", lambda t: dict(axial_shape=(4, 0)), "axial_shape", AX_M),
+    C("axial_shape=(-4, 4)", lambda t: dict(axial_shape=(-4, 4)), "axial_shape", AX_M),
+    C("axial_shape=(4.0, 4)", lambda t: dict(axial_shape=(4.0, 4)), "axial_shape", AX_M),
+    C("axial_shape=16 (not a tuple)", lambda t: dict(axial_shape=16), "axial_shape", AX_M),
+    C("axial_shape=()", lambda t: dict(axial_shape=()), "axial_shape", AX_M),
+    C("axial_shape='44'", lambda t: dict(axial_shape="44"), "axial_shape", AX_M),
+    C("axial_dims=(3, 0)", lambda t: dict(axial_dims=(3, 0)), "axial_dims", AX_M),
+    C("axial_dims=(3, 5, 1) for two axes", lambda t: dict(axial_dims=(3, 5, 1)), "axial_dims",
+      AX_M),
+    C("axial_dims=None", lambda t: dict(axial_dims=None), "axial_dims", AX_M),
+    # ---- AxialPositionEmbedding forward
+    C("length=17 > prod(axial_shape)", lambda t: dict(length=17), "length.*16.*17", AX_F),
+    C("length=0", lambda t: dict(length=0), "length", AX_F),
+    C("length=2.0", lambda t: dict(length=2.0), "length", AX_F),
+    C("length=None", lambda t: dict(length=None), "length", AX_F),
+    C("length=tensor(5)", lambda t: dict(length=torch.tensor(5)), "length", AX_F),
+    C("batch_size=0", lambda t: dict(batch_size=0), "batch_size", AX_F),
+    C("batch_size='2'", lambda t: dict(batch_size="2"), "batch_size", AX_F),
     # ---- forward: x
     C("module x=None", lambda t: dict(x=None), r"\bx\b", ATTN_F + FF_F + REF_F),
     C("module x=list", lambda t: dict(x=t["x"].tolist()), r"\bx\b", ATTN_F + FF_F + REF_F),

@@ -3,9 +3,11 @@ operators."""
 
 from .feed_forward import ChunkedFeedForward
 from .attention import LSHSelfAttention
+from .position import AxialPositionEmbedding
 from .reversible import ReversibleBlock, ReversibleSequence
 from .reformer import Reformer, ReformerLM
 from .drop_in import SequenceFirstLSHAttention, replace_attention
 
-__all__ = ["ChunkedFeedForward", "LSHSelfAttention", "Reformer", "ReformerLM", "ReversibleBlock",
-           "ReversibleSequence", "SequenceFirstLSHAttention", "replace_attention"]
+__all__ = ["AxialPositionEmbedding", "ChunkedFeedForward", "LSHSelfAttention", "Reformer",
+           "ReformerLM", "ReversibleBlock", "ReversibleSequence", "SequenceFirstLSHAttention",
+           "replace_attention"]

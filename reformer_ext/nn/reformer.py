@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional
 
 import torch
@@ -10,12 +11,13 @@ from torch import Tensor
 from torch import nn as tnn
 
 from ..ops._checks import (check_bool, check_float_dtype, check_input, check_int,
-                           check_key_padding_mask, check_nonnegative, check_probability,
-                           describe)
+                           check_int_tuple, check_key_padding_mask, check_nonnegative,
+                           check_probability, describe)
 from ..ops.reformer_stack import StackOptions, reformer_stack
 from ..ops.seeded_random import draw_dropout_seed, seeded_dropout
 from .attention import LSHSelfAttention
 from .feed_forward import ChunkedFeedForward
+from .position import AxialPositionEmbedding
 from .reversible import ReversibleBlock
 
 __all__ = ["PreNormAttention", "PreNormFeedForward", "Reformer", "ReformerLM"]
@@ -230,19 +232,30 @@ class Reformer(tnn.Module):
 
 
 class ReformerLM(tnn.Module):
-    """Reformer language model: token embedding + learned absolute position embedding ->
-    :class:`Reformer` -> Linear head.
+    """Reformer language model: token embedding + position embedding -> :class:`Reformer` ->
+    Linear head.
 
     ``forward(tokens (B, L) int64, key_padding_mask=None) -> logits (B, L, num_tokens)``, for
     any ``1 <= L <= max_seq_len`` (a longer input is a ValueError). ``causal`` defaults to True;
     the other keyword arguments go to :class:`Reformer` (d_ff, bucket_size, n_hashes,
     ff_chunk_size, dropout, reversible, merge, ...). Both embeddings are initialised from
     N(0, init_std²) (init_std=0.02, as in GPT-style models); the head is an nn.Linear.
+
+    Position embedding: by default ``pos_emb`` is a learned absolute ``nn.Embedding(max_seq_len,
+    d_model)``. With ``axial_position_shape`` and ``axial_position_dims`` (both or neither;
+    reformer-pytorch's names, HF's ``axial_pos_shape`` and ``axial_pos_embds_dim``) it is an
+    :class:`AxialPositionEmbedding` of that shape and those widths instead, whose
+    ``sum(axial_position_dims)`` must equal d_model and whose ``prod(axial_position_shape)`` must
+    be >= max_seq_len (max_seq_len stays the length limit, as HF's ``max_position_embeddings``
+    beside its axial shape). Its parameters are ``pos_emb.weights.<i>`` (HF's
+    ``embeddings.position_embeddings.weights.<i>``, same shapes). Its dropout is 0 (the learned
+    embedding has none either); set ``model.pos_emb.dropout`` for HF's axial dropout.
     """
 
     def __init__(self, num_tokens: int, d_model: int, depth: int, n_heads: int,
                  max_seq_len: int, *, causal: bool = True, init_std: float = 0.02,
-                 device=None, dtype=None, **reformer_kwargs):
+                 axial_position_shape=None, axial_position_dims=None, device=None, dtype=None,
+                 **reformer_kwargs):
         super().__init__()
         num_tokens = check_int(num_tokens, "num_tokens", 1)
         max_seq_len = check_int(max_seq_len, "max_seq_len", 1)
@@ -253,9 +266,13 @@ class ReformerLM(tnn.Module):
         factory = dict(device=device, dtype=dtype)
         self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
         self.token_emb = tnn.Embedding(num_tokens, d_model, **factory)
-        self.pos_emb = tnn.Embedding(max_seq_len, d_model, **factory)
+        self.pos_emb = _position_embedding(max_seq_len, d_model, axial_position_shape,
+                                           axial_position_dims, factory)
+        # initialised once both are built: the order (and so the seeded initial weights) the
+        # learned position embedding has always had
         tnn.init.normal_(self.token_emb.weight, std=init_std)
-        tnn.init.normal_(self.pos_emb.weight, std=init_std)
+        for weight in self.pos_emb.parameters():
+            tnn.init.normal_(weight, std=init_std)
         self.reformer = Reformer(d_model, depth, n_heads, causal=causal, **factory,
                                  **reformer_kwargs)
         self.to_logits = tnn.Linear(d_model, num_tokens, **factory)
@@ -274,11 +291,39 @@ class ReformerLM(tnn.Module):
                              f"{tuple(tokens.shape)}")
         if length > self.max_seq_len:
             raise ValueError(f"sequence length {length} exceeds max_seq_len={self.max_seq_len} "
-                             "(the learned position embedding has no entry beyond it)")
+                             "(the position embedding has no entry beyond it)")
         if not torch.compiler.is_compiling() and tokens.device.type != "meta":
             if bool(((tokens < 0) | (tokens >= self.num_tokens)).any()):
                 raise ValueError(f"tokens must lie in [0, num_tokens) = [0, {self.num_tokens}), "
                                  f"got values from {int(tokens.min())} to {int(tokens.max())}")
-        positions = torch.arange(length, device=tokens.device)
-        x = self.token_emb(tokens) + self.pos_emb(positions)
+        if isinstance(self.pos_emb, AxialPositionEmbedding):
+            positions = self.pos_emb(length, batch_size=tokens.shape[0])
+        else:
+            positions = self.pos_emb(torch.arange(length, device=tokens.device))
+        x = self.token_emb(tokens) + positions
         return self.to_logits(self.reformer(x, key_padding_mask))
+
+
+def _position_embedding(max_seq_len: int, d_model: int, axial_shape, axial_dims,
+                        factory) -> tnn.Module:
+    """ReformerLM's ``pos_emb``: learned absolute, or axial when both axial options are given
+    (the caller initialises its parameters)."""
+    if axial_shape is None and axial_dims is None:
+        return tnn.Embedding(max_seq_len, d_model, **factory)
+    if axial_shape is None or axial_dims is None:
+        missing = "axial_position_shape" if axial_shape is None else "axial_position_dims"
+        raise ValueError(f"axial_position_shape and axial_position_dims go together: "
+                         f"{missing} is None")
+    # checked under the LM's names before AxialPositionEmbedding checks them under its own
+    axial_shape = check_int_tuple(axial_shape, "axial_position_shape", 1)
+    axial_dims = check_int_tuple(axial_dims, "axial_position_dims", 1)
+    if len(axial_dims) != len(axial_shape):
+        raise ValueError(f"axial_position_dims must have one width per axis of "
+                         f"axial_position_shape {axial_shape}, got {axial_dims}")
+    if sum(axial_dims) != d_model:
+        raise ValueError(f"axial_position_dims must sum to d_model={d_model}, got {axial_dims} "
+                         f"(sum {sum(axial_dims)})")
+    if math.prod(axial_shape) < max_seq_len:
+        raise ValueError(f"axial_position_shape must multiply to at least max_seq_len="
+                         f"{max_seq_len}, got {axial_shape} (product {math.prod(axial_shape)})")
+    return AxialPositionEmbedding(axial_shape, axial_dims, **factory)

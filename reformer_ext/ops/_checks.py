@@ -20,9 +20,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["check_bool", "check_float_dtype", "check_input", "check_int", "check_key_padding_mask",
-           "check_nonnegative", "check_probability", "check_real", "check_tensor", "check_traced",
-           "describe"]
+__all__ = ["check_bool", "check_float_dtype", "check_input", "check_int", "check_int_tuple",
+           "check_key_padding_mask", "check_nonnegative", "check_probability", "check_real",
+           "check_size", "check_tensor", "check_traced", "describe"]
 
 
 def describe(value) -> str:
@@ -41,6 +41,24 @@ def check_int(value, name: str, minimum: Optional[int] = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
     return int(value)
+
+
+def check_int_tuple(value, name: str, minimum: Optional[int] = None) -> tuple:
+    """A non-empty tuple or list of ints, each >= ``minimum`` when one is given (a str, a
+    tensor or a bare int is not), returned as a tuple of ints."""
+    if not isinstance(value, (tuple, list)) or not value:
+        requirement = "ints" if minimum is None else f"ints >= {minimum}"
+        raise TypeError(f"{name} must be a non-empty tuple or list of {requirement}, got "
+                        f"{value!r} ({type(value).__name__})")
+    return tuple(check_int(v, f"{name}[{i}]", minimum) for i, v in enumerate(value))
+
+
+def check_size(value, name: str, minimum: int = 1):
+    """A size given to a forward: an int >= ``minimum``, or a symbolic size while torch.compile
+    traces (tensor.shape[i] of a dynamic dimension), which is passed through unchecked."""
+    if isinstance(value, torch.SymInt):
+        return value
+    return check_int(value, name, minimum)
 
 
 def check_bool(value, name: str) -> bool:
