@@ -332,21 +332,25 @@ def stack_problem(depth=2, batch=2, length=21, d_model=8, n_heads=2, d_ff=12, n_
             weights.append(w.requires_grad_(True))
     x1 = torch.randn(batch, length, d_model, generator=g, dtype=dtype, requires_grad=True)
     x2 = torch.randn(batch, length, d_model, generator=g, dtype=dtype, requires_grad=True)
-    rotations = [torch.randn(n_heads, d_head, n_hashes, n_buckets // 2, generator=g, dtype=dtype)
+    # n_buckets: an int, or a list of factors (rotations of sum(factors) // 2 columns)
+    cols = sum(n_buckets) // 2 if isinstance(n_buckets, (list, tuple)) else n_buckets // 2
+    rotations = [torch.randn(n_heads, d_head, n_hashes, cols, generator=g, dtype=dtype)
                  for _ in range(depth)]
     seeds = torch.randint(0, 2**62, (depth, 3), generator=g, dtype=torch.int64)
     return x1, x2, weights, rotations, seeds
 
 
-def stack_op_args(dtype=torch.float32, requires_grad=True, dropout_p=0.2, masked=True):
-    x1, x2, weights, rotations, seeds = stack_problem(depth=2, batch=1, length=10, dtype=dtype)
+def stack_op_args(dtype=torch.float32, requires_grad=True, dropout_p=0.2, masked=True,
+                  factors=None):
+    x1, x2, weights, rotations, seeds = stack_problem(depth=2, batch=1, length=10, dtype=dtype,
+                                                      n_buckets=factors or 4)
     for t in [x1, x2, *weights]:
         t.requires_grad_(requires_grad)
     mask = torch.zeros(1, 10, dtype=torch.bool)
     if masked:
         mask[0, 8:] = True
-    return (x1, x2, weights, rotations, mask, seeds, 2, 4, True, 1, 0, 3, "gelu", dropout_p,
-            1e-5)
+    args = (x1, x2, weights, rotations, mask, seeds, 2, 4, True, 1, 0, 3, "gelu", dropout_p, 1e-5)
+    return args + (list(factors),) if factors else args
 
 
 # ------------------------------------------------------------------------------ the modules
