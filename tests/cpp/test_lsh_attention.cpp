@@ -207,12 +207,13 @@ TEST(LshAttention, BadInputNamesTheArgument) {
   // factorised bucket counts: even factors >= 2, sum / 2 == rotations.shape[3], at most 8
   const auto rot6 = at::randn({2, 4, 1, 6});
   for (const std::vector<int64_t>& bad :
-       {std::vector<int64_t>{4, 6}, {3, 9}, {0, 12}, {2, 2, 2, 2, 2, 2}, {12, -0}}) {
+       {std::vector<int64_t>{4, 6}, {3, 9}, {0, 12}, {2, 2, 2, 2}, {12, 0}, {-2, 14}}) {
     expect_value_error([&] { lsh_buckets(qk, rot6, {}, bad); }, "bucket_factors");
     expect_value_error([&] { lsh_attention(qk, v, rot6, {}, 4, false, 1, 0, 1, bad); },
                        "bucket_factors");
   }
-  expect_value_error([&] { lsh_buckets(qk, at::randn({2, 4, 1, 9}), {}, {2, 2, 2, 2, 2, 2, 2, 2, 2}); },
+  const std::vector<int64_t> nine(9, 2);  // more than kMaxBucketFactors
+  expect_value_error([&] { lsh_buckets(qk, at::randn({2, 4, 1, 9}), {}, nine); },
                      "bucket_factors");
 }
 
