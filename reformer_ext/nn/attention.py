@@ -12,8 +12,7 @@ from torch import nn as tnn
 
 from ..ops._checks import (check_bool, check_float_dtype, check_input, check_int,
                            check_probability)
-from ..ops.lsh_attention import _check_n_buckets as check_n_buckets
-from ..ops.lsh_attention import accumulation_dtype, lsh_attention
+from ..ops.lsh_attention import accumulation_dtype, check_n_buckets, lsh_attention
 from ..ops.seeded_random import as_int64, seeded_rotations
 from ._mha_call import padding_mask_from_mha_call
 

@@ -62,7 +62,7 @@ def _fake_check_hash_args(qk, rotations, key_padding_mask):
 
 def check_bucket_factors(bucket_factors, rotation_cols, what="rotations"):
     """The checks of check_bucket_factors in csrc/lsh_attention_common.cpp, for the fake kernels
-    and the wrappers: empty, or even factors >= 2 (at most MAX_BUCKET_FACTORS) with
+    (these and the stack's): empty, or even factors >= 2 (at most MAX_BUCKET_FACTORS) with
     sum / 2 == rotation_cols (``what``.shape[3]) and prod < 2^31."""
     factors = list(bucket_factors)
     if not factors:
@@ -195,7 +195,7 @@ def random_rotations(qk: Tensor, n_hashes: int, n_buckets,
                        dtype=accumulation_dtype(qk.dtype))
 
 
-def _check_n_buckets(n_buckets):
+def check_n_buckets(n_buckets):
     """An even int >= 2, or a non-empty list of even factors >= 2 (returned as a list)."""
     if isinstance(n_buckets, (list, tuple)):
         factors = [check_int(f, "n_buckets", 2) for f in n_buckets]
@@ -218,7 +218,7 @@ def _check_n_buckets(n_buckets):
 def rotation_columns(n_buckets) -> int:
     """Rotation columns per round for ``n_buckets`` (an even int or a list of even factors):
     n_buckets // 2, or sum(factors) // 2."""
-    n_buckets = _check_n_buckets(n_buckets)
+    n_buckets = check_n_buckets(n_buckets)
     return sum(n_buckets) // 2 if isinstance(n_buckets, list) else n_buckets // 2
 
 
@@ -227,7 +227,7 @@ def bucket_factors_of(n_buckets) -> List[int]:
     factor, read off the rotations), the factors for a list."""
     if n_buckets is None:
         return []
-    n_buckets = _check_n_buckets(n_buckets)
+    n_buckets = check_n_buckets(n_buckets)
     return n_buckets if isinstance(n_buckets, list) else []
 
 
@@ -271,7 +271,7 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
     else:
         check_tensor(rotations, "rotations")
         if n_buckets is not None and rotations.dim() == 4:
-            n_buckets = _check_n_buckets(n_buckets)
+            n_buckets = check_n_buckets(n_buckets)
             if rotation_columns(n_buckets) != rotations.shape[3]:
                 raise ValueError(f"n_buckets ({n_buckets}) does not match rotations of shape "
                                  f"{tuple(rotations.shape)} (n_buckets // 2, or sum of the "
