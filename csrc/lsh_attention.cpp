@@ -6,22 +6,24 @@
 namespace reformer {
 
 at::Tensor lsh_buckets(const at::Tensor& qk, const at::Tensor& rotations,
-                       const c10::optional<at::Tensor>& key_padding_mask) {
+                       const c10::optional<at::Tensor>& key_padding_mask,
+                       at::IntArrayRef bucket_factors) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("reformer::lsh_buckets", "")
                              .typed<decltype(lsh_buckets)>();
-  return op.call(qk, rotations, key_padding_mask);
+  return op.call(qk, rotations, key_padding_mask, bucket_factors);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention(
     const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size, bool causal,
-    int64_t n_chunks_before, int64_t n_chunks_after, double scale) {
+    int64_t n_chunks_before, int64_t n_chunks_after, double scale,
+    at::IntArrayRef bucket_factors) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("reformer::lsh_attention", "")
                              .typed<decltype(lsh_attention)>();
   return op.call(qk, v, rotations, key_padding_mask, bucket_size, causal, n_chunks_before,
-                 n_chunks_after, scale);
+                 n_chunks_after, scale, bucket_factors);
 }
 
 std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(

@@ -6,15 +6,18 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
 #include <c10/util/Optional.h>
 
 #include <tuple>
 
 namespace reformer {
 
-// Buckets (B, H, R, L) int64 of docs/semantics.md §1 step 1.
+// Buckets (B, H, R, L) int64 of docs/semantics.md §1 step 1. bucket_factors: empty for
+// n_buckets = 2 * rotations.shape[3], else the factors (sum / 2 == rotations.shape[3]).
 at::Tensor lsh_buckets(const at::Tensor& qk, const at::Tensor& rotations,
-                       const c10::optional<at::Tensor>& key_padding_mask);
+                       const c10::optional<at::Tensor>& key_padding_mask,
+                       at::IntArrayRef bucket_factors = {});
 
 // (out, lse, sorted_positions, softmax_stats): sorted_positions (B, H, R * L') int32 lists, per
 // round, the original positions ordered by (bucket, position); softmax_stats (B, H, L, 2) holds
@@ -22,7 +25,8 @@ at::Tensor lsh_buckets(const at::Tensor& qk, const at::Tensor& rotations,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention(
     const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size, bool causal,
-    int64_t n_chunks_before, int64_t n_chunks_after, double scale);
+    int64_t n_chunks_before, int64_t n_chunks_after, double scale,
+    at::IntArrayRef bucket_factors = {});
 
 // (grad_qk, grad_v).
 std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(

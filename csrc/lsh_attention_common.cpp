@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <limits>
+#include <string>
 
 #include "../kernels/lsh_common.h"
 
@@ -77,8 +78,38 @@ LshShape check_qk_and_mask(const at::Tensor& qk, const c10::optional<at::Tensor>
 
 }  // namespace
 
+BucketFactors check_bucket_factors(at::IntArrayRef bucket_factors, int64_t rotation_cols,
+                                   const std::string& what) {
+  if (bucket_factors.empty()) {
+    TORCH_CHECK_VALUE(2 * rotation_cols < std::numeric_limits<int32_t>::max(),
+                      "n_buckets must be < 2^31, got ", 2 * rotation_cols);
+    return single_factor(rotation_cols);
+  }
+  TORCH_CHECK_VALUE(static_cast<int64_t>(bucket_factors.size()) <= kMaxBucketFactors,
+                    "bucket_factors must hold at most ", kMaxBucketFactors, " factors, got ",
+                    bucket_factors.size(), ": ", bucket_factors);
+  BucketFactors f;
+  int64_t sum = 0, prod = 1;
+  for (const int64_t factor : bucket_factors) {
+    TORCH_CHECK_VALUE(factor >= 2 && factor % 2 == 0 && factor < std::numeric_limits<int32_t>::max(),
+                      "bucket_factors must hold even factors >= 2 (buckets come from argmax over "
+                      "[p, -p]), got ", bucket_factors);
+    sum += factor;
+    prod *= factor;  // < 2^31 so far, times a factor < 2^31: no overflow
+    TORCH_CHECK_VALUE(prod < std::numeric_limits<int32_t>::max(),
+                      "bucket_factors must multiply to n_buckets < 2^31, got ", bucket_factors);
+    f.half[f.count++] = factor / 2;
+  }
+  TORCH_CHECK_VALUE(sum / 2 == rotation_cols,
+                    "bucket_factors must sum to 2 * ", rotation_cols, " (twice ", what,
+                    ".shape[3], the rotation columns per round), got ", bucket_factors,
+                    " (sum ", sum, ")");
+  return f;
+}
+
 LshShape check_hash_args(const at::Tensor& qk, const at::Tensor& rotations,
-                         const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size) {
+                         const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size,
+                         at::IntArrayRef bucket_factors) {
   LshShape s = check_qk_and_mask(qk, key_padding_mask, bucket_size);
   check_defined(rotations, "rotations");
   TORCH_CHECK_VALUE(rotations.dim() == 4,
@@ -99,9 +130,9 @@ LshShape check_hash_args(const at::Tensor& qk, const at::Tensor& rotations,
   TORCH_CHECK_VALUE(rotations.size(3) >= 1,
                     "rotations must have n_buckets // 2 >= 1 in dimension 3 (n_buckets >= 2), got ",
                     rotations.sizes());
-  s.n_buckets = 2 * rotations.size(3);
-  TORCH_CHECK_VALUE(s.n_buckets < std::numeric_limits<int32_t>::max(),
-                    "n_buckets must be < 2^31, got ", s.n_buckets);
+  s.rotation_cols = rotations.size(3);
+  s.factors = check_bucket_factors(bucket_factors, s.rotation_cols, "rotations");
+  s.n_buckets = s.factors.n_buckets();
   s.n_chunks = s.n_hashes * s.chunks_per_round;
   return s;
 }
@@ -110,8 +141,8 @@ LshShape check_attention_args(const at::Tensor& qk, const at::Tensor& v,
                               const at::Tensor& rotations,
                               const c10::optional<at::Tensor>& key_padding_mask,
                               int64_t bucket_size, int64_t n_chunks_before,
-                              int64_t n_chunks_after) {
-  LshShape s = check_hash_args(qk, rotations, key_padding_mask, bucket_size);
+                              int64_t n_chunks_after, at::IntArrayRef bucket_factors) {
+  LshShape s = check_hash_args(qk, rotations, key_padding_mask, bucket_size, bucket_factors);
   check_defined(v, "v");
   TORCH_CHECK_VALUE(v.dim() == 4 && v.size(0) == s.batch && v.size(1) == s.heads &&
                         v.size(2) == s.length,

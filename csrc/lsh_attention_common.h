@@ -5,16 +5,23 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
 #include <c10/util/Optional.h>
 
+#include <string>
 #include <tuple>
+
+#include "../kernels/lsh_common.h"
 
 namespace reformer {
 
 // Sizes of one LSH attention call, derived once from checked arguments.
 struct LshShape {
   int64_t batch = 0, heads = 0, length = 0, dim = 0, value_dim = 0;
-  int64_t rotation_heads = 0, n_hashes = 0, n_buckets = 0;
+  int64_t rotation_heads = 0, n_hashes = 0;
+  int64_t n_buckets = 0;         // prod of the factors: buckets per round (padding: n_buckets)
+  int64_t rotation_cols = 0;     // rotations.shape[3] = sum of the factors / 2
+  BucketFactors factors;         // one factor 2 * rotation_cols unless bucket_factors was given
   int64_t bucket_size = 0, padded_length = 0;
   int64_t chunks_per_round = 0, n_chunks = 0;  // n_chunks = n_hashes * chunks_per_round
 };
@@ -35,17 +42,25 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_output
   return {out_acc.to(out_dtype), lse, sorted, stats};
 }
 
-// Validates qk, rotations and the mask (and bucket_size when > 0) and returns the sizes.
-// Every message names the argument, what was expected and what was given.
+// The bucket factors of docs/semantics.md §1 step 1 for rotations with `rotation_cols` columns
+// per round: empty -> the one factor 2 * rotation_cols; else every factor even and >= 2, at
+// most kMaxBucketFactors of them, sum / 2 == rotation_cols and prod < 2^31. `what` names the
+// rotations in messages (e.g. "rotations" or "rotations[2]").
+BucketFactors check_bucket_factors(at::IntArrayRef bucket_factors, int64_t rotation_cols,
+                                   const std::string& what);
+
+// Validates qk, rotations, the mask and bucket_factors (and bucket_size when > 0) and returns
+// the sizes. Every message names the argument, what was expected and what was given.
 LshShape check_hash_args(const at::Tensor& qk, const at::Tensor& rotations,
-                         const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size);
+                         const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size,
+                         at::IntArrayRef bucket_factors);
 
 // check_hash_args plus v and the window options.
 LshShape check_attention_args(const at::Tensor& qk, const at::Tensor& v,
                               const at::Tensor& rotations,
                               const c10::optional<at::Tensor>& key_padding_mask,
                               int64_t bucket_size, int64_t n_chunks_before,
-                              int64_t n_chunks_after);
+                              int64_t n_chunks_after, at::IntArrayRef bucket_factors);
 
 // Checks the backward's arguments (sorted_positions' values too: in [0, L'), one device sync
 // on CUDA) and returns the sizes; n_hashes is read off sorted_positions.

@@ -34,6 +34,7 @@
 #include "chunked_ffn.h"
 #include "gemm.h"
 #include "lsh_attention.h"
+#include "lsh_attention_common.h"
 #include "seeded_dropout.h"
 
 namespace reformer {
@@ -47,6 +48,7 @@ struct StackOptions {
   bool causal;
   c10::string_view activation;
   double dropout_p, eps;
+  at::IntArrayRef bucket_factors;  // shared by every layer; empty: 2 * rotations[l].shape[3]
 };
 
 // Sizes of one call, derived once from checked arguments.
@@ -167,6 +169,7 @@ StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::Tens
                       r.defined() ? r.sizes() : at::IntArrayRef{});
     TORCH_CHECK_VALUE(r.device() == x1.device(), "rotations[", l,
                       "] must be on the device of x1 (", x1.device(), "), got ", r.device());
+    check_bucket_factors(o.bucket_factors, r.size(3), "rotations[" + std::to_string(l) + "]");
   }
   TORCH_CHECK_VALUE(seeds.defined() && seeds.scalar_type() == at::kLong && seeds.is_cpu() &&
                         seeds.dim() == 2 && seeds.size(0) == s.depth &&
@@ -255,7 +258,7 @@ at::Tensor attention_branch(const at::Tensor& x, const Layer& layer,
   const auto v = split_heads(gemm(normed, layer[kVWeight].t()), s, o.n_heads);
   auto [out, lse, sorted_positions, stats] =
       lsh_attention(qk, v, layer.rotations, mask, o.bucket_size, o.causal, o.n_chunks_before,
-                    o.n_chunks_after, /*scale=*/1.0);
+                    o.n_chunks_after, /*scale=*/1.0, o.bucket_factors);
   auto merged = merge_heads(out, s);
   auto a = gemm(merged, layer[kOutWeight].t(), layer[kOutBias]);
   seeded_dropout_(a, o.dropout_p, layer.seed[kAttentionOutput]);
@@ -336,9 +339,10 @@ at::Tensor attention_branch_backward(const at::Tensor& x2, const at::Tensor& dy1
 
 StackOptions make_options(int64_t n_heads, int64_t bucket_size, bool causal,
                           int64_t n_chunks_before, int64_t n_chunks_after, int64_t ff_chunk_size,
-                          c10::string_view activation, double dropout_p, double eps) {
+                          c10::string_view activation, double dropout_p, double eps,
+                          at::IntArrayRef bucket_factors) {
   return {n_heads, bucket_size, n_chunks_before, n_chunks_after, ff_chunk_size,
-          causal,  activation,  dropout_p,       eps};
+          causal,  activation,  dropout_p,       eps,            bucket_factors};
 }
 
 }  // namespace
@@ -347,9 +351,11 @@ std::tuple<at::Tensor, at::Tensor> reformer_stack(
     const at::Tensor& x1, const at::Tensor& x2, at::TensorList weights, at::TensorList rotations,
     const c10::optional<at::Tensor>& key_padding_mask, const at::Tensor& seeds, int64_t n_heads,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
-    int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps) {
+    int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps,
+    at::IntArrayRef bucket_factors) {
   const auto o = make_options(n_heads, bucket_size, causal, n_chunks_before, n_chunks_after,
-                              ff_chunk_size, activation, dropout_p, layer_norm_eps);
+                              ff_chunk_size, activation, dropout_p, layer_norm_eps,
+                              bucket_factors);
   const auto s = check_stack_args(x1, x2, weights, rotations, key_padding_mask, seeds, o);
   // The streams as (B·L, d_model) rows; each layer makes new ones (the inputs are never written).
   auto a = x1.reshape({s.rows(), s.d_model});
@@ -367,9 +373,11 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backw
     const at::Tensor& y2, at::TensorList weights, at::TensorList rotations,
     const c10::optional<at::Tensor>& key_padding_mask, const at::Tensor& seeds, int64_t n_heads,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
-    int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps) {
+    int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps,
+    at::IntArrayRef bucket_factors) {
   const auto o = make_options(n_heads, bucket_size, causal, n_chunks_before, n_chunks_after,
-                              ff_chunk_size, activation, dropout_p, layer_norm_eps);
+                              ff_chunk_size, activation, dropout_p, layer_norm_eps,
+                              bucket_factors);
   const auto s = check_stack_args(y1, y2, weights, rotations, key_padding_mask, seeds, o);
   check_stream(grad_y1, "grad_y1", y1);
   check_stream(grad_y2, "grad_y2", y1);

@@ -14,6 +14,8 @@
 //              nn.Linear / nn.LayerNorm layouts (w_qk, w_v: (H·Dh, d_model); w_out: (d_model,
 //              H·Dh); w1: (d_ff, d_model); w2: (d_model, d_ff)); dtype and device of x1.
 //   rotations  one (1 or H, Dh, n_hashes, n_buckets / 2) tensor per layer (docs/semantics.md §1).
+//   bucket_factors  shared by every layer: empty for n_buckets = 2 * rotations[l].shape[3], else
+//              the even factors of a factorised bucket count (sum / 2 == rotations[l].shape[3]).
 //   seeds      (depth, 3) int64 on the CPU: per layer, the seeds of the attention-output,
 //              FFN-hidden and FFN-output dropout masks (seeded_dropout.h); unused when
 //              dropout_p == 0.
@@ -64,7 +66,8 @@ std::tuple<at::Tensor, at::Tensor> reformer_stack(
     const at::Tensor& x1, const at::Tensor& x2, at::TensorList weights, at::TensorList rotations,
     const c10::optional<at::Tensor>& key_padding_mask, const at::Tensor& seeds, int64_t n_heads,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
-    int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps);
+    int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps,
+    at::IntArrayRef bucket_factors = {});
 
 // (grad_x1, grad_x2, grad_weights) from the final outputs y1, y2 and their gradients.
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backward(
@@ -72,6 +75,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backw
     const at::Tensor& y2, at::TensorList weights, at::TensorList rotations,
     const c10::optional<at::Tensor>& key_padding_mask, const at::Tensor& seeds, int64_t n_heads,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
-    int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps);
+    int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps,
+    at::IntArrayRef bucket_factors = {});
 
 }  // namespace reformer

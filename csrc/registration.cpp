@@ -17,10 +17,14 @@ TORCH_LIBRARY(reformer, m) {
   // Where the fake kernels live, so torch can import them when it meets these ops
   // (set_python_module applies to the defs that follow it, up to the next set_python_module).
   m.set_python_module("reformer_ext.ops.lsh_attention");
-  m.def("lsh_buckets(Tensor qk, Tensor rotations, Tensor? key_padding_mask=None) -> Tensor");
+  // bucket_factors: empty for n_buckets = 2 * rotations.shape[3], else the even factors of a
+  // factorised bucket count (HF/trax num_buckets as a list; docs/semantics.md §1 step 1).
+  m.def("lsh_buckets(Tensor qk, Tensor rotations, Tensor? key_padding_mask=None, "
+        "int[] bucket_factors=[]) -> Tensor");
   m.def(
       "lsh_attention(Tensor qk, Tensor v, Tensor rotations, Tensor? key_padding_mask, "
-      "int bucket_size, bool causal, int n_chunks_before, int n_chunks_after, float scale) "
+      "int bucket_size, bool causal, int n_chunks_before, int n_chunks_after, float scale, "
+      "int[] bucket_factors=[]) "
       "-> (Tensor out, Tensor lse, Tensor sorted_positions, Tensor softmax_stats)");
   m.def(
       "lsh_attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor qk, Tensor v, "
@@ -55,13 +59,13 @@ TORCH_LIBRARY(reformer, m) {
       "reformer_stack(Tensor x1, Tensor x2, Tensor[] weights, Tensor[] rotations, "
       "Tensor? key_padding_mask, Tensor seeds, int n_heads, int bucket_size, bool causal, "
       "int n_chunks_before, int n_chunks_after, int ff_chunk_size, str activation, "
-      "float dropout_p, float layer_norm_eps) -> (Tensor y1, Tensor y2)");
+      "float dropout_p, float layer_norm_eps, int[] bucket_factors=[]) -> (Tensor y1, Tensor y2)");
   m.def(
       "reformer_stack_backward(Tensor grad_y1, Tensor grad_y2, Tensor y1, Tensor y2, "
       "Tensor[] weights, Tensor[] rotations, Tensor? key_padding_mask, Tensor seeds, "
       "int n_heads, int bucket_size, bool causal, int n_chunks_before, int n_chunks_after, "
-      "int ff_chunk_size, str activation, float dropout_p, float layer_norm_eps) "
-      "-> (Tensor grad_x1, Tensor grad_x2, Tensor[] grad_weights)");
+      "int ff_chunk_size, str activation, float dropout_p, float layer_norm_eps, "
+      "int[] bucket_factors=[]) -> (Tensor grad_x1, Tensor grad_x2, Tensor[] grad_weights)");
   m.set_python_module("reformer_ext.ops.gemm");
   // The GEMM the operators use (csrc/gemm.h): c + alpha · a · b (c is not modified) or
   // bias + alpha · a · b, for 2-D a (M, K) and b (K, N); on the CPU with a fixed summation order

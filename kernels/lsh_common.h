@@ -85,4 +85,35 @@ RX_HOST_DEVICE int64_t bucket_from_extremes(acc_t max_p, int64_t arg_max, acc_t 
   return max_p >= -min_p ? arg_max : half + arg_min;
 }
 
+// Factorised bucket counts (docs/semantics.md §1 step 1, HF/trax `num_buckets` as a list): a
+// round's nb/2 rotation columns are cut into consecutive slices of f_j / 2 columns, each slice
+// hashed on its own (argmax over [p_slice, -p_slice]) to a digit b_j in [0, f_j), and the
+// bucket is the mixed-radix number b_1 + f_1 b_2 + f_1 f_2 b_3 + ... in [0, prod f_j). One
+// factor f is the plain nb = f. Fixed capacity, so the struct travels by value to the kernels.
+constexpr int kMaxBucketFactors = 8;
+
+struct BucketFactors {
+  int count = 0;                           // 1..kMaxBucketFactors once set
+  int64_t half[kMaxBucketFactors] = {};    // f_j / 2: rotation columns of factor j
+
+  RX_HOST_DEVICE int64_t columns() const {  // sum f_j / 2: rotation columns per round
+    int64_t c = 0;
+    for (int j = 0; j < count; ++j) c += half[j];
+    return c;
+  }
+  RX_HOST_DEVICE int64_t n_buckets() const {  // prod f_j
+    int64_t n = 1;
+    for (int j = 0; j < count; ++j) n *= 2 * half[j];
+    return n;
+  }
+};
+
+// The one factor of an unfactorised round with `half` columns (nb = 2 * half).
+RX_HOST_DEVICE BucketFactors single_factor(int64_t half) {
+  BucketFactors f;
+  f.count = 1;
+  f.half[0] = half;
+  return f;
+}
+
 }  // namespace reformer

@@ -38,26 +38,37 @@ def _padding(key_padding_mask, B, L, L_pad, device):
     return pad
 
 
-def _hash(x, rotations, pad):
+def _hash(x, rotations, pad, bucket_factors=None):
     """Buckets of docs/semantics.md §1 step 1.
 
     x: (B, H, Lx, D) in the compute dtype, rotations: (Hr, D, R, nb/2) with Hr in {1, H},
-    pad: (B, Lx) bool. Returns int64 (B, H, R, Lx); padding positions get bucket nb.
+    pad: (B, Lx) bool. bucket_factors: None (one factor nb = 2 * rotations.shape[-1]) or the
+    even factors f_j of a factorised count: column slices of f_j/2 give digits b_j, the bucket is
+    b_1 + f_1 b_2 + f_1 f_2 b_3 + ..., nb = prod f_j. Returns int64 (B, H, R, Lx); padding
+    positions get bucket nb.
     """
     rot = rotations.to(x.dtype)
-    nb = 2 * rot.shape[-1]
+    factors = list(bucket_factors) if bucket_factors else [2 * rot.shape[-1]]
+    assert sum(factors) == 2 * rot.shape[-1], (factors, rot.shape)
     # p[b, h, r, l, k] = x[b, h, l, :] . rot[h, :, r, k]; Hr == 1 broadcasts over heads.
     p = torch.einsum("bhld,hdrk->bhrlk", x, rot.expand(x.shape[1], -1, -1, -1))
-    # argmax over [p, -p]: torch.argmax returns the first maximum, i.e. ties go to the lowest index.
-    buckets = torch.argmax(torch.cat([p, -p], dim=-1), dim=-1)
-    return buckets.masked_fill(pad[:, None, None, :], nb)
+    buckets = torch.zeros(p.shape[:-1], dtype=torch.long, device=x.device)
+    radix, offset = 1, 0
+    for f in factors:
+        pj = p[..., offset:offset + f // 2]
+        # argmax over [p, -p]: torch.argmax returns the first maximum, i.e. ties go to the
+        # lowest index.
+        buckets = buckets + radix * torch.argmax(torch.cat([pj, -pj], dim=-1), dim=-1)
+        radix, offset = radix * f, offset + f // 2
+    return buckets.masked_fill(pad[:, None, None, :], radix)
 
 
-def lsh_buckets_reference(qk, rotations, key_padding_mask=None):
+def lsh_buckets_reference(qk, rotations, key_padding_mask=None, bucket_factors=None):
     """int64 (B, H, R, L) buckets of every position in every hash round (padding -> nb)."""
     B, H, L, _ = qk.shape
     x = qk.detach().to(_compute_dtype(qk.dtype))
-    return _hash(x, rotations.detach(), _padding(key_padding_mask, B, L, L, qk.device))
+    return _hash(x, rotations.detach(), _padding(key_padding_mask, B, L, L, qk.device),
+                 bucket_factors)
 
 
 def _window_chunks(n_chunks, before, after, device):
@@ -95,11 +106,13 @@ def lsh_attention_reference(
     n_chunks_before=1,
     n_chunks_after=0,
     scale=1.0,
+    bucket_factors=None,
 ):
     """LSH self-attention of docs/semantics.md §1. Returns (out, lse).
 
     qk: (B, H, L, D), v: (B, H, L, Dv), rotations: (Hr, D, R, nb/2), key_padding_mask: (B, L)
-    bool with True = padding. out: (B, H, L, Dv) in the input dtype; lse: (B, H, L) in float32
+    bool with True = padding. bucket_factors: None, or the factors of a factorised bucket
+    count (see _hash). out: (B, H, L, Dv) in the input dtype; lse: (B, H, L) in float32
     (float64 for float64 inputs). Padding query positions get out = 0 and lse = 0.
     """
     B, H, L, D = qk.shape
@@ -116,7 +129,7 @@ def lsh_attention_reference(
     pad = _padding(key_padding_mask, B, L, L_pad, dev)  # (B, L')
 
     # Steps 1-2: hash and sort. The buckets are piecewise constant in qk: no gradient.
-    buckets = _hash(x.detach(), rotations.detach(), pad)  # (B, H, R, L')
+    buckets = _hash(x.detach(), rotations.detach(), pad, bucket_factors)  # (B, H, R, L')
     order = _sorted_positions(buckets)  # (B, H, R, L')
 
     # Step 3: the R*L' sorted items, rounds one after another, cut into n_c chunks of m.
@@ -184,12 +197,12 @@ _ACTIVATIONS = {
 def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
                              key_padding_mask=None, bucket_size=64, causal=False,
                              n_chunks_before=1, n_chunks_after=0, activation="gelu",
-                             dropout_p=0.0, layer_norm_eps=1e-5):
+                             dropout_p=0.0, layer_norm_eps=1e-5, bucket_factors=None):
     """The reversible stack of docs/semantics.md §3 run forward with ordinary autograd (everything
     stored): 12 weights per layer in the order of
     reformer_ext.ops.reformer_stack.LAYER_WEIGHT_NAMES, one rotation tensor per layer, seeds
     (depth, 3) = the dropout seeds of the attention output, the FFN hidden activation and the
-    FFN output. Returns (y1, y2)."""
+    FFN output. bucket_factors: shared by every layer (see _hash). Returns (y1, y2)."""
     import torch.nn.functional as F
 
     # the seeded mask rule of csrc/seeded_dropout.h (the C++ side computes it independently)
@@ -207,7 +220,7 @@ def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
         out, _ = lsh_attention_reference(
             heads(h @ w_qk.t()), heads(h @ w_v.t()), rot, bucket_size=bucket_size,
             causal=causal, key_padding_mask=key_padding_mask, n_chunks_before=n_chunks_before,
-            n_chunks_after=n_chunks_after)
+            n_chunks_after=n_chunks_after, bucket_factors=bucket_factors)
         a = out.transpose(1, 2).reshape(B, L, -1) @ w_out.t() + b_out
         x1 = x1 + _seeded_dropout(a, dropout_p, s_attn)
         # G: feed-forward branch (hidden dropout over the (B·L, d_ff) activation)

@@ -54,8 +54,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 def lsh_case(**kw):
     c = dict(B=2, H=2, L=19, D=8, Dv=8, m=4, R=2, half=3, Hr=2, causal=False, mask=None,
-             before=1, after=0, scale=1.0, noncontig=False)
+             before=1, after=0, scale=1.0, noncontig=False, factors=None)
     c.update(kw)
+    if c["factors"] is not None:  # factorised buckets: half = sum(factors) / 2 columns
+        c["factors"] = tuple(c["factors"])
+        c["half"] = sum(c["factors"]) // 2
     return c
 
 
@@ -68,14 +71,27 @@ def lsh_seed(c, extra=""):
     return zlib.crc32((lsh_case_id(c) + extra).encode())
 
 
-def _separate_ties(qk, rot, g, margin):
-    """Resample the qk rows whose two largest entries of [p, -p] are closer than margin."""
+def factor_slices(factors, half):
+    """(offset, width) of each factor's rotation columns (one factor: (0, half))."""
+    slices, offset = [], 0
+    for f in factors or (2 * half,):
+        slices.append((offset, f // 2))
+        offset += f // 2
+    return slices
+
+
+def _separate_ties(qk, rot, g, margin, factors=None):
+    """Resample the qk rows whose two largest entries of [p, -p] (per factor's slice of p when
+    factorised) are closer than margin."""
     B, H, L, D = qk.shape
     for _ in range(200):
         r = rot.double().expand(H, -1, -1, -1)
         p = torch.einsum("bhld,hdrk->bhrlk", qk.double(), r)
-        top = torch.cat([p, -p], -1).topk(2, dim=-1).values
-        bad = (top[..., 0] - top[..., 1] < margin).any(dim=2)  # (B, H, L)
+        bad = torch.zeros(B, H, L, dtype=torch.bool)
+        for offset, width in factor_slices(factors, rot.shape[-1]):
+            pj = p[..., offset:offset + width]
+            top = torch.cat([pj, -pj], -1).topk(2, dim=-1).values
+            bad |= (top[..., 0] - top[..., 1] < margin).any(dim=2)  # (B, H, L)
         if not bad.any():
             return qk
         qk[bad] = torch.randn(int(bad.sum()), D, generator=g).to(qk.dtype)
@@ -102,7 +118,7 @@ def lsh_inputs(c, dtype, seed, margin=1e-4):
     g = torch.Generator().manual_seed(seed)
     rot = torch.randn(c["Hr"], c["D"], c["R"], c["half"], generator=g)
     qk = torch.randn(c["B"], c["H"], c["L"], c["D"], generator=g).to(dtype)
-    qk = _separate_ties(qk, rot, g, margin)
+    qk = _separate_ties(qk, rot, g, margin, c["factors"])
     v = torch.randn(c["B"], c["H"], c["L"], c["Dv"], generator=g).to(dtype)
     mask = _make_mask(c["mask"], c["B"], c["L"], g)
     if dtype == F64:
@@ -111,14 +127,16 @@ def lsh_inputs(c, dtype, seed, margin=1e-4):
 
 
 def lsh_kwargs(c, rot, mask):
-    return dict(n_hashes=c["R"], bucket_size=c["m"], n_buckets=2 * c["half"], causal=c["causal"],
+    n_buckets = list(c["factors"]) if c["factors"] else 2 * c["half"]
+    return dict(n_hashes=c["R"], bucket_size=c["m"], n_buckets=n_buckets, causal=c["causal"],
                 key_padding_mask=mask, rotations=rot, n_chunks_before=c["before"],
                 n_chunks_after=c["after"], scale=c["scale"])
 
 
 def lsh_ref_kwargs(c, mask):
     return dict(bucket_size=c["m"], causal=c["causal"], key_padding_mask=mask,
-                n_chunks_before=c["before"], n_chunks_after=c["after"], scale=c["scale"])
+                n_chunks_before=c["before"], n_chunks_after=c["after"], scale=c["scale"],
+                bucket_factors=c["factors"])
 
 
 def lsh_cotangents(c, seed, dtype):
@@ -221,6 +239,10 @@ LSH_CASES += [
     lsh_case(L=5, m=8, R=3, before=1, after=1),
     lsh_case(L=13, half=1, R=4, causal=True),  # n_buckets = 2
     lsh_case(B=1, H=3, Hr=1, L=29, m=4, R=4, half=4, mask="random", causal=True, before=2, after=1),
+    # factorised bucket counts (HF num_buckets as a list): 1 to 3 factors
+    lsh_case(L=23, factors=(6,)),
+    lsh_case(L=23, factors=(2, 4), causal=True, mask="random"),
+    lsh_case(L=29, factors=(4, 2, 6), R=3, Hr=1, mask="suffix", before=2, after=1),
 ]
 
 # A case for bitwise determinism (runs, thread counts, the GPU).
@@ -310,21 +332,25 @@ def stack_problem(depth=2, batch=2, length=21, d_model=8, n_heads=2, d_ff=12, n_
             weights.append(w.requires_grad_(True))
     x1 = torch.randn(batch, length, d_model, generator=g, dtype=dtype, requires_grad=True)
     x2 = torch.randn(batch, length, d_model, generator=g, dtype=dtype, requires_grad=True)
-    rotations = [torch.randn(n_heads, d_head, n_hashes, n_buckets // 2, generator=g, dtype=dtype)
+    # n_buckets: an int, or a list of factors (rotations of sum(factors) // 2 columns)
+    cols = sum(n_buckets) // 2 if isinstance(n_buckets, (list, tuple)) else n_buckets // 2
+    rotations = [torch.randn(n_heads, d_head, n_hashes, cols, generator=g, dtype=dtype)
                  for _ in range(depth)]
     seeds = torch.randint(0, 2**62, (depth, 3), generator=g, dtype=torch.int64)
     return x1, x2, weights, rotations, seeds
 
 
-def stack_op_args(dtype=torch.float32, requires_grad=True, dropout_p=0.2, masked=True):
-    x1, x2, weights, rotations, seeds = stack_problem(depth=2, batch=1, length=10, dtype=dtype)
+def stack_op_args(dtype=torch.float32, requires_grad=True, dropout_p=0.2, masked=True,
+                  factors=None):
+    x1, x2, weights, rotations, seeds = stack_problem(depth=2, batch=1, length=10, dtype=dtype,
+                                                      n_buckets=factors or 4)
     for t in [x1, x2, *weights]:
         t.requires_grad_(requires_grad)
     mask = torch.zeros(1, 10, dtype=torch.bool)
     if masked:
         mask[0, 8:] = True
-    return (x1, x2, weights, rotations, mask, seeds, 2, 4, True, 1, 0, 3, "gelu", dropout_p,
-            1e-5)
+    args = (x1, x2, weights, rotations, mask, seeds, 2, 4, True, 1, 0, 3, "gelu", dropout_p, 1e-5)
+    return args + (list(factors),) if factors else args
 
 
 # ------------------------------------------------------------------------------ the modules

@@ -121,6 +121,21 @@ def test_buckets_under_autocast_are_those_attention_uses():
     assert torch.equal(buckets, rx.lsh_buckets(qk.to(BF16), rotations, mask))
 
 
+def test_factorised_buckets_under_autocast():
+    # the trailing bucket_factors argument passes through the autocast kernels
+    qk, v, rotations, mask = _attention_inputs(half=5)
+    with torch.autocast("cpu", dtype=BF16):
+        buckets = rx.lsh_buckets(qk, rotations, mask, bucket_factors=[4, 6])
+        out = rx.lsh_attention(qk, v, rotations=rotations, n_buckets=[4, 6], bucket_size=8,
+                               key_padding_mask=mask)
+    assert torch.equal(buckets, rx.lsh_buckets(qk.to(BF16), rotations, mask,
+                                               bucket_factors=[4, 6]))
+    assert out.dtype == BF16
+    assert torch.equal(out, rx.lsh_attention(qk.to(BF16), v.to(BF16), rotations=rotations,
+                                             n_buckets=[4, 6], bucket_size=8,
+                                             key_padding_mask=mask))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", LOW)
 def test_chunked_feed_forward_follows_the_linear_rule(device, dtype):

@@ -10,6 +10,8 @@ The cases, their inputs (bucket ties separated) and the comparisons are in tests
 opcheck is in tests/test_opcheck.py.
 """
 
+import math
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -332,3 +334,143 @@ def test_cuda_deterministic():
     go, gl = lsh_cotangents(LSH_DET_CASE, 9, BF16)
     assert_lsh_bitwise(_det_run(qk, v, rot, mask, go, gl, "cuda"),
                        _det_run(qk, v, rot, mask, go, gl, "cuda"))
+
+
+# ------------------------------------------------- factorised bucket counts (list n_buckets)
+# docs/semantics.md §1 step 1: n_buckets as a list of even factors (HF's / trax's num_buckets
+# list). The foundation matrix (LSH_CASES) holds factorised cases for the attention itself.
+
+FACTOR_SETS = [(6,), (2, 4), (4, 6), (2, 4, 6), (8, 2, 4)]
+
+
+@pytest.mark.parametrize("dtype", [F64, F32, BF16, F16], ids=["f64", "f32", "bf16", "f16"])
+@pytest.mark.parametrize("factors", FACTOR_SETS, ids=lambda f: "x".join(map(str, f)))
+@pytest.mark.parametrize("Hr,masked", [(1, False), (3, True)])
+def test_factorised_lsh_buckets_equal_reference(dtype, factors, Hr, masked):
+    c = lsh_case(B=2, H=3, Hr=Hr, L=41, D=16, R=3, factors=factors,
+                 mask="row" if masked else None)
+    qk, _, rot, mask = lsh_inputs(c, dtype, lsh_seed(c, str(dtype)))
+    expect = lsh_buckets_reference(qk, rot, mask, bucket_factors=factors)
+    got = rx.lsh_buckets(qk, rot, mask, bucket_factors=list(factors))
+    assert got.dtype == torch.int64 and got.shape == (2, 3, 3, 41)
+    assert torch.equal(got, expect)
+    assert torch.equal(ops.lsh_buckets(qk, rot, mask, list(factors)), expect)
+    n_buckets = math.prod(factors)
+    assert int(got.max()) <= n_buckets and int(got.min()) >= 0
+    if masked:
+        assert bool((got[1] == n_buckets).all())  # batch row 1 is all padding
+
+
+def test_factorised_buckets_spread_over_every_digit():
+    # Every factor's digit varies: the mixed-radix combination covers the whole range.
+    factors = [4, 6, 2]
+    g = torch.Generator().manual_seed(3)
+    qk = torch.randn(1, 1, 4000, 8, generator=g)
+    rot = torch.randn(1, 8, 1, sum(factors) // 2, generator=g)
+    got = rx.lsh_buckets(qk, rot, bucket_factors=factors)
+    assert set(got.unique().tolist()) == set(range(math.prod(factors)))
+
+
+@pytest.mark.parametrize("dtype", [F64, F32, BF16], ids=["f64", "f32", "bf16"])
+def test_single_factor_is_the_int_bitwise(dtype):
+    c = lsh_case(B=2, H=2, Hr=1, L=57, D=8, R=2, half=6, causal=True, mask="random")
+    qk, v, rot, mask = lsh_inputs(c, dtype, lsh_seed(c, "single" + str(dtype)))
+    assert torch.equal(rx.lsh_buckets(qk, rot, mask, bucket_factors=[12]),
+                       rx.lsh_buckets(qk, rot, mask))
+    args = (qk, v, rot, mask, 4, True, 1, 0, 1.0)
+    for a, b in zip(ops.lsh_attention(*args, [12]), ops.lsh_attention(*args)):
+        assert torch.equal(a, b)
+    kw = lsh_kwargs(c, rot, mask)
+    assert torch.equal(rx.lsh_attention(qk, v, **{**kw, "n_buckets": [12]}),
+                       rx.lsh_attention(qk, v, **kw))
+
+
+def test_factorised_many_buckets_use_the_comparison_sort():
+    # prod(factors) far above L' (the CPU sort switches from counting to comparison sort).
+    c = lsh_case(B=1, H=2, Hr=1, L=45, D=8, m=5, R=2, factors=(4096, 2048), mask="random")
+    qk, v, rot, mask = lsh_inputs(c, F64, lsh_seed(c))
+    go, gl = lsh_cotangents(c, 1, F64)
+    ours = run_lsh(c, qk, v, rot, mask, go, gl)
+    assert_lsh_close(ours, run_lsh_reference(c, qk, v, rot, mask, go, gl, F64), 1e-10, 1e-10)
+    _, _, sp, _ = ops.lsh_attention(qk, v, rot, mask, 5, False, 1, 0, 1.0, [4096, 2048])
+    buckets = lsh_buckets_reference(qk, rot, mask, bucket_factors=(4096, 2048))
+    keys = torch.gather(buckets, 3, sp.view(1, 2, 2, 45).long())  # L' = L: no tail
+    assert bool((keys[..., 1:] >= keys[..., :-1]).all())
+
+
+def test_factorised_buckets_follow_huggingface():
+    # HF's ReformerAttention._hash_vectors with num_buckets as a list, on the same rotations
+    # (HF draws them with torch.randn after torch.manual_seed(hash_seed)).
+    pytest.importorskip("transformers")
+    from transformers import ReformerConfig
+    from transformers.models.reformer.modeling_reformer import LSHSelfAttention as HFLSH
+
+    factors, seed, B, H, L, D, R = [4, 6, 8], 1234, 2, 3, 64, 16, 3
+    config = ReformerConfig(num_attention_heads=H, attention_head_size=D, hidden_size=H * D,
+                            num_buckets=factors, num_hashes=R, hash_seed=seed,
+                            lsh_attn_chunk_length=16)
+    hf = HFLSH(config)
+    g = torch.Generator().manual_seed(5)
+    qk = torch.randn(B, H, L, D, generator=g)
+    hf_buckets = hf._hash_vectors(qk, R, None).view(B, H, R, L)
+    n_buckets = math.prod(factors)
+    hf_buckets = hf_buckets - (torch.arange(R) * n_buckets).view(1, 1, R, 1)
+    torch.manual_seed(seed)
+    rot = torch.randn(H, D, R, sum(factors) // 2)
+    assert torch.equal(rx.lsh_buckets(qk, rot, bucket_factors=factors), hf_buckets)
+    assert torch.equal(lsh_buckets_reference(qk, rot, bucket_factors=factors), hf_buckets)
+
+
+@pytest.mark.parametrize("factors,causal,mask", [((2, 4), False, None),
+                                                 ((4, 2, 2), True, "random")])
+def test_factorised_gradcheck(factors, causal, mask):
+    c = lsh_case(B=2, H=2, L=9, D=4, Dv=3, m=3, R=2, Hr=1, factors=factors, causal=causal,
+                 mask=mask)
+    qk, v, rot, mask = lsh_inputs(c, F64, lsh_seed(c), margin=1e-3)
+    kw = lsh_kwargs(c, rot, mask)
+    assert kw["n_buckets"] == list(factors)
+
+    def f(qk, v):
+        return rx.lsh_attention(qk, v, return_lse=True, **kw)
+
+    assert torch.autograd.gradcheck(f, (qk.requires_grad_(), v.requires_grad_()))
+
+
+def test_factorised_random_rotations_and_default_draw():
+    qk = torch.randn(2, 3, 20, 8)
+    rot = rx.random_rotations(qk, 2, [32, 64])
+    assert rot.shape == (3, 8, 2, 48) and rot.dtype == F32
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    v = torch.randn(2, 3, 20, 8)
+    a = rx.lsh_attention(qk, v, n_buckets=[4, 6], bucket_size=4, generator=g1)
+    rot = rx.random_rotations(qk, 4, [4, 6], generator=g2)
+    b = rx.lsh_attention(qk, v, n_buckets=[4, 6], bucket_size=4, rotations=rot)
+    assert torch.equal(a, b)
+
+
+def test_factorised_fake_shapes_and_compile():
+    c = lsh_case(L=19, R=2, causal=True, mask="random", factors=(2, 4))
+    qk, v, rot, mask = lsh_inputs(c, F32, 6)
+    with FakeTensorMode() as mode:
+        fq, fv, fr = (mode.from_tensor(t) for t in (qk, v, rot))
+        fm = mode.from_tensor(mask)
+        out, lse, sp, st = ops.lsh_attention(fq, fv, fr, fm, 4, True, 1, 0, 1.0, [2, 4])
+        assert out.shape == v.shape and sp.shape == (2, 2, 2 * 20)
+        assert ops.lsh_buckets(fq, fr, fm, [2, 4]).shape == (2, 2, 2, 19)
+        with pytest.raises(ValueError, match="bucket_factors"):
+            ops.lsh_buckets(fq, fr, fm, [2, 6])
+    kw = lsh_kwargs(c, rot, mask)
+
+    def f(qk, v):
+        out, lse = rx.lsh_attention(qk, v, return_lse=True, **kw)
+        return out.sum() + lse.sum()
+
+    qk1, v1 = qk.clone().requires_grad_(), v.clone().requires_grad_()
+    eager = f(qk1, v1)
+    eager_grads = torch.autograd.grad(eager, (qk1, v1))
+    qk2, v2 = qk.clone().requires_grad_(), v.clone().requires_grad_()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(qk2, v2)
+    compiled_grads = torch.autograd.grad(compiled, (qk2, v2))
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b)

@@ -37,7 +37,7 @@ def _base():
     rot = torch.randn(H, D, R, HALF, generator=g)
     mask = torch.zeros(B, L, dtype=torch.bool)
     mask[1, -3:] = True
-    t = dict(qk=qk, v=v, rotations=rot, key_padding_mask=mask)
+    t = dict(qk=qk, v=v, rotations=rot, key_padding_mask=mask, bucket_factors=[])
     out, lse, sp, st = ops.lsh_attention(qk, v, rot, mask, M, False, 1, 0, 1.0)
     t.update(out=out, lse=lse, sorted_positions=sp, softmax_stats=st,
              grad_out=torch.randn(out.shape, generator=g),
@@ -50,7 +50,7 @@ def _base():
 _ATTN_KW = dict(n_hashes=R, bucket_size=M, n_buckets=2 * HALF, causal=False, generator=None,
                 n_chunks_before=1, n_chunks_after=0, scale=1.0, return_lse=False)
 _OP_ATTN = ("qk", "v", "rotations", "key_padding_mask", "bucket_size", "causal",
-            "n_chunks_before", "n_chunks_after", "scale")
+            "n_chunks_before", "n_chunks_after", "scale", "bucket_factors")
 _OP_BW = ("grad_out", "grad_lse", "qk", "v", "out", "softmax_stats", "sorted_positions",
           "key_padding_mask", "bucket_size", "causal", "n_chunks_before", "n_chunks_after",
           "scale")
@@ -77,12 +77,13 @@ def _call_op_attention(t, over):
 
 def _call_rx_buckets(t, over):
     a = _merged(t, over)
-    return rx.lsh_buckets(a["qk"], a["rotations"], a["key_padding_mask"])
+    return rx.lsh_buckets(a["qk"], a["rotations"], a["key_padding_mask"],
+                          bucket_factors=a["bucket_factors"])
 
 
 def _call_op_buckets(t, over):
     a = _merged(t, over)
-    return ops.lsh_buckets(a["qk"], a["rotations"], a["key_padding_mask"])
+    return ops.lsh_buckets(a["qk"], a["rotations"], a["key_padding_mask"], a["bucket_factors"])
 
 
 def _call_rx_rotations(t, over):
@@ -117,8 +118,8 @@ CATALOGUE = Catalogue(calls={
 }, base_of={}, args={
     "rx.lsh_attention": {"qk", "v", "rotations", "key_padding_mask", *_ATTN_KW},
     "ops.lsh_attention": set(_OP_ATTN),
-    "rx.lsh_buckets": {"qk", "rotations", "key_padding_mask"},
-    "ops.lsh_buckets": {"qk", "rotations", "key_padding_mask"},
+    "rx.lsh_buckets": {"qk", "rotations", "key_padding_mask", "bucket_factors"},
+    "ops.lsh_buckets": {"qk", "rotations", "key_padding_mask", "bucket_factors"},
     "rx.random_rotations": {"qk", "n_hashes", "n_buckets", "generator"},
     "ops.lsh_attention_backward": set(_OP_BW),
 })
@@ -233,12 +234,45 @@ CATALOGUE.cases += [
       ("rx.lsh_attention", "rx.random_rotations")),
     C("n_buckets=None (random_rotations)", lambda t: dict(n_buckets=None), "n_buckets",
       ("rx.random_rotations",)),
-    C("n_buckets=[2, 2] (factorised)", lambda t: dict(n_buckets=[2, 2], rotations=None),
-      "n_buckets.*not supported", ("rx.lsh_attention", "rx.random_rotations")),
-    C("n_buckets=[2, 2] with rotations", lambda t: dict(n_buckets=[2, 2]),
-      "n_buckets.*not supported", ("rx.lsh_attention",)),
-    C("n_buckets=(4,)", lambda t: dict(n_buckets=(4,), rotations=None),
-      "n_buckets.*not supported", ("rx.lsh_attention", "rx.random_rotations")),
+    # n_buckets as a list of factors (factorised buckets)
+    C("n_buckets=[2, 3] (odd factor)", lambda t: dict(n_buckets=[2, 3], rotations=None),
+      "n_buckets.*even", ("rx.lsh_attention", "rx.random_rotations")),
+    C("n_buckets=[] (no factor)", lambda t: dict(n_buckets=[], rotations=None),
+      "n_buckets", ("rx.lsh_attention", "rx.random_rotations")),
+    C("n_buckets=[0, 4]", lambda t: dict(n_buckets=[0, 4], rotations=None), "n_buckets",
+      ("rx.lsh_attention", "rx.random_rotations")),
+    C("n_buckets=[2.0, 4]", lambda t: dict(n_buckets=[2.0, 4], rotations=None), "n_buckets",
+      ("rx.lsh_attention", "rx.random_rotations")),
+    C("n_buckets=[2] * 9 (too many factors)", lambda t: dict(n_buckets=[2] * 9, rotations=None),
+      "n_buckets", ("rx.lsh_attention", "rx.random_rotations")),
+    C("n_buckets=[65536, 65536] (prod >= 2^31)",
+      lambda t: dict(n_buckets=[65536, 65536], rotations=None), "n_buckets",
+      ("rx.lsh_attention", "rx.random_rotations")),
+    C("n_buckets=[2, 4] vs rotations of 2 columns", lambda t: dict(n_buckets=[2, 4]),
+      "n_buckets", ("rx.lsh_attention",)),
+    # ---- bucket_factors (the operators; rx.lsh_buckets' keyword)
+    C("bucket_factors=[2, 4] (sum / 2 != rotations' 2 columns)",
+      lambda t: dict(bucket_factors=[2, 4]), "bucket_factors.*sum.*got \\[2, 4\\]",
+      ("ops.lsh_attention",) + HASH),
+    C("bucket_factors=[1, 3] (odd)", lambda t: dict(bucket_factors=[1, 3]),
+      "bucket_factors.*even", ("ops.lsh_attention", "ops.lsh_buckets")),
+    C("bucket_factors=[0, 4]", lambda t: dict(bucket_factors=[0, 4]), "bucket_factors",
+      ("ops.lsh_attention",) + HASH),
+    C("bucket_factors=[-2, 6]", lambda t: dict(bucket_factors=[-2, 6]), "bucket_factors",
+      ("ops.lsh_attention",) + HASH),
+    C("bucket_factors=[2] * 9", lambda t: dict(bucket_factors=[2] * 9),
+      "bucket_factors.*at most 8", ("ops.lsh_attention",) + HASH),
+    C("bucket_factors=[65536, 65536] (prod >= 2^31)",
+      lambda t: dict(bucket_factors=[65536, 65536]), "bucket_factors.*2\\^31",
+      ("ops.lsh_attention",) + HASH),
+    C("bucket_factors=4 (not a list)", lambda t: dict(bucket_factors=4), "bucket_factors",
+      ("rx.lsh_buckets",)),
+    C("bucket_factors=[2.0, 2]", lambda t: dict(bucket_factors=[2.0, 2]), "bucket_factors",
+      ("rx.lsh_buckets",)),
+    C("bucket_factors=[2, 4] on meta (fake kernel)",
+      lambda t: dict(qk=to_meta(t["qk"]), v=to_meta(t["v"]), rotations=to_meta(t["rotations"]),
+                     key_padding_mask=to_meta(t["key_padding_mask"]), bucket_factors=[2, 4]),
+      "bucket_factors.*sum", ("ops.lsh_attention", "ops.lsh_buckets")),
     C("n_buckets=8 vs rotations of 4", lambda t: dict(n_buckets=8), "n_buckets",
       ("rx.lsh_attention",)),
     # ---- bucket_size

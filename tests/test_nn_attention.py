@@ -75,6 +75,28 @@ def test_attention_rotations_train_and_eval():
     assert torch.equal(rx.nn.LSHSelfAttention(32, 2).rotation_seed, s1)
 
 
+def test_attention_factorised_buckets():
+    # n_buckets as a list of even factors (HF's num_buckets list): rotations of sum // 2
+    # columns, prod buckets, the factors handed to the operator
+    torch.manual_seed(0)
+    attn = rx.nn.LSHSelfAttention(32, 2, bucket_size=8, n_hashes=2, n_buckets=[4, 6]).eval()
+    assert attn.bucket_factors == [4, 6] and "n_buckets=[4, 6]" in repr(attn)
+    x = torch.randn(2, 30, 32)
+    rot = attn.make_rotations(30)
+    assert rot.shape == (2, 16, 2, 5)
+    assert torch.equal(rot, seeded_rotations(attn.rotation_seed, (2, 16, 2, 5)))
+    qk = attn.to_qk(x).view(2, 30, 2, 16).transpose(1, 2)
+    v = attn.to_v(x).view(2, 30, 2, 16).transpose(1, 2)
+    out = rx.lsh_attention(qk, v, n_hashes=2, bucket_size=8, rotations=rot, n_buckets=[4, 6])
+    want = attn.to_out(out.transpose(1, 2).reshape(2, 30, 32))
+    torch.testing.assert_close(attn(x), want, rtol=0, atol=0)
+    # the same rotations read as one factor of 10 give other buckets, hence another output
+    one = rx.lsh_attention(qk, v, n_hashes=2, bucket_size=8, rotations=rot)
+    assert not torch.equal(one, out)
+    with pytest.raises(ValueError, match="n_buckets"):
+        rx.nn.LSHSelfAttention(32, 2, n_buckets=[4, 5])
+
+
 def test_seeded_rotations_are_normal_and_prefix_stable():
     r = seeded_rotations(123, (4, 16, 4, 64))
     assert r.dtype == F32 and r.shape == (4, 16, 4, 64)

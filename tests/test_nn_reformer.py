@@ -91,6 +91,21 @@ def test_reformer_reversible_equals_plain(dtype, causal, dropout):
         assert rel_error(out_other, out_p) > 1e-3
 
 
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+def test_reformer_factorised_buckets_reversible_equals_plain(dtype):
+    # n_buckets as a list of factors reaches the stack operator through StackOptions
+    model = small_reformer(dtype, causal=True, dropout=0.1, n_buckets=[2, 4, 2])
+    assert model.stack_options.bucket_factors == (2, 4, 2)
+    assert model.layers[0].f.attn.make_rotations(37).shape == (2, 16, 2, 4)
+    x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    mask = _mask(2, 37, 29)
+    names = ["x"] + [n for n, _ in model.named_parameters()]
+    out_r, grads_r = _step(model, x, mask, seed=5)
+    model.reversible = False
+    out_p, grads_p = _step(model, x, mask, seed=5)
+    _assert_close(out_r, grads_r, out_p, grads_p, TOL[dtype], names)
+
+
 @pytest.mark.parametrize("merge", ["concat", "mean"])
 def test_reformer_eval_and_merge(merge):
     """Eval mode (fixed rotations, no dropout) gives the same forward and gradients in both

@@ -122,6 +122,8 @@ OPCHECK_CASES = [
     lsh_case(L=10, R=2, causal=True),
     lsh_case(L=7, R=3, Hr=1, mask="random", before=0, after=0),
     lsh_case(L=12, D=8, Dv=5, R=2, m=4, mask="row", before=2, after=1, scale=0.5),
+    # factorised bucket counts: the trailing bucket_factors argument
+    lsh_case(L=11, R=2, Hr=1, mask="random", causal=True, factors=(2, 4, 6)),
 ]
 
 
@@ -131,11 +133,13 @@ def test_lsh_default_utils(c, dtype):
     qk, v, rot, mask = lsh_inputs(c, dtype, lsh_seed(c))
     go, gl = lsh_cotangents(c, 5, dtype)
     args = (mask, c["m"], c["causal"], c["before"], c["after"], c["scale"])
-    torch.library.opcheck(ops.lsh_buckets.default, (qk, rot, mask))
+    factors = [list(c["factors"])] if c["factors"] else []  # the trailing bucket_factors
+    torch.library.opcheck(ops.lsh_buckets.default, (qk, rot, mask, *factors))
     torch.library.opcheck(ops.lsh_attention.default,
-                          (qk.clone().requires_grad_(), v.clone().requires_grad_(), rot, *args))
-    torch.library.opcheck(ops.lsh_attention.default, (qk, v, rot, *args))
-    out, lse, sp, st = ops.lsh_attention(qk, v, rot, *args)
+                          (qk.clone().requires_grad_(), v.clone().requires_grad_(), rot, *args,
+                           *factors))
+    torch.library.opcheck(ops.lsh_attention.default, (qk, v, rot, *args, *factors))
+    out, lse, sp, st = ops.lsh_attention(qk, v, rot, *args, *factors)
     torch.library.opcheck(ops.lsh_attention_backward.default,
                           (go, gl, qk, v, out, st, sp, *args))
     torch.library.opcheck(ops.lsh_attention_backward.default,
@@ -209,10 +213,14 @@ def test_chunked_ffn_backward(sample):
 def test_reformer_stack(requires_grad):
     torch.library.opcheck(torch.ops.reformer.reformer_stack,
                           stack_op_args(requires_grad=requires_grad))
+    torch.library.opcheck(torch.ops.reformer.reformer_stack,
+                          stack_op_args(requires_grad=requires_grad, factors=(2, 4)))
 
 
-def test_reformer_stack_backward():
-    x1, x2, weights, rotations, mask, seeds, *options = stack_op_args(requires_grad=False)
+@pytest.mark.parametrize("factors", [None, (4, 2)], ids=["int", "factorised"])
+def test_reformer_stack_backward(factors):
+    x1, x2, weights, rotations, mask, seeds, *options = stack_op_args(requires_grad=False,
+                                                                      factors=factors)
     y1, y2 = torch.ops.reformer.reformer_stack(x1, x2, weights, rotations, mask, seeds, *options)
     args = (torch.randn_like(y1), torch.randn_like(y2), y1, y2, weights, rotations, mask, seeds,
             *options)

@@ -44,6 +44,16 @@ def _bad_calls():
         ("activation", _replace(args, 12, "tanh")),
         ("dropout_p", _replace(args, 13, 1.0)),
         ("layer_norm_eps", _replace(args, 14, 0.0)),
+        # bucket_factors (shared by every layer): sum / 2 must be each layer's columns (2 here)
+        ("bucket_factors must sum to 2 * 2 (twice rotations[0]", args + ([2, 4],)),
+        ("bucket_factors must hold even factors", args + ([1, 3],)),
+        ("bucket_factors must hold at most 8", args + ([2] * 9,)),
+        ("rotations[1].shape[3]", _replace(args, 3, [rotations[0], rotations[1][..., :1]])
+         + ([2, 2],)),
+        # the fake kernel checks them too (every tensor but the CPU seeds on meta)
+        ("bucket_factors must sum",
+         (x1.to("meta"), x2.to("meta"), [t.to("meta") for t in w],
+          [r.to("meta") for r in rotations], mask.to("meta"), seeds, *args[6:], [6])),
     ]
 
 

@@ -349,9 +349,11 @@ void check_cpu(const at::Tensor& t, const char* name) {
 }
 
 at::Tensor lsh_buckets(const at::Tensor& qk, const at::Tensor& rotations,
-                       const c10::optional<at::Tensor>& key_padding_mask) {
+                       const c10::optional<at::Tensor>& key_padding_mask,
+                       at::IntArrayRef bucket_factors) {
   // Any bucket size gives the same buckets; 1 keeps the padded length equal to L.
-  const LshShape s = check_hash_args(qk, rotations, key_padding_mask, /*bucket_size=*/1);
+  const LshShape s = check_hash_args(qk, rotations, key_padding_mask, /*bucket_size=*/1,
+                                       bucket_factors);
   const auto acc = qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto buckets = hash_buckets(qk.to(acc).contiguous(), rotations.to(acc),
                               padding_flags(s, key_padding_mask), s);
@@ -361,9 +363,10 @@ at::Tensor lsh_buckets(const at::Tensor& qk, const at::Tensor& rotations,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention(
     const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size, bool causal,
-    int64_t n_chunks_before, int64_t n_chunks_after, double scale) {
+    int64_t n_chunks_before, int64_t n_chunks_after, double scale,
+    at::IntArrayRef bucket_factors) {
   const LshShape s = check_attention_args(qk, v, rotations, key_padding_mask, bucket_size,
-                                          n_chunks_before, n_chunks_after);
+                                          n_chunks_before, n_chunks_after, bucket_factors);
   check_cpu(qk, "qk");
   const auto acc = accumulation_type(qk);
   const auto qk_acc = qk.to(acc).contiguous();

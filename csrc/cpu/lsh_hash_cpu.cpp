@@ -16,12 +16,13 @@ namespace {
 constexpr int64_t kHashRows = 32;  // rows per GEMM block: the projections stay in L2
 
 // Buckets of rows [row0, row0 + kHashRows) of head bh: the projections of the block as one GEMM,
-// then each round's argmax over [xR, -xR]. Compiled per instruction set (cpu_dispatch.h).
+// then each round's argmax over [xR, -xR], per factor when the bucket count is factorised
+// (docs/semantics.md §1 step 1). Compiled per instruction set (cpu_dispatch.h).
 template <typename acc_t>
 REFORMER_MULTIARCH void hash_block(const acc_t* qk, const acc_t* rotations, const uint8_t* padding,
                                    const LshShape& s, int64_t padded_cols, int64_t bh,
                                    int64_t row0, acc_t* proj, int32_t* buckets) {
-  const int64_t half = s.n_buckets / 2;
+  const int64_t half = s.rotation_cols;
   const int64_t Lp = s.padded_length;
   const int64_t b = bh / s.heads, h = bh % s.heads;
   const int64_t rows = std::max<int64_t>(0, std::min(s.length, row0 + kHashRows) - row0);
@@ -34,10 +35,19 @@ REFORMER_MULTIARCH void hash_block(const acc_t* qk, const acc_t* rotations, cons
     const bool pad = padding[b * Lp + pos] != 0;
     for (int64_t r = 0; r < s.n_hashes; ++r) {
       const acc_t* p = proj + i * padded_cols + r * half;
-      int64_t arg_max = 0, arg_min = 0;
-      if (!pad) row_argmax_argmin(p, half, arg_max, arg_min);
-      buckets[(bh * s.n_hashes + r) * Lp + pos] = static_cast<int32_t>(
-          pad ? s.n_buckets : bucket_from_extremes(p[arg_max], arg_max, p[arg_min], arg_min, half));
+      int64_t bucket = s.n_buckets, radix = 1;
+      if (!pad) {
+        bucket = 0;
+        for (int j = 0; j < s.factors.count; ++j) {  // digit b_j of factor j, mixed radix
+          const int64_t f_half = s.factors.half[j];
+          int64_t arg_max = 0, arg_min = 0;
+          row_argmax_argmin(p, f_half, arg_max, arg_min);
+          bucket += radix * bucket_from_extremes(p[arg_max], arg_max, p[arg_min], arg_min, f_half);
+          radix *= 2 * f_half;
+          p += f_half;
+        }
+      }
+      buckets[(bh * s.n_hashes + r) * Lp + pos] = static_cast<int32_t>(bucket);
     }
   }
 }
@@ -69,8 +79,8 @@ at::Tensor hash_buckets(const at::Tensor& qk_acc, const at::Tensor& rotations,
   auto buckets = at::empty({s.batch, s.heads, s.n_hashes, s.padded_length}, at::dtype(at::kInt));
   if (buckets.numel() == 0) return buckets;
   AT_DISPATCH_FLOATING_TYPES(qk_acc.scalar_type(), "lsh_hash_cpu", [&] {
-    // Rotations as a (Hr, D, R * nb/2) matrix, columns zero-padded to the GEMM tile width.
-    const int64_t cols = s.n_hashes * (s.n_buckets / 2);
+    // Rotations as a (Hr, D, R * cols) matrix, columns zero-padded to the GEMM tile width.
+    const int64_t cols = s.n_hashes * s.rotation_cols;
     const int64_t padded_cols = round_up(cols, kTileCols<scalar_t>);
     auto rot = at::zeros({s.rotation_heads, s.dim, padded_cols}, qk_acc.options());
     rot.narrow(2, 0, cols).copy_(rotations.reshape({s.rotation_heads, s.dim, cols}));

@@ -58,8 +58,10 @@ at::Tensor key_scales(const at::Tensor& qk, const LshShape& s) {
 }
 
 at::Tensor lsh_buckets_cuda(const at::Tensor& qk, const at::Tensor& rotations,
-                            const c10::optional<at::Tensor>& key_padding_mask) {
-  const LshShape s = check_hash_args(qk, rotations, key_padding_mask, /*bucket_size=*/1);
+                            const c10::optional<at::Tensor>& key_padding_mask,
+                            at::IntArrayRef bucket_factors) {
+  const LshShape s = check_hash_args(qk, rotations, key_padding_mask, /*bucket_size=*/1,
+                                       bucket_factors);
   const c10::cuda::CUDAGuard guard(qk.device());
   const auto mask = key_padding_mask.has_value() ? key_padding_mask->contiguous() : at::Tensor();
   return hash_buckets(qk.contiguous(), rotations, mask, s);
@@ -68,9 +70,10 @@ at::Tensor lsh_buckets_cuda(const at::Tensor& qk, const at::Tensor& rotations,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention_cuda(
     const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size, bool causal,
-    int64_t n_chunks_before, int64_t n_chunks_after, double scale) {
+    int64_t n_chunks_before, int64_t n_chunks_after, double scale,
+    at::IntArrayRef bucket_factors) {
   const LshShape s = check_attention_args(qk, v, rotations, key_padding_mask, bucket_size,
-                                          n_chunks_before, n_chunks_after);
+                                          n_chunks_before, n_chunks_after, bucket_factors);
   check_head_dims(s.dim, s.value_dim);
   const c10::cuda::CUDAGuard guard(qk.device());
   const auto acc = accumulation_type(qk);

@@ -19,7 +19,7 @@ namespace {
 template <typename T>
 void hash_on_tensor_cores(const at::Tensor& qk, const at::Tensor& rotations,
                           const at::Tensor& mask, const HashParams& params, at::Tensor& buckets) {
-  const auto pieces = rotation_pieces(rotations, qk.scalar_type());
+  const auto pieces = rotation_pieces(rotations, params.factors, qk.scalar_type());
   const T* x = reinterpret_cast<const T*>(qk.const_data_ptr());
   const T* rot = reinterpret_cast<const T*>(pieces.const_data_ptr());
   const bool* padding = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
@@ -37,8 +37,8 @@ void hash_on_tensor_cores(const at::Tensor& qk, const at::Tensor& rotations,
 at::Tensor hash_buckets(const at::Tensor& qk, const at::Tensor& rotations, const at::Tensor& mask,
                         const LshShape& s) {
   auto buckets = at::empty({s.batch, s.heads, s.n_hashes, s.length}, qk.options().dtype(at::kLong));
-  const HashParams params{s.batch, s.heads, s.length, s.dim, s.rotation_heads, s.n_hashes,
-                          s.n_buckets / 2};
+  const HashParams params{s.batch,          s.heads,    s.length,        s.dim,
+                          s.rotation_heads, s.n_hashes, s.rotation_cols, s.factors};
   if (buckets.numel() == 0) return buckets;
   if (use_tensor_cores(qk, qk)) {  // fp16/bf16, D in {32, 64, 128}
     if (qk.scalar_type() == at::kHalf)

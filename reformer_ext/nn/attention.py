@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from torch import nn as tnn
 
 from ..ops._checks import (check_bool, check_float_dtype, check_input, check_int,
                            check_probability)
-from ..ops.lsh_attention import accumulation_dtype, lsh_attention
+from ..ops.lsh_attention import accumulation_dtype, check_n_buckets, lsh_attention
 from ..ops.seeded_random import as_int64, seeded_rotations
 from ._mha_call import padding_mask_from_mha_call
 
@@ -31,7 +31,9 @@ class LSHSelfAttention(tnn.Module):
         d_head: width of each head (default ``d_model // n_heads``, which must then divide).
         bucket_size: chunk length after sorting by bucket (docs/semantics.md §1, ``m``).
         n_hashes: hash rounds.
-        n_buckets: buckets per round (even int). Default: chosen per forward from the length,
+        n_buckets: buckets per round (even int), or a list of even factors (factorised
+            buckets as HF's ``num_buckets`` list: ``[32, 64]`` gives 2048 buckets from rotations
+            of 48 columns per round). Default: chosen per forward from the length,
             ``max(2, 2 * ceil(L / bucket_size))`` (docs/semantics.md §4).
         causal: mask keys after the query.
         n_chunks_before, n_chunks_after: how many neighbouring chunks each chunk attends to.
@@ -90,7 +92,9 @@ class LSHSelfAttention(tnn.Module):
                                  "pass d_head")
             d_head = d_model // n_heads
         d_head = check_int(d_head, "d_head", 1)
-        if n_buckets is not None and check_int(n_buckets, "n_buckets", 2) % 2:
+        if isinstance(n_buckets, (list, tuple)):
+            n_buckets = check_n_buckets(n_buckets)  # a list of even factors
+        elif n_buckets is not None and check_int(n_buckets, "n_buckets", 2) % 2:
             raise ValueError(f"n_buckets must be None or an even int >= 2, got {n_buckets!r}")
         causal = check_bool(causal, "causal")
         dropout = check_probability(dropout, "dropout")
@@ -125,8 +129,13 @@ class LSHSelfAttention(tnn.Module):
         with torch.no_grad():
             self.rotation_seed.fill_(as_int64(int(seed)))
 
-    def buckets_for_length(self, length: int) -> int:
-        """n_buckets used for a sequence of ``length``."""
+    @property
+    def bucket_factors(self) -> List[int]:
+        """The operators' ``bucket_factors``: the factors when n_buckets is a list, else []."""
+        return list(self.n_buckets) if isinstance(self.n_buckets, list) else []
+
+    def buckets_for_length(self, length: int):
+        """n_buckets used for a sequence of ``length`` (the list of factors when factorised)."""
         if self.n_buckets is not None:
             return self.n_buckets
         # = ops.default_n_buckets, in integer arithmetic (stays symbolic under torch.compile)
@@ -139,7 +148,9 @@ class LSHSelfAttention(tnn.Module):
         """The rotations a forward on a length-``length`` input of ``dtype`` on ``device`` would
         use now (fresh ones are drawn from the default generator: each call gives new ones)."""
         device = self.rotation_seed.device if device is None else torch.device(device)
-        shape = (self.n_heads, self.d_head, self.n_hashes, self.buckets_for_length(length) // 2)
+        n_buckets = self.buckets_for_length(length)  # may be symbolic under torch.compile
+        columns = sum(n_buckets) // 2 if isinstance(n_buckets, list) else n_buckets // 2
+        shape = (self.n_heads, self.d_head, self.n_hashes, columns)
         acc = accumulation_dtype(dtype)
         if self.uses_fixed_rotations():
             if torch.compiler.is_compiling():
@@ -211,7 +222,8 @@ class LSHSelfAttention(tnn.Module):
         out = lsh_attention(qk, v, n_hashes=self.n_hashes, bucket_size=self.bucket_size,
                             causal=self.causal, key_padding_mask=key_padding_mask,
                             rotations=rotations, n_chunks_before=self.n_chunks_before,
-                            n_chunks_after=self.n_chunks_after)
+                            n_chunks_after=self.n_chunks_after,
+                            n_buckets=self.n_buckets if self.bucket_factors else None)
         out = self.to_out(out.transpose(1, 2).reshape(batch, length, heads * d_head))
         if self.training and self.dropout > 0.0:
             out = F.dropout(out, self.dropout, training=True)

@@ -138,7 +138,7 @@ class Reformer(tnn.Module):
                  bucket_size: int = 64, n_hashes: int = 4, causal: bool = False,
                  ff_chunk_size: int = 1024, dropout: float = 0.0, reversible: bool = True,
                  merge: str = "concat", d_head: Optional[int] = None,
-                 n_buckets: Optional[int] = None, n_chunks_before: int = 1,
+                 n_buckets=None, n_chunks_before: int = 1,
                  n_chunks_after: int = 0, activation: str = "gelu",
                  fixed_rotations: Optional[bool] = None, device=None, dtype=None):
         super().__init__()
@@ -174,7 +174,7 @@ class Reformer(tnn.Module):
             n_heads=attn.n_heads, bucket_size=attn.bucket_size, causal=attn.causal,
             n_chunks_before=attn.n_chunks_before, n_chunks_after=attn.n_chunks_after,
             ff_chunk_size=ff.chunk_size, activation=ff.activation,
-            layer_norm_eps=blocks[0].f.norm.eps)
+            layer_norm_eps=blocks[0].f.norm.eps, bucket_factors=tuple(attn.bucket_factors))
         self._register_load_state_dict_pre_hook(_rename_old_layer_keys)
         if merge == "concat":
             self.norm = tnn.LayerNorm(2 * d_model, **factory)

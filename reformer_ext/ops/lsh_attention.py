@@ -6,7 +6,7 @@ work with autograd, fake tensors, autocast and torch.compile."""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -14,8 +14,11 @@ from torch import Tensor
 from ._autocast import register_low_precision_autocast
 from ._checks import check_bool, check_int, check_real, check_tensor, check_traced
 
-__all__ = ["accumulation_dtype", "default_n_buckets", "lsh_attention", "lsh_buckets",
-           "random_rotations"]
+__all__ = ["accumulation_dtype", "bucket_factors_of", "default_n_buckets", "lsh_attention",
+           "lsh_buckets", "random_rotations"]
+
+#: Most factors a factorised bucket count may have (kMaxBucketFactors in kernels/lsh_common.h).
+MAX_BUCKET_FACTORS = 8
 
 # ---------------------------------------------------------------------------------------------
 # Fake (meta) kernels: output shapes never depend on data, only on input shapes. They repeat the
@@ -57,6 +60,29 @@ def _fake_check_hash_args(qk, rotations, key_padding_mask):
         _check_tensor_arg(key_padding_mask, "key_padding_mask", qk, (batch, length), torch.bool)
 
 
+def check_bucket_factors(bucket_factors, rotation_cols, what="rotations"):
+    """The checks of check_bucket_factors in csrc/lsh_attention_common.cpp, for the fake kernels
+    (these and the stack's): empty, or even factors >= 2 (at most MAX_BUCKET_FACTORS) with
+    sum / 2 == rotation_cols (``what``.shape[3]) and prod < 2^31."""
+    factors = list(bucket_factors)
+    if not factors:
+        return
+    check_traced(len(factors) <= MAX_BUCKET_FACTORS,
+                 f"bucket_factors must hold at most {MAX_BUCKET_FACTORS} factors, got "
+                 f"{len(factors)}: {factors}")
+    prod = 1
+    for f in factors:
+        check_traced(f >= 2 and f % 2 == 0 and f < 2**31 - 1,
+                     "bucket_factors must hold even factors >= 2 (buckets come from argmax over "
+                     f"[p, -p]), got {factors}")
+        prod *= f
+        check_traced(prod < 2**31 - 1,
+                     f"bucket_factors must multiply to n_buckets < 2^31, got {factors}")
+    check_traced(sum(factors) // 2 == rotation_cols,
+                 f"bucket_factors must sum to 2 * {rotation_cols} (twice {what}.shape[3], the "
+                 f"rotation columns per round), got {factors} (sum {sum(factors)})")
+
+
 def _fake_check_window(bucket_size, n_chunks_before, n_chunks_after):
     check_traced(bucket_size >= 1, f"bucket_size must be >= 1, got {bucket_size}")
     check_traced(n_chunks_before >= 0 and n_chunks_after >= 0,
@@ -64,16 +90,18 @@ def _fake_check_window(bucket_size, n_chunks_before, n_chunks_after):
 
 
 @torch.library.register_fake("reformer::lsh_buckets")
-def _lsh_buckets_fake(qk, rotations, key_padding_mask=None):
+def _lsh_buckets_fake(qk, rotations, key_padding_mask=None, bucket_factors=()):
     _fake_check_hash_args(qk, rotations, key_padding_mask)
+    check_bucket_factors(bucket_factors, rotations.shape[3])
     batch, heads, length, _ = qk.shape
     return qk.new_empty((batch, heads, rotations.shape[2], length), dtype=torch.int64)
 
 
 @torch.library.register_fake("reformer::lsh_attention")
 def _lsh_attention_fake(qk, v, rotations, key_padding_mask, bucket_size, causal,
-                        n_chunks_before, n_chunks_after, scale):
+                        n_chunks_before, n_chunks_after, scale, bucket_factors=()):
     _fake_check_hash_args(qk, rotations, key_padding_mask)
+    check_bucket_factors(bucket_factors, rotations.shape[3])
     _fake_check_window(bucket_size, n_chunks_before, n_chunks_after)
     batch, heads, length, _ = qk.shape
     _check_tensor_arg(v, "v", qk, (batch, heads, length, v.shape[-1]), qk.dtype)
@@ -117,10 +145,12 @@ def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, softmax_stats, 
 
 
 def _lsh_attention_setup_context(ctx, inputs, output):
-    qk, v, _rotations, key_padding_mask, bucket_size, causal, before, after, scale = inputs
+    # bucket_factors (last) are not needed: the backward reuses sorted_positions
+    qk, v, _rotations, key_padding_mask, bucket_size, causal, before, after, scale = inputs[:9]
     out, _lse, sorted_positions, softmax_stats = output
     ctx.save_for_backward(qk, v, out, softmax_stats, sorted_positions, key_padding_mask)
     ctx.options = (bucket_size, causal, before, after, scale)
+    ctx.n_inputs = len(inputs)
     ctx.mark_non_differentiable(sorted_positions, softmax_stats)
 
 
@@ -130,7 +160,7 @@ def _lsh_attention_backward(ctx, grad_out, grad_lse, _grad_sorted_positions, _gr
         grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions, key_padding_mask,
         *ctx.options
     )
-    return grad_qk, grad_v, None, None, None, None, None, None, None
+    return (grad_qk, grad_v) + (None,) * (ctx.n_inputs - 2)
 
 
 torch.library.register_autograd(
@@ -151,28 +181,54 @@ def default_n_buckets(length: int, bucket_size: int) -> int:
     return max(2, 2 * math.ceil(length / bucket_size))
 
 
-def random_rotations(qk: Tensor, n_hashes: int, n_buckets: int,
+def random_rotations(qk: Tensor, n_hashes: int, n_buckets,
                      generator: Optional[torch.Generator] = None) -> Tensor:
-    """Draws per-head rotations (H, D, n_hashes, n_buckets // 2) from N(0, 1)."""
+    """Draws per-head rotations (H, D, n_hashes, n_buckets // 2) from N(0, 1). ``n_buckets`` an
+    even int, or a list of even factors (factorised buckets, as HF's ``num_buckets`` list):
+    then the last dimension is sum(factors) // 2."""
     check_tensor(qk, "qk")
     if qk.dim() != 4:
         raise ValueError(f"qk must have shape (batch, heads, length, dim), got {tuple(qk.shape)}")
     n_hashes = check_int(n_hashes, "n_hashes", 1)
-    n_buckets = _check_n_buckets(n_buckets)
-    shape = (qk.shape[1], qk.shape[3], n_hashes, n_buckets // 2)
+    shape = (qk.shape[1], qk.shape[3], n_hashes, rotation_columns(n_buckets))
     return torch.randn(shape, generator=generator, device=qk.device,
                        dtype=accumulation_dtype(qk.dtype))
 
 
-def _check_n_buckets(n_buckets) -> int:
+def check_n_buckets(n_buckets):
+    """An even int >= 2, or a non-empty list of even factors >= 2 (returned as a list)."""
     if isinstance(n_buckets, (list, tuple)):
-        raise ValueError("n_buckets given as a list of factors (factorised buckets) is not "
-                         f"supported yet, got {n_buckets}; pass one even int")
+        factors = [check_int(f, "n_buckets", 2) for f in n_buckets]
+        if not factors or len(factors) > MAX_BUCKET_FACTORS:
+            raise ValueError(f"n_buckets given as a list must hold 1 to {MAX_BUCKET_FACTORS} "
+                             f"factors, got {list(n_buckets)}")
+        if any(f % 2 for f in factors):
+            raise ValueError(f"n_buckets must hold even factors (buckets come from argmax over "
+                             f"[p, -p]), got {factors}")
+        if math.prod(factors) >= 2**31 - 1:
+            raise ValueError(f"n_buckets' factors must multiply to < 2^31, got {factors}")
+        return factors
     n_buckets = check_int(n_buckets, "n_buckets", 2)
     if n_buckets % 2:
         raise ValueError(f"n_buckets must be even (buckets come from argmax over [p, -p]), "
                          f"got {n_buckets}")
     return n_buckets
+
+
+def rotation_columns(n_buckets) -> int:
+    """Rotation columns per round for ``n_buckets`` (an even int or a list of even factors):
+    n_buckets // 2, or sum(factors) // 2."""
+    n_buckets = check_n_buckets(n_buckets)
+    return sum(n_buckets) // 2 if isinstance(n_buckets, list) else n_buckets // 2
+
+
+def bucket_factors_of(n_buckets) -> List[int]:
+    """The operators' ``bucket_factors`` argument for ``n_buckets``: [] for an int or None (one
+    factor, read off the rotations), the factors for a list."""
+    if n_buckets is None:
+        return []
+    n_buckets = check_n_buckets(n_buckets)
+    return n_buckets if isinstance(n_buckets, list) else []
 
 
 def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int = 64,
@@ -186,6 +242,10 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
     True marks padding. rotations: (1 or H, D, n_hashes, n_buckets // 2); when given they define
     n_hashes and n_buckets (an explicit n_buckets must agree). When None they are drawn from
     N(0, 1) with `generator`, with n_buckets defaulting to max(2, 2 * ceil(L / bucket_size)).
+    n_buckets as a list of even factors (e.g. [32, 64], HF's ``num_buckets`` list) factorises
+    the bucket count: rotations of sum(factors) // 2 columns per round, prod(factors) buckets
+    (docs/semantics.md §1 step 1). Factorised rotations need the factors: pass them as
+    n_buckets with the rotations.
 
     Returns out (B, H, L, Dv), or (out, lse) with lse (B, H, L) in float32 (float64 for float64
     inputs) when return_lse. Padding query positions give out 0 and lse 0.
@@ -211,20 +271,32 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
     else:
         check_tensor(rotations, "rotations")
         if n_buckets is not None and rotations.dim() == 4:
-            n_buckets = _check_n_buckets(n_buckets)
-            if n_buckets != 2 * rotations.shape[3]:
+            n_buckets = check_n_buckets(n_buckets)
+            if rotation_columns(n_buckets) != rotations.shape[3]:
                 raise ValueError(f"n_buckets ({n_buckets}) does not match rotations of shape "
-                                 f"{tuple(rotations.shape)} (n_buckets // 2 in dimension 3)")
+                                 f"{tuple(rotations.shape)} (n_buckets // 2, or sum of the "
+                                 "factors // 2, in dimension 3)")
     out, lse, _, _ = torch.ops.reformer.lsh_attention(
         qk, v, rotations, key_padding_mask, bucket_size, causal, n_chunks_before,
-        n_chunks_after, scale
+        n_chunks_after, scale, bucket_factors_of(n_buckets)
     )
     return (out, lse) if return_lse else out
 
 
-def lsh_buckets(qk: Tensor, rotations: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+def lsh_buckets(qk: Tensor, rotations: Tensor, key_padding_mask: Optional[Tensor] = None, *,
+                bucket_factors: Optional[Sequence[int]] = None) -> Tensor:
     """Buckets (B, H, n_hashes, L) int64 of docs/semantics.md §1 step 1; padding positions get
-    n_buckets."""
+    n_buckets. ``bucket_factors``: None for n_buckets = 2 * rotations.shape[3]; for factorised
+    rotations (nothing is inferred from their shape) the even factors, summing to
+    2 * rotations.shape[3], with n_buckets = prod(factors)."""
     check_tensor(qk, "qk")
     check_tensor(rotations, "rotations")
-    return torch.ops.reformer.lsh_buckets(qk, rotations, key_padding_mask)
+    factors = [] if bucket_factors is None else _check_bucket_factors_arg(bucket_factors)
+    return torch.ops.reformer.lsh_buckets(qk, rotations, key_padding_mask, factors)
+
+
+def _check_bucket_factors_arg(bucket_factors) -> List[int]:
+    if not isinstance(bucket_factors, (list, tuple)):
+        raise TypeError(f"bucket_factors must be None or a list of even ints, got "
+                         f"{type(bucket_factors).__name__}")
+    return [check_int(f, "bucket_factors", 2) for f in bucket_factors]

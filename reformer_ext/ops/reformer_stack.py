@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ._autocast import register_low_precision_autocast
 from ._checks import check_traced
+from .lsh_attention import check_bucket_factors
 
 __all__ = ["LAYER_WEIGHT_NAMES", "StackOptions", "WEIGHTS_PER_LAYER", "flatten_layer_weights",
            "reformer_stack"]
@@ -53,9 +54,12 @@ class StackOptions(NamedTuple):
     ff_chunk_size: int = 1024
     activation: str = "gelu"
     layer_norm_eps: float = 1e-5
+    #: () for n_buckets = 2 * rotations[l].shape[3]; else the even factors of a factorised
+    #: bucket count, shared by every layer (docs/semantics.md §1 step 1)
+    bucket_factors: Tuple[int, ...] = ()
 
 
-def _fake_check(x1, x2, weights, rotations, key_padding_mask, seeds):
+def _fake_check(x1, x2, weights, rotations, key_padding_mask, seeds, options):
     check_traced(isinstance(x1, Tensor) and x1.dim() == 3,
            "x1 must have shape (batch, length, d_model)")
     check_traced(isinstance(x2, Tensor) and x2.shape == x1.shape and x2.dtype == x1.dtype
@@ -71,6 +75,8 @@ def _fake_check(x1, x2, weights, rotations, key_padding_mask, seeds):
     for i, r in enumerate(rotations):
         check_traced(r.device == x1.device, f"rotations[{i}] must be on the device of x1 "
                                       f"({x1.device}), got {r.device}")
+        if len(options) > 9 and r.dim() == 4:  # bucket_factors given (shared by every layer)
+            check_bucket_factors(options[9], r.shape[3], f"rotations[{i}]")
     if key_padding_mask is not None:
         # a mask on another device (e.g. meta with CPU streams) is dispatched here: refuse it
         check_traced(key_padding_mask.dtype == torch.bool and key_padding_mask.dim() == 2
@@ -88,14 +94,14 @@ def _fake_check(x1, x2, weights, rotations, key_padding_mask, seeds):
 
 @torch.library.register_fake("reformer::reformer_stack")
 def _reformer_stack_fake(x1, x2, weights, rotations, key_padding_mask, seeds, *options):
-    _fake_check(x1, x2, weights, rotations, key_padding_mask, seeds)
+    _fake_check(x1, x2, weights, rotations, key_padding_mask, seeds, options)
     return x1.new_empty(x1.shape), x1.new_empty(x1.shape)
 
 
 @torch.library.register_fake("reformer::reformer_stack_backward")
 def _reformer_stack_backward_fake(grad_y1, grad_y2, y1, y2, weights, rotations, key_padding_mask,
                                   seeds, *options):
-    _fake_check(y1, y2, weights, rotations, key_padding_mask, seeds)
+    _fake_check(y1, y2, weights, rotations, key_padding_mask, seeds, options)
     return (y1.new_empty(y1.shape), y1.new_empty(y1.shape),
             [w.new_empty(w.shape) for w in weights])
 
@@ -150,11 +156,13 @@ def reformer_stack(x1: Tensor, x2: Tensor, layers: Sequence[Mapping[str, Tensor]
 
     ``layers``: one mapping per layer from each name of :data:`LAYER_WEIGHT_NAMES` to its tensor
     (the nn.Linear / nn.LayerNorm layouts); ``rotations``: one ``(1 or H, d_head, n_hashes,
-    n_buckets // 2)`` tensor per layer; ``seeds``: ``(depth, 3)`` int64 CPU tensor of dropout
+    n_buckets // 2)`` tensor per layer (``sum(options.bucket_factors) // 2`` columns when
+    factorised); ``seeds``: ``(depth, 3)`` int64 CPU tensor of dropout
     seeds (attention output, FFN hidden, FFN output; unused when ``dropout_p`` is 0).
     """
     o = options
     return torch.ops.reformer.reformer_stack(
         x1, x2, flatten_layer_weights(layers), list(rotations), key_padding_mask, seeds,
         o.n_heads, o.bucket_size, o.causal, o.n_chunks_before, o.n_chunks_after,
-        o.ff_chunk_size, o.activation, float(dropout_p), float(o.layer_norm_eps))
+        o.ff_chunk_size, o.activation, float(dropout_p), float(o.layer_norm_eps),
+        [int(f) for f in o.bucket_factors])

@@ -19,13 +19,14 @@ using OptTensor = std::optional<Tensor>;
 inline std::tuple<Tensor, Tensor, Tensor, Tensor> lsh_attention(const Tensor& qk, const Tensor& v,
                                                  const Tensor& rot, const OptTensor& mask,
                                                  int64_t m, bool causal, int64_t before,
-                                                 int64_t after, double scale) {
+                                                 int64_t after, double scale,
+                                                 at::IntArrayRef bucket_factors = {}) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("reformer::lsh_attention", "")
                        .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
                            const Tensor&, const Tensor&, const Tensor&, const OptTensor&, int64_t,
-                           bool, int64_t, int64_t, double)>();
-  return op.call(qk, v, rot, mask, m, causal, before, after, scale);
+                           bool, int64_t, int64_t, double, at::IntArrayRef)>();
+  return op.call(qk, v, rot, mask, m, causal, before, after, scale, bucket_factors);
 }
 
 inline std::tuple<Tensor, Tensor> lsh_attention_backward(const Tensor& grad_out, const OptTensor& grad_lse,
@@ -45,11 +46,13 @@ inline std::tuple<Tensor, Tensor> lsh_attention_backward(const Tensor& grad_out,
                  scale);
 }
 
-inline Tensor lsh_buckets(const Tensor& qk, const Tensor& rot, const OptTensor& mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("reformer::lsh_buckets", "")
-                       .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&)>();
-  return op.call(qk, rot, mask);
+inline Tensor lsh_buckets(const Tensor& qk, const Tensor& rot, const OptTensor& mask,
+                          at::IntArrayRef bucket_factors = {}) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("reformer::lsh_buckets", "")
+          .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&, at::IntArrayRef)>();
+  return op.call(qk, rot, mask, bucket_factors);
 }
 
 // Gradients of chunked_ffn: (x, w1, b1, w2, b2).

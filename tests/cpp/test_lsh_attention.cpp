@@ -204,6 +204,50 @@ TEST(LshAttention, BadInputNamesTheArgument) {
       [&] { lsh_attention(qk, v, rot, at::zeros({1, 7}, at::kBool), 4, false, 1, 0, 1); },
       "key_padding_mask");
   expect_value_error([&] { lsh_buckets(qk, at::randn({2, 4, 0, 2}), {}); }, "n_hashes");
+  // factorised bucket counts: even factors >= 2, sum / 2 == rotations.shape[3], at most 8
+  const auto rot6 = at::randn({2, 4, 1, 6});
+  for (const std::vector<int64_t>& bad :
+       {std::vector<int64_t>{4, 6}, {3, 9}, {0, 12}, {2, 2, 2, 2}, {12, 0}, {-2, 14}}) {
+    expect_value_error([&] { lsh_buckets(qk, rot6, {}, bad); }, "bucket_factors");
+    expect_value_error([&] { lsh_attention(qk, v, rot6, {}, 4, false, 1, 0, 1, bad); },
+                       "bucket_factors");
+  }
+  const std::vector<int64_t> nine(9, 2);  // more than kMaxBucketFactors
+  expect_value_error([&] { lsh_buckets(qk, at::randn({2, 4, 1, 9}), {}, nine); },
+                     "bucket_factors");
+}
+
+// Factorised buckets (docs/semantics.md §1 step 1): the digit of factor j is the plain bucket
+// of the rotations' j-th slice of columns, so the factorised bucket is the mixed-radix sum of
+// single-factor buckets (checked against the naive argmax above), padding -> prod(factors).
+TEST(LshBuckets, FactorisedAreMixedRadixOfPerFactorBuckets) {
+  at::manual_seed(11);
+  for (const std::vector<int64_t>& factors :
+       {std::vector<int64_t>{8}, {2, 4}, {6, 2, 4}, {4, 4, 2, 6}}) {
+    for (const auto dtype : {at::kFloat, at::kDouble}) {
+      int64_t cols = 0, n_buckets = 1;
+      for (const int64_t f : factors) cols += f / 2, n_buckets *= f;
+      const auto qk = at::randn({2, 3, 37, 8}, dtype), rot = at::randn({1, 8, 3, cols}, dtype);
+      const Tensor mask = at::rand({2, 37}) < 0.3;
+      const auto got = lsh_buckets(qk, rot, mask, factors);
+      Tensor want = at::zeros_like(got);
+      int64_t radix = 1, col = 0;
+      for (const int64_t f : factors) {
+        const auto digit = lsh_buckets(qk, rot.narrow(3, col, f / 2).contiguous(), std::nullopt);
+        want.add_(digit * radix);
+        radix *= f;
+        col += f / 2;
+      }
+      want.masked_fill_(mask.view({2, 1, 1, 37}), n_buckets);
+      EXPECT_TRUE(at::equal(got, want)) << "factors " << at::IntArrayRef(factors);
+      // the attention's sort orders by these buckets: sorted_positions follow (bucket, pos)
+      const auto v = at::randn({2, 3, 37, 4}, dtype);
+      const auto sorted = std::get<2>(lsh_attention(qk, v, rot, mask, 37, false, 0, 0, 1.0,
+                                                    factors));
+      const auto keys = at::gather(got, 3, sorted.view({2, 3, 3, 37}).to(at::kLong));
+      EXPECT_TRUE((keys.narrow(3, 1, 36) >= keys.narrow(3, 0, 36)).all().item<bool>());
+    }
+  }
 }
 
 }  // namespace

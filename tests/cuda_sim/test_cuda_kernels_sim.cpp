@@ -340,9 +340,10 @@ TEST(CudaSimAttentionMma, BFloat16_128) { check_mma_all_cases<__nv_bfloat16, 128
 
 struct HashCase {
   const char* name;
-  int64_t B, H, L, D, Hr, R, half;  // half = n_buckets / 2
+  int64_t B, H, L, D, Hr, R, half;  // half = n_buckets / 2 (sum of the factors / 2)
   bool masked;
   uint64_t seed;
+  std::vector<int64_t> factors = {};  // bucket_factors: empty for n_buckets = 2 * half
 };
 
 // half not a multiple of the 64-column tile; L above and below one CTA's 128 rows, not a
@@ -352,6 +353,15 @@ const HashCase kHashCases[] = {
     {"per_head_rotations_half130", 1, 3, 130, 64, 3, 3, 130, true, 22},
     {"short_L_half37", 1, 2, 40, 128, 1, 1, 37, false, 23},
     {"per_head_half130_D128", 1, 2, 200, 128, 2, 2, 130, true, 24},
+};
+
+// Factorised bucket counts: factor slices narrower and wider than the 64-column tile, not
+// multiples of it, starting at odd columns; one factor as the unfactorised case.
+const HashCase kFactorisedHashCases[] = {
+    {"factors_32_64", 2, 2, 150, 32, 1, 2, 48, true, 31, {32, 64}},
+    {"factors_6_140_10", 1, 3, 130, 64, 3, 2, 78, true, 32, {6, 140, 10}},
+    {"factors_2_4_6", 1, 2, 40, 128, 1, 3, 6, false, 33, {2, 4, 6}},
+    {"factor_74_alone", 1, 2, 200, 32, 2, 2, 37, true, 34, {74}},
 };
 
 struct HashProblem {
@@ -368,10 +378,19 @@ HashProblem make_hash_problem(const HashCase& c, at::ScalarType dtype) {
   pr.rot = at::randn({c.Hr, c.D, c.R, c.half}, at::kDouble).to(rot_dtype);
   pr.qk = at::randn({c.B, c.H, c.L, c.D}, at::kDouble).to(dtype);
   const Tensor rot = pr.rot.to(at::kDouble).expand({c.H, c.D, c.R, c.half});
+  std::vector<int64_t> widths;  // rotation columns of each factor
+  for (const int64_t f : c.factors) widths.push_back(f / 2);
+  if (widths.empty()) widths.push_back(c.half);
   for (int attempt = 0;; ++attempt) {
     const Tensor p = at::einsum("bhld,hdrk->bhrlk", {pr.qk.to(at::kDouble), rot});
-    const Tensor top = std::get<0>(at::cat({p, -p}, -1).topk(2, -1));
-    const Tensor near_tie = (top.select(-1, 0) - top.select(-1, 1) < 1e-3).any(2);  // (B, H, L)
+    Tensor near_tie = at::zeros({c.B, c.H, c.L}, at::kBool);
+    int64_t col = 0;
+    for (const int64_t w : widths) {  // per factor: its digit must not be decided by rounding
+      const Tensor pj = p.narrow(-1, col, w);
+      const Tensor top = std::get<0>(at::cat({pj, -pj}, -1).topk(2, -1));
+      near_tie = near_tie.logical_or((top.select(-1, 0) - top.select(-1, 1) < 1e-3).any(2));
+      col += w;
+    }
     if (!near_tie.any().item<bool>()) break;
     if (attempt == 50) throw std::runtime_error("could not draw hash inputs without near-ties");
     const Tensor fresh = at::randn({c.B, c.H, c.L, c.D}, at::kDouble).to(dtype);
@@ -382,12 +401,17 @@ HashProblem make_hash_problem(const HashCase& c, at::ScalarType dtype) {
     pr.mask = at::rand({c.B, c.L}, at::kDouble) < 0.25;
     mask = pr.mask;
   }
-  pr.buckets = lsh_buckets(pr.qk, pr.rot, mask);
+  pr.buckets = lsh_buckets(pr.qk, pr.rot, mask, c.factors);
   return pr;
 }
 
 HashParams hash_params(const HashCase& c) {
-  return HashParams{c.B, c.H, c.L, c.D, c.Hr, c.R, c.half};
+  reformer::BucketFactors factors = reformer::single_factor(c.half);
+  if (!c.factors.empty()) {
+    factors.count = 0;
+    for (const int64_t f : c.factors) factors.half[factors.count++] = f / 2;
+  }
+  return HashParams{c.B, c.H, c.L, c.D, c.Hr, c.R, c.half, factors};
 }
 
 // As launch_lsh_hash: 256-thread blocks, grid-stride loop.
@@ -414,17 +438,17 @@ Tensor simulate_ffma_hash(const HashCase& c, const HashProblem& pr) {
 template <typename T, int kDim>
 Tensor simulate_mma_hash(const HashCase& c, const HashProblem& pr) {
   const Tensor qk = pr.qk.contiguous();
-  const Tensor pieces = rotation_pieces(pr.rot, qk.scalar_type());
+  const HashParams p = hash_params(c);
+  const Tensor pieces = rotation_pieces(pr.rot, p.factors, qk.scalar_type());
   const bool* padding = pr.mask.defined() ? pr.mask.data_ptr<bool>() : nullptr;
   Tensor buckets = at::full({c.B, c.H, c.R, c.L}, -7, at::kLong);
-  const HashParams p = hash_params(c);
   const int64_t ctas = p.batch * p.heads * p.n_hashes * ((p.length + kHashRows - 1) / kHashRows);
   SharedCarver carver{nullptr};
   HashShared<T, kDim>::carve(carver);
   const T* x = data<T>(qk);
   const T* rot = data<T>(pieces);
   int64_t* out = buckets.data_ptr<int64_t>();
-  const int64_t half_padded = padded_half(p.half);
+  const int64_t half_padded = padded_columns(p.factors);
   cuda_sim::launch(ctas, kHashThreads, carver.used, [&] {
     lsh_hash_mma_kernel<T, kDim>(x, rot, padding, p, half_padded, out);
   });
@@ -463,9 +487,32 @@ TEST(CudaSimHash, Ffma) {
   }
 }
 
+TEST(CudaSimHash, FfmaFactorised) {
+  for (const HashCase& c : kFactorisedHashCases) {
+    SCOPED_TRACE(c.name);
+    const HashProblem pr = make_hash_problem(c, at::kFloat);
+    expect_same_buckets(simulate_ffma_hash<float, float>(c, pr), pr.buckets);
+  }
+  {
+    SCOPED_TRACE("double, factors 6 140 10");
+    const HashProblem pr = make_hash_problem(kFactorisedHashCases[1], at::kDouble);
+    expect_same_buckets(simulate_ffma_hash<double, double>(kFactorisedHashCases[1], pr),
+                        pr.buckets);
+  }
+  {
+    SCOPED_TRACE("bfloat16 inputs, fp32 rotations, factors 32 64");
+    const HashProblem pr = make_hash_problem(kFactorisedHashCases[0], at::kBFloat16);
+    expect_same_buckets(simulate_ffma_hash<c10::BFloat16, float>(kFactorisedHashCases[0], pr),
+                        pr.buckets);
+  }
+}
+
 template <typename T>
-void check_mma_hash(at::ScalarType dtype) {
-  for (const HashCase& c : kHashCases) {
+void check_mma_hash(at::ScalarType dtype, bool factorised = false) {
+  std::vector<HashCase> cases(std::begin(kHashCases), std::end(kHashCases));
+  if (factorised)
+    cases.assign(std::begin(kFactorisedHashCases), std::end(kFactorisedHashCases));
+  for (const HashCase& c : cases) {
     SCOPED_TRACE(std::string(c.name) + " D=" + std::to_string(c.D));
     const HashProblem pr = make_hash_problem(c, dtype);
     Tensor got;
@@ -481,6 +528,8 @@ void check_mma_hash(at::ScalarType dtype) {
 
 TEST(CudaSimHash, MmaHalf) { check_mma_hash<__half>(at::kHalf); }
 TEST(CudaSimHash, MmaBFloat16) { check_mma_hash<__nv_bfloat16>(at::kBFloat16); }
+TEST(CudaSimHash, MmaHalfFactorised) { check_mma_hash<__half>(at::kHalf, true); }
+TEST(CudaSimHash, MmaBFloat16Factorised) { check_mma_hash<__nv_bfloat16>(at::kBFloat16, true); }
 
 // ------------------------------------------------------------------ the simulator itself
 
