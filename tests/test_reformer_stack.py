@@ -31,14 +31,18 @@ def test_matches_reference_float64(causal, dropout_p, masked, activation):
                    activation=activation, dropout_p=dropout_p)
     y = reformer_stack(x1, x2, weights, rotations, seeds, ff_chunk_size=5, **options)
     y_ref = reformer_stack_reference(x1, x2, weights, rotations, seeds, **options)
+    _assert_matches_reference(y, y_ref, [x1, x2, *weights])
+
+
+def _assert_matches_reference(y, y_ref, inputs):
+    """Outputs within 1e-10 and the gradients of every input within 1e-8 (relative, float64)."""
     g = [torch.randn_like(t) for t in y_ref]
-    inputs = [x1, x2, *weights]
     grads = torch.autograd.grad(y, inputs, g)
     grads_ref = torch.autograd.grad(y_ref, inputs, g)
     for a, b in zip(y, y_ref):
         assert _rel(a, b) <= 1e-10
-    for a, b, name in zip(grads, grads_ref, ["x1", "x2"] + [f"weights[{i}]" for i in
-                                                            range(len(weights))]):
+    names = ["x1", "x2"] + [f"weights[{i}]" for i in range(len(inputs) - 2)]
+    for a, b, name in zip(grads, grads_ref, names):
         assert _rel(a, b) <= 1e-8, name
 
 
@@ -181,11 +185,4 @@ def test_factorised_buckets_match_reference_float64(factors):
                                      **options)
     y_int = reformer_stack(x1, x2, weights, rotations, seeds, ff_chunk_size=5, **options)
     assert _rel(y_int[0], y_ref[0]) > 1e-6  # the factors change the hash
-    g = [torch.randn_like(t) for t in y_ref]
-    inputs = [x1, x2, *weights]
-    grads = torch.autograd.grad(y, inputs, g)
-    grads_ref = torch.autograd.grad(y_ref, inputs, g)
-    for a, b in zip(y, y_ref):
-        assert _rel(a, b) <= 1e-10
-    for a, b in zip(grads, grads_ref):
-        assert _rel(a, b) <= 1e-8
+    _assert_matches_reference(y, y_ref, [x1, x2, *weights])
