@@ -38,10 +38,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lsh_attention(const Tensor& qk, const
                        .findSchemaOrThrow("reformer::lsh_attention", "")
                        .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
                            const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                           int64_t, bool, int64_t, int64_t, double)>();
+                           int64_t, bool, int64_t, int64_t, double, at::IntArrayRef)>();
   const OptTensor no_padding_mask;
+  const at::IntArrayRef one_bucket_factor;  // empty: n_buckets = 2 * rotations.size(3)
   return op.call(qk, v, rotations, no_padding_mask, o.bucket_size, o.causal, o.chunks_before,
-                 o.chunks_after, o.scale);
+                 o.chunks_after, o.scale, one_bucket_factor);
 }
 
 // (grad_qk, grad_v) from the gradients of out and lse and what the forward returned.
