@@ -92,10 +92,8 @@ class LSHSelfAttention(tnn.Module):
                                  "pass d_head")
             d_head = d_model // n_heads
         d_head = check_int(d_head, "d_head", 1)
-        if isinstance(n_buckets, (list, tuple)):
-            n_buckets = check_n_buckets(n_buckets)  # a list of even factors
-        elif n_buckets is not None and check_int(n_buckets, "n_buckets", 2) % 2:
-            raise ValueError(f"n_buckets must be None or an even int >= 2, got {n_buckets!r}")
+        if n_buckets is not None:
+            n_buckets = check_n_buckets(n_buckets)  # an even int, or a list of even factors
         causal = check_bool(causal, "causal")
         dropout = check_probability(dropout, "dropout")
         if seed is not None:
