@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the explicit softmax(QKᵀ)V row (it needs tokens × L × heads × 8 bytes)")
 
     b = p.add_argument_group("(b) training-step memory against depth")
-    b.add_argument("--depths", type=_int_list, default="1,2,4,8,16", help="numbers of layers")
+    b.add_argument("--depths", type=_int_list, default="1,4,16", help="numbers of layers")
     b.add_argument("--stack-length", type=_positive, default=1024, help="sequence length (batch 1)")
     b.add_argument("--d-model", type=_positive, default=128,
                    help="model width of (b) and (c); d_ff = 4 × d_model")
