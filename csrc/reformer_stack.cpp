@@ -3,14 +3,16 @@
 //
 // One device-generic implementation on ATen operators (LayerNorm), the GEMMs and column sums of
 // gemm.h (fixed-order kernels on the CPU, cuBLAS on CUDA) and the project's own operators:
-// reformer::lsh_attention (_backward) through the dispatcher (lsh_attention.h), so that it runs
-// its CPU or CUDA kernel, and the device-generic chunked feed-forward (chunked_ffn.h).
+// reformer::lsh_attention and reformer::local_attention (and their backwards) through the
+// dispatcher (lsh_attention.h, local_attention.h), so that they run their CPU or CUDA kernels,
+// and the device-generic chunked feed-forward (chunked_ffn.h).
 // Registered for CPU and CUDA at the bottom of this file.
 //
 // Backward, per layer from the last, given its outputs (y1, y2) and their gradients (dy1, dy2):
 //   G:  h2 = LN2(y1); one chunked pass gives the FFN's output u and its gradients from
 //       dropout_o'(dy2); x2 = y2 - dropout_o(u); dy1 += LN2ᵀ(dh2)
-//   F:  h = LN1(x2); recompute qk, v, attention (out, softmax stats, sort permutation) and
+//   F:  h = LN1(x2); recompute qk (q and k in a local layer), v, attention (out, softmax stats,
+//       the sort permutation of an LSH layer) and
 //       a = W_out · merge(out) + b_out; x1 = y1 - dropout_a(a); the attention backward from
 //       dropout_a'(dy1); dx2 = dy2 + LN1ᵀ(dh); dx1 = dy1
 // Dropout masks are pure functions of (seed, element index) (seeded_dropout.h): the recompute
@@ -27,14 +29,17 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <initializer_list>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "chunked_ffn.h"
 #include "gemm.h"
 #include "lsh_attention.h"
 #include "lsh_attention_common.h"
+#include "local_attention.h"
 #include "seeded_dropout.h"
 
 namespace reformer {
@@ -49,6 +54,12 @@ struct StackOptions {
   c10::string_view activation;
   double dropout_p, eps;
   at::IntArrayRef bucket_factors;  // shared by every layer; empty: 2 * rotations[l].shape[3]
+  at::IntArrayRef local_layers;    // increasing indices of the local-attention layers
+  int64_t local_chunk_length, local_chunks_before, local_chunks_after;
+
+  bool is_local(int64_t layer) const {
+    return std::find(local_layers.begin(), local_layers.end(), layer) != local_layers.end();
+  }
 };
 
 // Sizes of one call, derived once from checked arguments.
@@ -78,16 +89,25 @@ struct SizeSource {
   int64_t rank, dim;
 };
 
+// Rows of a layer's qk weight per H·Dh: the shared query/key of LSH, or query and key stacked.
+int64_t qk_weight_multiple(const StackOptions& o, int64_t layer) {
+  return o.is_local(layer) ? 2 : 1;
+}
+
 // A size that several weights of every layer carry (H·Dh: qk, v and out; d_ff: w1, b1 and w2),
 // as most of them give it (the first of equally frequent values; -1 if none has its rank). A
 // single wrong weight, whichever it is, is outvoted, so the check of every weight against the
 // sizes reports that weight and not one that agrees with the others.
-int64_t agreed_size(at::TensorList weights, std::initializer_list<SizeSource> sources) {
+int64_t agreed_size(at::TensorList weights, std::initializer_list<SizeSource> sources,
+                    const StackOptions& o) {
   std::vector<int64_t> sizes;
   for (size_t first = 0; first < weights.size(); first += kWeightsPerLayer) {
+    const int64_t layer = static_cast<int64_t>(first) / kWeightsPerLayer;
     for (const auto& source : sources) {
       const auto& w = weights[first + source.weight];
-      if (w.defined() && w.dim() == source.rank) sizes.push_back(w.size(source.dim));
+      if (!w.defined() || w.dim() != source.rank) continue;
+      const int64_t multiple = source.weight == kQkWeight ? qk_weight_multiple(o, layer) : 1;
+      sizes.push_back(w.size(source.dim) / multiple);
     }
   }
   int64_t agreed = -1;
@@ -121,16 +141,27 @@ StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::Tens
                     " tensors per layer (a positive multiple of ",
                     static_cast<int64_t>(kWeightsPerLayer), "), got ", weights.size());
   s.depth = static_cast<int64_t>(weights.size()) / kWeightsPerLayer;
+  for (size_t i = 0; i < o.local_layers.size(); ++i) {
+    const int64_t layer = o.local_layers[i];
+    TORCH_CHECK_VALUE(layer >= 0 && layer < s.depth &&
+                          (i == 0 || layer > o.local_layers[i - 1]),
+                      "local_layers must hold increasing layer indices in [0, depth) = [0, ",
+                      s.depth, "), got ", o.local_layers);
+  }
+  if (!o.local_layers.empty()) {  // the window is checked by reformer::local_attention
+    TORCH_CHECK_VALUE(o.local_chunk_length >= 1, "local_chunk_length must be >= 1, got ",
+                      o.local_chunk_length);
+  }
   TORCH_CHECK_VALUE(o.n_heads >= 1, "n_heads must be >= 1, got ", o.n_heads);
   const auto& w_qk = weights[kQkWeight];
   const int64_t inner =
-      agreed_size(weights, {{kQkWeight, 2, 0}, {kVWeight, 2, 0}, {kOutWeight, 2, 1}});
+      agreed_size(weights, {{kQkWeight, 2, 0}, {kVWeight, 2, 0}, {kOutWeight, 2, 1}}, o);
   TORCH_CHECK_VALUE(inner > 0 && inner % o.n_heads == 0, stack_weight_name(kQkWeight),
                     " must have shape (n_heads * d_head, d_model) with n_heads = ", o.n_heads,
                     ", got ", w_qk.defined() ? w_qk.sizes() : at::IntArrayRef{});
   s.d_head = inner / o.n_heads;
   const auto& w1 = weights[kFfnW1];
-  s.d_ff = agreed_size(weights, {{kFfnW1, 2, 0}, {kFfnB1, 1, 0}, {kFfnW2, 2, 1}});
+  s.d_ff = agreed_size(weights, {{kFfnW1, 2, 0}, {kFfnB1, 1, 0}, {kFfnW2, 2, 1}}, o);
   TORCH_CHECK_VALUE(s.d_ff >= 1, stack_weight_name(kFfnW1),
                     " must have shape (d_ff, d_model), got ",
                     w1.defined() ? w1.sizes() : at::IntArrayRef{});
@@ -148,7 +179,10 @@ StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::Tens
   for (int64_t i = 0; i < static_cast<int64_t>(weights.size()); ++i) {
     const auto& w = weights[i];
     const auto name = stack_weight_name(i);
-    const at::IntArrayRef shape(expected[i % kWeightsPerLayer]);
+    auto expected_shape = expected[i % kWeightsPerLayer];
+    if (i % kWeightsPerLayer == kQkWeight)
+      expected_shape[0] *= qk_weight_multiple(o, i / kWeightsPerLayer);
+    const at::IntArrayRef shape(expected_shape);
     TORCH_CHECK_VALUE(w.defined(), name, " must be a tensor, got None");
     TORCH_CHECK_VALUE(w.sizes() == shape, name, " must have shape ", shape, ", got ", w.sizes());
     TORCH_CHECK_VALUE(w.scalar_type() == x1.scalar_type(), name, " must have the dtype of x1 (",
@@ -161,6 +195,13 @@ StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::Tens
                     rotations.size());
   for (int64_t l = 0; l < s.depth; ++l) {
     const auto& r = rotations[l];
+    if (o.is_local(l)) {
+      TORCH_CHECK_VALUE(r.defined() && r.numel() == 0, "rotations[", l,
+                        "] must be an empty tensor: layer ", l,
+                        " uses local attention (local_layers), got shape ",
+                        r.defined() ? r.sizes() : at::IntArrayRef{});
+      continue;
+    }
     TORCH_CHECK_VALUE(r.defined() && r.dim() == 4 &&
                           (r.size(0) == 1 || r.size(0) == o.n_heads) && r.size(1) == s.d_head &&
                           r.size(2) >= 1 && r.size(3) >= 1,
@@ -192,18 +233,22 @@ StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::Tens
   TORCH_CHECK_VALUE(o.eps > 0.0, "layer_norm_eps must be > 0, got ", o.eps);
   TORCH_CHECK_VALUE(o.ff_chunk_size >= 1, "ff_chunk_size must be >= 1, got ", o.ff_chunk_size);
   parse_chunked_ffn_activation(o.activation);  // a ValueError naming `activation` if unknown
-  // bucket_size and the window are checked by reformer::lsh_attention itself.
+  // bucket_size, the local options and the windows are checked by the attention operators.
   return s;
 }
 
-// One layer's weights and dropout seeds.
+// One layer's weights, kind of attention and dropout seeds.
 struct Layer {
   at::TensorList w;  // kWeightsPerLayer tensors
   const at::Tensor& rotations;
+  bool local;  // local attention; else LSH attention
   std::array<int64_t, kDropoutSites> seed;
 
-  Layer(at::TensorList weights, at::TensorList rotations_, const at::Tensor& seeds, int64_t l)
-      : w(weights.slice(l * kWeightsPerLayer, kWeightsPerLayer)), rotations(rotations_[l]) {
+  Layer(at::TensorList weights, at::TensorList rotations_, const at::Tensor& seeds, int64_t l,
+        const StackOptions& o)
+      : w(weights.slice(l * kWeightsPerLayer, kWeightsPerLayer)),
+        rotations(rotations_[l]),
+        local(o.is_local(l)) {
     const auto row = seeds.accessor<int64_t, 2>()[l];
     for (int64_t i = 0; i < kDropoutSites; ++i) seed[i] = row[i];
   }
@@ -231,10 +276,17 @@ at::Tensor layer_norm_backward(const at::Tensor& d_normed, const at::Tensor& x,
 // The attention branch's intermediate values that its backward needs.
 struct AttentionState {
   at::Tensor normed, mean, rstd;         // LN1(x) and its statistics
-  at::Tensor qk, v;                      // (B, H, L, Dh) views of the projections
-  at::Tensor out, stats, sorted_positions;
+  at::Tensor qk, k, v;                   // (B, H, L, Dh) views of the projections (qk: the
+                                         // queries of a local layer, k: its keys)
+  at::Tensor out, stats, sorted_positions;  // sorted_positions: LSH layers only
   at::Tensor merged;                     // (B·L, H·Dh): the heads side by side
 };
+
+// The logit scale of a local layer: HF's 1/sqrt(Dh) (docs/semantics.md §9). LSH layers use
+// scale 1, their keys being normalised to length 1/sqrt(Dh) (§1 step 4).
+double local_attention_scale(const StackShape& s) {
+  return 1.0 / std::sqrt(static_cast<double>(s.d_head));
+}
 
 // (B, L, H·Dh) -> (B, H, L, Dh) view.
 at::Tensor split_heads(const at::Tensor& t, const StackShape& s, int64_t heads) {
@@ -254,16 +306,27 @@ at::Tensor attention_branch(const at::Tensor& x, const Layer& layer,
   const auto x2d = x.reshape({s.rows(), s.d_model});
   auto [normed, mean, rstd] = at::native_layer_norm(x2d, {s.d_model}, layer[kNorm1Weight],
                                                     layer[kNorm1Bias], o.eps);
-  const auto qk = split_heads(gemm(normed, layer[kQkWeight].t()), s, o.n_heads);
+  const auto projected = gemm(normed, layer[kQkWeight].t());  // (B·L, H·Dh), or 2·H·Dh if local
   const auto v = split_heads(gemm(normed, layer[kVWeight].t()), s, o.n_heads);
-  auto [out, lse, sorted_positions, stats] =
-      lsh_attention(qk, v, layer.rotations, mask, o.bucket_size, o.causal, o.n_chunks_before,
-                    o.n_chunks_after, /*scale=*/1.0, o.bucket_factors);
+  const int64_t inner = o.n_heads * s.d_head;
+  at::Tensor qk, k, out, stats, sorted_positions;
+  if (layer.local) {
+    qk = split_heads(projected.narrow(1, 0, inner), s, o.n_heads);
+    k = split_heads(projected.narrow(1, inner, inner), s, o.n_heads);
+    std::tie(out, std::ignore, stats) =
+        local_attention(qk, k, v, mask, o.local_chunk_length, o.causal, o.local_chunks_before,
+                        o.local_chunks_after, local_attention_scale(s));
+  } else {
+    qk = split_heads(projected, s, o.n_heads);
+    std::tie(out, std::ignore, sorted_positions, stats) =
+        lsh_attention(qk, v, layer.rotations, mask, o.bucket_size, o.causal, o.n_chunks_before,
+                      o.n_chunks_after, /*scale=*/1.0, o.bucket_factors);
+  }
   auto merged = merge_heads(out, s);
   auto a = gemm(merged, layer[kOutWeight].t(), layer[kOutBias]);
   seeded_dropout_(a, o.dropout_p, layer.seed[kAttentionOutput]);
   if (state != nullptr) {
-    *state = {std::move(normed), std::move(mean), std::move(rstd), qk, v, std::move(out),
+    *state = {std::move(normed), std::move(mean), std::move(rstd), qk, k, v, std::move(out),
               std::move(stats), std::move(sorted_positions), std::move(merged)};
   }
   return a;
@@ -322,12 +385,22 @@ at::Tensor attention_branch_backward(const at::Tensor& x2, const at::Tensor& dy1
   grads[kOutBias] = column_sums(da, da.scalar_type());
   const auto d_merged = gemm(da, layer[kOutWeight]);  // (B·L, H·Dh)
   const auto d_out = split_heads(d_merged, s, o.n_heads);
-  auto [d_qk, d_v] = lsh_attention_backward(d_out, /*grad_lse=*/c10::nullopt, st.qk, st.v, st.out,
-                                            st.stats, st.sorted_positions, mask, o.bucket_size,
-                                            o.causal, o.n_chunks_before, o.n_chunks_after,
-                                            /*scale=*/1.0);
-  const auto d_qk2d = merge_heads(d_qk, s);
-  const auto d_v2d = merge_heads(d_v, s);
+  at::Tensor d_qk2d, d_v2d;  // (B·L, H·Dh) each; d_qk2d is (B·L, 2·H·Dh) in a local layer
+  if (layer.local) {
+    auto [d_q, d_k, d_v] = local_attention_backward(
+        d_out, /*grad_lse=*/c10::nullopt, st.qk, st.k, st.v, st.out, st.stats, mask,
+        o.local_chunk_length, o.causal, o.local_chunks_before, o.local_chunks_after,
+        local_attention_scale(s));
+    d_qk2d = at::cat({merge_heads(d_q, s), merge_heads(d_k, s)}, 1);
+    d_v2d = merge_heads(d_v, s);
+  } else {
+    auto [d_qk, d_v] = lsh_attention_backward(d_out, /*grad_lse=*/c10::nullopt, st.qk, st.v,
+                                              st.out, st.stats, st.sorted_positions, mask,
+                                              o.bucket_size, o.causal, o.n_chunks_before,
+                                              o.n_chunks_after, /*scale=*/1.0);
+    d_qk2d = merge_heads(d_qk, s);
+    d_v2d = merge_heads(d_v, s);
+  }
   grads[kQkWeight] = gemm(d_qk2d.t(), st.normed);
   grads[kVWeight] = gemm(d_v2d.t(), st.normed);
   auto d_normed = gemm(d_qk2d, layer[kQkWeight]);
@@ -340,9 +413,13 @@ at::Tensor attention_branch_backward(const at::Tensor& x2, const at::Tensor& dy1
 StackOptions make_options(int64_t n_heads, int64_t bucket_size, bool causal,
                           int64_t n_chunks_before, int64_t n_chunks_after, int64_t ff_chunk_size,
                           c10::string_view activation, double dropout_p, double eps,
-                          at::IntArrayRef bucket_factors) {
-  return {n_heads, bucket_size, n_chunks_before, n_chunks_after, ff_chunk_size,
-          causal,  activation,  dropout_p,       eps,            bucket_factors};
+                          at::IntArrayRef bucket_factors, at::IntArrayRef local_layers,
+                          int64_t local_chunk_length, int64_t local_chunks_before,
+                          int64_t local_chunks_after) {
+  return {n_heads,        bucket_size,        n_chunks_before,     n_chunks_after,
+          ff_chunk_size,  causal,             activation,          dropout_p,
+          eps,            bucket_factors,     local_layers,        local_chunk_length,
+          local_chunks_before, local_chunks_after};
 }
 
 }  // namespace
@@ -352,16 +429,18 @@ std::tuple<at::Tensor, at::Tensor> reformer_stack(
     const c10::optional<at::Tensor>& key_padding_mask, const at::Tensor& seeds, int64_t n_heads,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
     int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps,
-    at::IntArrayRef bucket_factors) {
+    at::IntArrayRef bucket_factors, at::IntArrayRef local_layers, int64_t local_chunk_length,
+    int64_t local_chunks_before, int64_t local_chunks_after) {
   const auto o = make_options(n_heads, bucket_size, causal, n_chunks_before, n_chunks_after,
                               ff_chunk_size, activation, dropout_p, layer_norm_eps,
-                              bucket_factors);
+                              bucket_factors, local_layers, local_chunk_length,
+                              local_chunks_before, local_chunks_after);
   const auto s = check_stack_args(x1, x2, weights, rotations, key_padding_mask, seeds, o);
   // The streams as (B·L, d_model) rows; each layer makes new ones (the inputs are never written).
   auto a = x1.reshape({s.rows(), s.d_model});
   auto b = x2.reshape({s.rows(), s.d_model});
   for (int64_t l = 0; l < s.depth; ++l) {
-    const Layer layer(weights, rotations, seeds, l);
+    const Layer layer(weights, rotations, seeds, l, o);
     a = a + attention_branch(b, layer, key_padding_mask, s, o, nullptr);
     b = b + ffn_branch(a, layer, s, o);
   }
@@ -374,10 +453,12 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backw
     const c10::optional<at::Tensor>& key_padding_mask, const at::Tensor& seeds, int64_t n_heads,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
     int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps,
-    at::IntArrayRef bucket_factors) {
+    at::IntArrayRef bucket_factors, at::IntArrayRef local_layers, int64_t local_chunk_length,
+    int64_t local_chunks_before, int64_t local_chunks_after) {
   const auto o = make_options(n_heads, bucket_size, causal, n_chunks_before, n_chunks_after,
                               ff_chunk_size, activation, dropout_p, layer_norm_eps,
-                              bucket_factors);
+                              bucket_factors, local_layers, local_chunk_length,
+                              local_chunks_before, local_chunks_after);
   const auto s = check_stack_args(y1, y2, weights, rotations, key_padding_mask, seeds, o);
   check_stream(grad_y1, "grad_y1", y1);
   check_stream(grad_y2, "grad_y2", y1);
@@ -392,7 +473,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backw
   at::Tensor db = rows(grad_y2).clone(at::MemoryFormat::Contiguous);
   std::vector<at::Tensor> grads(weights.size());
   for (int64_t l = s.depth - 1; l >= 0; --l) {
-    const Layer layer(weights, rotations, seeds, l);
+    const Layer layer(weights, rotations, seeds, l, o);
     const auto layer_grads = grads.begin() + l * kWeightsPerLayer;
     // G: b = x2 + G(a)
     b.sub_(ffn_branch_backward(a, db, da, layer, s, o, layer_grads));  // b = x2

@@ -1,8 +1,10 @@
 // Torch-facing declarations of the reversible Reformer stack operators (docs/semantics.md §3).
 //
 // reformer::reformer_stack runs `depth` reversible layers over two streams (B, L, d_model):
-//   y1 = x1 + F(x2),   F(x) = dropout_a(W_out · LSHAttention(LN1(x)) + b_out)
+//   y1 = x1 + F(x2),   F(x) = dropout_a(W_out · Attention(LN1(x)) + b_out)
 //   y2 = x2 + G(y1),   G(x) = dropout_o(ChunkedFFN(LN2(x)))   (hidden dropout inside the FFN)
+// where Attention is LSH attention (docs/semantics.md §1), or local attention (§9) in the layers
+// listed in `local_layers` (HF's attn_layers),
 // with every layer's weights given explicitly and keeps nothing but its outputs;
 // reformer::reformer_stack_backward walks the layers in reverse from the final outputs,
 // reconstructs each layer's inputs (x2 = y2 - G(y1), x1 = y1 - F(x2)), recomputes F and G and
@@ -12,8 +14,10 @@
 // Arguments shared by both operators:
 //   weights    kWeightsPerLayer tensors per layer, in the order of LayerWeight below; the
 //              nn.Linear / nn.LayerNorm layouts (w_qk, w_v: (H·Dh, d_model); w_out: (d_model,
-//              H·Dh); w1: (d_ff, d_model); w2: (d_model, d_ff)); dtype and device of x1.
-//   rotations  one (1 or H, Dh, n_hashes, n_buckets / 2) tensor per layer (docs/semantics.md §1).
+//              H·Dh); w1: (d_ff, d_model); w2: (d_model, d_ff)); dtype and device of x1. In a
+//              local layer w_qk is (2·H·Dh, d_model): the query weight, then the key weight.
+//   rotations  one (1 or H, Dh, n_hashes, n_buckets / 2) tensor per LSH layer (docs/semantics.md
+//              §1); an empty tensor for a local layer.
 //   bucket_factors  shared by every layer: empty for n_buckets = 2 * rotations[l].shape[3], else
 //              the even factors of a factorised bucket count (sum / 2 == rotations[l].shape[3]).
 //   seeds      (depth, 3) int64 on the CPU: per layer, the seeds of the attention-output,
@@ -21,6 +25,9 @@
 //              dropout_p == 0.
 //   the LSH options of docs/semantics.md §1 (scale 1), the FFN's chunk size and activation
 //   (docs/semantics.md §2), the dropout rate of all three dropouts, and LayerNorm's eps.
+//   local_layers  the indices of the layers that use local attention (increasing), with its
+//              options local_chunk_length, local_chunks_before, local_chunks_after and
+//              scale 1/sqrt(Dh) (docs/semantics.md §9); `causal` applies to both kinds.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -67,7 +74,9 @@ std::tuple<at::Tensor, at::Tensor> reformer_stack(
     const c10::optional<at::Tensor>& key_padding_mask, const at::Tensor& seeds, int64_t n_heads,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
     int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps,
-    at::IntArrayRef bucket_factors = {});
+    at::IntArrayRef bucket_factors = {}, at::IntArrayRef local_layers = {},
+    int64_t local_chunk_length = 64, int64_t local_chunks_before = 1,
+    int64_t local_chunks_after = 0);
 
 // (grad_x1, grad_x2, grad_weights) from the final outputs y1, y2 and their gradients.
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backward(
@@ -76,6 +85,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backw
     const c10::optional<at::Tensor>& key_padding_mask, const at::Tensor& seeds, int64_t n_heads,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
     int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps,
-    at::IntArrayRef bucket_factors = {});
+    at::IntArrayRef bucket_factors = {}, at::IntArrayRef local_layers = {},
+    int64_t local_chunk_length = 64, int64_t local_chunks_before = 1,
+    int64_t local_chunks_after = 0);
 
 }  // namespace reformer

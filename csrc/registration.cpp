@@ -50,22 +50,27 @@ TORCH_LIBRARY(reformer, m) {
       "Tensor grad_b2)");
   // The reversible Reformer stack (docs/semantics.md §3), csrc/reformer_stack.{h,cpp}: `depth`
   // layers y1 = x1 + F(x2), y2 = x2 + G(y1) with F = LayerNorm -> LSH attention (to_qk, to_v,
-  // to_out), G = LayerNorm -> chunked feed-forward, weights passed explicitly (12 per layer, order
-  // in reformer_stack.h), one rotation tensor per layer, per-layer dropout seeds (depth, 3) int64
-  // on the CPU. The forward keeps nothing but its outputs; the backward rebuilds every layer's
-  // inputs from them.
+  // to_out) or, for the layers listed in local_layers, local attention (to_q and to_k stacked in
+  // the qk weight), G = LayerNorm -> chunked feed-forward, weights passed explicitly (12 per
+  // layer, order in reformer_stack.h), one rotation tensor per layer (empty for local layers),
+  // per-layer dropout seeds (depth, 3) int64 on the CPU. The forward keeps nothing but its
+  // outputs; the backward rebuilds every layer's inputs from them.
   m.set_python_module("reformer_ext.ops.reformer_stack");
   m.def(
       "reformer_stack(Tensor x1, Tensor x2, Tensor[] weights, Tensor[] rotations, "
       "Tensor? key_padding_mask, Tensor seeds, int n_heads, int bucket_size, bool causal, "
       "int n_chunks_before, int n_chunks_after, int ff_chunk_size, str activation, "
-      "float dropout_p, float layer_norm_eps, int[] bucket_factors=[]) -> (Tensor y1, Tensor y2)");
+      "float dropout_p, float layer_norm_eps, int[] bucket_factors=[], int[] local_layers=[], "
+      "int local_chunk_length=64, int local_chunks_before=1, int local_chunks_after=0) -> "
+      "(Tensor y1, Tensor y2)");
   m.def(
       "reformer_stack_backward(Tensor grad_y1, Tensor grad_y2, Tensor y1, Tensor y2, "
       "Tensor[] weights, Tensor[] rotations, Tensor? key_padding_mask, Tensor seeds, "
       "int n_heads, int bucket_size, bool causal, int n_chunks_before, int n_chunks_after, "
       "int ff_chunk_size, str activation, float dropout_p, float layer_norm_eps, "
-      "int[] bucket_factors=[]) -> (Tensor grad_x1, Tensor grad_x2, Tensor[] grad_weights)");
+      "int[] bucket_factors=[], int[] local_layers=[], int local_chunk_length=64, "
+      "int local_chunks_before=1, int local_chunks_after=0) -> (Tensor grad_x1, Tensor grad_x2, "
+      "Tensor[] grad_weights)");
   m.set_python_module("reformer_ext.ops.gemm");
   // The GEMM the operators use (csrc/gemm.h): c + alpha · a · b (c is not modified) or
   // bias + alpha · a · b, for 2-D a (M, K) and b (K, N); on the CPU with a fixed summation order

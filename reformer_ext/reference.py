@@ -197,12 +197,16 @@ _ACTIVATIONS = {
 def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
                              key_padding_mask=None, bucket_size=64, causal=False,
                              n_chunks_before=1, n_chunks_after=0, activation="gelu",
-                             dropout_p=0.0, layer_norm_eps=1e-5, bucket_factors=None):
+                             dropout_p=0.0, layer_norm_eps=1e-5, bucket_factors=None,
+                             local_layers=(), local_chunk_length=64, local_chunks_before=1,
+                             local_chunks_after=0):
     """The reversible stack of docs/semantics.md §3 run forward with ordinary autograd (everything
     stored): 12 weights per layer in the order of
     reformer_ext.ops.reformer_stack.LAYER_WEIGHT_NAMES, one rotation tensor per layer, seeds
     (depth, 3) = the dropout seeds of the attention output, the FFN hidden activation and the
-    FFN output. bucket_factors: shared by every layer (see _hash). Returns (y1, y2)."""
+    FFN output. bucket_factors: shared by every LSH layer (see _hash). The layers in
+    local_layers use local attention (§9, scale 1/sqrt(d_head)): their qk weight is the query
+    weight stacked on the key weight, their rotations are ignored. Returns (y1, y2)."""
     import torch.nn.functional as F
 
     # the seeded mask rule of csrc/seeded_dropout.h (the C++ side computes it independently)
@@ -217,10 +221,18 @@ def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
         # F: attention branch
         h = F.layer_norm(x2, (d,), n1w, n1b, layer_norm_eps)
         heads = lambda t: t.view(B, L, n_heads, -1).transpose(1, 2)  # noqa: E731
-        out, _ = lsh_attention_reference(
-            heads(h @ w_qk.t()), heads(h @ w_v.t()), rot, bucket_size=bucket_size,
-            causal=causal, key_padding_mask=key_padding_mask, n_chunks_before=n_chunks_before,
-            n_chunks_after=n_chunks_after, bucket_factors=bucket_factors)
+        if layer in local_layers:
+            q, k = (h @ w_qk.t()).chunk(2, dim=-1)
+            out, _ = local_attention_reference(
+                heads(q), heads(k), heads(h @ w_v.t()), chunk_length=local_chunk_length,
+                causal=causal, key_padding_mask=key_padding_mask,
+                n_chunks_before=local_chunks_before, n_chunks_after=local_chunks_after)
+        else:
+            out, _ = lsh_attention_reference(
+                heads(h @ w_qk.t()), heads(h @ w_v.t()), rot, bucket_size=bucket_size,
+                causal=causal, key_padding_mask=key_padding_mask,
+                n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+                bucket_factors=bucket_factors)
         a = out.transpose(1, 2).reshape(B, L, -1) @ w_out.t() + b_out
         x1 = x1 + _seeded_dropout(a, dropout_p, s_attn)
         # G: feed-forward branch (hidden dropout over the (B·L, d_ff) activation)

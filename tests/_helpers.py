@@ -312,8 +312,9 @@ def reformer_stack(x1, x2, weights, rotations, seeds, *, key_padding_mask=None, 
 
 
 def stack_problem(depth=2, batch=2, length=21, d_model=8, n_heads=2, d_ff=12, n_hashes=2,
-             n_buckets=4, dtype=F64, seed=0):
-    """Random streams, weights (LayerNorm weights around 1), rotations and dropout seeds."""
+             n_buckets=4, dtype=F64, seed=0, local_layers=()):
+    """Random streams, weights (LayerNorm weights around 1), rotations and dropout seeds. The
+    layers in local_layers get a stacked query/key weight (2·H·Dh rows) and empty rotations."""
     g = torch.Generator().manual_seed(seed)
     d_head = d_model // n_heads
     inner = n_heads * d_head
@@ -324,9 +325,12 @@ def stack_problem(depth=2, batch=2, length=21, d_model=8, n_heads=2, d_ff=12, n_
               "ffn_w1": (d_ff, d_model), "ffn_b1": (d_ff,), "ffn_w2": (d_model, d_ff),
               "ffn_b2": (d_model,)}
     weights = []
-    for _ in range(depth):
+    for layer in range(depth):
         for name in LAYER_WEIGHT_NAMES:
-            w = torch.randn(shapes[name], generator=g, dtype=dtype) * 0.5
+            shape = shapes[name]
+            if name == "qk_weight" and layer in local_layers:
+                shape = (2 * inner, d_model)
+            w = torch.randn(shape, generator=g, dtype=dtype) * 0.5
             if name.startswith("norm") and name.endswith("weight"):
                 w = w * 0.2 + 1.0
             weights.append(w.requires_grad_(True))
@@ -335,21 +339,27 @@ def stack_problem(depth=2, batch=2, length=21, d_model=8, n_heads=2, d_ff=12, n_
     # n_buckets: an int, or a list of factors (rotations of sum(factors) // 2 columns)
     cols = sum(n_buckets) // 2 if isinstance(n_buckets, (list, tuple)) else n_buckets // 2
     rotations = [torch.randn(n_heads, d_head, n_hashes, cols, generator=g, dtype=dtype)
-                 for _ in range(depth)]
+                 if layer not in local_layers else torch.empty(0, dtype=dtype)
+                 for layer in range(depth)]
     seeds = torch.randint(0, 2**62, (depth, 3), generator=g, dtype=torch.int64)
     return x1, x2, weights, rotations, seeds
 
 
 def stack_op_args(dtype=torch.float32, requires_grad=True, dropout_p=0.2, masked=True,
-                  factors=None):
+                  factors=None, local_layers=()):
+    """The stack operator's positional arguments for opcheck and the error catalogue; with
+    local_layers, the trailing bucket_factors and local options (chunk length 4) too."""
     x1, x2, weights, rotations, seeds = stack_problem(depth=2, batch=1, length=10, dtype=dtype,
-                                                      n_buckets=factors or 4)
+                                                      n_buckets=factors or 4,
+                                                      local_layers=local_layers)
     for t in [x1, x2, *weights]:
         t.requires_grad_(requires_grad)
     mask = torch.zeros(1, 10, dtype=torch.bool)
     if masked:
         mask[0, 8:] = True
     args = (x1, x2, weights, rotations, mask, seeds, 2, 4, True, 1, 0, 3, "gelu", dropout_p, 1e-5)
+    if local_layers:
+        return args + (list(factors or ()), list(local_layers), 4, 1, 0)
     return args + (list(factors),) if factors else args
 
 

@@ -215,12 +215,15 @@ def test_reformer_stack(requires_grad):
                           stack_op_args(requires_grad=requires_grad))
     torch.library.opcheck(torch.ops.reformer.reformer_stack,
                           stack_op_args(requires_grad=requires_grad, factors=(2, 4)))
+    torch.library.opcheck(torch.ops.reformer.reformer_stack,
+                          stack_op_args(requires_grad=requires_grad, local_layers=(1,)))
 
 
-@pytest.mark.parametrize("factors", [None, (4, 2)], ids=["int", "factorised"])
-def test_reformer_stack_backward(factors):
-    x1, x2, weights, rotations, mask, seeds, *options = stack_op_args(requires_grad=False,
-                                                                      factors=factors)
+@pytest.mark.parametrize("factors,local_layers", [(None, ()), ((4, 2), ()), (None, (0,))],
+                         ids=["int", "factorised", "local"])
+def test_reformer_stack_backward(factors, local_layers):
+    x1, x2, weights, rotations, mask, seeds, *options = stack_op_args(
+        requires_grad=False, factors=factors, local_layers=local_layers)
     y1, y2 = torch.ops.reformer.reformer_stack(x1, x2, weights, rotations, mask, seeds, *options)
     args = (torch.randn_like(y1), torch.randn_like(y2), y1, y2, weights, rotations, mask, seeds,
             *options)

@@ -46,6 +46,41 @@ def _assert_matches_reference(y, y_ref, inputs):
         assert _rel(a, b) <= 1e-8, name
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("local_layers", [(0,), (1, 2), (0, 1, 2)])
+def test_mixed_local_and_lsh_layers_match_reference_float64(causal, dropout_p, masked,
+                                                            local_layers):
+    """HF's attn_layers: local layers among LSH ones (or only local layers); 21 positions in
+    local chunks of 4 (a partial last chunk) with windows before and after."""
+    x1, x2, weights, rotations, seeds = stack_problem(depth=3, local_layers=local_layers)
+    mask = None
+    if masked:
+        mask = torch.zeros(2, 21, dtype=torch.bool)
+        mask[0, :3] = True
+        mask[1, 15:] = True
+    options = dict(n_heads=2, key_padding_mask=mask, bucket_size=4, causal=causal,
+                   dropout_p=dropout_p, local_layers=local_layers, local_chunk_length=4,
+                   local_chunks_before=2, local_chunks_after=0 if causal else 1)
+    y = reformer_stack(x1, x2, weights, rotations, seeds, ff_chunk_size=5, **options)
+    y_ref = reformer_stack_reference(x1, x2, weights, rotations, seeds, **options)
+    _assert_matches_reference(y, y_ref, [x1, x2, *weights])
+
+
+def test_gradcheck_float64_with_a_local_layer():
+    x1, x2, weights, rotations, seeds = stack_problem(depth=2, batch=1, length=9, d_model=4,
+                                                      n_heads=1, d_ff=6, n_buckets=2,
+                                                      local_layers=(1,))
+
+    def fn(x1, x2, *w):
+        return reformer_stack(x1, x2, w, rotations, seeds, n_heads=1, bucket_size=4,
+                              ff_chunk_size=4, dropout_p=0.25, causal=True, local_layers=(1,),
+                              local_chunk_length=3)
+
+    assert torch.autograd.gradcheck(fn, (x1, x2, *weights), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
 def test_dropout_is_applied_and_reproducible():
     x1, x2, weights, rotations, seeds = stack_problem()
     run = lambda p, s: reformer_stack(x1, x2, weights, rotations, s, n_heads=2,  # noqa: E731

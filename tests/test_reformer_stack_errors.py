@@ -54,6 +54,28 @@ def _bad_calls():
         ("bucket_factors must sum",
          (x1.to("meta"), x2.to("meta"), [t.to("meta") for t in w],
           [r.to("meta") for r in rotations], mask.to("meta"), seeds, *args[6:], [6])),
+    ] + _bad_local_calls()
+
+
+def _bad_local_calls():
+    """Layer 1 uses local attention (local chunk length 4)."""
+    args = stack_op_args(requires_grad=False, local_layers=(1,))
+    x1, x2, weights, rotations, mask, seeds = args[:6]
+    w = list(weights)
+    lsh_qk = list(w)
+    lsh_qk[12 + 2] = w[2]  # layer 1 given an LSH layer's (H·Dh, d) qk weight
+    return [
+        ("local_layers must hold increasing layer indices in [0, depth) = [0, 2)",
+         _replace(args, 16, [2])),
+        ("local_layers must hold increasing", _replace(args, 16, [1, 1])),
+        ("weights[14] (layer 1, qk_weight) must have shape [16, 8]", _replace(args, 2, lsh_qk)),
+        ("rotations[1] must be an empty tensor: layer 1 uses local attention",
+         _replace(args, 3, [rotations[0], rotations[0]])),
+        ("rotations[1] must be an empty tensor",
+         (x1.to("meta"), x2.to("meta"), [t.to("meta") for t in w],
+          [rotations[0].to("meta"), rotations[0].to("meta")], mask.to("meta"), seeds,
+          *args[6:])),
+        ("local_chunk_length must be >= 1", _replace(args, 17, 0)),
     ]
 
 

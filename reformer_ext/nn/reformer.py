@@ -17,36 +17,57 @@ from ..ops.reformer_stack import StackOptions, reformer_stack
 from ..ops.seeded_random import draw_dropout_seed, seeded_dropout
 from .attention import LSHSelfAttention
 from .feed_forward import ChunkedFeedForward
+from .local_attention import LocalSelfAttention
 from .position import AxialPositionEmbedding
 from .reversible import ReversibleBlock
 
 __all__ = ["PreNormAttention", "PreNormFeedForward", "Reformer", "ReformerLM"]
 
 MERGES = ("concat", "mean")
+ATTENTION_KINDS = ("lsh", "local")
 
 
 class PreNormAttention(tnn.Module):
     """The F branch of a Reformer layer: ``dropout(attn(norm(x), key_padding_mask))``; ``attn``
-    is an :class:`LSHSelfAttention` built without dropout of its own; the branch's output
-    dropout uses the seeded mask of ``reformer_ext.ops.seeded_random.seeded_dropout`` (what the
-    stack operator applies), so forward and recompute agree given the seed."""
+    is an :class:`LSHSelfAttention` or a :class:`LocalSelfAttention` built without dropout of its
+    own; the branch's output dropout uses the seeded mask of
+    ``reformer_ext.ops.seeded_random.seeded_dropout`` (what the stack operator applies), so
+    forward and recompute agree given the seed."""
 
-    def __init__(self, d_model: int, attn: LSHSelfAttention, *, dropout: float = 0.0,
-                 device=None, dtype=None):
+    def __init__(self, d_model: int, attn, *, dropout: float = 0.0, device=None, dtype=None):
         super().__init__()
         self.norm = tnn.LayerNorm(d_model, device=device, dtype=dtype)
         self.attn = attn
         self.dropout = float(dropout)
 
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.attn, LocalSelfAttention)
+
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None, *,
                 rotations: Optional[Tensor] = None, dropout_seed=None) -> Tensor:
-        out = self.attn(self.norm(x), key_padding_mask, rotations=rotations)
+        if self.is_local:
+            out = self.attn(self.norm(x), key_padding_mask)
+        else:
+            out = self.attn(self.norm(x), key_padding_mask, rotations=rotations)
         return _branch_dropout(out, self.dropout if self.training else 0.0, dropout_seed)
 
+    def make_rotations(self, length: int, device, dtype) -> Tensor:
+        """This layer's rotations for one forward: the LSH layer's, an empty tensor for a local
+        layer (what the stack operator expects)."""
+        if self.is_local:
+            return torch.empty(0, device=device, dtype=dtype)
+        return self.attn.make_rotations(length, device, dtype)
+
     def stack_weights(self) -> Dict[str, Tensor]:
-        """This branch's weights under the stack operator's names (LAYER_WEIGHT_NAMES)."""
+        """This branch's weights under the stack operator's names (LAYER_WEIGHT_NAMES); a local
+        layer's ``qk_weight`` is its query weight stacked on its key weight."""
+        if self.is_local:
+            qk_weight = torch.cat([self.attn.to_q.weight, self.attn.to_k.weight])
+        else:
+            qk_weight = self.attn.to_qk.weight
         return {"norm1_weight": self.norm.weight, "norm1_bias": self.norm.bias,
-                "qk_weight": self.attn.to_qk.weight, "v_weight": self.attn.to_v.weight,
+                "qk_weight": qk_weight, "v_weight": self.attn.to_v.weight,
                 "out_weight": self.attn.to_out.weight, "out_bias": self.attn.to_out.bias}
 
 
@@ -91,8 +112,8 @@ class Reformer(tnn.Module):
     """The Reformer stack: ``depth`` reversible layers over two streams of width d_model.
 
     Layer i: ``y1 = x1 + F_i(x2)``, ``y2 = x2 + G_i(y1)`` with ``F_i`` = LayerNorm ->
-    :class:`LSHSelfAttention` -> dropout and ``G_i`` = LayerNorm -> :class:`ChunkedFeedForward`
-    -> dropout. The input ``x (B, L, d_model)`` is fed to both streams; the output
+    :class:`LSHSelfAttention` (or :class:`LocalSelfAttention`, see ``attn_layers``) -> dropout
+    and ``G_i`` = LayerNorm -> :class:`ChunkedFeedForward` -> dropout. The input ``x (B, L, d_model)`` is fed to both streams; the output
     ``(B, L, d_model)`` merges them:
 
     - ``merge="concat"`` (default; trax / HF): ``LayerNorm(2·d_model)`` of ``[y1, y2]`` (what
@@ -122,6 +143,11 @@ class Reformer(tnn.Module):
     ``d_head``, ``n_buckets``, ``n_chunks_before``, ``n_chunks_after``, ``activation``,
     ``fixed_rotations`` (see LSHSelfAttention).
 
+    Mixed layers (HF's ``attn_layers``): ``attn_layers`` is None (every layer LSH) or one of
+    ``"lsh"`` / ``"local"`` per layer; local layers are :class:`LocalSelfAttention` with chunk
+    length ``local_chunk_length`` and window ``local_chunks_before`` / ``local_chunks_after``
+    (causal like the rest). The stack operator runs both kinds.
+
     ``forward(x, key_padding_mask=None)``: ``key_padding_mask (B, L)`` bool, True marks padding;
     padded positions get meaningless outputs and do not influence the others. Any L works.
 
@@ -140,7 +166,9 @@ class Reformer(tnn.Module):
                  merge: str = "concat", d_head: Optional[int] = None,
                  n_buckets=None, n_chunks_before: int = 1,
                  n_chunks_after: int = 0, activation: str = "gelu",
-                 fixed_rotations: Optional[bool] = None, device=None, dtype=None):
+                 fixed_rotations: Optional[bool] = None, attn_layers=None,
+                 local_chunk_length: int = 64, local_chunks_before: int = 1,
+                 local_chunks_after: int = 0, device=None, dtype=None):
         super().__init__()
         # The rest (n_heads, bucket_size, activation, ...) is checked by the layers' modules.
         d_model, depth = check_int(d_model, "d_model", 1), check_int(depth, "depth", 1)
@@ -149,19 +177,27 @@ class Reformer(tnn.Module):
             raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
         dropout = check_probability(dropout, "dropout")
         reversible = check_bool(reversible, "reversible")
+        attn_layers = _check_attn_layers(attn_layers, depth)
         check_float_dtype(dtype)
         factory = dict(device=device, dtype=dtype)
         self.d_model, self.depth, self.n_heads, self.d_ff = d_model, depth, n_heads, d_ff
         self.merge = merge
         self.dropout = dropout
         self.reversible = reversible
+        self.attn_layers = attn_layers
         blocks = []
-        for _ in range(depth):
-            attn = LSHSelfAttention(d_model, n_heads, d_head=d_head, bucket_size=bucket_size,
-                                    n_hashes=n_hashes, n_buckets=n_buckets, causal=causal,
-                                    n_chunks_before=n_chunks_before,
-                                    n_chunks_after=n_chunks_after,
-                                    fixed_rotations=fixed_rotations, **factory)
+        lsh = local = None  # the last layer of each kind: its module checked the options
+        for kind in attn_layers:
+            if kind == "local":
+                attn = local = LocalSelfAttention(
+                    d_model, n_heads, d_head=d_head, chunk_length=local_chunk_length,
+                    n_chunks_before=local_chunks_before, n_chunks_after=local_chunks_after,
+                    causal=causal, **factory)
+            else:
+                attn = lsh = LSHSelfAttention(
+                    d_model, n_heads, d_head=d_head, bucket_size=bucket_size, n_hashes=n_hashes,
+                    n_buckets=n_buckets, causal=causal, n_chunks_before=n_chunks_before,
+                    n_chunks_after=n_chunks_after, fixed_rotations=fixed_rotations, **factory)
             ff = ChunkedFeedForward(d_model, d_ff, chunk_size=ff_chunk_size,
                                     activation=activation, dropout=dropout, **factory)
             blocks.append(ReversibleBlock(
@@ -169,12 +205,19 @@ class Reformer(tnn.Module):
                 PreNormFeedForward(d_model, ff, dropout=dropout, **factory)))
         self.layers = tnn.ModuleList(blocks)
         # What the stack operator needs besides weights, random state and dropout rate: the
-        # same for every layer (the layers' modules have checked the values).
+        # same for every layer of a kind (the layers' modules have checked the values; the
+        # options of a kind no layer uses keep their defaults).
+        lsh_options = {} if lsh is None else dict(
+            bucket_size=lsh.bucket_size, n_chunks_before=lsh.n_chunks_before,
+            n_chunks_after=lsh.n_chunks_after, bucket_factors=tuple(lsh.bucket_factors))
+        local_options = {} if local is None else dict(
+            local_chunk_length=local.chunk_length, local_chunks_before=local.n_chunks_before,
+            local_chunks_after=local.n_chunks_after)
         self.stack_options = StackOptions(
-            n_heads=attn.n_heads, bucket_size=attn.bucket_size, causal=attn.causal,
-            n_chunks_before=attn.n_chunks_before, n_chunks_after=attn.n_chunks_after,
-            ff_chunk_size=ff.chunk_size, activation=ff.activation,
-            layer_norm_eps=blocks[0].f.norm.eps, bucket_factors=tuple(attn.bucket_factors))
+            n_heads=attn.n_heads, causal=attn.causal, ff_chunk_size=ff.chunk_size,
+            activation=ff.activation, layer_norm_eps=blocks[0].f.norm.eps,
+            local_layers=tuple(i for i, kind in enumerate(attn_layers) if kind == "local"),
+            **lsh_options, **local_options)
         self._register_load_state_dict_pre_hook(_rename_old_layer_keys)
         if merge == "concat":
             self.norm = tnn.LayerNorm(2 * d_model, **factory)
@@ -187,8 +230,7 @@ class Reformer(tnn.Module):
         """Per-layer rotations and a (depth, 3) int64 CPU tensor of dropout seeds (attention
         output, FFN hidden, FFN output) for one forward."""
         length = x.shape[1]
-        rotations = [block.f.attn.make_rotations(length, x.device, x.dtype)
-                     for block in self.layers]
+        rotations = [block.f.make_rotations(length, x.device, x.dtype) for block in self.layers]
         if self.training and self.dropout > 0.0:
             seeds = torch.randint(0, 2**62, (self.depth, 3), dtype=torch.int64)
         else:
@@ -227,8 +269,23 @@ class Reformer(tnn.Module):
         return self.norm((y1 + y2) * 0.5)
 
     def extra_repr(self) -> str:
+        layers = "" if "local" not in self.attn_layers else f", attn_layers={self.attn_layers}"
         return (f"d_model={self.d_model}, depth={self.depth}, n_heads={self.n_heads}, "
-                f"d_ff={self.d_ff}, merge={self.merge!r}, reversible={self.reversible}")
+                f"d_ff={self.d_ff}, merge={self.merge!r}, reversible={self.reversible}{layers}")
+
+
+def _check_attn_layers(attn_layers, depth: int):
+    """``attn_layers`` as a tuple of ``depth`` kinds ("lsh" or "local"); None: all LSH."""
+    if attn_layers is None:
+        return ("lsh",) * depth
+    if isinstance(attn_layers, str) or not isinstance(attn_layers, (list, tuple)):
+        raise TypeError(f"attn_layers must be a list of 'lsh' / 'local', one per layer, got "
+                        f"{describe(attn_layers)}")
+    kinds = tuple(attn_layers)
+    if len(kinds) != depth or any(kind not in ATTENTION_KINDS for kind in kinds):
+        raise ValueError(f"attn_layers must hold one of {ATTENTION_KINDS} per layer (depth="
+                         f"{depth}), got {list(attn_layers)}")
+    return kinds
 
 
 class ReformerLM(tnn.Module):

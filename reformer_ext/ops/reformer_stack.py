@@ -7,6 +7,10 @@ autocast) and the function the modules call.
     y1 = x1 + F(x2),  F(x) = dropout(to_out(LSHAttention(to_qk(LN1(x)), to_v(LN1(x)))))
     y2 = x2 + G(y1),  G(x) = dropout(ChunkedFFN(LN2(x)))      (hidden dropout inside the FFN)
 
+where the layers listed in ``local_layers`` use local attention (docs/semantics.md §9) instead:
+their ``qk_weight`` holds the query weight stacked on the key weight, ``(2·H·Dh, d_model)``, and
+their rotation tensor is empty.
+
 with all weights as explicit inputs, and keeps only its outputs for the backward, which
 rebuilds each layer's inputs from its outputs (csrc/reformer_stack.cpp). To autograd and to
 torch.compile it is one node: memory does not grow with depth, and nothing in it breaks a graph.
@@ -55,8 +59,14 @@ class StackOptions(NamedTuple):
     activation: str = "gelu"
     layer_norm_eps: float = 1e-5
     #: () for n_buckets = 2 * rotations[l].shape[3]; else the even factors of a factorised
-    #: bucket count, shared by every layer (docs/semantics.md §1 step 1)
+    #: bucket count, shared by every LSH layer (docs/semantics.md §1 step 1)
     bucket_factors: Tuple[int, ...] = ()
+    #: increasing indices of the layers that use local attention (docs/semantics.md §9), and
+    #: its window; causal is shared with the LSH layers
+    local_layers: Tuple[int, ...] = ()
+    local_chunk_length: int = 64
+    local_chunks_before: int = 1
+    local_chunks_after: int = 0
 
 
 def _fake_check(x1, x2, weights, rotations, key_padding_mask, seeds, options):
@@ -72,10 +82,15 @@ def _fake_check(x1, x2, weights, rotations, key_padding_mask, seeds, options):
     for i, w in enumerate(weights):
         check_traced(w.dtype == x1.dtype and w.device == x1.device,
                f"weights[{i}] must have the dtype and device of x1")
+    local_layers = set(options[10]) if len(options) > 10 else set()
     for i, r in enumerate(rotations):
         check_traced(r.device == x1.device, f"rotations[{i}] must be on the device of x1 "
                                       f"({x1.device}), got {r.device}")
-        if len(options) > 9 and r.dim() == 4:  # bucket_factors given (shared by every layer)
+        if i in local_layers:
+            check_traced(r.numel() == 0, f"rotations[{i}] must be an empty tensor: layer {i} "
+                                         "uses local attention (local_layers)")
+            continue
+        if len(options) > 9 and r.dim() == 4:  # bucket_factors given (shared by LSH layers)
             check_bucket_factors(options[9], r.shape[3], f"rotations[{i}]")
     if key_padding_mask is not None:
         # a mask on another device (e.g. meta with CPU streams) is dispatched here: refuse it
@@ -155,14 +170,16 @@ def reformer_stack(x1: Tensor, x2: Tensor, layers: Sequence[Mapping[str, Tensor]
     """Runs the reversible stack operator: ``(y1, y2)`` from the streams ``x1, x2 (B, L, d)``.
 
     ``layers``: one mapping per layer from each name of :data:`LAYER_WEIGHT_NAMES` to its tensor
-    (the nn.Linear / nn.LayerNorm layouts); ``rotations``: one ``(1 or H, d_head, n_hashes,
-    n_buckets // 2)`` tensor per layer (``sum(options.bucket_factors) // 2`` columns when
-    factorised); ``seeds``: ``(depth, 3)`` int64 CPU tensor of dropout
-    seeds (attention output, FFN hidden, FFN output; unused when ``dropout_p`` is 0).
+    (the nn.Linear / nn.LayerNorm layouts; a local layer's ``qk_weight`` is the query weight
+    stacked on the key weight); ``rotations``: one ``(1 or H, d_head, n_hashes, n_buckets //
+    2)`` tensor per LSH layer (``sum(options.bucket_factors) // 2`` columns when factorised), an
+    empty tensor per local layer; ``seeds``: ``(depth, 3)`` int64 CPU tensor of dropout seeds
+    (attention output, FFN hidden, FFN output; unused when ``dropout_p`` is 0).
     """
     o = options
     return torch.ops.reformer.reformer_stack(
         x1, x2, flatten_layer_weights(layers), list(rotations), key_padding_mask, seeds,
         o.n_heads, o.bucket_size, o.causal, o.n_chunks_before, o.n_chunks_after,
         o.ff_chunk_size, o.activation, float(dropout_p), float(o.layer_norm_eps),
-        [int(f) for f in o.bucket_factors])
+        [int(f) for f in o.bucket_factors], [int(i) for i in o.local_layers],
+        int(o.local_chunk_length), int(o.local_chunks_before), int(o.local_chunks_after))
