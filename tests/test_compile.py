@@ -270,6 +270,17 @@ def test_reformer_lm_inductor_matches_eager():
 
 
 @pytest.mark.parametrize("reversible", REVERSIBLE)
+def test_reformer_mixed_local_and_lsh_layers_compile_fullgraph(reversible):
+    # attn_layers: the stack stays one opaque node with local layers among LSH ones
+    torch.manual_seed(0)
+    model = rx.nn.Reformer(D_MODEL, 2, HEADS, d_ff=32, bucket_size=4, n_hashes=2,
+                           ff_chunk_size=8, reversible=reversible, attn_layers=["local", "lsh"],
+                           local_chunk_length=4).train()
+    _assert_compiled_matches_eager(model, _inputs("float", 2, 13), _padding_mask(2, 13))
+    _assert_no_graph_breaks(model, _inputs("float", 2, 9).requires_grad_(), _padding_mask(2, 9))
+
+
+@pytest.mark.parametrize("reversible", REVERSIBLE)
 def test_reformer_factorised_buckets_compile_fullgraph(reversible):
     # n_buckets as a list: the int[] bucket_factors reach the operators inside one graph
     torch.manual_seed(0)

@@ -92,6 +92,35 @@ def test_reformer_reversible_equals_plain(dtype, causal, dropout):
 
 
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_reformer_mixed_local_and_lsh_layers_reversible_equals_plain(dtype, causal):
+    # HF's attn_layers: the stack operator runs local layers among LSH ones, with the local
+    # layers' query and key weights stacked into its qk weight
+    model = small_reformer(dtype, causal=causal, dropout=0.1,
+                           attn_layers=["local", "lsh", "local"], local_chunk_length=8,
+                           local_chunks_before=1, local_chunks_after=0 if causal else 1)
+    assert model.stack_options.local_layers == (0, 2)
+    assert isinstance(model.layers[0].f.attn, rx.nn.LocalSelfAttention)
+    assert isinstance(model.layers[1].f.attn, rx.nn.LSHSelfAttention)
+    x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    mask = _mask(2, 37, 29)
+    names = ["x"] + [n for n, _ in model.named_parameters()]
+    out_r, grads_r = _step(model, x, mask, seed=5)
+    model.reversible = False
+    out_p, grads_p = _step(model, x, mask, seed=5)
+    _assert_close(out_r, grads_r, out_p, grads_p, TOL[dtype], names)
+
+
+def test_reformer_attn_layers_errors():
+    with pytest.raises(ValueError, match="attn_layers must hold one of"):
+        rx.nn.Reformer(32, 2, 2, attn_layers=["lsh"])
+    with pytest.raises(ValueError, match="attn_layers must hold one of"):
+        rx.nn.Reformer(32, 2, 2, attn_layers=["lsh", "global"])
+    with pytest.raises(TypeError, match="attn_layers must be a list"):
+        rx.nn.Reformer(32, 2, 2, attn_layers="local")
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
 def test_reformer_factorised_buckets_reversible_equals_plain(dtype):
     # n_buckets as a list of factors reaches the stack operator through StackOptions
     model = small_reformer(dtype, causal=True, dropout=0.1, n_buckets=[2, 4, 2])
