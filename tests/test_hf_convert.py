@@ -320,3 +320,27 @@ def test_hash_seed_none_warns_and_is_deterministic():
     tokens = torch.randint(1, VOCAB, (1, 64))
     with torch.no_grad():
         assert torch.equal(ours(tokens), ours(tokens))
+
+
+def test_converted_model_both_stack_modes_and_training_step():
+    """The converted options (no attention output bias, concat_norm, HF rotations, eps) run in
+    both stack modes alike, in eval and in a training step with dropout."""
+    model = make_hf("enwik8")
+    ours = rx.nn.ReformerLM.from_hf(model)
+    assert ours.reformer.layers[0].f.attn.to_out.bias is None
+    tokens = torch.randint(1, VOCAB, (2, 32))
+    with torch.no_grad():
+        a = ours(tokens)
+        ours.reformer.reversible = False
+        b = ours(tokens)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    grads = {}
+    for reversible in (True, False):
+        ours.reformer.reversible = reversible
+        ours.train()
+        ours.zero_grad()
+        torch.manual_seed(7)
+        ours(tokens).logsumexp(-1).mean().backward()
+        grads[reversible] = {k: p.grad.clone() for k, p in ours.named_parameters()}
+    for k, g in grads[True].items():
+        torch.testing.assert_close(g, grads[False][k], rtol=1e-4, atol=1e-5, msg=k)
