@@ -344,3 +344,15 @@ def test_converted_model_both_stack_modes_and_training_step():
         grads[reversible] = {k: p.grad.clone() for k, p in ours.named_parameters()}
     for k, g in grads[True].items():
         torch.testing.assert_close(g, grads[False][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_converted_model_compiles_fullgraph():
+    """HF rotations are drawn outside the graph (a generator cannot be created in one): after an
+    eager call at that shape the compiled model reads them from the module's cache."""
+    model = make_hf("crime", attn_layers=["lsh"])
+    ours = rx.nn.ReformerLM.from_hf(model)
+    tokens = torch.randint(1, VOCAB, (2, 64))
+    with torch.no_grad():
+        expected = ours(tokens)
+        got = torch.compile(ours, fullgraph=True)(tokens)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

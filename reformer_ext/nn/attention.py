@@ -30,6 +30,11 @@ def hf_rotations(hash_seed: int, shape, device, dtype) -> Tensor:
     generator.manual_seed(int(hash_seed))
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
+
+@torch.compiler.disable
+def _hf_rotations_outside_graph(hash_seed, shape, device, dtype, acc) -> Tensor:
+    return hf_rotations(hash_seed, shape, device, dtype).to(acc)
+
 class LSHSelfAttention(tnn.Module):
     """Multi-head LSH self-attention with shared query/keys (the Reformer's attention layer).
 
@@ -176,10 +181,14 @@ class LSHSelfAttention(tnn.Module):
         shape = (self.n_heads, self.d_head, self.n_hashes, columns)
         acc = accumulation_dtype(dtype)
         if self.uses_fixed_rotations() and self.hf_hash_seed is not None:
+            # cached per shape, device and dtype; torch.compile reads the cache (a generator
+            # cannot be created inside a graph: a first compiled call at a new shape, device or
+            # dtype draws them outside it, with a graph break)
             key = ("hf", shape, device, dtype, self.hf_hash_seed)
             rotations = self._rotation_cache.get(key)
-            if rotations is None or torch.compiler.is_compiling():
-                rotations = hf_rotations(self.hf_hash_seed, shape, device, dtype).to(acc)
+            if rotations is None:
+                rotations = _hf_rotations_outside_graph(self.hf_hash_seed, shape, device, dtype,
+                                                        acc)
                 if not torch.compiler.is_compiling():
                     if len(self._rotation_cache) >= 8:
                         self._rotation_cache.clear()
