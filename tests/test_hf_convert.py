@@ -203,6 +203,8 @@ def test_from_directory_and_dtype(tmp_path):
     model64 = make_hf("enwik8").double()
     ours64 = rx.nn.ReformerLM.from_hf(model64)
     assert ours64.to_logits.weight.dtype == torch.float64
+    model64.save_pretrained(tmp_path / "f64")
+    assert rx.nn.ReformerLM.from_hf(tmp_path / "f64").to_logits.weight.dtype == torch.float64
     with torch.no_grad():
         err = rel_err(ours64(tokens), model64(tokens).logits)
     assert err.max() < 1e-10

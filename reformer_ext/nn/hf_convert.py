@@ -89,8 +89,10 @@ def _load(source, allowed: Tuple[str, ...], caller: str):
             raise ValueError(f"{caller}: the config's architectures {names} name none of "
                              f"{', '.join(allowed)}")
         cls = getattr(transformers, name)
-        model = cls.from_pretrained(path, local_files_only=True, dtype="auto")
-        return model
+        try:  # the saved dtype ("dtype" since transformers 4.56, "torch_dtype" before)
+            return cls.from_pretrained(path, local_files_only=True, dtype="auto")
+        except TypeError:  # pragma: no cover - older transformers
+            return cls.from_pretrained(path, local_files_only=True, torch_dtype="auto")
     name = type(source).__name__
     if name not in allowed:
         hint = ""
