@@ -358,3 +358,40 @@ def test_converted_model_compiles_fullgraph():
         expected = ours(tokens)
         got = torch.compile(ours, fullgraph=True)(tokens)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_hashes", [2, 4, 8])
+def test_hf_float32_artefact_explained(n_hashes):
+    """HF's float32 output at a causal first position is v0 times the weight sum that its
+    float32 log-sum-exps give over the copies of the query it met per round (-1e5 each):
+    replaying that arithmetic predicts the factor; HF in float64 gives v0."""
+    from transformers.models.reformer.modeling_reformer import LSHSelfAttention as HFLSH
+    length, chunk = 32, 8
+    torch.manual_seed(0)
+    hf = HFLSH(make_config("crime", num_hashes=n_hashes, num_buckets=4, hash_seed=3),
+               layer_idx=0).eval()
+    h = torch.randn(1, length, 32)
+    with torch.no_grad():
+        result = hf(h)
+        factor = result.hidden_states.view(length, 2, 16)[0] / hf.value(h).view(length, 2, 16)[0]
+        out64 = hf.double()(h.double()).hidden_states.view(length, 2, 16)[0]
+        v64 = hf.value(h.double()).view(length, 2, 16)[0]
+    torch.testing.assert_close(out64, v64, rtol=1e-10, atol=1e-12)
+    for head in range(2):
+        order = []  # HF's sorted items: per round by (bucket, position), rounds in order
+        for r in range(n_hashes):
+            b = result.buckets[0, head, r].tolist()
+            order += sorted(range(length), key=lambda i: (b[i], i))
+        n_chunks = len(order) // chunk
+        copies = []  # copies of position 0 in its chunk and the one before (cyclic)
+        for r in range(n_hashes):
+            c = order.index(0, r * length, (r + 1) * length) // chunk
+            prev = (c - 1) % n_chunks
+            copies.append((order[c * chunk:(c + 1) * chunk]
+                           + order[prev * chunk:(prev + 1) * chunk]).count(0))
+        lse = torch.stack([torch.logsumexp(torch.full((k,), -1e5), 0) for k in copies])
+        per_round = torch.stack([k * torch.exp(torch.tensor(-1e5) - l)
+                                 for k, l in zip(copies, lse)])
+        predicted = (per_round * torch.exp(lse - torch.logsumexp(lse, 0))).sum()
+        torch.testing.assert_close(factor[head], predicted.expand(16), rtol=1e-6, atol=0)
+        assert abs(predicted.item() - 1.0) > 1e-5  # the artefact is there
