@@ -41,6 +41,7 @@ it). Every process must draw the same seeds and rotations (same ``torch.manual_s
 from __future__ import annotations
 
 import os
+import warnings
 from typing import List, Optional
 
 import torch
@@ -52,6 +53,11 @@ from .reversible import _autocast_context, _autocast_state
 
 __all__ = ["is_fsdp_module", "load_sharded_checkpoint", "save_sharded_checkpoint",
            "set_dropout_sample_offset", "shard_reformer", "sharded_streams"]
+
+# FSDP warns when a wrapped module returns a view (an in-place op on it would skip its hook);
+# the branches' outputs are only ever added out of place, here and in the Reformer.
+warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPPreNorm(Attention|"
+                        r"FeedForward)\) returned a view tensor")
 
 _HOW = ("use reformer_ext.nn.shard_reformer(model) (fully_shard on every layers[i].f and "
         "layers[i].g, then on the model as the root)")
@@ -172,7 +178,9 @@ def sharded_streams(reformer, x: Tensor, key_padding_mask: Optional[Tensor], rot
                 "layers' weights belong to an enclosing fully_shard unit (the whole model or "
                 "layers[i]), which would gather every layer's weights at once for the fused "
                 "stack operator: " + _HOW)
-        return None  # plain FSDP around the ordinary modules: the default loop is right
+        # plain FSDP around the ordinary modules, through the blocks' __call__ (their hooks
+        # gather the weights of fully_shard(layers[i]))
+        return _block_streams(reformer, x, key_padding_mask, rotations, seeds)
     _check_root(reformer)
     if not reformer.reversible or not torch.is_grad_enabled():
         return _plain_streams(reformer, x, key_padding_mask, rotations, seeds)
@@ -193,6 +201,13 @@ def _plain_streams(reformer, x, key_padding_mask, rotations, seeds):
         fk, gk = _branch_kwargs(key_padding_mask, rotations, seeds, i)
         x1 = x1 + block.f(x2, **fk)
         x2 = x2 + block.g(x1, **gk)
+    return x1, x2
+
+
+def _block_streams(reformer, x, key_padding_mask, rotations, seeds):
+    x1 = x2 = x
+    for i, block in enumerate(reformer.layers):
+        x1, x2 = block(x1, x2, *_branch_kwargs(key_padding_mask, rotations, seeds, i))
     return x1, x2
 
 
