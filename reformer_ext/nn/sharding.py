@@ -375,7 +375,9 @@ def save_sharded_checkpoint(path: str, model: tnn.Module, optimizer=None, **extr
     state = {"model": model_sd, "rng": _RngState(), "extra": dict(extra)}
     if optimizer is not None:
         state["optim"] = optim_sd
-    dcp.save(state, checkpoint_id=os.fspath(path))
+    with warnings.catch_warnings():  # a later step's checkpoint replaces an earlier one
+        warnings.filterwarnings("ignore", message="Detected an existing checkpoint")
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(os.fspath(path), overwrite=True))
 
 
 def load_sharded_checkpoint(path: str, model: tnn.Module, optimizer=None, **extra_defaults):
@@ -389,7 +391,13 @@ def load_sharded_checkpoint(path: str, model: tnn.Module, optimizer=None, **extr
     state = {"model": model_sd, "rng": _RngState(), "extra": dict(extra_defaults)}
     if optimizer is not None:
         state["optim"] = optim_sd
-    dcp.load(state, checkpoint_id=os.fspath(path))
+    import torch.distributed as dist
+    # without a process group (e.g. sampling from a distributed run's checkpoint in one
+    # process) DCP reads the whole tensors
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=os.fspath(path),
+                 no_dist=not (dist.is_available() and dist.is_initialized()))
     set_state_dict(model, [] if optimizer is None else optimizer,
                    model_state_dict=state["model"],
                    optim_state_dict=state.get("optim", {}))
