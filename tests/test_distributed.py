@@ -134,6 +134,29 @@ def _dcp(rank, world, path):
     return {"whole": whole, "resumed": head + tail, "step": extra["step"]}
 
 
+def _gathered(rank, world):
+    """How many layer branches hold gathered weights whenever a branch runs (forward and
+    recompute), and after the step: weights are gathered one branch at a time (plus FSDP's
+    prefetch of the next one in the backward)."""
+    tokens, mask, divisor, first = _local(rank, world)
+    model = _model(torch.float64, True)
+    model.reformer.layers.extend(_model(torch.float64, True, seed=1).reformer.layers)  # depth 4
+    model.reformer.depth = len(model.reformer.layers)
+    rx.nn.shard_reformer(model)
+    branches = [b for block in model.reformer.layers for b in (block.f, block.g)]
+
+    def unsharded():
+        return sum(b._get_fsdp_state()._fsdp_param_group.is_unsharded for b in branches)
+
+    counts = []
+    for b in branches:
+        b.register_forward_pre_hook(lambda *_: counts.append(unsharded()))
+    torch.manual_seed(1)
+    _loss(model, tokens, mask, divisor).backward()
+    return {"counts": counts, "after": unsharded(), "calls": len(counts),
+            "branches": len(branches)}
+
+
 def _errors(rank, world):
     """The shardings the Reformer refuses: the error messages (None: no error)."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -209,6 +232,7 @@ def _worker(rank, world, store_path, out_dir):
                                              offset=False)
             results["dcp"] = _dcp(rank, world, os.path.join(out_dir, "ckpt"))
             results["errors"] = _errors(rank, world)
+            results["gathered"] = _gathered(rank, world)
         results["seconds"] = time.time() - t0
         if rank == 0:
             torch.save(results, os.path.join(out_dir, "results.pt"))
@@ -284,6 +308,13 @@ def test_refused_shardings_name_the_problem(runs):
     assert "enclosing fully_shard unit" in errors["blocks_reversible"]
     assert errors["blocks_plain"] is None
     assert "does not match the mesh" in errors["group_mismatch"]
+
+
+def test_weights_are_gathered_one_branch_at_a_time(runs):
+    got = runs[2]["gathered"]
+    assert got["calls"] == 2 * got["branches"]  # forward + recompute of each branch
+    assert max(got["counts"]) <= 2, got["counts"]  # the running branch (+ a prefetched one)
+    assert got["after"] == 0
 
 
 def test_shard_reformer_needs_an_initialised_process_group():
