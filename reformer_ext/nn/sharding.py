@@ -36,6 +36,13 @@ seed by ``k·γ``, so a process that holds samples ``b0 .. b0 + b - 1`` of a glo
 very masks of the whole-batch run with seeds shifted by ``b0·L·width·γ``:
 :func:`set_dropout_sample_offset` sets ``b0`` (the fused operator and both module paths apply
 it). Every process must draw the same seeds and rotations (same ``torch.manual_seed``).
+
+What this does not cover: a process whose samples are not one contiguous run of the global
+batch (an interleaving sampler: rank r taking samples r, r + N, ...) gets the masks of the
+batch reordered rank by rank (a valid whole-batch run, of the permuted batch); unequal slices
+need the loss weighted by slice size (FSDP and DDP average the gradients over processes); the
+axial position embedding's own dropout (``pos_emb.dropout``, 0 by default) draws from torch's
+generator and differs per process.
 """
 
 from __future__ import annotations
@@ -165,7 +172,8 @@ def sharded_streams(reformer, x: Tensor, key_padding_mask: Optional[Tensor], rot
                     p: float):
     """The sharded path of ``Reformer.forward_streams``: ``(y1, y2)`` when the layers are
     FSDP-sharded per branch, None for the unchanged path (no FSDP on the layers, or torch.compile
-    tracing). Raises for a sharding the Reformer cannot honour."""
+    tracing). Raises for a sharding the Reformer cannot honour. ``p`` is not used: the branch
+    modules apply their own dropout rate in training mode."""
     if torch.compiler.is_compiling():
         return None
     layout = _layout(reformer)
