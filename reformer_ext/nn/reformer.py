@@ -19,6 +19,7 @@ from .attention import LSHSelfAttention
 from .feed_forward import ChunkedFeedForward
 from .position import AxialPositionEmbedding
 from .reversible import ReversibleBlock
+from . import sharding as _sharding
 
 __all__ = ["PreNormAttention", "PreNormFeedForward", "Reformer", "ReformerLM"]
 
@@ -236,7 +237,12 @@ class Reformer(tnn.Module):
         if key_padding_mask is not None:
             check_key_padding_mask(key_padding_mask, x)
         rotations, seeds = self._random_state(x)
+        seeds = _sharding.offset_dropout_seeds(self, seeds, x)
         p = self.dropout if self.training else 0.0
+        # FSDP-sharded layers take a module-level path (reformer_ext/nn/sharding.py)
+        streams = _sharding.sharded_streams(self, x, key_padding_mask, rotations, seeds, p)
+        if streams is not None:
+            return streams
         if self.reversible:
             return reformer_stack(x, x, self.stack_weights(), rotations, seeds,
                                   self.stack_options, key_padding_mask=key_padding_mask,
