@@ -17,6 +17,18 @@ thousand characters), so the model soon memorises it; point ``--text`` at any la
     python examples/train_char_lm.py --steps 2000 --resume             # continue training
     python examples/train_char_lm.py --sample-only --prompt "The Reformer" --sample-len 400
     python examples/train_char_lm.py --text my_book.txt --seq-len 1024 --checkpoint book.pt
+
+Distributed: started by ``torchrun --nproc_per_node N`` (WORLD_SIZE > 1), the same script
+trains with FSDP2 per layer (reformer_ext.nn.shard_reformer: each process holds 1/N of the
+weights, gradients and optimizer state), gloo on the CPU, NCCL on GPUs (one per process).
+Every process draws the same global batch of ``--batch`` windows (which N must divide) and
+trains on its slice; dropout masks follow the whole batch (set_dropout_sample_offset).
+Checkpoints are torch.distributed.checkpoint directories (``--checkpoint`` default
+``char_lm.dcp``; each process writes its shards), resumable with any N, and ``--sample-only``
+reads them in one process too.
+
+    torchrun --nproc_per_node 2 examples/train_char_lm.py --device cpu --steps 200
+    torchrun --nproc_per_node 2 examples/train_char_lm.py --device cpu --steps 400 --resume
 """
 
 from __future__ import annotations
@@ -173,12 +185,67 @@ def load_checkpoint(path: str, device) -> dict:
     return torch.load(path, map_location=device, weights_only=True)
 
 
+class Distributed:
+    """This process' place under torchrun (WORLD_SIZE > 1): rank, world size, device."""
+
+    def __init__(self, device_type: str):
+        import torch.distributed as dist
+
+        self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if device_type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device(device_type)
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        self.dist = dist
+
+    def mean(self, value: torch.Tensor) -> float:
+        value = value.detach().clone()
+        self.dist.all_reduce(value)
+        return value.item() / self.world
+
+    def close(self):
+        self.dist.destroy_process_group()
+
+
+def _dcp_meta(path: str) -> str:
+    return os.path.join(path, "char_lm_meta.pt")
+
+
+def save_distributed_checkpoint(path, model, optimizer, step, codec, config, data_rng, ddp):
+    """The DCP checkpoint of a sharded run: every rank writes its shards (model, optimizer, the
+    CPU generator); rank 0 adds the vocabulary, settings and data order in a small file."""
+    rx.nn.save_sharded_checkpoint(path, model, optimizer, step=step)
+    if ddp.rank == 0:
+        torch.save({"alphabet": codec.alphabet, "config": config, "step": step,
+                    "data_rng": data_rng.get_state()}, _dcp_meta(path))
+    ddp.dist.barrier()
+
+
+def load_distributed_meta(path: str) -> dict:
+    if not os.path.exists(_dcp_meta(path)):
+        raise FileNotFoundError(f"--checkpoint {path!r} is not a checkpoint of a distributed run")
+    return torch.load(_dcp_meta(path), weights_only=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return main_distributed(args)
     device = torch.device(args.device)
+    if args.sample_only and os.path.isdir(args.checkpoint):  # a distributed run's checkpoint
+        meta = load_distributed_meta(args.checkpoint)
+        codec = CharCodec(meta["alphabet"])
+        model = build_model(meta["config"], len(codec.alphabet), device)
+        rx.nn.load_sharded_checkpoint(args.checkpoint, model)
+        print(sample(model, codec, args.prompt, args.sample_len, temperature=args.temperature,
+                     top_k=args.top_k, seq_len=meta["config"]["seq_len"], device=device))
+        return 0
 
     state = load_checkpoint(args.checkpoint, device) if (args.resume or args.sample_only) else None
     if args.sample_only:
@@ -256,6 +323,86 @@ def main(argv=None) -> int:
         print("\nsample:\n" + sample(model, codec, args.prompt, args.sample_len,
                                       temperature=args.temperature, top_k=args.top_k,
                                       seq_len=config["seq_len"], device=device))
+    return 0
+
+
+def main_distributed(args) -> int:
+    """The torchrun mode: FSDP2 per layer, DCP checkpoints (see the module docstring)."""
+    import warnings
+    # FSDP warns that the model's output (the logits) is a view; nothing modifies it in place
+    warnings.filterwarnings("ignore", message=r".*\(FSDPReformerLM\) returned a view tensor")
+    ddp = Distributed(torch.device(args.device).type)
+    try:
+        return _train_distributed(args, ddp)
+    finally:
+        ddp.close()
+
+
+def _train_distributed(args, ddp) -> int:
+    say = print if ddp.rank == 0 else (lambda *a, **k: None)
+    device = ddp.device
+    if args.batch % ddp.world:
+        raise SystemExit(f"--batch {args.batch} must be a multiple of the number of processes "
+                         f"({ddp.world})")
+    checkpoint = "char_lm.dcp" if args.checkpoint == "char_lm.pt" else args.checkpoint
+    meta = load_distributed_meta(checkpoint) if (args.resume or args.sample_only) else None
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    if meta is None:
+        config, codec = {k: getattr(args, k) for k in MODEL_KEYS}, CharCodec.from_text(text)
+    else:
+        config, codec = meta["config"], CharCodec(meta["alphabet"])
+    model = build_model(config, len(codec.alphabet), device)
+    local = args.batch // ddp.world
+    rx.nn.set_dropout_sample_offset(model, ddp.rank * local)
+    rx.nn.shard_reformer(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    data_rng = torch.Generator().manual_seed(args.seed)
+    step = 0
+    if meta is not None:
+        step = rx.nn.load_sharded_checkpoint(checkpoint, model, optimizer, step=0)["step"]
+        data_rng.set_state(meta["data_rng"])
+        say(f"resumed from {checkpoint} at step {step}")
+    if args.sample_only:  # every process runs the model (its forward gathers the shards)
+        say(sample(model, codec, args.prompt, args.sample_len, temperature=args.temperature,
+                   top_k=args.top_k, seq_len=config["seq_len"], device=device))
+        return 0
+    data = codec.encode(text)
+    split = int(0.9 * data.numel())
+    train_data, valid_data = data[:split], data[split:]
+    if min(train_data.numel(), valid_data.numel()) <= config["seq_len"]:
+        raise ValueError(f"--text has {data.numel()} characters: too short for windows of "
+                         f"{config['seq_len']}; lower --seq-len")
+    n_params = sum(p.numel() for p in model.parameters())  # DTensors count their global size
+    say(f"{os.path.basename(args.text)}: {data.numel()} characters; ReformerLM "
+        f"{config['depth']} layers, {n_params / 1e6:.2f}M parameters, FSDP2 per layer over "
+        f"{ddp.world} processes on {device.type}, {local} windows each")
+    model.train()
+    t0, start_step = time.perf_counter(), step
+    part = slice(ddp.rank * local, (ddp.rank + 1) * local)
+    while step < args.steps:
+        # every process draws the same global batch and keeps its slice
+        windows = random_windows(train_data, args.batch, config["seq_len"], data_rng)[part]
+        loss = bits_per_char(model, windows.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # FSDP averages the gradients: those of the whole batch's mean
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if step % args.eval_every == 0 or step == args.steps:
+            train_bpc = ddp.mean(loss)
+            say(f"step {step}: train bpc {train_bpc:.3f}, validation bpc "
+                f"{validation_bpc(model, valid_data, config['seq_len'], device):.3f}")
+        if step % args.save_every == 0 or step == args.steps:
+            save_distributed_checkpoint(checkpoint, model, optimizer, step, codec, config,
+                                        data_rng, ddp)
+    if step > start_step:
+        say(f"{step - start_step} steps in {time.perf_counter() - t0:.0f} s; "
+            f"checkpoint: {checkpoint}")
+    if args.sample_len:
+        text = sample(model, codec, args.prompt, args.sample_len, temperature=args.temperature,
+                      top_k=args.top_k, seq_len=config["seq_len"], device=device)
+        say("\nsample:\n" + text)
     return 0
 
 

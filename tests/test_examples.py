@@ -145,3 +145,29 @@ def test_char_lm_checkpoints_load_weights_only(tmp_path):
     torch.save({"config": {}, "payload": _RunsCodeWhenUnpickled()}, path)
     with pytest.raises(Exception, match="[Ww]eights only load failed"):
         lm.load_checkpoint(path, torch.device("cpu"))
+
+
+def test_char_lm_under_torchrun_shards_and_checkpoints_with_dcp(tmp_path, capsys):
+    """The distributed mode: torchrun --nproc_per_node 2 on the CPU (gloo, FSDP2 per layer), a
+    DCP checkpoint directory that one process can sample from."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun not found")
+    ckpt = str(tmp_path / "lm.dcp")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(EXAMPLES)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--standalone", os.path.join(EXAMPLES, "train_char_lm.py"), *TINY_LM,
+         "--device", "cpu", "--steps", "2", "--checkpoint", ckpt, "--sample-len", "0"],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "FSDP2 per layer over 2 processes" in run.stdout
+    assert re.search(r"step 2: train bpc [\d.]+, validation bpc [\d.]+", run.stdout)
+    assert os.path.isdir(ckpt)
+    lm = load_example("train_char_lm")
+    assert lm.main(["--sample-only", "--checkpoint", ckpt, "--prompt", "The ",
+                    "--sample-len", "10", "--threads", "1", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("The ")

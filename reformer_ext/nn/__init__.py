@@ -7,7 +7,10 @@ from .position import AxialPositionEmbedding
 from .reversible import ReversibleBlock, ReversibleSequence
 from .reformer import Reformer, ReformerLM
 from .drop_in import SequenceFirstLSHAttention, replace_attention
+from .sharding import (load_sharded_checkpoint, save_sharded_checkpoint,
+                       set_dropout_sample_offset, shard_reformer)
 
 __all__ = ["AxialPositionEmbedding", "ChunkedFeedForward", "LSHSelfAttention", "Reformer",
            "ReformerLM", "ReversibleBlock", "ReversibleSequence", "SequenceFirstLSHAttention",
-           "replace_attention"]
+           "load_sharded_checkpoint", "replace_attention", "save_sharded_checkpoint",
+           "set_dropout_sample_offset", "shard_reformer"]

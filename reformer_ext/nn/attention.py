@@ -16,7 +16,24 @@ from ..ops.lsh_attention import accumulation_dtype, check_n_buckets, lsh_attenti
 from ..ops.seeded_random import as_int64, seeded_rotations
 from ._mha_call import padding_mask_from_mha_call
 
-__all__ = ["LSHSelfAttention"]
+__all__ = ["LSHSelfAttention", "hf_rotations"]
+
+
+def hf_rotations(hash_seed: int, shape, device, dtype) -> Tensor:
+    """HF's LSH rotations: ``torch.manual_seed(hash_seed)`` then ``torch.randn(shape,
+    device=device, dtype=dtype)``, drawn from a private generator of ``device`` seeded with
+    ``hash_seed`` (same values, global generators untouched)."""
+    device = torch.device(device)
+    if device.type == "meta":
+        return torch.empty(shape, device=device, dtype=dtype)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(hash_seed))
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+@torch.compiler.disable
+def _hf_rotations_outside_graph(hash_seed, shape, device, dtype, acc) -> Tensor:
+    return hf_rotations(hash_seed, shape, device, dtype).to(acc)
 
 class LSHSelfAttention(tnn.Module):
     """Multi-head LSH self-attention with shared query/keys (the Reformer's attention layer).
@@ -46,6 +63,14 @@ class LSHSelfAttention(tnn.Module):
         fixed_rotations: ``None`` (default): fresh random rotations per forward in training
             mode, the module's fixed rotations in eval mode. ``True``: always the fixed ones.
             ``False``: always fresh ones.
+        out_bias: whether ``to_out`` has a bias (default True; HF's attention output
+            projection has none, so converted HF models use False).
+        hf_hash_seed: when not None, the fixed rotations are HF's instead of
+            :func:`seeded_rotations`: ``torch.randn(shape)`` in x's dtype on x's device from a
+            private ``torch.Generator`` seeded with ``hf_hash_seed`` (what HF's
+            ``torch.manual_seed(config.hash_seed)`` before its draw gives, without touching the
+            global generators; docs/semantics.md "Converted HF models"). ``rotation_seed`` is
+            then unused.
 
     Rotations (the random projections of the hash, ``(n_heads, d_head, n_hashes,
     n_buckets // 2)``, one set per head shared across the batch):
@@ -79,7 +104,8 @@ class LSHSelfAttention(tnn.Module):
                  bucket_size: int = 64, n_hashes: int = 4, n_buckets: Optional[int] = None,
                  causal: bool = False, n_chunks_before: int = 1, n_chunks_after: int = 0,
                  dropout: float = 0.0, seed: Optional[int] = None,
-                 fixed_rotations: Optional[bool] = None, device=None, dtype=None):
+                 fixed_rotations: Optional[bool] = None, out_bias: bool = True,
+                 hf_hash_seed: Optional[int] = None, device=None, dtype=None):
         super().__init__()
         d_model, n_heads = check_int(d_model, "d_model", 1), check_int(n_heads, "n_heads", 1)
         bucket_size, n_hashes = (check_int(bucket_size, "bucket_size", 1),
@@ -100,6 +126,9 @@ class LSHSelfAttention(tnn.Module):
             seed = check_int(seed, "seed")  # any int: taken modulo 2^64
         if fixed_rotations is not None:
             fixed_rotations = check_bool(fixed_rotations, "fixed_rotations")
+        out_bias = check_bool(out_bias, "out_bias")
+        if hf_hash_seed is not None:
+            hf_hash_seed = check_int(hf_hash_seed, "hf_hash_seed")
         check_float_dtype(dtype)
         factory = dict(device=device, dtype=dtype)
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
@@ -108,10 +137,11 @@ class LSHSelfAttention(tnn.Module):
         self.n_chunks_before, self.n_chunks_after = n_chunks_before, n_chunks_after
         self.dropout = dropout
         self.fixed_rotations = fixed_rotations
+        self.hf_hash_seed = hf_hash_seed
         inner = n_heads * d_head
         self.to_qk = tnn.Linear(d_model, inner, bias=False, **factory)
         self.to_v = tnn.Linear(d_model, inner, bias=False, **factory)
-        self.to_out = tnn.Linear(inner, d_model, **factory)
+        self.to_out = tnn.Linear(inner, d_model, bias=out_bias, **factory)
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()))
         self.register_buffer("rotation_seed",
@@ -150,6 +180,20 @@ class LSHSelfAttention(tnn.Module):
         columns = sum(n_buckets) // 2 if isinstance(n_buckets, list) else n_buckets // 2
         shape = (self.n_heads, self.d_head, self.n_hashes, columns)
         acc = accumulation_dtype(dtype)
+        if self.uses_fixed_rotations() and self.hf_hash_seed is not None:
+            # cached per shape, device and dtype; torch.compile reads the cache (a generator
+            # cannot be created inside a graph: a first compiled call at a new shape, device or
+            # dtype draws them outside it, with a graph break)
+            key = ("hf", shape, device, dtype, self.hf_hash_seed)
+            rotations = self._rotation_cache.get(key)
+            if rotations is None:
+                rotations = _hf_rotations_outside_graph(self.hf_hash_seed, shape, device, dtype,
+                                                        acc)
+                if not torch.compiler.is_compiling():
+                    if len(self._rotation_cache) >= 8:
+                        self._rotation_cache.clear()
+                    self._rotation_cache[key] = rotations
+            return rotations
         if self.uses_fixed_rotations():
             if torch.compiler.is_compiling():
                 return seeded_rotations(self.rotation_seed, shape, dtype=acc, device=device)
@@ -233,4 +277,5 @@ class LSHSelfAttention(tnn.Module):
                 f"bucket_size={self.bucket_size}, n_hashes={self.n_hashes}, n_buckets={nb}, "
                 f"causal={self.causal}, n_chunks_before={self.n_chunks_before}, "
                 f"n_chunks_after={self.n_chunks_after}, dropout={self.dropout}, "
-                f"fixed_rotations={self.fixed_rotations}")
+                f"fixed_rotations={self.fixed_rotations}"
+                + ("" if self.hf_hash_seed is None else f", hf_hash_seed={self.hf_hash_seed}"))

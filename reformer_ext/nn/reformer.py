@@ -20,10 +20,11 @@ from .feed_forward import ChunkedFeedForward
 from .local_attention import LocalSelfAttention
 from .position import AxialPositionEmbedding
 from .reversible import ReversibleBlock
+from . import sharding as _sharding
 
 __all__ = ["PreNormAttention", "PreNormFeedForward", "Reformer", "ReformerLM"]
 
-MERGES = ("concat", "mean")
+MERGES = ("concat", "mean", "concat_norm")
 ATTENTION_KINDS = ("lsh", "local")
 
 
@@ -34,9 +35,10 @@ class PreNormAttention(tnn.Module):
     ``reformer_ext.ops.seeded_random.seeded_dropout`` (what the stack operator applies), so
     forward and recompute agree given the seed."""
 
-    def __init__(self, d_model: int, attn, *, dropout: float = 0.0, device=None, dtype=None):
+    def __init__(self, d_model: int, attn, *, dropout: float = 0.0, eps: float = 1e-5,
+                 device=None, dtype=None):
         super().__init__()
-        self.norm = tnn.LayerNorm(d_model, device=device, dtype=dtype)
+        self.norm = tnn.LayerNorm(d_model, eps=eps, device=device, dtype=dtype)
         self.attn = attn
         self.dropout = float(dropout)
 
@@ -61,14 +63,18 @@ class PreNormAttention(tnn.Module):
 
     def stack_weights(self) -> Dict[str, Tensor]:
         """This branch's weights under the stack operator's names (LAYER_WEIGHT_NAMES); a local
-        layer's ``qk_weight`` is its query weight stacked on its key weight."""
+        layer's ``qk_weight`` is its query weight stacked on its key weight; zeros stand for
+        the bias of a ``to_out`` built without one (``out_bias=False``)."""
         if self.is_local:
             qk_weight = torch.cat([self.attn.to_q.weight, self.attn.to_k.weight])
         else:
             qk_weight = self.attn.to_qk.weight
+        out_bias = self.attn.to_out.bias
+        if out_bias is None:
+            out_bias = self.attn.to_out.weight.new_zeros(self.attn.to_out.out_features)
         return {"norm1_weight": self.norm.weight, "norm1_bias": self.norm.bias,
                 "qk_weight": qk_weight, "v_weight": self.attn.to_v.weight,
-                "out_weight": self.attn.to_out.weight, "out_bias": self.attn.to_out.bias}
+                "out_weight": self.attn.to_out.weight, "out_bias": out_bias}
 
 
 class PreNormFeedForward(tnn.Module):
@@ -77,9 +83,9 @@ class PreNormFeedForward(tnn.Module):
     seeded output dropout as in :class:`PreNormAttention`."""
 
     def __init__(self, d_model: int, ff: ChunkedFeedForward, *, dropout: float = 0.0,
-                 device=None, dtype=None):
+                 eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
-        self.norm = tnn.LayerNorm(d_model, device=device, dtype=dtype)
+        self.norm = tnn.LayerNorm(d_model, eps=eps, device=device, dtype=dtype)
         self.ff = ff
         self.dropout = float(dropout)
 
@@ -120,7 +126,10 @@ class Reformer(tnn.Module):
       trax and HF hand to their heads), then ``Linear(2·d_model, d_model)`` (attribute
       ``proj``) to give d_model features;
     - ``merge="mean"`` (reformer-pytorch): ``LayerNorm(d_model)`` of ``(y1 + y2) / 2``
-      (reformer-pytorch returns the plain mean and normalises in its LM).
+      (reformer-pytorch returns the plain mean and normalises in its LM);
+    - ``merge="concat_norm"`` (HF's encoder output, used by converted HF models):
+      ``LayerNorm(2·d_model)`` of ``[y1, y2]`` and nothing after it, so the output has
+      ``2·d_model`` features (``out_features``; no ``proj``).
 
     ``reversible=True`` (default) runs the whole stack as ONE operator,
     ``torch.ops.reformer.reformer_stack`` (C++; reformer_ext.ops.reformer_stack), that keeps only
@@ -141,7 +150,8 @@ class Reformer(tnn.Module):
     for the attention branch output (after to_out), the feed-forward's hidden activation and the
     feed-forward output, in training mode only. Extra keyword-only options: ``merge``,
     ``d_head``, ``n_buckets``, ``n_chunks_before``, ``n_chunks_after``, ``activation``,
-    ``fixed_rotations`` (see LSHSelfAttention).
+    ``fixed_rotations``, ``attn_out_bias`` (LSHSelfAttention's ``out_bias``), ``hf_hash_seed``
+    (see LSHSelfAttention), ``layer_norm_eps`` (every LayerNorm's eps; default 1e-5).
 
     Mixed layers (HF's ``attn_layers``): ``attn_layers`` is None (every layer LSH) or one of
     ``"lsh"`` / ``"local"`` per layer; local layers are :class:`LocalSelfAttention` with chunk
@@ -166,8 +176,9 @@ class Reformer(tnn.Module):
                  merge: str = "concat", d_head: Optional[int] = None,
                  n_buckets=None, n_chunks_before: int = 1,
                  n_chunks_after: int = 0, activation: str = "gelu",
-                 fixed_rotations: Optional[bool] = None, attn_layers=None,
-                 local_chunk_length: int = 64, local_chunks_before: int = 1,
+                 fixed_rotations: Optional[bool] = None, attn_out_bias: bool = True,
+                 hf_hash_seed: Optional[int] = None, layer_norm_eps: float = 1e-5,
+                 attn_layers=None, local_chunk_length: int = 64, local_chunks_before: int = 1,
                  local_chunks_after: int = 0, device=None, dtype=None):
         super().__init__()
         # The rest (n_heads, bucket_size, activation, ...) is checked by the layers' modules.
@@ -177,6 +188,7 @@ class Reformer(tnn.Module):
             raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
         dropout = check_probability(dropout, "dropout")
         reversible = check_bool(reversible, "reversible")
+        layer_norm_eps = check_nonnegative(layer_norm_eps, "layer_norm_eps")
         attn_layers = _check_attn_layers(attn_layers, depth)
         check_float_dtype(dtype)
         factory = dict(device=device, dtype=dtype)
@@ -192,17 +204,19 @@ class Reformer(tnn.Module):
                 attn = local = LocalSelfAttention(
                     d_model, n_heads, d_head=d_head, chunk_length=local_chunk_length,
                     n_chunks_before=local_chunks_before, n_chunks_after=local_chunks_after,
-                    causal=causal, **factory)
+                    causal=causal, out_bias=attn_out_bias, **factory)
             else:
                 attn = lsh = LSHSelfAttention(
                     d_model, n_heads, d_head=d_head, bucket_size=bucket_size, n_hashes=n_hashes,
                     n_buckets=n_buckets, causal=causal, n_chunks_before=n_chunks_before,
-                    n_chunks_after=n_chunks_after, fixed_rotations=fixed_rotations, **factory)
+                    n_chunks_after=n_chunks_after, fixed_rotations=fixed_rotations,
+                    out_bias=attn_out_bias, hf_hash_seed=hf_hash_seed, **factory)
             ff = ChunkedFeedForward(d_model, d_ff, chunk_size=ff_chunk_size,
                                     activation=activation, dropout=dropout, **factory)
             blocks.append(ReversibleBlock(
-                PreNormAttention(d_model, attn, dropout=dropout, **factory),
-                PreNormFeedForward(d_model, ff, dropout=dropout, **factory)))
+                PreNormAttention(d_model, attn, dropout=dropout, eps=layer_norm_eps, **factory),
+                PreNormFeedForward(d_model, ff, dropout=dropout, eps=layer_norm_eps,
+                                   **factory)))
         self.layers = tnn.ModuleList(blocks)
         # What the stack operator needs besides weights, random state and dropout rate: the
         # same for every layer of a kind (the layers' modules have checked the values; the
@@ -219,12 +233,27 @@ class Reformer(tnn.Module):
             local_layers=tuple(i for i, kind in enumerate(attn_layers) if kind == "local"),
             **lsh_options, **local_options)
         self._register_load_state_dict_pre_hook(_rename_old_layer_keys)
-        if merge == "concat":
-            self.norm = tnn.LayerNorm(2 * d_model, **factory)
-            self.proj = tnn.Linear(2 * d_model, d_model, **factory)
+        #: width of forward's output: 2·d_model for merge="concat_norm", else d_model
+        self.out_features = 2 * d_model if merge == "concat_norm" else d_model
+        if merge in ("concat", "concat_norm"):
+            self.norm = tnn.LayerNorm(2 * d_model, eps=layer_norm_eps, **factory)
         else:
-            self.norm = tnn.LayerNorm(d_model, **factory)
-            self.proj = None
+            self.norm = tnn.LayerNorm(d_model, eps=layer_norm_eps, **factory)
+        self.proj = (tnn.Linear(2 * d_model, d_model, **factory) if merge == "concat"
+                     else None)
+
+    @classmethod
+    def from_hf(cls, source, *, with_embeddings: bool = False):
+        """The Reformer of a HuggingFace ``ReformerModel`` (or of the ``reformer`` inside a
+        ``ReformerModelWithLMHead`` / ``ReformerForMaskedLM``), given the model object or a
+        local directory saved by ``save_pretrained``: eval mode, the source's device and dtype,
+        ``merge="concat_norm"``, so ``forward(embeddings, key_padding_mask)`` is HF's
+        ``last_hidden_state`` (``2·hidden_size`` features). ``with_embeddings=True`` returns
+        ``(embeddings, reformer)``, ``embeddings(tokens)`` being HF's embedding output.
+        LSH layers only for now. See reformer_ext.nn.hf_convert and docs/semantics.md
+        "Converted HF models"."""
+        from .hf_convert import reformer_from_hf
+        return reformer_from_hf(source, with_embeddings=with_embeddings)
 
     def _random_state(self, x: Tensor):
         """Per-layer rotations and a (depth, 3) int64 CPU tensor of dropout seeds (attention
@@ -250,7 +279,12 @@ class Reformer(tnn.Module):
         if key_padding_mask is not None:
             check_key_padding_mask(key_padding_mask, x)
         rotations, seeds = self._random_state(x)
+        seeds = _sharding.offset_dropout_seeds(self, seeds, x)
         p = self.dropout if self.training else 0.0
+        # FSDP-sharded layers take a module-level path (reformer_ext/nn/sharding.py)
+        streams = _sharding.sharded_streams(self, x, key_padding_mask, rotations, seeds, p)
+        if streams is not None:
+            return streams
         if self.reversible:
             return reformer_stack(x, x, self.stack_weights(), rotations, seeds,
                                   self.stack_options, key_padding_mask=key_padding_mask,
@@ -264,9 +298,10 @@ class Reformer(tnn.Module):
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
         y1, y2 = self.forward_streams(x, key_padding_mask)
-        if self.proj is not None:
-            return self.proj(self.norm(torch.cat([y1, y2], dim=-1)))
-        return self.norm((y1 + y2) * 0.5)
+        if self.merge == "mean":
+            return self.norm((y1 + y2) * 0.5)
+        out = self.norm(torch.cat([y1, y2], dim=-1))
+        return out if self.proj is None else self.proj(out)
 
     def extra_repr(self) -> str:
         layers = "" if "local" not in self.attn_layers else f", attn_layers={self.attn_layers}"
@@ -307,18 +342,25 @@ class ReformerLM(tnn.Module):
     beside its axial shape). Its parameters are ``pos_emb.weights.<i>`` (HF's
     ``embeddings.position_embeddings.weights.<i>``, same shapes). Its dropout is 0 (the learned
     embedding has none either); set ``model.pos_emb.dropout`` for HF's axial dropout.
+
+    ``emb_dropout`` (default 0): training-mode dropout on the token embeddings before the
+    position encodings are added (HF's ``hidden_dropout_prob`` on its word embeddings).
+
+    The head ``to_logits`` is ``Linear(reformer.out_features, num_tokens)``: from d_model
+    features, or from 2·d_model with ``merge="concat_norm"`` (HF's head, in converted models).
     """
 
     def __init__(self, num_tokens: int, d_model: int, depth: int, n_heads: int,
                  max_seq_len: int, *, causal: bool = True, init_std: float = 0.02,
-                 axial_position_shape=None, axial_position_dims=None, device=None, dtype=None,
-                 **reformer_kwargs):
+                 axial_position_shape=None, axial_position_dims=None, emb_dropout: float = 0.0,
+                 device=None, dtype=None, **reformer_kwargs):
         super().__init__()
         num_tokens = check_int(num_tokens, "num_tokens", 1)
         max_seq_len = check_int(max_seq_len, "max_seq_len", 1)
         # checked here too: the embeddings are built before the Reformer checks its arguments
         d_model = check_int(d_model, "d_model", 1)
         init_std = check_nonnegative(init_std, "init_std")
+        self.emb_dropout = check_probability(emb_dropout, "emb_dropout")
         check_float_dtype(dtype)
         factory = dict(device=device, dtype=dtype)
         self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
@@ -332,7 +374,17 @@ class ReformerLM(tnn.Module):
             tnn.init.normal_(weight, std=init_std)
         self.reformer = Reformer(d_model, depth, n_heads, causal=causal, **factory,
                                  **reformer_kwargs)
-        self.to_logits = tnn.Linear(d_model, num_tokens, **factory)
+        self.to_logits = tnn.Linear(self.reformer.out_features, num_tokens, **factory)
+
+    @classmethod
+    def from_hf(cls, source) -> "ReformerLM":
+        """The ReformerLM equivalent to a HuggingFace ``ReformerModelWithLMHead`` (causal) or
+        ``ReformerForMaskedLM`` (bidirectional), given the model object or a local directory
+        saved by ``save_pretrained``: eval mode, the source's device and dtype; its logits are
+        HF's (``key_padding_mask`` = ``attention_mask == 0``). LSH layers only for now. See
+        reformer_ext.nn.hf_convert and docs/semantics.md "Converted HF models"."""
+        from .hf_convert import lm_from_hf
+        return lm_from_hf(source)
 
     def forward(self, tokens: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
         """Token ids must lie in ``[0, num_tokens)``. That is checked in eager mode only: it
@@ -357,7 +409,10 @@ class ReformerLM(tnn.Module):
             positions = self.pos_emb(length, batch_size=tokens.shape[0])
         else:
             positions = self.pos_emb(torch.arange(length, device=tokens.device))
-        x = self.token_emb(tokens) + positions
+        x = self.token_emb(tokens)
+        if self.training and self.emb_dropout > 0.0:
+            x = tnn.functional.dropout(x, self.emb_dropout, training=True)
+        x = x + positions
         return self.to_logits(self.reformer(x, key_padding_mask))
 
 
