@@ -3,11 +3,12 @@ operators."""
 
 from .feed_forward import ChunkedFeedForward
 from .attention import LSHSelfAttention
+from .local_attention import LocalSelfAttention
 from .position import AxialPositionEmbedding
 from .reversible import ReversibleBlock, ReversibleSequence
 from .reformer import Reformer, ReformerLM
 from .drop_in import SequenceFirstLSHAttention, replace_attention
 
-__all__ = ["AxialPositionEmbedding", "ChunkedFeedForward", "LSHSelfAttention", "Reformer",
-           "ReformerLM", "ReversibleBlock", "ReversibleSequence", "SequenceFirstLSHAttention",
+__all__ = ["AxialPositionEmbedding", "ChunkedFeedForward", "LSHSelfAttention",
+           "LocalSelfAttention", "Reformer", "ReformerLM", "ReversibleBlock", "ReversibleSequence", "SequenceFirstLSHAttention",
            "replace_attention"]
