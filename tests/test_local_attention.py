@@ -236,3 +236,21 @@ def test_cuda_matches_cpu(c, dtype):
               go.cuda(), gl.cuda(), rx.local_attention)
     tol = {F64: 1e-10, F32: 1e-4, BF16: 3e-2}[dtype]
     assert_close([t.cpu() for t in dev], cpu, rtol=tol, atol=tol)
+
+
+def test_autocast_casts_q_k_v():
+    c = (1, 2, 13, 8, 8, 4, 1, 1, True, "random")
+    q, k, v, mask, _, _ = make_inputs(c, F32, seed=16)
+    with torch.autocast("cpu", dtype=BF16):
+        out, lse = rx.local_attention(q, k, v, return_lse=True, **kwargs(c, mask))
+    assert out.dtype == BF16 and lse.dtype == F32
+    expected = rx.local_attention(q.to(BF16), k.to(BF16), v.to(BF16), **kwargs(c, mask))
+    assert torch.equal(out, expected)
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    with torch.autocast("cpu", dtype=BF16):
+        assert rx.local_attention(q64, k64, v64, **kwargs(c, mask)).dtype == F64
+    # gradients flow back through the casts to the float32 inputs
+    q.requires_grad_(True)
+    with torch.autocast("cpu", dtype=BF16):
+        rx.local_attention(q, k, v, **kwargs(c, mask)).float().sum().backward()
+    assert q.grad.dtype == F32 and torch.isfinite(q.grad).all()
