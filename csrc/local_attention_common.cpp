@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -66,13 +67,16 @@ LocalShape check_local_attention_args(const at::Tensor& q, const at::Tensor& k,
   s.value_dim = v.size(3);
   TORCH_CHECK_VALUE(chunk_length >= 1 && chunk_length < std::numeric_limits<int32_t>::max(),
                     "chunk_length must be in [1, 2^31), got ", chunk_length);
-  s.bucket_size = chunk_length;
-  s.padded_length = padded_length(s.length, chunk_length);
+  // A chunk_length >= L is full attention over the L positions (one chunk, attended once:
+  // docs/semantics.md §9 step 2); the kernels then use chunks of L, which gives the same window
+  // in the same order without sizing their buffers by a chunk_length far above L.
+  s.bucket_size = std::min(chunk_length, s.length);
+  s.padded_length = padded_length(s.length, s.bucket_size);
   TORCH_CHECK_VALUE(s.padded_length < std::numeric_limits<int32_t>::max(),
                     "q length padded to a multiple of chunk_length must be < 2^31, got ",
                     s.padded_length);
   s.n_hashes = 1;
-  s.chunks_per_round = s.padded_length / chunk_length;
+  s.chunks_per_round = s.padded_length / s.bucket_size;
   s.n_chunks = s.chunks_per_round;
   // Each bound is checked before the sum, which could otherwise overflow.
   TORCH_CHECK_VALUE(n_chunks_before >= 0 && n_chunks_before < kMaxWindowChunks,

@@ -13,8 +13,9 @@
 namespace reformer {
 
 // Sizes of one local attention call, in the chunked-attention shape LSH attention uses: one
-// round (n_hashes = 1) over the identity order, bucket_size = chunk_length, and
-// n_chunks = chunks_per_round = L' / chunk_length.
+// round (n_hashes = 1) over the identity order, bucket_size = min(chunk_length, L) (a
+// chunk_length >= L is one chunk of full attention either way), and
+// n_chunks = chunks_per_round = L' / bucket_size.
 using LocalShape = LshShape;
 
 // Whether a chunk reached by several window offsets counts once per offset (docs/semantics.md

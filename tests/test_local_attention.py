@@ -139,8 +139,9 @@ def test_single_chunk_is_full_attention():
     q, k, v, _, _, _ = make_inputs((2, 2, 7, 4, 4, 8, 0, 0, False, None), F64, seed=8)
     full = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1) @ v
     lse = torch.logsumexp(q @ k.transpose(-1, -2) / 2.0, dim=-1)
-    for before, after in [(0, 0), (1, 0), (2, 3)]:
-        out, l = rx.local_attention(q, k, v, chunk_length=8, n_chunks_before=before,
+    # a chunk_length far above L too (the kernels then use chunks of L: no huge buffers)
+    for chunk, before, after in [(8, 0, 0), (8, 1, 0), (8, 2, 3), (7, 1, 1), (2**30, 2, 1)]:
+        out, l = rx.local_attention(q, k, v, chunk_length=chunk, n_chunks_before=before,
                                     n_chunks_after=after, return_lse=True)
         torch.testing.assert_close(out, full, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(l, lse, rtol=1e-12, atol=1e-12)
