@@ -159,3 +159,13 @@ def test_equals_huggingface(case, is_decoder, dtype):
     padding = attention_mask == 0
     a, b = ours(x, padding), theirs(x, attention_mask)
     torch.testing.assert_close(a[~padding], b[~padding], rtol=tol, atol=tol)
+
+
+def test_module_compiles_without_graph_breaks():
+    torch.manual_seed(3)
+    attn = rx.nn.LocalSelfAttention(16, 2, chunk_length=4, n_chunks_after=1, causal=True)
+    x = torch.randn(2, 11, 16)
+    mask = torch.zeros(2, 11, dtype=torch.bool)
+    mask[1, 8:] = True
+    compiled = torch.compile(attn, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, mask), attn(x, mask))
