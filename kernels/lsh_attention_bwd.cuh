@@ -31,6 +31,10 @@ struct BackwardArgs {
   const acc_t* delta;      // (B*H, L): Δ_i
   acc_t* dqk;              // (B*H, L, D) accumulated gradient, zero-initialised
   acc_t* dv;               // (B*H, L, Dv) accumulated gradient, zero-initialised
+  // Local attention (docs/semantics.md §9): separate keys and their gradient, with key_scale
+  // null (unit). LSH leaves both null: keys are qk, their gradient goes to dqk.
+  const scalar_t* k = nullptr;  // (B*H, L, D)
+  acc_t* dk = nullptr;          // (B*H, L, D) accumulated gradient, zero-initialised
 };
 
 // Logit gradient of one (query, key) pair given both dot products; 0 when either is not a valid
@@ -45,9 +49,10 @@ __device__ __forceinline__ acc_t logit_gradient(const AttentionParams& p, acc_t 
     return 0;
   }
   const acc_t logit = masked_logit<acc_t, int32_t>(static_cast<acc_t>(p.scale) * qk_dot, qpos,
-                                                   kpos, p.causal);
+                                                   kpos, p.causal, p.self_mask);
   weight = acc_exp((logit - row_max) - row_log_sum);
-  return logit_is_replaced<int32_t>(qpos, kpos, p.causal) ? acc_t(0) : weight * (dp - delta);
+  return logit_is_replaced<int32_t>(qpos, kpos, p.causal, p.self_mask) ? acc_t(0)
+                                                                       : weight * (dp - delta);
 }
 
 // ----------------------------------------------------------------------------------- dQ pass
@@ -114,8 +119,8 @@ __global__ void __launch_bounds__(kThreads)
       sh.kpos[tid] = pos;
     }
     __syncthreads();
-    gather_rows_as(sh.k, D + 1, a.qk + head_rows * D, sh.kpos, kTileItems, D,
-                   a.key_scale + head_rows);  // normalised keys g_j x_j
+    gather_rows_as(sh.k, D + 1, (a.k ? a.k : a.qk) + head_rows * D, sh.kpos, kTileItems, D,
+                   a.key_scale ? a.key_scale + head_rows : nullptr);  // keys g_j x_j
     gather_rows_as(sh.v, Dv + 1, a.v + head_rows * Dv, sh.kpos, kTileItems, Dv);
     __syncthreads();
 
@@ -197,7 +202,7 @@ __global__ void __launch_bounds__(kThreads)
   const int n_seeing = load_owned_positions(p, tile, kRowsPerCta, /*seeing=*/true, sh.kpos,
                                             sh.seeing);
   if (n_seeing < 0) return;  // padding keys
-  gather_rows_as(sh.x, D, a.qk + head_rows * D, sh.kpos, kRowsPerCta, D);
+  gather_rows_as(sh.x, D, (a.k ? a.k : a.qk) + head_rows * D, sh.kpos, kRowsPerCta, D);
   gather_rows_as(sh.v, Dv, a.v + head_rows * Dv, sh.kpos, kRowsPerCta, Dv);
   const int64_t n_queries = n_seeing * p.bucket_size;
 
@@ -206,7 +211,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     my_kpos[r] = sh.kpos[warp * kRowsPerWarp + r];
-    g[r] = a.key_scale[head_rows + (my_kpos[r] >= 0 ? my_kpos[r] : 0)];
+    g[r] = a.key_scale ? a.key_scale[head_rows + (my_kpos[r] >= 0 ? my_kpos[r] : 0)] : acc_t(1);
 #pragma unroll
     for (int s = 0; s < kSlots; ++s) dk[r][s] = 0, dv[r][s] = 0;
   }
@@ -254,12 +259,24 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  // dx_j = scale (g dk̂ - g³ (x · dk̂) x), added to the owned rows together with dv.
+  // dx_j = scale (g dk̂ - g³ (x · dk̂) x), added to the owned rows together with dv; with unit
+  // key scale (local attention) scale · dk̂ into a.dk.
   const acc_t scale = static_cast<acc_t>(p.scale);
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     if (my_kpos[r] < 0) continue;
     const int row = warp * kRowsPerWarp + r;
+    if (a.key_scale == nullptr) {
+      acc_t* dk_row = a.dk + (head_rows + my_kpos[r]) * D;
+      acc_t* dv_row = a.dv + (head_rows + my_kpos[r]) * Dv;
+#pragma unroll
+      for (int s = 0; s < kSlots; ++s) {
+        const int64_t d = lane + 32 * s;
+        if (d < D) dk_row[d] += scale * dk[r][s];
+        if (d < Dv) dv_row[d] += dv[r][s];
+      }
+      continue;
+    }
     acc_t partial = 0;
 #pragma unroll
     for (int s = 0; s < kSlots; ++s) {

@@ -19,11 +19,13 @@ namespace reformer::cuda {
 
 template <typename scalar_t, typename acc_t>
 struct ForwardArgs {
-  const scalar_t* qk;       // (B*H, L, D)
+  const scalar_t* qk;       // (B*H, L, D): queries
   const scalar_t* v;        // (B*H, L, Dv)
-  const acc_t* key_scale;   // (B*H, L): g_j = rsqrt(mean(x_j^2) + eps) / sqrt(D)
+  const acc_t* key_scale;   // (B*H, L): g_j = rsqrt(mean(x_j^2) + eps) / sqrt(D), or null
+                            // for unit key scale (local attention)
   acc_t* out;               // (B*H, L, Dv) running output, zero-initialised
   acc_t* stats;             // (B*H, L, 2) running (max, log-sum); max = -inf before any round
+  const scalar_t* k = nullptr;  // (B*H, L, D): keys, or null for qk (LSH)
 };
 
 // Shared memory of one forward CTA; the device and the host carve it the same way.
@@ -86,8 +88,8 @@ __global__ void __launch_bounds__(kThreads)
       sh.kpos[tid] = pos;
     }
     __syncthreads();
-    gather_rows_as(sh.k, D + 1, a.qk + head_rows * D, sh.kpos, kTileItems, D,
-                   a.key_scale + head_rows);  // normalised keys g_j x_j
+    gather_rows_as(sh.k, D + 1, (a.k ? a.k : a.qk) + head_rows * D, sh.kpos, kTileItems, D,
+                   a.key_scale ? a.key_scale + head_rows : nullptr);  // keys g_j x_j
     gather_rows_as(sh.v, Dv, a.v + head_rows * Dv, sh.kpos, kTileItems, Dv);
     __syncthreads();
 
@@ -101,7 +103,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t d = 0; d < D; ++d) dot += q_row[d] * k_row[d];
       const acc_t logit = key_pos >= 0
                               ? masked_logit<acc_t, int32_t>(scale * dot, my_qpos[r], key_pos,
-                                                             p.causal)
+                                                             p.causal, p.self_mask)
                               : negative_infinity<acc_t>();
       const acc_t new_max = fmax(row_max[r], warp_max(logit));
       if (new_max == negative_infinity<acc_t>()) continue;  // no valid key yet (warp-uniform)

@@ -1,6 +1,8 @@
 // Device building blocks shared by the LSH attention forward and backward kernels
 // (lsh_attention_fwd.cuh, lsh_attention_bwd.cuh): the launch parameters, the mapping from sorted
-// items to original positions, warp reductions and the float/double math overloads.
+// items to original positions, warp reductions and the float/double math overloads. The FFMA
+// kernels also serve local attention (docs/semantics.md §9): the identity order (sorted null),
+// one round, separate keys of unit scale, no self-mask and windows that repeat chunks.
 // Torch-free: raw pointers and plain structs only.
 //
 // Thread layout of every attention kernel: a CTA of kWarps warps owns kRowsPerCta "owned" rows
@@ -35,7 +37,10 @@ struct AttentionParams {
   bool causal;
   double scale;
   const bool* padding;     // (B, L) key padding mask (true = padding), or null
-  const int32_t* sorted;   // (B*H, R*L') original positions in bucket order, per round
+  const int32_t* sorted;   // (B*H, R*L') original positions in bucket order, per round, or
+                           // null for the identity order (local attention, one round)
+  bool self_mask = true;        // j == i -> kSelfLogit (LSH); false for local attention
+  bool distinct_window = true;  // window_chunks / chunks_seeing (lsh_common.h): LSH true
 };
 
 // Number of items (one per position and round) of one head: R * L'.
@@ -46,6 +51,7 @@ __device__ __forceinline__ int64_t items_per_head(const AttentionParams& p) {
 // Original position of sorted item `item` of head `bh`.
 __device__ __forceinline__ int32_t item_position(const AttentionParams& p, int64_t bh,
                                                  int64_t item) {
+  if (p.sorted == nullptr) return static_cast<int32_t>(item % p.padded_length);
   return p.sorted[bh * items_per_head(p) + item];
 }
 
@@ -144,8 +150,11 @@ __device__ __forceinline__ int load_owned_positions(const AttentionParams& p,
   const int tid = threadIdx.x;
   if (tid < rows) own_pos[tid] = owned_position(p, tile, tid);
   if (tid == 0) {
-    const int count = seeing ? chunks_seeing(tile.chunk, p.n_chunks, p.before, p.after, chunks)
-                             : window_chunks(tile.chunk, p.n_chunks, p.before, p.after, chunks);
+    const int count =
+        seeing ? chunks_seeing(tile.chunk, p.n_chunks, p.before, p.after, chunks,
+                               p.distinct_window)
+               : window_chunks(tile.chunk, p.n_chunks, p.before, p.after, chunks,
+                               p.distinct_window);
     for (int w = count; w < kMaxWindowChunks; ++w) chunks[w] = -1;
   }
   __syncthreads();

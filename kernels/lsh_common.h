@@ -30,31 +30,33 @@ RX_HOST_DEVICE int64_t wrap_chunk(int64_t chunk, int64_t n_chunks) {
   return r < 0 ? r + n_chunks : r;
 }
 
-// The distinct chunks that query chunk `chunk` attends to, in the fixed order of offsets
-// -before..+after (docs/semantics.md §1 step 3). With few chunks, offsets wrap onto the same chunk;
-// each chunk is kept once, at its first offset. Returns the count written to `out` (<=
-// before+after+1).
+// The chunks that query chunk `chunk` attends to, in the fixed order of offsets -before..+after.
+// With few chunks, offsets wrap onto the same chunk: with `distinct` (LSH attention,
+// docs/semantics.md §1 step 3) each chunk is kept once, at its first offset; without it (local
+// attention, docs/semantics.md §9 step 2) a chunk is listed once per offset that reaches it, so
+// its keys count that many times. Returns the count written to `out` (<= before+after+1).
 RX_HOST_DEVICE int window_chunks(int64_t chunk, int64_t n_chunks, int before, int after,
-                                 int64_t* out) {
+                                 int64_t* out, bool distinct = true) {
   int count = 0;
   for (int offset = -before; offset <= after; ++offset) {
     const int64_t c = wrap_chunk(chunk + offset, n_chunks);
     bool seen = false;
-    for (int k = 0; k < count; ++k) seen = seen || (out[k] == c);
+    for (int k = 0; distinct && k < count; ++k) seen = seen || (out[k] == c);
     if (!seen) out[count++] = c;
   }
   return count;
 }
 
-// The distinct query chunks whose window contains key chunk `chunk`: the mirror image of
-// window_chunks (offsets +before..-after), so a key chunk's gradient is summed in a fixed order.
+// The query chunks whose window contains key chunk `chunk`: the mirror image of window_chunks
+// (offsets +before..-after, distinct or once per offset alike), so a key chunk's gradient is
+// summed in a fixed order.
 RX_HOST_DEVICE int chunks_seeing(int64_t chunk, int64_t n_chunks, int before, int after,
-                                 int64_t* out) {
+                                 int64_t* out, bool distinct = true) {
   int count = 0;
   for (int offset = before; offset >= -after; --offset) {
     const int64_t c = wrap_chunk(chunk + offset, n_chunks);
     bool seen = false;
-    for (int k = 0; k < count; ++k) seen = seen || (out[k] == c);
+    for (int k = 0; distinct && k < count; ++k) seen = seen || (out[k] == c);
     if (!seen) out[count++] = c;
   }
   return count;
@@ -63,16 +65,20 @@ RX_HOST_DEVICE int chunks_seeing(int64_t chunk, int64_t n_chunks, int before, in
 // A logit after the masks of docs/semantics.md §1 step 5 (padding keys are never passed here: their
 // weight exp(-1e9 - lse) is exactly zero, since the query always sees itself at >= -1e5).
 // Selects instead of branches, so loops over keys vectorise.
+// `self_mask` false (local attention, docs/semantics.md §9) leaves j == i unmasked.
 template <typename acc_t, typename pos_t>
-RX_HOST_DEVICE acc_t masked_logit(acc_t logit, pos_t query_pos, pos_t key_pos, bool causal) {
-  const acc_t value = key_pos == query_pos ? static_cast<acc_t>(kSelfLogit) : logit;
+RX_HOST_DEVICE acc_t masked_logit(acc_t logit, pos_t query_pos, pos_t key_pos, bool causal,
+                                  bool self_mask = true) {
+  const acc_t value =
+      (self_mask && key_pos == query_pos) ? static_cast<acc_t>(kSelfLogit) : logit;
   return (causal && key_pos > query_pos) ? static_cast<acc_t>(kMaskedLogit) : value;
 }
 
 // True when the logit was replaced by a constant, so it has no gradient.
 template <typename pos_t>
-RX_HOST_DEVICE bool logit_is_replaced(pos_t query_pos, pos_t key_pos, bool causal) {
-  return key_pos == query_pos || (causal && key_pos > query_pos);
+RX_HOST_DEVICE bool logit_is_replaced(pos_t query_pos, pos_t key_pos, bool causal,
+                                      bool self_mask = true) {
+  return (self_mask && key_pos == query_pos) || (causal && key_pos > query_pos);
 }
 
 // Bucket of one hash round: the argmax over [p, -p] (length 2 * half) with ties to the lowest

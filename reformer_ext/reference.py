@@ -1,5 +1,5 @@
-"""Plain-PyTorch references of the Reformer LSH attention (docs/semantics.md §1) and of the
-reversible Reformer stack (docs/semantics.md §3).
+"""Plain-PyTorch references of the Reformer LSH attention (docs/semantics.md §1), of the
+reversible Reformer stack (docs/semantics.md §3) and of local attention (§9).
 
 This is the oracle the C++/CUDA kernels are tested against. It is written to be
 read, not to be fast: it follows the paper step by step (hash, sort, chunk,
@@ -15,7 +15,8 @@ import math
 
 import torch
 
-__all__ = ["lsh_buckets_reference", "lsh_attention_reference", "reformer_stack_reference"]
+__all__ = ["local_attention_reference", "lsh_buckets_reference", "lsh_attention_reference",
+           "reformer_stack_reference"]
 
 # Mask constants of docs/semantics.md §1 step 5, used by replacement in the accumulator dtype.
 MASK_VALUE = -1e9  # padding key, or causal j > i
@@ -240,3 +241,53 @@ def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
         hidden = _seeded_dropout(act(h @ w1.t() + b1), dropout_p, s_hidden)
         x2 = x2 + _seeded_dropout(hidden @ w2.t() + b2, dropout_p, s_out)
     return x1, x2
+
+
+def local_attention_reference(q, k, v, *, chunk_length=64, causal=False, n_chunks_before=1,
+                              n_chunks_after=0, scale=None, key_padding_mask=None):
+    """Local attention of docs/semantics.md §9, written out: pad to L' = ceil(L / m) * m, list
+    for every chunk c the key chunks c + o for o = -before..+after modulo the number of chunks
+    (a chunk once per offset reaching it; with a single chunk, that chunk once), replace masked
+    logits by -1e9, softmax over the window. Returns (out, lse); padding queries (and the tail)
+    give out 0 and lse 0. Gradients by autograd; exact in float64."""
+    B, H, L, D = q.shape
+    Dv = v.shape[-1]
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    m = chunk_length
+    L_pad = (L + m - 1) // m * m
+    n_chunks = L_pad // m
+    dtype = _compute_dtype(q.dtype)
+    device = q.device
+
+    def padded(x):
+        x = x.to(dtype)
+        return torch.cat([x, x.new_zeros(B, H, L_pad - L, x.shape[-1])], dim=2)
+
+    qp, kp, vp = padded(q), padded(k), padded(v)
+    pad = _padding(key_padding_mask, B, L, L_pad, device)  # (B, L')
+    if n_chunks == 1:
+        offsets = [0]  # a single chunk: plain full attention (HF does the same for L <= m)
+    else:
+        offsets = list(range(-n_chunks_before, n_chunks_after + 1))
+    chunk = torch.arange(n_chunks, device=device)
+    # (n_chunks, W): key positions of each query chunk's window, chunk after chunk in offset order
+    window = torch.cat([((chunk + o) % n_chunks)[:, None] * m + torch.arange(m, device=device)
+                        for o in offsets], dim=1)
+    qc = qp.view(B, H, n_chunks, m, D)
+    kw = kp[:, :, window]  # (B, H, n_chunks, W, D)
+    vw = vp[:, :, window]
+    logits = scale * torch.einsum("bhcid,bhcjd->bhcij", qc, kw)
+    qpos = torch.arange(L_pad, device=device).view(n_chunks, m)
+    masked = pad[:, None, window][:, :, :, None, :].expand(logits.shape)
+    if causal:
+        masked = masked | (window[:, None, :] > qpos[:, :, None])
+    logits = torch.where(masked, torch.full_like(logits, MASK_VALUE), logits)
+    lse = torch.logsumexp(logits, dim=-1)
+    out = torch.einsum("bhcij,bhcjd->bhcid", torch.exp(logits - lse[..., None]), vw)
+    out = out.reshape(B, H, L_pad, Dv)[:, :, :L]
+    lse = lse.reshape(B, H, L_pad)[:, :, :L]
+    query_pad = pad[:, None, :L]
+    out = torch.where(query_pad[..., None], torch.zeros_like(out), out)
+    lse = torch.where(query_pad, torch.zeros_like(lse), lse)
+    return out.to(q.dtype), lse

@@ -33,8 +33,8 @@ from reformer_ext.ops import reformer_stack as stack_ops
 from reformer_ext.ops.chunked_ffn import ACTIVATIONS
 from reformer_ext.ops.reformer_stack import LAYER_WEIGHT_NAMES, WEIGHTS_PER_LAYER, StackOptions
 from reformer_ext.ops.seeded_random import hidden_dropout_keep_mask, seeded_rotations
-from reformer_ext.reference import (lsh_attention_reference, lsh_buckets_reference,
-                                    reformer_stack_reference)
+from reformer_ext.reference import (local_attention_reference, lsh_attention_reference,
+                                    lsh_buckets_reference, reformer_stack_reference)
 
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 ops = torch.ops.reformer

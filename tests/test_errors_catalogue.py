@@ -1,7 +1,8 @@
 """The bad-input catalogues as a whole: every public entry point of reformer_ext and
 reformer_ext.nn has one, and every argument of each has at least one bad-input case. The
-catalogues themselves are in tests/test_lsh_attention_errors.py, tests/test_chunked_ffn_errors.py
-and tests/test_nn_errors.py (their machinery in tests/_helpers.py).
+catalogues themselves are in tests/test_lsh_attention_errors.py, tests/test_chunked_ffn_errors.py,
+tests/test_local_attention_errors.py (with rx.nn.LocalSelfAttention) and tests/test_nn_errors.py
+(their machinery in tests/_helpers.py).
 
 `python tests/test_errors_catalogue.py --markdown PATH` writes every bad input tried and what it
 got.
@@ -13,12 +14,14 @@ import reformer_ext as rx
 import reformer_ext.nn as rnn
 
 import test_chunked_ffn_errors
+import test_local_attention_errors
 import test_lsh_attention_errors
 import test_nn_errors
 from _helpers import Catalogue
 
 CATALOGUES = {module.__name__: module.CATALOGUE for module in (
-    test_lsh_attention_errors, test_chunked_ffn_errors, test_nn_errors)}
+    test_lsh_attention_errors, test_chunked_ffn_errors, test_local_attention_errors,
+    test_nn_errors)}
 
 
 def test_catalogue_is_exhaustive():
@@ -38,7 +41,8 @@ def test_catalogue_is_exhaustive():
     public_fns = {n for n in rx.__all__ if n not in ("nn", "ops")} - build_queries  # namespaces
     assert public_fns <= {e.split(".", 1)[1] for e in args if e.startswith("rx.")}, \
         "a public function has no catalogue entry"
-    missing_modules = set(rnn.__all__) - set(test_nn_errors.MODULES) - not_catalogued
+    missing_modules = (set(rnn.__all__) - set(test_nn_errors.MODULES)
+                       - set(test_local_attention_errors.MODULES) - not_catalogued)
     assert not missing_modules, f"public modules without a catalogue entry: {missing_modules}"
     covered = {e: set() for e in args}
     base_of = {e: f for catalogue in CATALOGUES.values() for e, f in catalogue.base_of.items()}

@@ -8,7 +8,8 @@
   a GPU);
 - opcheck's default utilities (schema, autograd registration, fake tensor, AOT dispatch
   dynamic), operator by operator: the LSH operators (lsh_buckets, lsh_attention,
-  lsh_attention_backward) in float32/float64 on the CPU and on CUDA, chunked_ffn and
+  lsh_attention_backward) in float32/float64 on the CPU and on CUDA, the local attention
+  operators (local_attention, local_attention_backward) in float32/float64, chunked_ffn and
   chunked_ffn_backward with and without biases and dropout, reformer_stack and
   reformer_stack_backward.
 """
@@ -23,8 +24,8 @@ from _helpers import (BF16, F32, F64, cuda, ffn_params, ffn_randn, lsh_case, lsh
                       lsh_cotangents, lsh_inputs, lsh_seed, ops, stack_op_args)
 
 ALL_UTILS = tuple(ALL_TEST_UTILS)  # schema, autograd registration, fake, aot static and dynamic
-OPS = ["lsh_buckets", "lsh_attention", "lsh_attention_backward", "chunked_ffn",
-       "chunked_ffn_backward"]
+OPS = ["lsh_buckets", "lsh_attention", "lsh_attention_backward", "local_attention",
+       "local_attention_backward", "chunked_ffn", "chunked_ffn_backward"]
 
 
 def _randn(*shape, dtype, device, generator):
@@ -52,6 +53,30 @@ def _lsh_samples(dtype, device):
                                rotations, *options)),
             ("lsh_attention_backward", (grad_out, grad_lse if causal else None, qk, v, out,
                                         stats, positions, *options)),
+        ]
+    return samples
+
+
+def _local_samples(dtype, device, L=11, m=4, before=1, after=0):
+    """(op name, args) for the two local attention operators: padding mask and causal, then
+    neither (and grad_lse absent)."""
+    g = torch.Generator().manual_seed(7)
+    B, H, D, Dv = 2, 2, 8, 6
+    q, k = (_randn(B, H, L, D, dtype=dtype, device=device, generator=g) for _ in range(2))
+    v = _randn(B, H, L, Dv, dtype=dtype, device=device, generator=g)
+    mask = torch.zeros(B, L, dtype=torch.bool, device=device)
+    mask[1, L - 3:] = True
+    samples = []
+    for key_mask, causal in ((mask, True), (None, False)):
+        options = (key_mask, m, causal, before, after, 0.5)
+        out, lse, stats = ops.local_attention(q, k, v, *options)
+        grad_out = _randn(*out.shape, dtype=dtype, device=device, generator=g)
+        grad_lse = _randn(*lse.shape, dtype=lse.dtype, device=device, generator=g)
+        samples += [
+            ("local_attention", (q.clone().requires_grad_(), k.clone().requires_grad_(),
+                                 v.clone().requires_grad_(), *options)),
+            ("local_attention_backward", (grad_out, grad_lse if causal else None, q, k, v, out,
+                                          stats, *options)),
         ]
     return samples
 
@@ -89,7 +114,8 @@ def _ffn_samples(dtype, device):
 
 def _opcheck(op_name, dtype, device, utils):
     samples = [(name, args) for name, args in _lsh_samples(dtype, device)
-               + _ffn_samples(dtype, device) if name == op_name]
+               + _local_samples(dtype, device) + _ffn_samples(dtype, device)
+               if name == op_name]
     assert samples
     for _, args in samples:
         result = torch.library.opcheck(getattr(ops, op_name).default, args, test_utils=utils)
@@ -176,6 +202,18 @@ def test_lsh_cuda_opcheck_and_fake():
 
 
 # ------------------------------------------- default utilities: the chunked feed-forward
+
+
+# ----------------------------------------------- default utilities: the local attention operators
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(11, 4, 1, 0), (8, 4, 1, 1), (5, 8, 2, 1)],
+                         ids=["L11-m4-b1a0", "L8-m4-b1a1-repeated", "L5-m8-single-chunk"])
+def test_local_attention_default_utils(shape, dtype):
+    for name, args in _local_samples(dtype, "cpu", *shape):
+        result = torch.library.opcheck(getattr(ops, name).default, args)
+        assert all(v == "SUCCESS" for v in result.values()), (name, result)
 
 
 def _ffn_op_samples():

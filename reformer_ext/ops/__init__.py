@@ -1,6 +1,7 @@
 """The Python side of the ``torch.ops.reformer`` operators, one module per operator family:
 
 - :mod:`.lsh_attention`: ``lsh_buckets``, ``lsh_attention`` (+ backward);
+- :mod:`.local_attention`: ``local_attention`` (+ backward);
 - :mod:`.chunked_ffn`: ``chunked_ffn`` (+ backward);
 - :mod:`.reformer_stack`: ``reformer_stack`` (+ backward);
 - :mod:`.gemm`: the private ``_gemm`` (tests and benchmarks).
@@ -13,6 +14,8 @@ name these modules (``set_python_module`` in csrc/registration.cpp), so torch im
 one when it meets an operator first.
 """
 
-from . import chunked_ffn, gemm, lsh_attention, reformer_stack, seeded_random  # noqa: F401
+from . import (chunked_ffn, gemm, local_attention, lsh_attention, reformer_stack,  # noqa: F401
+               seeded_random)
 
-__all__ = ["chunked_ffn", "gemm", "lsh_attention", "reformer_stack", "seeded_random"]
+__all__ = ["chunked_ffn", "gemm", "local_attention", "lsh_attention", "reformer_stack",
+           "seeded_random"]

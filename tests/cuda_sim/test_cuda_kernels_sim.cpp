@@ -4,6 +4,8 @@
 // lsh_attention_backward, lsh_buckets through the dispatcher):
 //   - attention forward + backward: FFMA kernels (float, double, and fp16/bf16 inputs with fp32
 //     accumulation) and tensor-core kernels (fp16/bf16, D = Dv in {32, 64, 128});
+//   - local attention (the FFMA kernels with local parameters) against reformer::local_attention
+//     and local_attention_backward (csrc/local_attention.h);
 //   - hashing: lsh_hash.cuh (FFMA) and lsh_hash_mma.cuh (tensor cores, with the three rotation
 //     pieces built as csrc/cuda/lsh_hash_cuda.cu builds them), bucket for bucket;
 //   - the simulator itself: fp16/bf16 conversions, its mma emulation against the kernels'
@@ -41,6 +43,7 @@
 #include "kernels/lsh_hash_mma.cuh"
 
 #include "csrc/cuda/rotation_pieces.h"
+#include "csrc/local_attention.h"
 #include "sim_checks.h"
 #include "tests/cpp/reformer_ops.h"
 
@@ -708,6 +711,152 @@ TEST(CudaSimRuntime, ReportsWhatTheHardwareLeavesUndefined) {
   int ok = 0;
   cuda_sim::launch(1, 32, 0, [&] { ok = __syncthreads_or(threadIdx.x == 3); });
   EXPECT_EQ(ok, 1);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ local attention
+//
+// The FFMA kernels in their local attention form (docs/semantics.md §9: identity order, one
+// round, separate keys of unit scale, no self-mask, windows that repeat a chunk reached by
+// several offsets), driven as csrc/cuda/local_attention_cuda.cu drives them, against the CPU
+// operators reformer::local_attention / local_attention_backward (csrc/local_attention.h).
+namespace {
+
+struct LocalCase {
+  const char* name;
+  int64_t B, H, L, chunk;
+  int before, after;
+  bool causal, masked;
+  uint64_t seed;
+};
+
+// Chunks above one CTA's 16 rows and not multiples of it, odd L (a tail), a single chunk
+// (full attention), two and three chunks whose windows reach a chunk twice, causal and not,
+// padding with an all-padding batch row.
+const LocalCase kLocalCases[] = {
+    {"L45_chunk20_b1a0", 1, 2, 45, 20, 1, 0, false, false, 1},
+    {"L70_chunk35_b1a1_two_chunks_causal_masked", 2, 1, 70, 35, 1, 1, true, true, 2},
+    {"L50_chunk18_b2a1_three_chunks_masked", 2, 2, 50, 18, 2, 1, false, true, 3},
+    {"L30_chunk40_single_chunk_causal", 1, 2, 30, 40, 1, 2, true, false, 4},
+    {"L77_chunk8_b0a2", 1, 1, 77, 8, 0, 2, false, true, 5},
+};
+
+template <typename scalar_t, typename acc_t, int kSlots>
+void check_local(const LocalCase& c, int64_t D, int64_t Dv, at::ScalarType dtype, double rtol,
+           double atol_of_max) {
+  SCOPED_TRACE(std::string(c.name) + " D=" + std::to_string(D) + " Dv=" + std::to_string(Dv));
+  at::manual_seed(c.seed * 1000 + D);
+  const Tensor q = at::randn({c.B, c.H, c.L, D}, at::kDouble).to(dtype);
+  const Tensor k = at::randn({c.B, c.H, c.L, D}, at::kDouble).to(dtype);
+  const Tensor v = at::randn({c.B, c.H, c.L, Dv}, at::kDouble).to(dtype);
+  const Tensor dout = at::randn({c.B, c.H, c.L, Dv}, at::kDouble).to(dtype);
+  const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const Tensor dlse = at::randn({c.B, c.H, c.L}, at::kDouble).to(acc);
+  Tensor mask;
+  std::optional<Tensor> opt_mask;
+  if (c.masked) {
+    mask = at::rand({c.B, c.L}, at::kDouble) < 0.25;
+    if (c.B > 1) mask[c.B - 1].fill_(true);
+    opt_mask = mask;
+  }
+  const double scale = 1.0 / std::sqrt(double(D));
+  // The CPU operators in double precision on the same (exactly representable) inputs.
+  const Tensor q64 = q.to(at::kDouble), k64 = k.to(at::kDouble), v64 = v.to(at::kDouble);
+  auto [ref_out, ref_lse, ref_stats] = reformer::local_attention(
+      q64, k64, v64, opt_mask, c.chunk, c.causal, c.before, c.after, scale);
+  auto [ref_dq, ref_dk, ref_dv] = reformer::local_attention_backward(
+      dout.to(at::kDouble), dlse.to(at::kDouble), q64, k64, v64, ref_out, ref_stats, opt_mask,
+      c.chunk, c.causal, c.before, c.after, scale);
+
+  // make_local_params of csrc/cuda/local_attention_cuda.cu
+  AttentionParams p{};
+  p.batch = c.B;
+  p.heads = c.H;
+  p.length = c.L;
+  p.padded_length = reformer::padded_length(c.L, c.chunk);
+  p.dim = D;
+  p.value_dim = Dv;
+  p.bucket_size = c.chunk;
+  p.chunks_per_round = p.padded_length / c.chunk;
+  p.n_chunks = p.chunks_per_round;
+  p.before = c.before;
+  p.after = c.after;
+  p.causal = c.causal;
+  p.scale = scale;
+  p.padding = c.masked ? mask.data_ptr<bool>() : nullptr;
+  p.sorted = nullptr;
+  p.self_mask = false;
+  p.distinct_window = p.n_chunks == 1;
+
+  Tensor out_acc = at::zeros({c.B, c.H, c.L, Dv}, acc);
+  Tensor stats = at::full({c.B, c.H, c.L, 2}, -std::numeric_limits<double>::infinity(), acc);
+  ForwardArgs<scalar_t, acc_t> fa{data<scalar_t>(q), data<scalar_t>(v), nullptr,
+                                  data<acc_t>(out_acc), data<acc_t>(stats)};
+  fa.k = data<scalar_t>(k);
+  SharedCarver fwd_carver{nullptr};
+  ForwardShared<acc_t>::carve(fwd_carver, D, Dv);
+  cuda_sim::launch(ctas_per_round(p), kThreads, fwd_carver.used,
+                   [&] { lsh_forward_round_kernel<scalar_t, acc_t, kSlots>(p, fa, 0); });
+  stats.masked_fill_(stats.isneginf(), 0);
+  const Tensor lse = at::add(stats.select(3, 0), stats.select(3, 1));
+  const Tensor out = out_acc.to(dtype);
+
+  Tensor delta = at::mul(dout.to(acc), out.to(acc)).sum(-1);
+  delta.sub_(dlse);
+  delta = delta.contiguous();
+  Tensor dq = at::zeros({c.B, c.H, c.L, D}, acc), dk = at::zeros({c.B, c.H, c.L, D}, acc);
+  Tensor dv = at::zeros({c.B, c.H, c.L, Dv}, acc);
+  BackwardArgs<scalar_t, acc_t> ba{data<scalar_t>(q),  data<scalar_t>(v),   data<scalar_t>(dout),
+                                   nullptr,            data<acc_t>(stats),  data<acc_t>(delta),
+                                   data<acc_t>(dq),    data<acc_t>(dv)};
+  ba.k = data<scalar_t>(k);
+  ba.dk = data<acc_t>(dk);
+  SharedCarver query_carver{nullptr}, key_carver{nullptr};
+  QueryPassShared<acc_t>::carve(query_carver, D, Dv);
+  KeyPassShared<acc_t>::carve(key_carver, D, Dv);
+  cuda_sim::launch(ctas_per_round(p), kThreads, query_carver.used,
+                   [&] { lsh_backward_query_kernel<scalar_t, acc_t, kSlots>(p, ba, 0); });
+  cuda_sim::launch(ctas_per_round(p), kThreads, key_carver.used,
+                   [&] { lsh_backward_key_kernel<scalar_t, acc_t, kSlots>(p, ba, 0); });
+
+  EXPECT_TRUE(close(out, ref_out, rtol, atol_of_max, "out"));
+  EXPECT_TRUE(close(lse, ref_lse, rtol, atol_of_max, "lse"));
+  EXPECT_TRUE(close(dq.to(dtype), ref_dq, rtol, atol_of_max, "grad_q"));
+  EXPECT_TRUE(close(dk.to(dtype), ref_dk, rtol, atol_of_max, "grad_k"));
+  EXPECT_TRUE(close(dv.to(dtype), ref_dv, rtol, atol_of_max, "grad_v"));
+  if (c.masked) {
+    const Tensor pad = mask.view({c.B, 1, c.L, 1}).expand({c.B, c.H, c.L, 1});
+    for (const auto& [name, t] : {std::pair{"out", out}, {"stats", stats}, {"grad_q", dq},
+                                  {"grad_k", dk}, {"grad_v", dv}}) {
+      const Tensor at_padding = t.to(at::kDouble).masked_select(pad);
+      EXPECT_TRUE(at_padding.numel() == 0 || at_padding.abs().max().item<double>() == 0.0)
+          << name << " is not 0 at padding positions";
+    }
+  }
+}
+
+TEST(CudaSimLocalAttentionFfma, Float) {
+  const int64_t dims[][2] = {{32, 32}, {64, 40}, {16, 24}, {128, 96}, {20, 8}};
+  int i = 0;
+  for (const LocalCase& c : kLocalCases) {
+    const int64_t D = dims[i][0], Dv = dims[i][1];
+    ++i;
+    switch (slots_for(std::max(D, Dv))) {
+      case 1: check_local<float, float, 1>(c, D, Dv, at::kFloat, 1e-4, 1e-5); break;
+      case 2: check_local<float, float, 2>(c, D, Dv, at::kFloat, 1e-4, 1e-5); break;
+      default: check_local<float, float, 4>(c, D, Dv, at::kFloat, 1e-4, 1e-5); break;
+    }
+  }
+}
+
+TEST(CudaSimLocalAttentionFfma, Double) {
+  check_local<double, double, 2>(kLocalCases[1], 24, 40, at::kDouble, 1e-10, 1e-12);
+  check_local<double, double, 1>(kLocalCases[2], 16, 16, at::kDouble, 1e-10, 1e-12);
+}
+
+TEST(CudaSimLocalAttentionFfma, BFloat16Inputs) {
+  check_local<c10::BFloat16, float, 2>(kLocalCases[2], 40, 64, at::kBFloat16, 0.0, 0x1p-7);
 }
 
 }  // namespace
