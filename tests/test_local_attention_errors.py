@@ -77,7 +77,7 @@ MODULES = {
     "LocalSelfAttention": ModuleAPI(
         rnn.LocalSelfAttention,
         lambda: dict(d_model=MD, n_heads=2, d_head=None, chunk_length=4, n_chunks_before=1,
-                     n_chunks_after=0, causal=False, device=None, dtype=None),
+                     n_chunks_after=0, causal=False, out_bias=True, device=None, dtype=None),
         ("d_model", "n_heads"),
         lambda m, a: m(a["x"], a["key_padding_mask"]),
         ("x", "key_padding_mask")),
@@ -208,6 +208,7 @@ CATALOGUE.cases += [
       MOD),
     C("n_chunks_after=64 (module)", lambda t: dict(n_chunks_after=64), "n_chunks_", MOD),
     C("causal=1 (module)", lambda t: dict(causal=1), "causal", MOD),
+    C("out_bias=1 (module)", lambda t: dict(out_bias=1), "out_bias", MOD),
     C("device='nowhere'", lambda t: dict(device="nowhere"), "device", MOD),
     C("dtype=int32", lambda t: dict(dtype=torch.int32), "dtype", MOD),
     # ---- the module's forward

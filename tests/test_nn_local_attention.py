@@ -119,7 +119,8 @@ def _hf_pair(dtype, *, is_decoder, chunk, before, after, d_model=24, heads=3):
     theirs = hf.LocalSelfAttention(config).to(dtype).eval()
     dense = hf.ReformerSelfOutput(config).to(dtype).eval()
     ours = rx.nn.LocalSelfAttention(d_model, heads, chunk_length=chunk, n_chunks_before=before,
-                                    n_chunks_after=after, causal=is_decoder, dtype=dtype)
+                                    n_chunks_after=after, causal=is_decoder, out_bias=False,
+                                    dtype=dtype)
     with torch.no_grad():
         ours.to_q.weight.copy_(theirs.query.weight)
         ours.to_k.weight.copy_(theirs.key.weight)

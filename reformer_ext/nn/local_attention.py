@@ -20,8 +20,8 @@ class LocalSelfAttention(tnn.Module):
 
     ``x (B, L, d_model)`` -> ``to_q``, ``to_k``, ``to_v`` (Linear, no bias; HF's ``query``,
     ``key``, ``value``) -> heads of ``d_head`` -> :func:`reformer_ext.local_attention` with scale
-    ``1 / sqrt(d_head)`` -> merge heads -> ``to_out`` (Linear, no bias; HF's
-    ``ReformerSelfOutput.dense``). Any ``L >= 1``: the operator pads to a multiple of
+    ``1 / sqrt(d_head)`` -> merge heads -> ``to_out`` (Linear; HF's ``ReformerSelfOutput.dense``,
+    which has no bias: ``out_bias=False``). Any ``L >= 1``: the operator pads to a multiple of
     ``chunk_length`` itself.
 
     Args:
@@ -32,15 +32,18 @@ class LocalSelfAttention(tnn.Module):
         n_chunks_before, n_chunks_after: how many neighbouring chunks each chunk attends to
             (cyclically, as HF; docs/semantics.md §9).
         causal: mask keys after the query (HF's ``is_decoder``).
+        out_bias: whether ``to_out`` has a bias (default True, as LSHSelfAttention; HF's output
+            projection has none, so converted HF models use False).
 
     ``forward(x, key_padding_mask=None)``: ``key_padding_mask`` is ``(B, L)`` bool, True marks
-    padding (HF's ``attention_mask`` is its negation). Outputs at padded positions are 0; outputs
-    at the other positions do not depend on padded tokens.
+    padding (HF's ``attention_mask`` is its negation). Outputs at padded positions are
+    ``to_out``'s bias (0 without one); outputs at the other positions do not depend on padded
+    tokens.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, d_head: Optional[int] = None,
                  chunk_length: int = 64, n_chunks_before: int = 1, n_chunks_after: int = 0,
-                 causal: bool = False, device=None, dtype=None):
+                 causal: bool = False, out_bias: bool = True, device=None, dtype=None):
         super().__init__()
         d_model, n_heads = check_int(d_model, "d_model", 1), check_int(n_heads, "n_heads", 1)
         chunk_length = check_int(chunk_length, "chunk_length", 1)
@@ -57,6 +60,7 @@ class LocalSelfAttention(tnn.Module):
             d_head = d_model // n_heads
         d_head = check_int(d_head, "d_head", 1)
         causal = check_bool(causal, "causal")
+        out_bias = check_bool(out_bias, "out_bias")
         check_float_dtype(dtype)
         factory = dict(device=device, dtype=dtype)
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
@@ -67,7 +71,7 @@ class LocalSelfAttention(tnn.Module):
         self.to_q = tnn.Linear(d_model, inner, bias=False, **factory)
         self.to_k = tnn.Linear(d_model, inner, bias=False, **factory)
         self.to_v = tnn.Linear(d_model, inner, bias=False, **factory)
-        self.to_out = tnn.Linear(inner, d_model, bias=False, **factory)
+        self.to_out = tnn.Linear(inner, d_model, bias=out_bias, **factory)
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
         check_input(x, "x", self.to_q.weight)

@@ -135,9 +135,14 @@ def _backward(ctx, grad_y1, grad_y2):
     rotations, weights = rest[:ctx.depth], rest[ctx.depth:]
     grad_x1, grad_x2, grad_weights = torch.ops.reformer.reformer_stack_backward(
         grad_y1, grad_y2, y1, y2, weights, rotations, key_padding_mask, seeds, *ctx.options)
-    # rotations (a list), key_padding_mask, seeds and the options get no gradient
-    return ((grad_x1, grad_x2, grad_weights, [None] * ctx.depth, None, None)
-            + (None,) * len(ctx.options))
+    # rotations (a list), key_padding_mask, seeds and the options get no gradient. The options'
+    # None must mirror torch.library's view of the inputs: an int list is one leaf (None), but
+    # an empty list is an empty list; and trailing options left at their schema defaults are
+    # not inputs at all (the dispatcher drops them), hence the cut to the input count.
+    grads = ((grad_x1, grad_x2, grad_weights, [None] * ctx.depth, None, None)
+             + tuple([] if isinstance(o, (list, tuple)) and not o else None
+                     for o in ctx.options))
+    return grads[:len(ctx.needs_input_grad)]
 
 
 torch.library.register_autograd("reformer::reformer_stack", _backward,
