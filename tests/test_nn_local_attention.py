@@ -57,13 +57,17 @@ def test_padding_independence_and_zero_output():
     a, b = attn(x, mask), attn(y, mask)
     keep = ~mask
     torch.testing.assert_close(a[keep], b[keep], rtol=1e-5, atol=1e-5)
-    assert (a[mask] == 0).all()  # to_out has no bias
+    assert (a[mask] == attn.to_out.bias).all()  # the operator's padding output is 0
 
 
 def test_module_interface():
     attn = rx.nn.LocalSelfAttention(32, 4, chunk_length=16, n_chunks_after=1, causal=True)
     assert [n for n, _ in attn.named_parameters()] == ["to_q.weight", "to_k.weight",
-                                                       "to_v.weight", "to_out.weight"]
+                                                       "to_v.weight", "to_out.weight",
+                                                       "to_out.bias"]
+    hf_like = rx.nn.LocalSelfAttention(32, 4, out_bias=False)  # HF's projections: no bias
+    assert [n for n, _ in hf_like.named_parameters()] == ["to_q.weight", "to_k.weight",
+                                                          "to_v.weight", "to_out.weight"]
     assert attn.d_head == 8
     r = repr(attn)
     for part in ("d_model=32", "n_heads=4", "d_head=8", "chunk_length=16", "n_chunks_before=1",
