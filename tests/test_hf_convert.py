@@ -43,7 +43,27 @@ CONFIGS = {
     "one_hash": dict(cls=ReformerModelWithLMHead, is_decoder=True, axial_pos_embds=True,
                      axial_pos_shape=[8, 8], axial_pos_embds_dim=[8, 24], num_buckets=[4, 2],
                      num_hashes=1, hidden_act="silu", chunk_size_feed_forward=0),
+    # the crime-and-punishment layer pattern: local and LSH layers alternating, equal chunks
+    "crime_mixed": dict(cls=ReformerModelWithLMHead, is_decoder=True, axial_pos_embds=True,
+                        axial_pos_shape=[8, 8], axial_pos_embds_dim=[8, 24],
+                        num_buckets=[2, 4], num_hashes=1, hidden_act="relu",
+                        chunk_size_feed_forward=0,
+                        attn_layers=["local", "lsh", "local", "lsh"],
+                        local_attn_chunk_length=8),
+    # bidirectional, local chunks of 12 beside LSH chunks of 8: HF pads inputs to a multiple of
+    # 24, which moves where a local layer's first chunk looks back to
+    "mlm_mixed": dict(cls=ReformerForMaskedLM, is_decoder=False, axial_pos_embds=True,
+                      axial_pos_shape=[8, 8], axial_pos_embds_dim=[16, 16], num_buckets=4,
+                      num_hashes=2, hidden_act="gelu", chunk_size_feed_forward=0,
+                      attn_layers=["lsh", "local", "local"], local_attn_chunk_length=12,
+                      local_num_chunks_before=1, local_num_chunks_after=1),
 }
+
+# Lengths run per configuration: the maximum, one not a multiple of the chunk length (HF pads
+# it internally), one at and one below the chunk length (HF's full-attention path). mlm_mixed:
+# HF pads to a multiple of 24, so its longest input is 48 (72 would pass its 64 positions).
+LENGTHS = {name: (64, 37, 8, 5) for name in CONFIGS}
+LENGTHS["mlm_mixed"] = (48, 37, 25, 20, 12, 5)
 
 
 def make_config(name, **overrides):
@@ -125,13 +145,12 @@ def test_lm_parity(name):
     assert not ours.training
     assert ours.reformer.layers[0].f.attn.causal == model.config.is_decoder
     torch.manual_seed(1)
-    # the maximum length, one not a multiple of the chunk length (HF pads it internally), one
-    # below the chunk length (HF's full-attention path)
-    for length in (64, 37, 8, 5):
+    for length in LENGTHS[name]:
         if model.config.chunk_size_feed_forward and length % model.config.chunk_size_feed_forward:
             continue
         tokens = torch.randint(1, VOCAB, (2, length))
-        check_parity(ours, model, tokens, all_float32=name in ("one_hash", "mlm"))
+        check_parity(ours, model, tokens,
+                     all_float32=name in ("one_hash", "mlm", "crime_mixed", "mlm_mixed"))
 
 
 def self_only_positions(ours, tokens, key_padding_mask=None):
@@ -178,12 +197,12 @@ def test_lm_parity_depth1_float32(name):
     assert artefact[self_only].max() > 3e-6 and artefact[~self_only].max() < 2e-6
 
 
-@pytest.mark.parametrize("name", ["crime", "enwik8", "mlm"])
+@pytest.mark.parametrize("name", ["crime", "enwik8", "mlm", "crime_mixed", "mlm_mixed"])
 def test_lm_parity_attention_mask(name):
     model = make_hf(name, seed=3)
     ours = rx.nn.ReformerLM.from_hf(model)
     torch.manual_seed(2)
-    for length in (64, 44, 8):
+    for length in ((48, 44, 8) if name == "mlm_mixed" else (64, 44, 8)):
         tokens = torch.randint(1, VOCAB, (3, length))
         mask = torch.ones(3, length, dtype=torch.long)
         mask[0, -9:] = 0        # right padding
@@ -283,7 +302,10 @@ def _bad(name="crime", cls=None, **config_fields):
 
 
 @pytest.mark.parametrize("fields, error, match", [
-    (dict(attn_layers=["lsh", "local"]), NotImplementedError, "attn_layers"),
+    (dict(local_attn_chunk_length=0, attn_layers=["lsh", "local"]), ValueError,
+     "local_attn_chunk_length"),
+    (dict(local_num_chunks_before=-1, attn_layers=["local", "local"]), ValueError,
+     "local_num_chunks_before"),
     (dict(attn_layers=["lsh", "global"]), ValueError, "attn_layers"),
     (dict(attn_layers=["lsh"]), ValueError, "attn_layers"),
     (dict(num_buckets=[2, 3]), ValueError, "num_buckets"),
@@ -298,10 +320,31 @@ def test_config_errors(fields, error, match):
         rx.nn.ReformerLM.from_hf(_bad(**fields))
 
 
-def test_local_layers_refused_and_class_errors(tmp_path):
-    model = make_hf("crime", attn_layers=["local", "lsh"], local_attn_chunk_length=8)
-    with pytest.raises(NotImplementedError, match="attn_layers"):
-        rx.nn.ReformerLM.from_hf(model)
+def test_mixed_layers_become_local_and_lsh_modules():
+    model = make_hf("mlm_mixed")
+    ours = rx.nn.ReformerLM.from_hf(model)
+    kinds = [type(block.f.attn).__name__ for block in ours.reformer.layers]
+    assert kinds == ["LSHSelfAttention", "LocalSelfAttention", "LocalSelfAttention"]
+    assert ours.reformer.stack_options.local_layers == (1, 2)
+    assert ours.reformer.pad_to_multiple_of == 24
+    # HF's padding rule matters here: without it a local layer's first chunk would look back
+    # into another last chunk (bidirectional), and the logits would differ
+    tokens = torch.randint(1, VOCAB, (1, 25))  # HF pads to 48; the layers alone to 32 and 36
+    with torch.no_grad():
+        padded = ours(tokens)
+        ours.reformer.pad_to_multiple_of = None
+        unpadded = ours(tokens)
+    assert rel_err(unpadded, padded).max() > 1e-3
+
+
+def test_local_only_model_needs_no_lsh_fields():
+    model = make_hf("crime", attn_layers=["local", "local"], local_attn_chunk_length=8)
+    model.config.num_buckets = None  # only LSH layers read it
+    ours = rx.nn.ReformerLM.from_hf(model)
+    check_parity(ours, model, torch.randint(1, VOCAB, (2, 37)), all_float32=True)
+
+
+def test_class_errors(tmp_path):
     with pytest.raises(ValueError, match="is_decoder"):
         rx.nn.ReformerLM.from_hf(_bad("mlm", is_decoder=True))
     with pytest.raises(TypeError, match="Reformer.from_hf"):

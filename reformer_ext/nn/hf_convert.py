@@ -4,8 +4,8 @@
 <reformer_ext.nn.Reformer.from_hf>` call :func:`lm_from_hf` and :func:`reformer_from_hf`.
 
 The converted model reproduces the source's eval-mode outputs (docs/semantics.md, "Converted HF
-models", lists the options that make our modules follow HF, and what still differs). Only LSH
-attention layers are converted for now: a config whose ``attn_layers`` holds "local" is refused.
+models", lists the options that make our modules follow HF, and what still differs), with HF's
+mix of "lsh" and "local" attention layers (``attn_layers``).
 
 The source may be a model object or a local directory written by its ``save_pretrained``
 (loaded with ``from_pretrained(..., local_files_only=True)``: never the network). Loading a
@@ -118,10 +118,6 @@ def reformer_kwargs_from_hf_config(config) -> Dict:
     attn_layers = list(_field(config, "attn_layers"))
     for i, kind in enumerate(attn_layers):
         if kind not in _LAYER_CONVERTERS:
-            if kind in ("lsh", "local"):
-                raise NotImplementedError(
-                    f"config.attn_layers[{i}] is {kind!r}: converting {kind!r} attention layers "
-                    f"is not implemented yet (attn_layers = {attn_layers}; only 'lsh' layers are)")
             raise ValueError(f"config.attn_layers[{i}] is {kind!r}: HF Reformer attention types "
                              f"are 'lsh' and 'local' (attn_layers = {attn_layers})")
     depth = int(_field(config, "num_hidden_layers"))
@@ -129,6 +125,63 @@ def reformer_kwargs_from_hf_config(config) -> Dict:
         raise ValueError(f"config.attn_layers has {len(attn_layers)} entries but "
                          f"config.num_hidden_layers is {depth}")
 
+    kwargs = dict(attn_layers=attn_layers, **_local_kwargs(config, attn_layers))
+    if "lsh" in attn_layers:
+        kwargs.update(_lsh_kwargs(config))
+    act = _field(config, "hidden_act")
+    if not isinstance(act, str) or act not in HF_ACTIVATIONS:
+        raise ValueError(f"config.hidden_act {act!r} is not supported: convertible activations "
+                         f"are {', '.join(map(repr, HF_ACTIVATIONS))}")
+    d_model = int(_field(config, "hidden_size"))
+    kwargs.update(d_model=d_model, depth=depth,
+                  n_heads=int(_field(config, "num_attention_heads")),
+                  d_head=int(_field(config, "attention_head_size")),
+                  d_ff=int(_field(config, "feed_forward_size")),
+                  causal=bool(_field(config, "is_decoder")), activation=HF_ACTIVATIONS[act],
+                  dropout=float(_field(config, "hidden_dropout_prob") or 0.0),
+                  layer_norm_eps=float(_field(config, "layer_norm_eps")),
+                  merge="concat_norm", attn_out_bias=False,
+                  pad_to_multiple_of=_least_common_chunk_multiple(kwargs, attn_layers))
+    ff_chunk = int(getattr(config, "chunk_size_feed_forward", 0) or 0)
+    if ff_chunk > 0:
+        kwargs["ff_chunk_size"] = ff_chunk  # the result does not depend on it
+    return kwargs
+
+
+def _least_common_chunk_multiple(kwargs: Dict, attn_layers) -> int:
+    """What HF pads every input longer than its shortest chunk length to a multiple of: the
+    least common multiple of the chunk lengths of the layer kinds in use."""
+    lengths = []
+    if "lsh" in attn_layers:
+        lengths.append(kwargs["bucket_size"])
+    if "local" in attn_layers:
+        lengths.append(kwargs["local_chunk_length"])
+    return math.lcm(*lengths)
+
+
+def _window(config, prefix: str) -> Tuple[int, int, int]:
+    """(chunk length, chunks before, chunks after) of HF's ``<prefix>`` fields, checked."""
+    chunk_name = "lsh_attn_chunk_length" if prefix == "lsh" else "local_attn_chunk_length"
+    chunk = _field(config, chunk_name)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"config.{chunk_name} must be an int >= 1, got {chunk!r}")
+    window = []
+    for name in (f"{prefix}_num_chunks_before", f"{prefix}_num_chunks_after"):
+        value = _field(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"config.{name} must be an int >= 0, got {value!r}")
+        window.append(value)
+    return chunk, window[0], window[1]
+
+
+def _local_kwargs(config, attn_layers) -> Dict:
+    if "local" not in attn_layers:
+        return {}
+    chunk, before, after = _window(config, "local")
+    return dict(local_chunk_length=chunk, local_chunks_before=before, local_chunks_after=after)
+
+
+def _lsh_kwargs(config) -> Dict:
     num_buckets = _field(config, "num_buckets")
     if num_buckets is None:
         raise ValueError("config.num_buckets is None: HF then derives it from the length of the "
@@ -141,44 +194,18 @@ def reformer_kwargs_from_hf_config(config) -> Dict:
                              f"factors, got {num_buckets!r}")
     n_buckets = factors if isinstance(num_buckets, (list, tuple)) and len(factors) > 1 \
         else factors[0]
-
-    chunk = _field(config, "lsh_attn_chunk_length")
-    if chunk is None or chunk < 1:
-        raise ValueError(f"config.lsh_attn_chunk_length must be an int >= 1, got {chunk!r}")
-    before = _field(config, "lsh_num_chunks_before")
-    after = _field(config, "lsh_num_chunks_after")
-    for name, value in (("lsh_num_chunks_before", before), ("lsh_num_chunks_after", after)):
-        if value is None or value < 0:
-            raise ValueError(f"config.{name} must be an int >= 0, got {value!r}")
-
-    act = _field(config, "hidden_act")
-    if not isinstance(act, str) or act not in HF_ACTIVATIONS:
-        raise ValueError(f"config.hidden_act {act!r} is not supported: convertible activations "
-                         f"are {', '.join(map(repr, HF_ACTIVATIONS))}")
-
+    chunk, before, after = _window(config, "lsh")
     hash_seed = _field(config, "hash_seed")
     if hash_seed is None:
         warnings.warn("config.hash_seed is None: HF draws fresh random rotations at every "
                       "forward, so its outputs are random; the converted model uses fixed "
                       "seeded rotations in eval mode instead (deterministic, not HF's draws)",
                       stacklevel=3)
-    d_model = int(_field(config, "hidden_size"))
-    kwargs = dict(d_model=d_model, depth=depth, n_heads=int(_field(config, "num_attention_heads")),
-                  d_head=int(_field(config, "attention_head_size")),
-                  d_ff=int(_field(config, "feed_forward_size")),
-                  bucket_size=int(chunk), n_hashes=int(_field(config, "num_hashes")),
-                  n_buckets=n_buckets, causal=bool(_field(config, "is_decoder")),
-                  n_chunks_before=int(before), n_chunks_after=int(after),
-                  activation=HF_ACTIVATIONS[act],
-                  dropout=float(_field(config, "hidden_dropout_prob") or 0.0),
-                  layer_norm_eps=float(_field(config, "layer_norm_eps")),
-                  merge="concat_norm", attn_out_bias=False)
+    kwargs = dict(bucket_size=chunk, n_hashes=int(_field(config, "num_hashes")),
+                  n_buckets=n_buckets, n_chunks_before=before, n_chunks_after=after)
     if hash_seed is not None:
         # HF reseeds before every draw, in training too: the rotations are always these
         kwargs.update(hf_hash_seed=int(hash_seed), fixed_rotations=True)
-    ff_chunk = int(getattr(config, "chunk_size_feed_forward", 0) or 0)
-    if ff_chunk > 0:
-        kwargs["ff_chunk_size"] = ff_chunk  # the result does not depend on it
     return kwargs
 
 
@@ -226,16 +253,15 @@ def _copy_layer_norm(dst: tnn.LayerNorm, state: Dict[str, Tensor], prefix: str) 
     _copy(dst.bias, state[prefix + "bias"], prefix + "bias")
 
 
-def _convert_lsh_layer(block, state: Dict[str, Tensor], prefix: str) -> None:
-    """Loads HF layer ``prefix`` (``...encoder.layers.<i>.``) with LSH attention into our
-    ReversibleBlock ``block``: F = attention (LayerNorm, query_key, value, output.dense), G =
-    feed-forward (LayerNorm, dense.dense, output.dense)."""
+def _convert_layer(block, state: Dict[str, Tensor], prefix: str, projections) -> None:
+    """Loads HF layer ``prefix`` (``...encoder.layers.<i>.``) into our ReversibleBlock ``block``:
+    F = attention (LayerNorm, the ``projections`` (ours, HF's name under self_attention),
+    output.dense), G = feed-forward (LayerNorm, dense.dense, output.dense)."""
     attn = prefix + "attention."
     _copy_layer_norm(block.f.norm, state, attn + "layer_norm.")
-    _copy(block.f.attn.to_qk.weight, state[attn + "self_attention.query_key.weight"],
-          attn + "self_attention.query_key.weight")
-    _copy(block.f.attn.to_v.weight, state[attn + "self_attention.value.weight"],
-          attn + "self_attention.value.weight")
+    for ours, theirs in projections:
+        name = f"{attn}self_attention.{theirs}.weight"
+        _copy(getattr(block.f.attn, ours).weight, state[name], name)
     _copy(block.f.attn.to_out.weight, state[attn + "output.dense.weight"],
           attn + "output.dense.weight")
     ff = prefix + "feed_forward."
@@ -245,9 +271,17 @@ def _convert_lsh_layer(block, state: Dict[str, Tensor], prefix: str) -> None:
         _copy(ours.bias, state[theirs + "bias"], theirs + "bias")
 
 
-#: Per HF ``attn_layers`` entry, the function loading one such layer (a "local" entry goes here
-#: once our Reformer can hold local-attention layers).
-_LAYER_CONVERTERS: Dict[str, Callable] = {"lsh": _convert_lsh_layer}
+def _convert_lsh_layer(block, state: Dict[str, Tensor], prefix: str) -> None:
+    _convert_layer(block, state, prefix, (("to_qk", "query_key"), ("to_v", "value")))
+
+
+def _convert_local_layer(block, state: Dict[str, Tensor], prefix: str) -> None:
+    _convert_layer(block, state, prefix, (("to_q", "query"), ("to_k", "key"), ("to_v", "value")))
+
+
+#: Per HF ``attn_layers`` entry, the function loading one such layer.
+_LAYER_CONVERTERS: Dict[str, Callable] = {"lsh": _convert_lsh_layer,
+                                          "local": _convert_local_layer}
 
 
 def _load_stack(reformer, config, state: Dict[str, Tensor], prefix: str) -> None:

@@ -158,6 +158,11 @@ class Reformer(tnn.Module):
     length ``local_chunk_length`` and window ``local_chunks_before`` / ``local_chunks_after``
     (causal like the rest). The stack operator runs both kinds.
 
+    ``pad_to_multiple_of`` (default None; HF's rule, set in converted HF models): forward pads
+    an input longer than the shortest chunk length with padding positions up to a multiple of
+    it (HF pads to the least common multiple of its chunk lengths), and cuts them off the
+    output. With mixed chunk lengths this changes which chunks a layer's windows wrap onto.
+
     ``forward(x, key_padding_mask=None)``: ``key_padding_mask (B, L)`` bool, True marks padding;
     padded positions get meaningless outputs and do not influence the others. Any L works.
 
@@ -179,7 +184,8 @@ class Reformer(tnn.Module):
                  fixed_rotations: Optional[bool] = None, attn_out_bias: bool = True,
                  hf_hash_seed: Optional[int] = None, layer_norm_eps: float = 1e-5,
                  attn_layers=None, local_chunk_length: int = 64, local_chunks_before: int = 1,
-                 local_chunks_after: int = 0, device=None, dtype=None):
+                 local_chunks_after: int = 0, pad_to_multiple_of: Optional[int] = None,
+                 device=None, dtype=None):
         super().__init__()
         # The rest (n_heads, bucket_size, activation, ...) is checked by the layers' modules.
         d_model, depth = check_int(d_model, "d_model", 1), check_int(depth, "depth", 1)
@@ -190,6 +196,12 @@ class Reformer(tnn.Module):
         reversible = check_bool(reversible, "reversible")
         layer_norm_eps = check_nonnegative(layer_norm_eps, "layer_norm_eps")
         attn_layers = _check_attn_layers(attn_layers, depth)
+        local_chunk_length = check_int(local_chunk_length, "local_chunk_length", 1)
+        local_chunks_before = check_int(local_chunks_before, "local_chunks_before", 0)
+        local_chunks_after = check_int(local_chunks_after, "local_chunks_after", 0)
+        if pad_to_multiple_of is not None:
+            pad_to_multiple_of = check_int(pad_to_multiple_of, "pad_to_multiple_of", 1)
+        self.pad_to_multiple_of = pad_to_multiple_of
         check_float_dtype(dtype)
         factory = dict(device=device, dtype=dtype)
         self.d_model, self.depth, self.n_heads, self.d_ff = d_model, depth, n_heads, d_ff
@@ -227,6 +239,9 @@ class Reformer(tnn.Module):
         local_options = {} if local is None else dict(
             local_chunk_length=local.chunk_length, local_chunks_before=local.n_chunks_before,
             local_chunks_after=local.n_chunks_after)
+        self._shortest_chunk = min(
+            block.f.attn.chunk_length if block.f.is_local else block.f.attn.bucket_size
+            for block in blocks)
         self.stack_options = StackOptions(
             n_heads=attn.n_heads, causal=attn.causal, ff_chunk_size=ff.chunk_size,
             activation=ff.activation, layer_norm_eps=blocks[0].f.norm.eps,
@@ -250,7 +265,7 @@ class Reformer(tnn.Module):
         ``merge="concat_norm"``, so ``forward(embeddings, key_padding_mask)`` is HF's
         ``last_hidden_state`` (``2·hidden_size`` features). ``with_embeddings=True`` returns
         ``(embeddings, reformer)``, ``embeddings(tokens)`` being HF's embedding output.
-        LSH layers only for now. See reformer_ext.nn.hf_convert and docs/semantics.md
+        See reformer_ext.nn.hf_convert and docs/semantics.md
         "Converted HF models"."""
         from .hf_convert import reformer_from_hf
         return reformer_from_hf(source, with_embeddings=with_embeddings)
@@ -278,6 +293,29 @@ class Reformer(tnn.Module):
                              f"{tuple(x.shape)}")
         if key_padding_mask is not None:
             check_key_padding_mask(key_padding_mask, x)
+        length = x.shape[1]
+        pad = self._padding_for(length)
+        if pad:
+            # the tail as padding: neither queries nor keys (HF pads with masked tokens)
+            x = tnn.functional.pad(x, (0, 0, 0, pad))
+            if key_padding_mask is None:
+                key_padding_mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+            else:
+                key_padding_mask = tnn.functional.pad(key_padding_mask, (0, pad))
+            key_padding_mask[:, length:] = True
+            y1, y2 = self._streams(x, key_padding_mask)
+            return y1[:, :length], y2[:, :length]
+        return self._streams(x, key_padding_mask)
+
+    def _padding_for(self, length: int) -> int:
+        """How many padding positions forward appends: up to a multiple of pad_to_multiple_of,
+        for lengths above the shortest chunk length (HF's rule)."""
+        multiple = self.pad_to_multiple_of
+        if multiple is None or length % multiple == 0 or length <= self._shortest_chunk:
+            return 0
+        return multiple - length % multiple
+
+    def _streams(self, x: Tensor, key_padding_mask: Optional[Tensor]):
         rotations, seeds = self._random_state(x)
         seeds = _sharding.offset_dropout_seeds(self, seeds, x)
         p = self.dropout if self.training else 0.0
@@ -381,7 +419,7 @@ class ReformerLM(tnn.Module):
         """The ReformerLM equivalent to a HuggingFace ``ReformerModelWithLMHead`` (causal) or
         ``ReformerForMaskedLM`` (bidirectional), given the model object or a local directory
         saved by ``save_pretrained``: eval mode, the source's device and dtype; its logits are
-        HF's (``key_padding_mask`` = ``attention_mask == 0``). LSH layers only for now. See
+        HF's (``key_padding_mask`` = ``attention_mask == 0``). See
         reformer_ext.nn.hf_convert and docs/semantics.md "Converted HF models"."""
         from .hf_convert import lm_from_hf
         return lm_from_hf(source)
