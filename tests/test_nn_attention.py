@@ -103,3 +103,19 @@ def test_seeded_rotations_are_normal_and_prefix_stable():
     assert abs(r.mean().item()) < 0.03 and abs(r.std().item() - 1) < 0.03
     assert torch.equal(seeded_rotations(123, (4, 16, 4, 8), dtype=F64).float(), r[..., :8])
     assert not torch.equal(seeded_rotations(124, (4, 16, 4, 64)), r)
+
+
+@pytest.mark.parametrize("hf_hash_seed", [None, 7])
+def test_fixed_rotations_cached_in_inference_mode_still_train(hf_hash_seed):
+    """Rotations first drawn under torch.inference_mode (inference tensors) must not be reused
+    where autograd saves them (a later forward with gradients)."""
+    torch.manual_seed(0)
+    attn = rx.nn.LSHSelfAttention(16, 2, bucket_size=4, n_hashes=2, fixed_rotations=True,
+                                  hf_hash_seed=hf_hash_seed)
+    x = torch.randn(1, 12, 16)
+    with torch.inference_mode():
+        expected = attn(x)
+    x.requires_grad_()
+    out = attn(x)
+    out.sum().backward()
+    assert torch.equal(out.detach(), expected)

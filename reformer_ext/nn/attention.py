@@ -180,11 +180,14 @@ class LSHSelfAttention(tnn.Module):
         columns = sum(n_buckets) // 2 if isinstance(n_buckets, list) else n_buckets // 2
         shape = (self.n_heads, self.d_head, self.n_hashes, columns)
         acc = accumulation_dtype(dtype)
+        # rotations cached under torch.inference_mode are inference tensors, which autograd
+        # refuses to save: they are cached apart, for inference mode only
+        inference = torch.is_inference_mode_enabled()
         if self.uses_fixed_rotations() and self.hf_hash_seed is not None:
             # cached per shape, device and dtype; torch.compile reads the cache (a generator
             # cannot be created inside a graph: a first compiled call at a new shape, device or
             # dtype draws them outside it, with a graph break)
-            key = ("hf", shape, device, dtype, self.hf_hash_seed)
+            key = ("hf", shape, device, dtype, self.hf_hash_seed, inference)
             rotations = self._rotation_cache.get(key)
             if rotations is None:
                 rotations = _hf_rotations_outside_graph(self.hf_hash_seed, shape, device, dtype,
@@ -198,7 +201,7 @@ class LSHSelfAttention(tnn.Module):
             if torch.compiler.is_compiling():
                 return seeded_rotations(self.rotation_seed, shape, dtype=acc, device=device)
             seed = self.rotation_seed
-            key = (shape, device, acc)
+            key = (shape, device, acc, inference)
             entry = self._rotation_cache.get(key)
             # valid while the seed is the same tensor (the entry holds it, so its memory cannot
             # be reused by another) at the same version (fill_, copy_ by load_state_dict bump it)
