@@ -105,17 +105,17 @@ def test_seeded_rotations_are_normal_and_prefix_stable():
     assert not torch.equal(seeded_rotations(124, (4, 16, 4, 64)), r)
 
 
+
 @pytest.mark.parametrize("hf_hash_seed", [None, 7])
 def test_fixed_rotations_cached_in_inference_mode_still_train(hf_hash_seed):
     """Rotations first drawn under torch.inference_mode (inference tensors) must not be reused
-    where autograd saves them (a later forward with gradients)."""
+    where autograd saves them: the reversible stack saves its rotations for the backward."""
     torch.manual_seed(0)
-    attn = rx.nn.LSHSelfAttention(16, 2, bucket_size=4, n_hashes=2, fixed_rotations=True,
-                                  hf_hash_seed=hf_hash_seed)
+    model = rx.nn.Reformer(16, 2, 2, bucket_size=4, n_hashes=2, fixed_rotations=True,
+                           hf_hash_seed=hf_hash_seed)
     x = torch.randn(1, 12, 16)
     with torch.inference_mode():
-        expected = attn(x)
-    x.requires_grad_()
-    out = attn(x)
+        expected = model(x)
+    out = model(x.requires_grad_())
     out.sum().backward()
     assert torch.equal(out.detach(), expected)
