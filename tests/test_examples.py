@@ -1,5 +1,5 @@
-"""Smoke tests of examples/duplication.py and examples/train_char_lm.py with tiny sizes, and the
-two claims the examples rest on:
+"""Smoke tests of examples/duplication.py, examples/train_char_lm.py and examples/hf_reformer.py
+with tiny sizes, and the two claims the examples rest on:
 
 - full attention in duplication.py (a ReformerLM built with bucket_size >= L and one hash round)
   is exact softmax attention over the shared query/keys, with the masks of
@@ -171,3 +171,27 @@ def test_char_lm_under_torchrun_shards_and_checkpoints_with_dcp(tmp_path, capsys
     assert lm.main(["--sample-only", "--checkpoint", ckpt, "--prompt", "The ",
                     "--sample-len", "10", "--threads", "1", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("The ")
+
+
+# --------------------------------------------------------------------------------------------
+# hf_reformer
+
+
+def test_hf_reformer_byte_encoding_round_trips():
+    hf_reformer = load_example("hf_reformer")
+    text = "Reformer – bytes + 2"
+    ids = hf_reformer.encode_bytes(text)
+    assert ids.shape == (1, len(text.encode("utf-8")))
+    assert int(ids.min()) >= 2
+    assert hf_reformer.decode_bytes(ids[0]) == text
+
+
+def test_hf_reformer_converts_and_compares(capsys):
+    pytest.importorskip("transformers")
+    hf_reformer = load_example("hf_reformer")
+    hf_reformer.main(["--lengths", "256", "--repeats", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    difference = float(re.search(r"relative difference ([\d.e+-]+)", out).group(1))
+    assert difference < 1e-5
+    rows = [line for line in out.splitlines() if line.startswith("| 256 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["forward", "training step"]
