@@ -18,6 +18,8 @@
 #include <torch/library.h>
 
 #include <cstdint>
+
+#include "../chunked_ffn.h"  // read_dropout_seed
 #include <limits>
 
 #include "../../kernels/lsh_attention_bwd.cuh"
@@ -60,9 +62,16 @@ AttentionParams make_local_params(const LocalShape& s, const at::Tensor& mask, b
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t chunk_length, bool causal,
-    int64_t n_chunks_before, int64_t n_chunks_after, double scale) {
+    int64_t n_chunks_before, int64_t n_chunks_after, double scale, double dropout_p,
+    const c10::optional<at::Tensor>& dropout_seed) {
   const LocalShape s = check_local_attention_args(q, k, v, key_padding_mask, chunk_length,
                                                   n_chunks_before, n_chunks_after);
+  // Attention dropout (docs/semantics.md §9) is not implemented by the CUDA kernels yet: the
+  // rate and seed are checked, and a rate > 0 is refused.
+  read_dropout_seed(dropout_seed, dropout_p);
+  TORCH_CHECK_NOT_IMPLEMENTED(dropout_p == 0.0,
+                              "dropout_p > 0 (attention dropout) is not implemented on CUDA yet, "
+                              "got dropout_p = ", dropout_p);
   check_local_head_dims(s.dim, s.value_dim);
   const c10::cuda::CUDAGuard guard(q.device());
   const auto acc = accumulation_type(q);
@@ -97,10 +106,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_backward_cuda(
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& softmax_stats, const c10::optional<at::Tensor>& key_padding_mask,
     int64_t chunk_length, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
-    double scale) {
+    double scale, double dropout_p, const c10::optional<at::Tensor>& dropout_seed) {
   const LocalShape s = check_local_attention_backward_args(
       grad_out, grad_lse, q, k, v, out, softmax_stats, key_padding_mask, chunk_length,
       n_chunks_before, n_chunks_after);
+  // Attention dropout (docs/semantics.md §9) is not implemented by the CUDA kernels yet: the
+  // rate and seed are checked, and a rate > 0 is refused.
+  read_dropout_seed(dropout_seed, dropout_p);
+  TORCH_CHECK_NOT_IMPLEMENTED(dropout_p == 0.0,
+                              "dropout_p > 0 (attention dropout) is not implemented on CUDA yet, "
+                              "got dropout_p = ", dropout_p);
   check_local_head_dims(s.dim, s.value_dim);
   const c10::cuda::CUDAGuard guard(q.device());
   const auto acc = accumulation_type(q);

@@ -22,6 +22,7 @@
 
 #include "../../kernels/lsh_common.h"
 #include "../lsh_attention_common.h"
+#include "../chunked_ffn.h"  // read_dropout_seed
 #include "lsh_attention_cuda.h"
 #include "lsh_hash_cuda.h"
 #include "lsh_sort_cuda.h"
@@ -71,9 +72,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention_cuda(
     const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size, bool causal,
     int64_t n_chunks_before, int64_t n_chunks_after, double scale,
-    at::IntArrayRef bucket_factors) {
+    at::IntArrayRef bucket_factors, double dropout_p,
+    const c10::optional<at::Tensor>& dropout_seed) {
   const LshShape s = check_attention_args(qk, v, rotations, key_padding_mask, bucket_size,
                                           n_chunks_before, n_chunks_after, bucket_factors);
+  // Attention dropout (docs/semantics.md §1 "Dropout") is not implemented by the CUDA kernels
+  // yet: the rate and seed are checked, and a rate > 0 is refused.
+  read_dropout_seed(dropout_seed, dropout_p);
+  TORCH_CHECK_NOT_IMPLEMENTED(dropout_p == 0.0,
+                              "dropout_p > 0 (attention dropout) is not implemented on CUDA yet, "
+                              "got dropout_p = ", dropout_p);
   check_head_dims(s.dim, s.value_dim);
   const c10::cuda::CUDAGuard guard(qk.device());
   const auto acc = accumulation_type(qk);
@@ -103,10 +111,16 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward_cuda(
     const at::Tensor& v, const at::Tensor& out, const at::Tensor& softmax_stats,
     const at::Tensor& sorted_positions, const c10::optional<at::Tensor>& key_padding_mask,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
-    double scale) {
+    double scale, double dropout_p, const c10::optional<at::Tensor>& dropout_seed) {
   const LshShape s =
       check_backward_args(grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions,
                           key_padding_mask, bucket_size, n_chunks_before, n_chunks_after);
+  // Attention dropout (docs/semantics.md §1 "Dropout") is not implemented by the CUDA kernels
+  // yet: the rate and seed are checked, and a rate > 0 is refused.
+  read_dropout_seed(dropout_seed, dropout_p);
+  TORCH_CHECK_NOT_IMPLEMENTED(dropout_p == 0.0,
+                              "dropout_p > 0 (attention dropout) is not implemented on CUDA yet, "
+                              "got dropout_p = ", dropout_p);
   check_head_dims(s.dim, s.value_dim);
   const c10::cuda::CUDAGuard guard(qk.device());
   const auto acc = accumulation_type(qk);
