@@ -12,7 +12,7 @@ import reformer_ext.nn as rnn
 from reformer_ext.ops.seeded_random import attention_dropout_keep_mask
 from reformer_ext.reference import local_attention_reference, lsh_attention_reference
 
-from _helpers import ops
+from _helpers import cuda, ops
 
 SEED = torch.tensor(1234567, dtype=torch.int64)
 
@@ -361,3 +361,33 @@ def test_compile_fullgraph_module_with_attention_dropout(kind):
     (gc,) = torch.autograd.grad(comp.sum(), x)
     torch.testing.assert_close(comp, eager)
     torch.testing.assert_close(gc, ge)
+
+
+# ------------------------------------------------------------------------ CUDA (FFMA kernels)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_cuda_matches_cpu(dtype):
+    """Same seed, same mask on the GPU (the FFMA kernels; fp16 with D = Dv = 64 would take the
+    tensor-core kernels without dropout, and falls back to the FFMA ones with it)."""
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.float16 else dict(rtol=1e-4, atol=1e-5)
+    (qk, v), mask, g = _inputs(150, D=64, Dv=64, dtype=dtype, padding=True)
+    rot = torch.randn(1, 64, 3, 4, generator=g)
+    results = []
+    for dev in ("cpu", "cuda"):
+        a, b = (t.detach().to(dev).requires_grad_() for t in (qk, v))
+        m = mask.to(dev)
+        out, lse = _lsh_op(a, b, rot.to(dev), m, 16, True, 1, 1, 0.3, SEED)
+        results.append([out, lse, *_grads(out, lse, (a, b), torch.Generator().manual_seed(2))])
+    for x, y in zip(*results):
+        torch.testing.assert_close(y.cpu().double(), x.double(), **tol)
+    (q, k, v), mask, _ = _inputs(150, D=32, Dv=48, dtype=dtype, padding=True, k=True)
+    results = []
+    for dev in ("cpu", "cuda"):
+        a, b, c = (t.detach().to(dev).requires_grad_() for t in (q, k, v))
+        out, lse = _local_op(a, b, c, mask.to(dev), 16, False, 2, 1, 0.3, SEED)
+        results.append([out, lse,
+                        *_grads(out, lse, (a, b, c), torch.Generator().manual_seed(2))])
+    for x, y in zip(*results):
+        torch.testing.assert_close(y.cpu().double(), x.double(), **tol)
