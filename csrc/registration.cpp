@@ -24,13 +24,13 @@ TORCH_LIBRARY(reformer, m) {
   m.def(
       "lsh_attention(Tensor qk, Tensor v, Tensor rotations, Tensor? key_padding_mask, "
       "int bucket_size, bool causal, int n_chunks_before, int n_chunks_after, float scale, "
-      "int[] bucket_factors=[]) "
+      "int[] bucket_factors=[], float dropout_p=0.0, Tensor? dropout_seed=None) "
       "-> (Tensor out, Tensor lse, Tensor sorted_positions, Tensor softmax_stats)");
   m.def(
       "lsh_attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor qk, Tensor v, "
       "Tensor out, Tensor softmax_stats, Tensor sorted_positions, Tensor? key_padding_mask, "
-      "int bucket_size, bool causal, int n_chunks_before, int n_chunks_after, float scale) "
-      "-> (Tensor grad_qk, Tensor grad_v)");
+      "int bucket_size, bool causal, int n_chunks_before, int n_chunks_after, float scale, "
+      "float dropout_p=0.0, Tensor? dropout_seed=None) -> (Tensor grad_qk, Tensor grad_v)");
   // Local attention (docs/semantics.md §9), csrc/local_attention.{h,cpp}: chunked attention over
   // the identity order with separate q, k (B, H, L, D) and v (B, H, L, Dv), no self-mask, chunk c
   // attending chunks c - n_chunks_before .. c + n_chunks_after cyclically (a chunk reached by
@@ -39,13 +39,14 @@ TORCH_LIBRARY(reformer, m) {
   m.set_python_module("reformer_ext.ops.local_attention");
   m.def(
       "local_attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, int chunk_length, "
-      "bool causal, int n_chunks_before, int n_chunks_after, float scale) "
+      "bool causal, int n_chunks_before, int n_chunks_after, float scale, "
+      "float dropout_p=0.0, Tensor? dropout_seed=None) "
       "-> (Tensor out, Tensor lse, Tensor softmax_stats)");
   m.def(
       "local_attention_backward(Tensor grad_out, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, "
       "Tensor out, Tensor softmax_stats, Tensor? key_padding_mask, int chunk_length, bool causal, "
-      "int n_chunks_before, int n_chunks_after, float scale) "
-      "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+      "int n_chunks_before, int n_chunks_after, float scale, float dropout_p=0.0, "
+      "Tensor? dropout_seed=None) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
   // Chunked feed-forward (docs/semantics.md §2), csrc/chunked_ffn.{h,cpp}:
   // y = W2 · dropout(act(W1 · x + b1)) + b2 on x (..., d_model), chunk_size positions at a time;
   // activation "gelu", "gelu_tanh", "relu" or "silu"; dropout_p in [0, 1) on the hidden activation

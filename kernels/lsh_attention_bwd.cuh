@@ -9,6 +9,11 @@
 //   dk̂_j = Σ_i dS_ij x_i                 (k̂: the unnormalised key gradient, before scale)
 //   dx_j += scale (g_j dk̂_j - g_j³ (x_j · dk̂_j) x_j)   (through k_j = g_j x_j)
 //
+// Attention dropout (docs/semantics.md §1 "Dropout"; AttentionParams::dropout), with the keep
+// factor z_ij = keep_ij / (1 - p) of the pair: dS_ij = P_ij (z_ij dP_ij - Δ_i) and
+// dv_j = Σ_i z_ij P_ij dO_i. The key-major pass finds each streamed query's round and the
+// owned chunk's slot in its window through chunks_seeing's window_slot.
+//
 // Two kernels, each launched once per hash round, all on one stream in a fixed order:
 //   - query-major (dQ): a CTA owns query items of one chunk and streams its window's keys;
 //   - key-major (dK, dV): a CTA owns key items of one chunk and streams the queries of the
@@ -66,6 +71,7 @@ struct QueryPassShared {
   int64_t* window;  // kMaxWindowChunks
   int32_t* qpos;    // kRowsPerCta, -1 when not a valid query
   int32_t* kpos;    // kTileItems, -1 when not a valid key
+  int* slots;       // kMaxWindowChunks window slots (attention dropout)
 
   __host__ __device__ static QueryPassShared carve(SharedCarver& c, int64_t D, int64_t Dv) {
     QueryPassShared s;
@@ -76,6 +82,7 @@ struct QueryPassShared {
     s.window = c.take<int64_t>(kMaxWindowChunks);
     s.qpos = c.take<int32_t>(kRowsPerCta);
     s.kpos = c.take<int32_t>(kTileItems);
+    s.slots = c.take<int>(kMaxWindowChunks);
     return s;
   }
 };
@@ -92,7 +99,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t head_rows = tile.bh * p.length;
 
   const int n_window = load_owned_positions(p, tile, kRowsPerCta, /*seeing=*/false, sh.qpos,
-                                            sh.window);
+                                            sh.window, sh.slots);
   if (n_window < 0) return;
   gather_rows_as(sh.q, D, a.qk + head_rows * D, sh.qpos, kRowsPerCta, D);
   gather_rows_as(sh.dout, Dv, a.dout + head_rows * Dv, sh.qpos, kRowsPerCta, Dv);
@@ -134,6 +141,10 @@ __global__ void __launch_bounds__(kThreads)
       acc_t qk_dot = 0, dp = 0;
       for (int64_t d = 0; d < D; ++d) qk_dot += sh.q[row * D + d] * k_row[d];
       for (int64_t d = 0; d < Dv; ++d) dp += sh.dout[row * Dv + d] * v_row[d];
+      // Attention dropout: dS = P (z dP - Δ)
+      if (p.dropout && key_pos >= 0)
+        dp *= keep_factor<acc_t>(p, dropout_row(p, tile.bh, tile.chunk, my_qpos[r]),
+                                 sh.slots[(t0 + lane) / p.bucket_size], key_pos);
       acc_t weight;
       const acc_t ds = logit_gradient(p, qk_dot, dp, my_qpos[r], key_pos, row_max[r],
                                       row_log_sum[r], delta[r], weight);
@@ -173,6 +184,7 @@ struct KeyPassShared {
   int64_t* seeing;   // kMaxWindowChunks query chunks whose window holds the owned chunk
   int32_t* kpos;     // kRowsPerCta, -1 when not a valid key
   int32_t* qpos;     // kTileItems, -1 when not a valid query
+  int* slots;        // kMaxWindowChunks: the slot of the owned chunk in each seeing window
 
   __host__ __device__ static KeyPassShared carve(SharedCarver& c, int64_t D, int64_t Dv) {
     KeyPassShared s;
@@ -184,6 +196,7 @@ struct KeyPassShared {
     s.seeing = c.take<int64_t>(kMaxWindowChunks);
     s.kpos = c.take<int32_t>(kRowsPerCta);
     s.qpos = c.take<int32_t>(kTileItems);
+    s.slots = c.take<int>(kMaxWindowChunks);
     return s;
   }
 };
@@ -200,7 +213,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t head_rows = tile.bh * p.length;
 
   const int n_seeing = load_owned_positions(p, tile, kRowsPerCta, /*seeing=*/true, sh.kpos,
-                                            sh.seeing);
+                                            sh.seeing, sh.slots);
   if (n_seeing < 0) return;  // padding keys
   gather_rows_as(sh.x, D, (a.k ? a.k : a.qk) + head_rows * D, sh.kpos, kRowsPerCta, D);
   gather_rows_as(sh.v, Dv, a.v + head_rows * Dv, sh.kpos, kRowsPerCta, Dv);
@@ -236,6 +249,15 @@ __global__ void __launch_bounds__(kThreads)
     const acc_t* dout_row = sh.dout + lane * (Dv + 1);
     const acc_t q_max = sh.qstats[3 * lane], q_log_sum = sh.qstats[3 * lane + 1],
                 q_delta = sh.qstats[3 * lane + 2];
+    // Attention dropout: this lane's query item (its chunk's round, the owned chunk's slot in
+    // that chunk's window).
+    uint64_t q_drop_row = 0;
+    int q_slot = 0;
+    if (p.dropout && query_pos >= 0) {
+      const int w = static_cast<int>((t0 + lane) / p.bucket_size);
+      q_drop_row = dropout_row(p, tile.bh, sh.seeing[w], query_pos);
+      q_slot = sh.slots[w];
+    }
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       if (my_kpos[r] < 0) continue;  // warp-uniform
@@ -243,9 +265,15 @@ __global__ void __launch_bounds__(kThreads)
       acc_t xq = 0, dp = 0;
       for (int64_t d = 0; d < D; ++d) xq += sh.x[row * D + d] * q_row[d];
       for (int64_t d = 0; d < Dv; ++d) dp += sh.v[row * Dv + d] * dout_row[d];
+      acc_t z = 1;
+      if (p.dropout && query_pos >= 0) {
+        z = keep_factor<acc_t>(p, q_drop_row, q_slot, my_kpos[r]);
+        dp *= z;  // dS = P (z dP - Δ)
+      }
       acc_t weight;
       const acc_t ds = logit_gradient(p, g[r] * xq, dp, query_pos, my_kpos[r], q_max,
                                       q_log_sum, q_delta, weight);
+      if (p.dropout) weight *= z;  // dV = (z P)ᵀ dO
       for (int j = 0; j < kTileItems; ++j) {
         const acc_t w_j = __shfl_sync(0xffffffffu, weight, j);
         const acc_t ds_j = __shfl_sync(0xffffffffu, ds, j);

@@ -9,7 +9,9 @@
 //
 // Rounds are launched one after another: inside a round every position is exactly one item, so
 // a CTA owns the output rows it merges into, rounds merge in a fixed order, and the result is
-// deterministic without atomics. The merge (merge_round) is the one of the CPU kernel:
+// deterministic without atomics. With attention dropout (AttentionParams::dropout) the value
+// average uses z_ij · weight (z = keep / (1 - p), kernels/attention_dropout.h) while the softmax
+// stats keep the undropped weights. The merge (merge_round) is the one of the CPU kernel:
 //   stats = (max m, log Σ exp(s - m)), out = the weighted mean of the two partial outputs.
 #pragma once
 
@@ -37,6 +39,7 @@ struct ForwardShared {
   int64_t* window;   // kMaxWindowChunks chunk indices
   int32_t* qpos;     // kRowsPerCta query positions, -1 when the row is not a valid query
   int32_t* kpos;     // kTileItems key positions, -1 when not a valid key
+  int* slots;        // kMaxWindowChunks window slots of the chunks (attention dropout)
 
   __host__ __device__ static ForwardShared carve(SharedCarver& c, int64_t D, int64_t Dv) {
     ForwardShared s;
@@ -46,6 +49,7 @@ struct ForwardShared {
     s.window = c.take<int64_t>(kMaxWindowChunks);
     s.qpos = c.take<int32_t>(kRowsPerCta);
     s.kpos = c.take<int32_t>(kTileItems);
+    s.slots = c.take<int>(kMaxWindowChunks);
     return s;
   }
 };
@@ -63,7 +67,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // Query rows of this CTA, and the window's chunks.
   const int n_window = load_owned_positions(p, tile, kRowsPerCta, /*seeing=*/false, sh.qpos,
-                                            sh.window);
+                                            sh.window, sh.slots);
   if (n_window < 0) return;  // padding-only rows: nothing to write
   gather_rows_as(sh.q, D, a.qk + head_rows * D, sh.qpos, kRowsPerCta, D);
   const int64_t n_keys = n_window * p.bucket_size;
@@ -111,10 +115,15 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t weight = acc_exp(logit - new_max);         // 0 for invalid keys
       row_sum[r] = row_sum[r] * rescale + warp_sum(weight);
       row_max[r] = new_max;
+      // Attention dropout: the value average uses z · weight, the softmax stats the weight.
+      acc_t pv_weight = weight;
+      if (p.dropout && key_pos >= 0)
+        pv_weight = weight * keep_factor<acc_t>(p, dropout_row(p, tile.bh, tile.chunk, my_qpos[r]),
+                                                sh.slots[(t0 + lane) / p.bucket_size], key_pos);
 #pragma unroll
       for (int s = 0; s < kSlots; ++s) o[r][s] *= rescale;
       for (int j = 0; j < kTileItems; ++j) {
-        const acc_t w = __shfl_sync(0xffffffffu, weight, j);
+        const acc_t w = __shfl_sync(0xffffffffu, pv_weight, j);
 #pragma unroll
         for (int s = 0; s < kSlots; ++s) {
           const int64_t d = lane + 32 * s;

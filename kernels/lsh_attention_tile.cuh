@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "attention_dropout.h"
 #include "lsh_common.h"
 
 namespace reformer::cuda {
@@ -41,7 +42,31 @@ struct AttentionParams {
                            // null for the identity order (local attention, one round)
   bool self_mask = true;        // j == i -> kSelfLogit (LSH); false for local attention
   bool distinct_window = true;  // window_chunks / chunks_seeing (lsh_common.h): LSH true
+  // Attention dropout (docs/semantics.md §1 "Dropout", kernels/attention_dropout.h); off by
+  // default, and then every result is as without it.
+  bool dropout = false;
+  uint64_t dropout_seed = 0;
+  int64_t dropout_threshold = 0;
+  double keep_scale = 1;  // 1 / (1 - p)
 };
+
+// The query part of the dropout element index of query position `query_pos` in chunk `chunk`.
+__device__ __forceinline__ uint64_t dropout_row(const AttentionParams& p, int64_t bh,
+                                                int64_t chunk, int32_t query_pos) {
+  return attention_dropout_row(bh, chunk / p.chunks_per_round, p.n_chunks / p.chunks_per_round,
+                               p.length, query_pos, p.before + p.after + 1);
+}
+
+// The keep factor z = keep / (1 - p) (0 when dropped) of key position `key_pos` (valid) listed
+// at window slot `slot`, for the query whose dropout_row is `row`.
+template <typename acc_t>
+__device__ __forceinline__ acc_t keep_factor(const AttentionParams& p, uint64_t row, int slot,
+                                             int32_t key_pos) {
+  return attention_weight_dropped(p.dropout_seed, p.dropout_threshold, row, slot, p.length,
+                                  key_pos)
+             ? acc_t(0)
+             : static_cast<acc_t>(p.keep_scale);
+}
 
 // Number of items (one per position and round) of one head: R * L'.
 __device__ __forceinline__ int64_t items_per_head(const AttentionParams& p) {
@@ -144,17 +169,20 @@ __device__ __forceinline__ int32_t streamed_position(const AttentionParams& p, i
 // owned chunk's window, or with `seeing` the chunks whose window holds the owned chunk. Whole
 // CTA. Returns the number of chunks listed, or -1 when no owned row is a valid token (the CTA
 // has nothing to do; uniform over the CTA).
+// `slots`, when given (attention dropout), receives each listed chunk's window slot
+// (window_chunks' offset_index, or chunks_seeing's window_slot).
 __device__ __forceinline__ int load_owned_positions(const AttentionParams& p,
                                                     const OwnedTile& tile, int rows, bool seeing,
-                                                    int32_t* own_pos, int64_t* chunks) {
+                                                    int32_t* own_pos, int64_t* chunks,
+                                                    int* slots = nullptr) {
   const int tid = threadIdx.x;
   if (tid < rows) own_pos[tid] = owned_position(p, tile, tid);
   if (tid == 0) {
     const int count =
         seeing ? chunks_seeing(tile.chunk, p.n_chunks, p.before, p.after, chunks,
-                               p.distinct_window)
+                               p.distinct_window, slots)
                : window_chunks(tile.chunk, p.n_chunks, p.before, p.after, chunks,
-                               p.distinct_window);
+                               p.distinct_window, slots);
     for (int w = count; w < kMaxWindowChunks; ++w) chunks[w] = -1;
   }
   __syncthreads();

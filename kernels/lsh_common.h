@@ -35,29 +35,51 @@ RX_HOST_DEVICE int64_t wrap_chunk(int64_t chunk, int64_t n_chunks) {
 // docs/semantics.md §1 step 3) each chunk is kept once, at its first offset; without it (local
 // attention, docs/semantics.md §9 step 2) a chunk is listed once per offset that reaches it, so
 // its keys count that many times. Returns the count written to `out` (<= before+after+1).
+// `offset_index`, when given, receives for each listed chunk the index offset + before (in
+// 0..before+after) of the offset that listed it: the window slot of the attention dropout's
+// element index (docs/semantics.md §1 "Dropout").
 RX_HOST_DEVICE int window_chunks(int64_t chunk, int64_t n_chunks, int before, int after,
-                                 int64_t* out, bool distinct = true) {
+                                 int64_t* out, bool distinct = true,
+                                 int* offset_index = nullptr) {
   int count = 0;
   for (int offset = -before; offset <= after; ++offset) {
     const int64_t c = wrap_chunk(chunk + offset, n_chunks);
     bool seen = false;
     for (int k = 0; distinct && k < count; ++k) seen = seen || (out[k] == c);
-    if (!seen) out[count++] = c;
+    if (!seen) {
+      if (offset_index != nullptr) offset_index[count] = offset + before;
+      out[count++] = c;
+    }
   }
   return count;
 }
 
 // The query chunks whose window contains key chunk `chunk`: the mirror image of window_chunks
 // (offsets +before..-after, distinct or once per offset alike), so a key chunk's gradient is
-// summed in a fixed order.
+// summed in a fixed order. `window_slot`, when given, receives for each listed query chunk the
+// window slot (offset_index of window_chunks) at which that chunk's window lists `chunk`.
 RX_HOST_DEVICE int chunks_seeing(int64_t chunk, int64_t n_chunks, int before, int after,
-                                 int64_t* out, bool distinct = true) {
+                                 int64_t* out, bool distinct = true,
+                                 int* window_slot = nullptr) {
   int count = 0;
   for (int offset = before; offset >= -after; --offset) {
     const int64_t c = wrap_chunk(chunk + offset, n_chunks);
     bool seen = false;
     for (int k = 0; distinct && k < count; ++k) seen = seen || (out[k] == c);
-    if (!seen) out[count++] = c;
+    if (!seen) {
+      if (window_slot != nullptr) {
+        // once per offset: c's window lists `chunk` at offset -offset; distinct: at the first
+        // offset of c's window that reaches it
+        int slot = before - offset;
+        for (int o = -before; distinct && o <= after; ++o)
+          if (wrap_chunk(c + o, n_chunks) == chunk) {
+            slot = o + before;
+            break;
+          }
+        window_slot[count] = slot;
+      }
+      out[count++] = c;
+    }
   }
   return count;
 }

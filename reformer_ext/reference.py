@@ -72,17 +72,26 @@ def lsh_buckets_reference(qk, rotations, key_padding_mask=None, bucket_factors=N
                  bucket_factors)
 
 
-def _window_chunks(n_chunks, before, after, device):
+def _window_chunks(n_chunks, before, after, device, return_slots=False):
     """(n_c, W) table: row c lists the distinct chunks c-before .. c+after, taken modulo n_c.
 
     When there are few chunks, two offsets can name the same chunk (e.g. c-1 == c+1 with
-    n_c = 2); it is attended once, not twice.
+    n_c = 2); it is attended once, not twice. With return_slots, also the (n_c, W) window slots
+    of the attention dropout: offset + before for the first offset naming each chunk.
     """
-    rows = []
+    rows, slots = [], []
     for c in range(n_chunks):
-        rows.append(sorted({(c + d) % n_chunks for d in range(-before, after + 1)}))
+        first = {}
+        for d in range(-before, after + 1):
+            first.setdefault((c + d) % n_chunks, d + before)
+        row = sorted(first)
+        rows.append(row)
+        slots.append([first[w] for w in row])
     # The number of distinct chunks is min(before + after + 1, n_c) for every c.
-    return torch.tensor(rows, dtype=torch.long, device=device)
+    table = torch.tensor(rows, dtype=torch.long, device=device)
+    if return_slots:
+        return table, torch.tensor(slots, dtype=torch.long, device=device)
+    return table
 
 
 def _sorted_positions(buckets):
@@ -108,8 +117,14 @@ def lsh_attention_reference(
     n_chunks_after=0,
     scale=1.0,
     bucket_factors=None,
+    dropout_p=0.0,
+    dropout_seed=None,
 ):
     """LSH self-attention of docs/semantics.md §1. Returns (out, lse).
+
+    dropout_p > 0 drops per-round attention weights with the seeded mask of
+    reformer_ext.ops.seeded_random.attention_dropout_keep_mask (seed dropout_seed: an int or a
+    0-dim int64 tensor), scaling kept ones by 1 / (1 - dropout_p); lse is unchanged.
 
     qk: (B, H, L, D), v: (B, H, L, Dv), rotations: (Hr, D, R, nb/2), key_padding_mask: (B, L)
     bool with True = padding. bucket_factors: None, or the factors of a factorised bucket
@@ -137,7 +152,8 @@ def lsh_attention_reference(
     n_items = R * L_pad
     n_chunks = n_items // m
     item_pos = order.reshape(B, H, n_items)  # original position of every sorted item
-    win = _window_chunks(n_chunks, n_chunks_before, n_chunks_after, dev)  # (n_c, W)
+    win, win_slots = _window_chunks(n_chunks, n_chunks_before, n_chunks_after, dev,
+                                    return_slots=True)  # (n_c, W)
     chunk_pos = item_pos.reshape(B, H, n_chunks, m)
     q_pos = chunk_pos  # (B, H, n_c, m)
     k_pos = chunk_pos[:, :, win, :].reshape(B, H, n_chunks, -1)  # (B, H, n_c, W*m)
@@ -165,7 +181,18 @@ def lsh_attention_reference(
 
     # Per-round softmax of every item over its window.
     lse_item = torch.logsumexp(s, dim=-1)  # (B, H, n_c, m)
-    out_item = torch.einsum("bhcij,bhcjd->bhcid", torch.softmax(s, dim=-1), vk)
+    probs = torch.softmax(s, dim=-1)
+    if dropout_p > 0:
+        # The value average uses the dropped weights; lse_item (the merge weights) does not.
+        from .ops.seeded_random import attention_dropout_keep_mask
+        bh = torch.arange(B * H, device=dev).view(B, H, 1, 1, 1)
+        rnd = (torch.arange(n_chunks, device=dev) // (L_pad // m)).view(1, 1, n_chunks, 1, 1)
+        slot = win_slots.repeat_interleave(m, dim=1).view(1, 1, n_chunks, 1, -1)
+        keep = attention_dropout_keep_mask(
+            dropout_p, dropout_seed, bh, rnd, q_pos[..., :, None], slot, k_pos[..., None, :],
+            n_hashes=R, length=L, window_slots=n_chunks_before + n_chunks_after + 1)
+        probs = torch.where(keep, probs / (1.0 - dropout_p), torch.zeros_like(probs))
+    out_item = torch.einsum("bhcij,bhcjd->bhcid", probs, vk)
 
     # Back to original positions: item t of round r sits at position order[..., r, t].
     lse_item = lse_item.reshape(B, H, R, L_pad)
@@ -244,12 +271,16 @@ def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
 
 
 def local_attention_reference(q, k, v, *, chunk_length=64, causal=False, n_chunks_before=1,
-                              n_chunks_after=0, scale=None, key_padding_mask=None):
+                              n_chunks_after=0, scale=None, key_padding_mask=None,
+                              dropout_p=0.0, dropout_seed=None):
     """Local attention of docs/semantics.md §9, written out: pad to L' = ceil(L / m) * m, list
     for every chunk c the key chunks c + o for o = -before..+after modulo the number of chunks
     (a chunk once per offset reaching it; with a single chunk, that chunk once), replace masked
     logits by -1e9, softmax over the window. Returns (out, lse); padding queries (and the tail)
-    give out 0 and lse 0. Gradients by autograd; exact in float64."""
+    give out 0 and lse 0. Gradients by autograd; exact in float64. dropout_p > 0: the weights of
+    the value average are dropped with the seeded mask of
+    reformer_ext.ops.seeded_random.attention_dropout_keep_mask (one round, window slot
+    o + before; 0 with a single chunk), kept ones scaled by 1 / (1 - dropout_p)."""
     B, H, L, D = q.shape
     Dv = v.shape[-1]
     if scale is None:
@@ -284,7 +315,17 @@ def local_attention_reference(q, k, v, *, chunk_length=64, causal=False, n_chunk
         masked = masked | (window[:, None, :] > qpos[:, :, None])
     logits = torch.where(masked, torch.full_like(logits, MASK_VALUE), logits)
     lse = torch.logsumexp(logits, dim=-1)
-    out = torch.einsum("bhcij,bhcjd->bhcid", torch.exp(logits - lse[..., None]), vw)
+    probs = torch.exp(logits - lse[..., None])
+    if dropout_p > 0:
+        from .ops.seeded_random import attention_dropout_keep_mask
+        slot = torch.tensor([o + n_chunks_before if n_chunks > 1 else 0 for o in offsets],
+                            device=device).repeat_interleave(m)  # (W,)
+        bh = torch.arange(B * H, device=device).view(B, H, 1, 1, 1)
+        keep = attention_dropout_keep_mask(
+            dropout_p, dropout_seed, bh, 0, qpos[:, :, None], slot, window[:, None, :],
+            n_hashes=1, length=L, window_slots=n_chunks_before + n_chunks_after + 1)
+        probs = torch.where(keep, probs / (1.0 - dropout_p), torch.zeros_like(probs))
+    out = torch.einsum("bhcij,bhcjd->bhcid", probs, vw)
     out = out.reshape(B, H, L_pad, Dv)[:, :, :L]
     lse = lse.reshape(B, H, L_pad)[:, :, :L]
     query_pad = pad[:, None, :L]

@@ -39,11 +39,12 @@ def _base():
 
 
 _KW = dict(chunk_length=M, causal=False, n_chunks_before=1, n_chunks_after=0, scale=None,
-           return_lse=False)
+           return_lse=False, dropout=0.0, dropout_seed=None)
 _OP = ("q", "k", "v", "key_padding_mask", "chunk_length", "causal", "n_chunks_before",
-       "n_chunks_after", "scale")
+       "n_chunks_after", "scale", "dropout_p", "dropout_seed")
 _OP_BW = ("grad_out", "grad_lse", "q", "k", "v", "out", "softmax_stats", "key_padding_mask",
-          "chunk_length", "causal", "n_chunks_before", "n_chunks_after", "scale")
+          "chunk_length", "causal", "n_chunks_before", "n_chunks_after", "scale", "dropout_p",
+          "dropout_seed")
 
 
 def _merged(t, over, op=False):
@@ -51,6 +52,7 @@ def _merged(t, over, op=False):
     a.update(_KW)
     if op:
         a["scale"] = 0.5
+        a["dropout_p"] = 0.0
     a.update(over)
     return a
 
@@ -77,7 +79,8 @@ MODULES = {
     "LocalSelfAttention": ModuleAPI(
         rnn.LocalSelfAttention,
         lambda: dict(d_model=MD, n_heads=2, d_head=None, chunk_length=4, n_chunks_before=1,
-                     n_chunks_after=0, causal=False, out_bias=True, device=None, dtype=None),
+                     n_chunks_after=0, causal=False, out_bias=True, attention_dropout=0.0,
+                     device=None, dtype=None),
         ("d_model", "n_heads"),
         lambda m, a: m(a["x"], a["key_padding_mask"]),
         ("x", "key_padding_mask")),
@@ -112,6 +115,7 @@ for _name, _api in MODULES.items():
 FWD = ("rx.local_attention", "ops.local_attention")
 BW = ("ops.local_attention_backward",)
 ALL = FWD + BW
+OPS = ("ops.local_attention",) + BW
 MOD, MOD_F = ("LocalSelfAttention()",), ("LocalSelfAttention.forward",)
 
 
@@ -184,6 +188,27 @@ CATALOGUE.cases += [
     C("causal='no'", lambda t: dict(causal="no"), "causal", ALL),
     C("return_lse='yes'", lambda t: dict(return_lse="yes"), "return_lse",
       ("rx.local_attention",)),
+    # ---- attention dropout
+    C("dropout=1.0", lambda t: dict(dropout=1.0), "dropout", ("rx.local_attention",)),
+    C("dropout='0.1'", lambda t: dict(dropout="0.1"), "dropout", ("rx.local_attention",)),
+    C("dropout_seed=1.5", lambda t: dict(dropout=0.1, dropout_seed=1.5), "dropout_seed",
+      ("rx.local_attention",)),
+    C("dropout_seed float tensor", lambda t: dict(dropout=0.1, dropout_seed=torch.tensor(1.0)),
+      "dropout_seed", ("rx.local_attention",)),
+    C("dropout_p=1.0", lambda t: dict(dropout_p=1.0, dropout_seed=torch.tensor(1)), "dropout_p",
+      OPS),
+    C("dropout_p=-0.1", lambda t: dict(dropout_p=-0.1), "dropout_p", OPS),
+    C("dropout_p='a'", lambda t: dict(dropout_p="a"), "dropout_p", OPS),
+    C("dropout_p > 0 without dropout_seed", lambda t: dict(dropout_p=0.2), "dropout_seed", OPS),
+    C("dropout_seed float64", lambda t: dict(dropout_p=0.2, dropout_seed=torch.tensor(1.0)),
+      "dropout_seed", OPS),
+    C("dropout_seed two elements",
+      lambda t: dict(dropout_p=0.2, dropout_seed=torch.tensor([1, 2])), "dropout_seed", OPS),
+    C("dropout_seed on meta",
+      lambda t: dict(dropout_p=0.2, dropout_seed=to_meta(torch.tensor(1))), "dropout_seed",
+      OPS),
+    C("dropout_seed=int (operator)", lambda t: dict(dropout_p=0.2, dropout_seed=3),
+      "dropout_seed", OPS),
     # ---- the backward's own arguments
     C("grad_out=None", lambda t: dict(grad_out=None), "grad_out", BW),
     C("grad_out shape", lambda t: dict(grad_out=t["grad_out"][:1]), "grad_out", BW),
@@ -209,6 +234,10 @@ CATALOGUE.cases += [
     C("n_chunks_after=64 (module)", lambda t: dict(n_chunks_after=64), "n_chunks_", MOD),
     C("causal=1 (module)", lambda t: dict(causal=1), "causal", MOD),
     C("out_bias=1 (module)", lambda t: dict(out_bias=1), "out_bias", MOD),
+    C("attention_dropout=-0.5 (module)", lambda t: dict(attention_dropout=-0.5),
+      "attention_dropout", MOD),
+    C("attention_dropout=None (module)", lambda t: dict(attention_dropout=None),
+      "attention_dropout", MOD),
     C("device='nowhere'", lambda t: dict(device="nowhere"), "device", MOD),
     C("dtype=int32", lambda t: dict(dtype=torch.int32), "dtype", MOD),
     # ---- the module's forward

@@ -48,17 +48,20 @@ def _base():
 # ------------------------------------------------------------------------------ entry points
 
 _ATTN_KW = dict(n_hashes=R, bucket_size=M, n_buckets=2 * HALF, causal=False, generator=None,
-                n_chunks_before=1, n_chunks_after=0, scale=1.0, return_lse=False)
+                n_chunks_before=1, n_chunks_after=0, scale=1.0, return_lse=False, dropout=0.0,
+                dropout_seed=None)
 _OP_ATTN = ("qk", "v", "rotations", "key_padding_mask", "bucket_size", "causal",
-            "n_chunks_before", "n_chunks_after", "scale", "bucket_factors")
+            "n_chunks_before", "n_chunks_after", "scale", "bucket_factors", "dropout_p",
+            "dropout_seed")
 _OP_BW = ("grad_out", "grad_lse", "qk", "v", "out", "softmax_stats", "sorted_positions",
           "key_padding_mask", "bucket_size", "causal", "n_chunks_before", "n_chunks_after",
-          "scale")
+          "scale", "dropout_p", "dropout_seed")
 
 
 def _merged(t, over):
     a = dict(t)
     a.update(_ATTN_KW)
+    a["dropout_p"] = 0.0
     a.update(over)
     return a
 
@@ -303,6 +306,32 @@ CATALOGUE.cases += [
     C("scale='a'", lambda t: dict(scale="a"), "scale", ATTN),
     C("scale=None", lambda t: dict(scale=None), "scale", ATTN),
     C("scale=[1.0]", lambda t: dict(scale=[1.0]), "scale", ATTN),
+    # ---- attention dropout
+    C("dropout=1.0", lambda t: dict(dropout=1.0), "dropout", ("rx.lsh_attention",)),
+    C("dropout=None", lambda t: dict(dropout=None), "dropout", ("rx.lsh_attention",)),
+    C("dropout_seed='a'", lambda t: dict(dropout=0.1, dropout_seed="a"), "dropout_seed",
+      ("rx.lsh_attention",)),
+    C("dropout_seed int32 tensor",
+      lambda t: dict(dropout=0.1, dropout_seed=torch.tensor(1, dtype=torch.int32)),
+      "dropout_seed", ("rx.lsh_attention",)),
+    C("dropout_p=1.0", lambda t: dict(dropout_p=1.0, dropout_seed=torch.tensor(1)), "dropout_p",
+      ("ops.lsh_attention",) + BW),
+    C("dropout_p=-0.1", lambda t: dict(dropout_p=-0.1), "dropout_p",
+      ("ops.lsh_attention",) + BW),
+    C("dropout_p=None", lambda t: dict(dropout_p=None), "dropout_p",
+      ("ops.lsh_attention",) + BW),
+    C("dropout_p > 0 without dropout_seed", lambda t: dict(dropout_p=0.2), "dropout_seed",
+      ("ops.lsh_attention",) + BW),
+    C("dropout_seed float64", lambda t: dict(dropout_p=0.2, dropout_seed=torch.tensor(1.0)),
+      "dropout_seed", ("ops.lsh_attention",) + BW),
+    C("dropout_seed two elements",
+      lambda t: dict(dropout_p=0.2, dropout_seed=torch.tensor([1, 2])), "dropout_seed",
+      ("ops.lsh_attention",) + BW),
+    C("dropout_seed on meta",
+      lambda t: dict(dropout_p=0.2, dropout_seed=to_meta(torch.tensor(1))), "dropout_seed",
+      ("ops.lsh_attention",) + BW),
+    C("dropout_seed=int (operator)", lambda t: dict(dropout_p=0.2, dropout_seed=3),
+      "dropout_seed", ("ops.lsh_attention",) + BW),
     C("causal=None", lambda t: dict(causal=None), "causal", ("rx.lsh_attention",)),
     C("causal='no'", lambda t: dict(causal="no"), "causal", ATTN + BW),
     C("return_lse='yes'", lambda t: dict(return_lse="yes"), "return_lse", ("rx.lsh_attention",)),

@@ -54,6 +54,18 @@ def _lsh_samples(dtype, device):
             ("lsh_attention_backward", (grad_out, grad_lse if causal else None, qk, v, out,
                                         stats, positions, *options)),
         ]
+    if device == "cpu" or getattr(device, "type", None) == "cpu":
+        # attention dropout (CPU kernels only so far), with its seed tensor
+        options = (mask, m, True, 1, 1, 1.0)
+        drop = (0.3, torch.tensor(99, dtype=torch.int64))
+        out, lse, positions, stats = ops.lsh_attention(qk, v, rotations, *options, [], *drop)
+        grad_out = _randn(*out.shape, dtype=dtype, device=device, generator=g)
+        samples += [
+            ("lsh_attention", (qk.clone().requires_grad_(), v.clone().requires_grad_(),
+                               rotations, *options, [], *drop)),
+            ("lsh_attention_backward", (grad_out, None, qk, v, out, stats, positions, *options,
+                                        *drop)),
+        ]
     return samples
 
 
@@ -77,6 +89,17 @@ def _local_samples(dtype, device, L=11, m=4, before=1, after=0):
                                  v.clone().requires_grad_(), *options)),
             ("local_attention_backward", (grad_out, grad_lse if causal else None, q, k, v, out,
                                           stats, *options)),
+        ]
+    if device == "cpu" or getattr(device, "type", None) == "cpu":
+        # attention dropout (CPU kernels only so far), with its seed tensor
+        options = (mask, m, False, before, after, 0.5, 0.3, torch.tensor(7, dtype=torch.int64))
+        out, lse, stats = ops.local_attention(q, k, v, *options)
+        grad_out = _randn(*out.shape, dtype=dtype, device=device, generator=g)
+        grad_lse = _randn(*lse.shape, dtype=lse.dtype, device=device, generator=g)
+        samples += [
+            ("local_attention", (q.clone().requires_grad_(), k.clone().requires_grad_(),
+                                 v.clone().requires_grad_(), *options)),
+            ("local_attention_backward", (grad_out, grad_lse, q, k, v, out, stats, *options)),
         ]
     return samples
 

@@ -18,7 +18,9 @@
 #include <cmath>
 #include <limits>
 
+#include "../../kernels/attention_dropout.h"
 #include "../../kernels/lsh_common.h"
+#include "../seeded_dropout.h"
 #include "cpu_dispatch.h"
 #include "tile_math.h"
 
@@ -41,6 +43,29 @@ struct ChunkInputs {
   const uint8_t* padding = nullptr;  // (B, L'): 1 for padding positions
   const int32_t* sorted = nullptr;   // (B*H, R*L'): positions in bucket order, per round, or
                                      // null for the identity order (local attention)
+  // Attention dropout (kernels/attention_dropout.h); `dropout` false leaves every result as
+  // without it.
+  bool dropout = false;
+  uint64_t dropout_seed = 0;
+  int64_t dropout_threshold = 0;
+  acc_t keep_scale = 1;  // 1 / (1 - p)
+
+  // The query row part of the dropout element index for query position `query_pos` of chunk
+  // `chunk` (its round is chunk / chunks_per_round).
+  uint64_t dropout_row(int64_t bh, int64_t chunk, int32_t query_pos) const {
+    return attention_dropout_row(bh, chunk / s.chunks_per_round, s.n_hashes, s.length, query_pos,
+                                 before + after + 1);
+  }
+
+  // row[n] *= keep / (1 - p) for the keys kpos[0..nk) at window slots kslot[0..nk).
+  void drop_weights(acc_t* row, int64_t nk, uint64_t drow, const int32_t* kpos,
+                    const int32_t* kslot) const {
+    for (int64_t n = 0; n < nk; ++n)
+      row[n] = attention_weight_dropped(dropout_seed, dropout_threshold, drow, kslot[n], s.length,
+                                        kpos[n])
+                   ? acc_t(0)
+                   : row[n] * keep_scale;
+  }
 
   int64_t max_window() const { return int64_t(before + after + 1) * s.bucket_size; }
 
@@ -60,12 +85,21 @@ struct ChunkInputs {
     return count;
   }
 
-  // Non-padding positions of every chunk in query chunk `chunk`'s window, in window order.
-  int64_t gather_window(int64_t bh, int64_t chunk, int32_t* positions) const {
+  // Non-padding positions of every chunk in query chunk `chunk`'s window, in window order, and
+  // (when `slots` is given) the window slot of each (kernels/attention_dropout.h).
+  int64_t gather_window(int64_t bh, int64_t chunk, int32_t* positions,
+                        int32_t* slots = nullptr) const {
     int64_t window[kMaxWindowChunks];
-    const int count = window_chunks(chunk, s.n_chunks, before, after, window, distinct_window);
+    int offset_index[kMaxWindowChunks];
+    const int count =
+        window_chunks(chunk, s.n_chunks, before, after, window, distinct_window, offset_index);
     int64_t total = 0;
-    for (int w = 0; w < count; ++w) total += gather_positions(bh, window[w], positions + total);
+    for (int w = 0; w < count; ++w) {
+      const int64_t n = gather_positions(bh, window[w], positions + total);
+      if (slots != nullptr)
+        for (int64_t t = 0; t < n; ++t) slots[total + t] = offset_index[w];
+      total += n;
+    }
     return total;
   }
 
@@ -182,11 +216,11 @@ REFORMER_MULTIARCH void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, 
   constexpr int64_t NR = kTileCols<acc_t>;
   const int64_t m = s.bucket_size, W = in.max_window();
   // Positions fit int32 (L' < 2^31 is checked), which keeps the mask loops vector-friendly.
-  int32_t* positions = thread_scratch<int32_t>(m + W);
-  int32_t *qpos = positions, *kpos = positions + m;
+  int32_t* positions = thread_scratch<int32_t>(m + 2 * W);
+  int32_t *qpos = positions, *kpos = positions + m, *kslot = kpos + W;
   const int64_t nq = in.gather_positions(bh, chunk, qpos);
   if (nq == 0) return;
-  const int64_t nk = in.gather_window(bh, chunk, kpos);
+  const int64_t nk = in.gather_window(bh, chunk, kpos, in.dropout ? kslot : nullptr);
   const int64_t nkp = round_up(nk, NR), dvp = round_up(s.value_dim, NR);
 
   acc_t* q = thread_scratch<acc_t>(nq * s.dim + s.dim * nkp + nk * dvp + nq * nkp + nq * dvp);
@@ -209,6 +243,8 @@ REFORMER_MULTIARCH void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, 
       const acc_t sum = exp_shift_sum(row, nk, mx);
       const acc_t inv = acc_t(1) / sum;
       for (int64_t n = 0; n < nk; ++n) row[n] *= inv;
+      // Dropout acts on the weights of the value average only: the stats stay undropped.
+      if (in.dropout) in.drop_weights(row, nk, in.dropout_row(bh, chunk, qpos[i]), kpos, kslot);
       row_max_logit[i - i0] = mx;
       row_log_sum[i - i0] = std::log(sum);
     }
@@ -238,9 +274,12 @@ REFORMER_MULTIARCH void forward_chunk(const ChunkInputs<acc_t>& in, int64_t bh, 
 // Gradient tile of one (query chunk, key set) pair: recomputes P = exp((S - m) - log Σ) with the
 // final softmax stats, dP = dO·Vᵀ and dS = P ∘ (dP - Δ) (zero where the logit was replaced).
 // On return `p` and `ds` hold P and dS (nq x nkp); both are also needed transposed in pass B.
+// With dropout (keep factor z_ij = keep / (1 - p)): dS = P ∘ (z ∘ dP - Δ), and `p` returns the
+// dropped weights z ∘ P that the value gradient uses.
 template <typename acc_t>
-void probabilities_and_logit_grads(const ChunkInputs<acc_t>& in, const int32_t* qpos, int64_t nq,
-                                   const int32_t* kpos, int64_t nk, int64_t nkp,
+void probabilities_and_logit_grads(const ChunkInputs<acc_t>& in, int64_t bh, int64_t chunk,
+                                   const int32_t* qpos, int64_t nq, const int32_t* kpos,
+                                   const int32_t* kslot, int64_t nk, int64_t nkp,
                                    const acc_t* stats_q, const acc_t* delta_q, acc_t* p,
                                    acc_t* ds) {
   const bool causal = in.causal, self_mask = in.self_mask;
@@ -251,6 +290,18 @@ void probabilities_and_logit_grads(const ChunkInputs<acc_t>& in, const int32_t* 
     const acc_t row_max = stats_q[2 * i], log_sum = stats_q[2 * i + 1], delta = delta_q[i];
     in.mask_logits(prow, nk, query_pos, kpos);
     for (int64_t n = 0; n < nk; ++n) prow[n] = fast_exp((prow[n] - row_max) - log_sum);
+    if (in.dropout) {
+      const uint64_t drow = in.dropout_row(bh, chunk, query_pos);
+      for (int64_t n = 0; n < nk; ++n) {
+        const bool dropped = attention_weight_dropped(in.dropout_seed, in.dropout_threshold, drow,
+                                                      kslot[n], in.s.length, kpos[n]);
+        const acc_t z = dropped ? acc_t(0) : in.keep_scale;
+        const bool replaced = logit_is_replaced<int32_t>(query_pos, kpos[n], causal, self_mask);
+        dsrow[n] = replaced ? acc_t(0) : prow[n] * (z * dsrow[n] - delta);
+        prow[n] *= z;
+      }
+      continue;
+    }
     for (int64_t n = 0; n < nk; ++n) {
       // A replaced logit is a constant: it has no gradient (docs/semantics.md §1 step 5).
       const bool replaced = logit_is_replaced<int32_t>(query_pos, kpos[n], causal, self_mask);
@@ -273,8 +324,8 @@ REFORMER_MULTIARCH void backward_head(const ChunkInputs<acc_t>& in, int64_t bh, 
   const int64_t D = s.dim, Dv = s.value_dim;
   const int64_t dp = round_up(D, NR), dvp = round_up(Dv, NR), wp = round_up(W, NR);
   // Positions fit int32 (L' < 2^31 is checked), which keeps the mask loops vector-friendly.
-  int32_t* positions = thread_scratch<int32_t>(m + W);
-  int32_t *qpos = positions, *kpos = positions + m;
+  int32_t* positions = thread_scratch<int32_t>(m + 2 * W);
+  int32_t *qpos = positions, *kpos = positions + m, *kslot = kpos + W;
   // Tiles sized for the largest window; each chunk uses the leading part.
   acc_t* q = thread_scratch<acc_t>(m * dp + m * dvp + D * wp + W * dp + Dv * wp + 2 * m * wp +
                                    2 * W * m + m * dp + W * dp + W * dvp + 3 * m);
@@ -295,7 +346,7 @@ REFORMER_MULTIARCH void backward_head(const ChunkInputs<acc_t>& in, int64_t bh, 
   for (int64_t chunk = 0; chunk < s.n_chunks; ++chunk) {
     const int64_t nq = in.gather_positions(bh, chunk, qpos);
     if (nq == 0) continue;
-    const int64_t nk = in.gather_window(bh, chunk, kpos);
+    const int64_t nk = in.gather_window(bh, chunk, kpos, in.dropout ? kslot : nullptr);
     const int64_t nkp = round_up(nk, NR);
     in.gather_rows(in.qk, D, bh, qpos, nq, q, dp, false);
     in.gather_rows(dout, Dv, bh, qpos, nq, dout_q, dvp, false);
@@ -310,7 +361,8 @@ REFORMER_MULTIARCH void backward_head(const ChunkInputs<acc_t>& in, int64_t bh, 
     }
     tile_gemm<acc_t>(nq, nkp, D, q, dp, kt, nkp, p, nkp, false);
     tile_gemm<acc_t>(nq, nkp, Dv, dout_q, dvp, vt, nkp, ds, nkp, false);
-    probabilities_and_logit_grads(in, qpos, nq, kpos, nk, nkp, stats_q, delta_q, p, ds);
+    probabilities_and_logit_grads(in, bh, chunk, qpos, nq, kpos, kslot, nk, nkp, stats_q,
+                                  delta_q, p, ds);
     transpose_tile(p, nq, nk, nkp, p_t, nq);
     transpose_tile(ds, nq, nk, nkp, ds_t, nq);
     tile_gemm<acc_t>(nq, dp, nk, ds, nkp, k, dp, dq, dp, false);       // dS·K
@@ -367,6 +419,12 @@ ChunkInputs<acc_t> make_inputs(const ChunkAttentionProblem& p, const at::Tensor&
   in.key_scale = key_scale.defined() ? key_scale.data_ptr<acc_t>() : nullptr;
   in.padding = p.padding.data_ptr<uint8_t>();
   in.sorted = p.sorted.defined() ? p.sorted.data_ptr<int32_t>() : nullptr;
+  if (p.dropout_p > 0) {
+    in.dropout = true;
+    in.dropout_seed = static_cast<uint64_t>(p.dropout_seed);
+    in.dropout_threshold = dropout_hash::threshold(p.dropout_p);
+    in.keep_scale = static_cast<acc_t>(1.0 / (1.0 - p.dropout_p));
+  }
   return in;
 }
 

@@ -29,6 +29,10 @@ struct ChunkAttentionProblem {
   at::Tensor padding;           // (B, L') uint8: 1 for padding positions and the tail
   at::Tensor sorted;            // (B, H, R * L') int32 positions per round, or undefined for
                                 // the identity order
+  // Dropout on the attention probabilities (docs/semantics.md §1 "Dropout"): 0 = none (the
+  // results are then bitwise those without dropout); the mask is kernels/attention_dropout.h.
+  double dropout_p = 0;
+  int64_t dropout_seed = 0;
 };
 
 // Fills `out_acc` (B, H, L, Dv), zero on entry, and `stats` (B, H, L, 2), -inf on entry, with

@@ -8,6 +8,7 @@
 
 #include <limits>
 
+#include "../chunked_ffn.h"  // read_dropout_seed
 #include "../local_attention_common.h"
 #include "chunk_attention_cpu.h"
 #include "lsh_hash_cpu.h"
@@ -23,8 +24,11 @@ void check_cpu(const at::Tensor& t, const char* name) {
 ChunkAttentionProblem local_problem(const LocalShape& s, const at::Tensor& q_acc,
                                     const at::Tensor& k_acc, const at::Tensor& v_acc,
                                     const c10::optional<at::Tensor>& key_padding_mask,
-                                    bool causal, int64_t before, int64_t after, double scale) {
+                                    bool causal, int64_t before, int64_t after, double scale,
+                                    double dropout_p, int64_t dropout_seed) {
   ChunkAttentionProblem p;
+  p.dropout_p = dropout_p;
+  p.dropout_seed = dropout_seed;
   p.s = s;
   p.causal = causal;
   p.before = before;
@@ -43,9 +47,11 @@ ChunkAttentionProblem local_problem(const LocalShape& s, const at::Tensor& q_acc
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t chunk_length, bool causal,
-    int64_t n_chunks_before, int64_t n_chunks_after, double scale) {
+    int64_t n_chunks_before, int64_t n_chunks_after, double scale, double dropout_p,
+    const c10::optional<at::Tensor>& dropout_seed) {
   const LocalShape s = check_local_attention_args(q, k, v, key_padding_mask, chunk_length,
                                                   n_chunks_before, n_chunks_after);
+  const int64_t seed = read_dropout_seed(dropout_seed, dropout_p);
   check_cpu(q, "q");
   const auto acc = accumulation_type(q);
   const auto q_acc = q.to(acc).contiguous();
@@ -55,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention(
   auto stats = at::full({s.batch, s.heads, s.length, 2}, -std::numeric_limits<double>::infinity(),
                         q_acc.options());
   chunk_attention_forward(local_problem(s, q_acc, k_acc, v_acc, key_padding_mask, causal,
-                                        n_chunks_before, n_chunks_after, scale),
+                                        n_chunks_before, n_chunks_after, scale, dropout_p, seed),
                           out_acc, stats);
   return local_forward_outputs(out_acc, stats, q.scalar_type());
 }
@@ -65,10 +71,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_backward(
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& softmax_stats, const c10::optional<at::Tensor>& key_padding_mask,
     int64_t chunk_length, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
-    double scale) {
+    double scale, double dropout_p, const c10::optional<at::Tensor>& dropout_seed) {
   const LocalShape s = check_local_attention_backward_args(
       grad_out, grad_lse, q, k, v, out, softmax_stats, key_padding_mask, chunk_length,
       n_chunks_before, n_chunks_after);
+  const int64_t seed = read_dropout_seed(dropout_seed, dropout_p);
   check_cpu(q, "q");
   const auto acc = accumulation_type(q);
   const auto q_acc = q.to(acc).contiguous();
@@ -82,7 +89,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_backward(
   auto dk = at::zeros({s.batch, s.heads, s.length, s.dim}, q_acc.options());
   auto dv = at::zeros({s.batch, s.heads, s.length, s.value_dim}, q_acc.options());
   chunk_attention_backward(local_problem(s, q_acc, k_acc, v_acc, key_padding_mask, causal,
-                                         n_chunks_before, n_chunks_after, scale),
+                                         n_chunks_before, n_chunks_after, scale, dropout_p,
+                                         seed),
                            dout, out_acc, dlse, stats, dq, dk, dv);
   return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type())};
 }

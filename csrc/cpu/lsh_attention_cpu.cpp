@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "../../kernels/lsh_common.h"
+#include "../chunked_ffn.h"  // read_dropout_seed
 #include "../lsh_attention_common.h"
 #include "chunk_attention_cpu.h"
 #include "lsh_hash_cpu.h"
@@ -20,8 +21,11 @@ namespace {
 ChunkAttentionProblem lsh_problem(const LshShape& s, const at::Tensor& qk_acc,
                                   const at::Tensor& v_acc, const at::Tensor& padding,
                                   const at::Tensor& sorted, bool causal, int64_t before,
-                                  int64_t after, double scale) {
+                                  int64_t after, double scale, double dropout_p,
+                                  int64_t dropout_seed) {
   ChunkAttentionProblem p;
+  p.dropout_p = dropout_p;
+  p.dropout_seed = dropout_seed;
   p.s = s;
   p.causal = causal;
   p.before = before;
@@ -56,9 +60,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention(
     const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size, bool causal,
     int64_t n_chunks_before, int64_t n_chunks_after, double scale,
-    at::IntArrayRef bucket_factors) {
+    at::IntArrayRef bucket_factors, double dropout_p,
+    const c10::optional<at::Tensor>& dropout_seed) {
   const LshShape s = check_attention_args(qk, v, rotations, key_padding_mask, bucket_size,
                                           n_chunks_before, n_chunks_after, bucket_factors);
+  const int64_t seed = read_dropout_seed(dropout_seed, dropout_p);
   check_cpu(qk, "qk");
   const auto acc = accumulation_type(qk);
   const auto qk_acc = qk.to(acc).contiguous();
@@ -72,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention(
   auto stats = at::full({s.batch, s.heads, s.length, 2}, -std::numeric_limits<double>::infinity(),
                         qk_acc.options());
   chunk_attention_forward(lsh_problem(s, qk_acc, v_acc, padding, sorted, causal, n_chunks_before,
-                                      n_chunks_after, scale),
+                                      n_chunks_after, scale, dropout_p, seed),
                           out_acc, stats);
   return forward_outputs(out_acc, stats, sorted, qk.scalar_type());
 }
@@ -82,10 +88,11 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
     const at::Tensor& v, const at::Tensor& out, const at::Tensor& softmax_stats,
     const at::Tensor& sorted_positions, const c10::optional<at::Tensor>& key_padding_mask,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
-    double scale) {
+    double scale, double dropout_p, const c10::optional<at::Tensor>& dropout_seed) {
   const LshShape s =
       check_backward_args(grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions,
                           key_padding_mask, bucket_size, n_chunks_before, n_chunks_after);
+  const int64_t seed = read_dropout_seed(dropout_seed, dropout_p);
   check_cpu(qk, "qk");
   const auto acc = accumulation_type(qk);
   const auto qk_acc = qk.to(acc).contiguous();
@@ -100,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward(
   auto dqk = at::zeros({s.batch, s.heads, s.length, s.dim}, qk_acc.options());
   auto dv = at::zeros({s.batch, s.heads, s.length, s.value_dim}, qk_acc.options());
   chunk_attention_backward(lsh_problem(s, qk_acc, v_acc, padding, sorted, causal,
-                                       n_chunks_before, n_chunks_after, scale),
+                                       n_chunks_before, n_chunks_after, scale, dropout_p, seed),
                            dout, out_acc, dlse, stats, dqk, dqk, dv);
   return {dqk.to(qk.scalar_type()), dv.to(v.scalar_type())};
 }

@@ -5,7 +5,8 @@
 // kernels (kernels/lsh_attention_fwd.cuh, lsh_attention_bwd.cuh) run with one round over the
 // identity order (AttentionParams::sorted null), separate keys of unit scale (key_scale null), no
 // self-mask, and windows that list a chunk once per offset reaching it (but once with a single
-// chunk). No tensor-core form yet: every dtype runs the FFMA kernels.
+// chunk). No tensor-core form yet: every dtype runs the FFMA kernels. Attention dropout
+// (dropout_p > 0) is AttentionParams::dropout.
 //
 // Outputs have the CPU kernels' meaning and layout: softmax_stats (B, H, L, 2) = (max logit,
 // log-sum relative to it), lse = their sum; padding queries get out 0, stats 0 and lse 0.
@@ -19,6 +20,9 @@
 
 #include <cstdint>
 #include <limits>
+
+#include "../chunked_ffn.h"  // read_dropout_seed
+#include "../seeded_dropout.h"
 
 #include "../../kernels/lsh_attention_bwd.cuh"
 #include "../../kernels/lsh_attention_fwd.cuh"
@@ -35,8 +39,15 @@ void check_local_head_dims(int64_t dim, int64_t value_dim) {
 }
 
 AttentionParams make_local_params(const LocalShape& s, const at::Tensor& mask, bool causal,
-                                  int64_t before, int64_t after, double scale) {
+                                  int64_t before, int64_t after, double scale, double dropout_p,
+                                  int64_t dropout_seed) {
   AttentionParams p{};
+  if (dropout_p > 0) {  // attention dropout (docs/semantics.md §9); off for dropout_p == 0
+    p.dropout = true;
+    p.dropout_seed = static_cast<uint64_t>(dropout_seed);
+    p.dropout_threshold = dropout_hash::threshold(dropout_p);
+    p.keep_scale = 1.0 / (1.0 - dropout_p);
+  }
   p.batch = s.batch;
   p.heads = s.heads;
   p.length = s.length;
@@ -60,9 +71,11 @@ AttentionParams make_local_params(const LocalShape& s, const at::Tensor& mask, b
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t chunk_length, bool causal,
-    int64_t n_chunks_before, int64_t n_chunks_after, double scale) {
+    int64_t n_chunks_before, int64_t n_chunks_after, double scale, double dropout_p,
+    const c10::optional<at::Tensor>& dropout_seed) {
   const LocalShape s = check_local_attention_args(q, k, v, key_padding_mask, chunk_length,
                                                   n_chunks_before, n_chunks_after);
+  const int64_t seed = read_dropout_seed(dropout_seed, dropout_p);
   check_local_head_dims(s.dim, s.value_dim);
   const c10::cuda::CUDAGuard guard(q.device());
   const auto acc = accumulation_type(q);
@@ -75,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_cuda(
                         q.options().dtype(acc));
   if (out_acc.numel() > 0) {
     const AttentionParams p = make_local_params(s, mask, causal, n_chunks_before, n_chunks_after,
-                                                scale);
+                                                scale, dropout_p, seed);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                     "local_attention_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
@@ -97,10 +110,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_backward_cuda(
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& softmax_stats, const c10::optional<at::Tensor>& key_padding_mask,
     int64_t chunk_length, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
-    double scale) {
+    double scale, double dropout_p, const c10::optional<at::Tensor>& dropout_seed) {
   const LocalShape s = check_local_attention_backward_args(
       grad_out, grad_lse, q, k, v, out, softmax_stats, key_padding_mask, chunk_length,
       n_chunks_before, n_chunks_after);
+  const int64_t seed = read_dropout_seed(dropout_seed, dropout_p);
   check_local_head_dims(s.dim, s.value_dim);
   const c10::cuda::CUDAGuard guard(q.device());
   const auto acc = accumulation_type(q);
@@ -119,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_backward_cuda(
     if (grad_lse.has_value()) delta.sub_(*grad_lse);
     delta = delta.contiguous();
     const AttentionParams p = make_local_params(s, mask, causal, n_chunks_before, n_chunks_after,
-                                                scale);
+                                                scale, dropout_p, seed);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),
                                     "local_attention_backward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;

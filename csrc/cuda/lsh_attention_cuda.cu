@@ -22,6 +22,8 @@
 
 #include "../../kernels/lsh_common.h"
 #include "../lsh_attention_common.h"
+#include "../chunked_ffn.h"  // read_dropout_seed
+#include "../seeded_dropout.h"
 #include "lsh_attention_cuda.h"
 #include "lsh_hash_cuda.h"
 #include "lsh_sort_cuda.h"
@@ -51,6 +53,15 @@ AttentionParams make_params(const LshShape& s, const at::Tensor& mask, const at:
   return p;
 }
 
+// Attention dropout (docs/semantics.md §1 "Dropout"): off for dropout_p == 0.
+void set_dropout(AttentionParams& p, double dropout_p, int64_t seed) {
+  if (dropout_p <= 0) return;
+  p.dropout = true;
+  p.dropout_seed = static_cast<uint64_t>(seed);
+  p.dropout_threshold = dropout_hash::threshold(dropout_p);
+  p.keep_scale = 1.0 / (1.0 - dropout_p);
+}
+
 // g_j = rsqrt(mean(x_j^2) + eps) / sqrt(D) per position: (B, H, L) in the accumulation type.
 at::Tensor key_scales(const at::Tensor& qk, const LshShape& s) {
   const auto x = qk.to(accumulation_type(qk));
@@ -71,9 +82,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention_cuda(
     const at::Tensor& qk, const at::Tensor& v, const at::Tensor& rotations,
     const c10::optional<at::Tensor>& key_padding_mask, int64_t bucket_size, bool causal,
     int64_t n_chunks_before, int64_t n_chunks_after, double scale,
-    at::IntArrayRef bucket_factors) {
+    at::IntArrayRef bucket_factors, double dropout_p,
+    const c10::optional<at::Tensor>& dropout_seed) {
   const LshShape s = check_attention_args(qk, v, rotations, key_padding_mask, bucket_size,
                                           n_chunks_before, n_chunks_after, bucket_factors);
+  const int64_t seed = read_dropout_seed(dropout_seed, dropout_p);
   check_head_dims(s.dim, s.value_dim);
   const c10::cuda::CUDAGuard guard(qk.device());
   const auto acc = accumulation_type(qk);
@@ -88,9 +101,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention_cuda(
                         x.options().dtype(acc));
   if (out_acc.numel() > 0) {
     const auto g = key_scales(x, s);
-    const AttentionParams params = make_params(s, mask, sorted, causal, n_chunks_before,
-                                               n_chunks_after, scale);
-    if (use_tensor_cores(x, values))
+    AttentionParams params = make_params(s, mask, sorted, causal, n_chunks_before,
+                                         n_chunks_after, scale);
+    set_dropout(params, dropout_p, seed);
+    // The tensor-core kernels have no attention dropout: with dropout_p > 0, the FFMA kernels.
+    if (!params.dropout && use_tensor_cores(x, values))
       run_lsh_forward_mma(params, s.n_hashes, x, values, g, out_acc, stats);
     else
       run_lsh_forward(params, s.n_hashes, x, values, g, out_acc, stats);
@@ -103,10 +118,11 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward_cuda(
     const at::Tensor& v, const at::Tensor& out, const at::Tensor& softmax_stats,
     const at::Tensor& sorted_positions, const c10::optional<at::Tensor>& key_padding_mask,
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
-    double scale) {
+    double scale, double dropout_p, const c10::optional<at::Tensor>& dropout_seed) {
   const LshShape s =
       check_backward_args(grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions,
                           key_padding_mask, bucket_size, n_chunks_before, n_chunks_after);
+  const int64_t seed = read_dropout_seed(dropout_seed, dropout_p);
   check_head_dims(s.dim, s.value_dim);
   const c10::cuda::CUDAGuard guard(qk.device());
   const auto acc = accumulation_type(qk);
@@ -125,9 +141,10 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward_cuda(
     if (grad_lse.has_value()) delta.sub_(*grad_lse);
     delta = delta.contiguous();
     const auto g = key_scales(x, s);
-    const AttentionParams params = make_params(s, mask, sorted, causal, n_chunks_before,
-                                               n_chunks_after, scale);
-    if (use_tensor_cores(x, values, &dout))
+    AttentionParams params = make_params(s, mask, sorted, causal, n_chunks_before,
+                                         n_chunks_after, scale);
+    set_dropout(params, dropout_p, seed);
+    if (!params.dropout && use_tensor_cores(x, values, &dout))
       run_lsh_backward_mma(params, s.n_hashes, x, values, dout, g, stats, delta, dqk, dv);
     else
       run_lsh_backward(params, s.n_hashes, x, values, dout, g, stats, delta, dqk, dv);

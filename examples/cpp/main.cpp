@@ -38,11 +38,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lsh_attention(const Tensor& qk, const
                        .findSchemaOrThrow("reformer::lsh_attention", "")
                        .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
                            const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                           int64_t, bool, int64_t, int64_t, double, at::IntArrayRef)>();
+                           int64_t, bool, int64_t, int64_t, double, at::IntArrayRef, double,
+                           const OptTensor&)>();
   const OptTensor no_padding_mask;
   const at::IntArrayRef one_bucket_factor;  // empty: n_buckets = 2 * rotations.size(3)
+  const double no_dropout = 0.0;            // attention dropout rate (then no seed)
   return op.call(qk, v, rotations, no_padding_mask, o.bucket_size, o.causal, o.chunks_before,
-                 o.chunks_after, o.scale, one_bucket_factor);
+                 o.chunks_after, o.scale, one_bucket_factor, no_dropout, OptTensor());
 }
 
 // (grad_qk, grad_v) from the gradients of out and lse and what the forward returned.
@@ -55,10 +57,10 @@ std::tuple<Tensor, Tensor> lsh_attention_backward(const Tensor& grad_out, const 
                        .typed<std::tuple<Tensor, Tensor>(
                            const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
                            const Tensor&, const Tensor&, const Tensor&, const OptTensor&, int64_t,
-                           bool, int64_t, int64_t, double)>();
+                           bool, int64_t, int64_t, double, double, const OptTensor&)>();
   const OptTensor no_padding_mask;
   return op.call(grad_out, grad_lse, qk, v, out, stats, sorted, no_padding_mask, o.bucket_size,
-                 o.causal, o.chunks_before, o.chunks_after, o.scale);
+                 o.causal, o.chunks_before, o.chunks_after, o.scale, 0.0, OptTensor());
 }
 
 // ---- The same attention with plain loops. ----------------------------------------------------

@@ -55,9 +55,12 @@ class LSHSelfAttention(tnn.Module):
         causal: mask keys after the query.
         n_chunks_before, n_chunks_after: how many neighbouring chunks each chunk attends to.
         dropout: dropout rate applied in training mode to the OUTPUT of ``to_out`` (as the
-            "hidden dropout" of the HF Reformer), with torch's default generator. The operator
-            has no dropout on the attention weights yet, so this is not attention-probability
-            dropout.
+            "hidden dropout" of the HF Reformer), with torch's default generator. Not the
+            attention-probability dropout: that is ``attention_dropout``.
+        attention_dropout: dropout rate on the attention weights (HF's
+            ``lsh_attention_probs_dropout_prob``, reformer-pytorch's ``lsh_dropout``), applied in
+            training mode only, with a seed drawn per forward from torch's default CPU generator
+            (docs/semantics.md §1 "Dropout").
         seed: the module's rotation seed (see below); default drawn from torch's default CPU
             generator at construction, so ``torch.manual_seed`` before construction fixes it.
         fixed_rotations: ``None`` (default): fresh random rotations per forward in training
@@ -105,7 +108,8 @@ class LSHSelfAttention(tnn.Module):
                  causal: bool = False, n_chunks_before: int = 1, n_chunks_after: int = 0,
                  dropout: float = 0.0, seed: Optional[int] = None,
                  fixed_rotations: Optional[bool] = None, out_bias: bool = True,
-                 hf_hash_seed: Optional[int] = None, device=None, dtype=None):
+                 hf_hash_seed: Optional[int] = None, attention_dropout: float = 0.0,
+                 device=None, dtype=None):
         super().__init__()
         d_model, n_heads = check_int(d_model, "d_model", 1), check_int(n_heads, "n_heads", 1)
         bucket_size, n_hashes = (check_int(bucket_size, "bucket_size", 1),
@@ -122,6 +126,7 @@ class LSHSelfAttention(tnn.Module):
             n_buckets = check_n_buckets(n_buckets)  # an even int, or a list of even factors
         causal = check_bool(causal, "causal")
         dropout = check_probability(dropout, "dropout")
+        attention_dropout = check_probability(attention_dropout, "attention_dropout")
         if seed is not None:
             seed = check_int(seed, "seed")  # any int: taken modulo 2^64
         if fixed_rotations is not None:
@@ -136,6 +141,7 @@ class LSHSelfAttention(tnn.Module):
         self.causal = causal
         self.n_chunks_before, self.n_chunks_after = n_chunks_before, n_chunks_after
         self.dropout = dropout
+        self.attention_dropout = attention_dropout
         self.fixed_rotations = fixed_rotations
         self.hf_hash_seed = hf_hash_seed
         inner = n_heads * d_head
@@ -268,7 +274,8 @@ class LSHSelfAttention(tnn.Module):
                             causal=self.causal, key_padding_mask=key_padding_mask,
                             rotations=rotations, n_chunks_before=self.n_chunks_before,
                             n_chunks_after=self.n_chunks_after,
-                            n_buckets=self.n_buckets if self.bucket_factors else None)
+                            n_buckets=self.n_buckets if self.bucket_factors else None,
+                            dropout=self.attention_dropout if self.training else 0.0)
         out = self.to_out(out.transpose(1, 2).reshape(batch, length, heads * d_head))
         if self.training and self.dropout > 0.0:
             out = F.dropout(out, self.dropout, training=True)
@@ -281,4 +288,6 @@ class LSHSelfAttention(tnn.Module):
                 f"causal={self.causal}, n_chunks_before={self.n_chunks_before}, "
                 f"n_chunks_after={self.n_chunks_after}, dropout={self.dropout}, "
                 f"fixed_rotations={self.fixed_rotations}"
+                + ("" if not self.attention_dropout
+                   else f", attention_dropout={self.attention_dropout}")
                 + ("" if self.hf_hash_seed is None else f", hf_hash_seed={self.hf_hash_seed}"))

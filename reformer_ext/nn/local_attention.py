@@ -9,7 +9,8 @@ from typing import Optional
 from torch import Tensor
 from torch import nn as tnn
 
-from ..ops._checks import check_bool, check_float_dtype, check_input, check_int
+from ..ops._checks import (check_bool, check_float_dtype, check_input, check_int,
+                           check_probability)
 from ..ops.local_attention import MAX_WINDOW_CHUNKS, local_attention
 
 __all__ = ["LocalSelfAttention"]
@@ -34,6 +35,9 @@ class LocalSelfAttention(tnn.Module):
         causal: mask keys after the query (HF's ``is_decoder``).
         out_bias: whether ``to_out`` has a bias (default True, as LSHSelfAttention; HF's output
             projection has none, so converted HF models use False).
+        attention_dropout: dropout rate on the attention weights (HF's
+            ``local_attention_probs_dropout_prob``), applied in training mode only, with a seed
+            drawn per forward from torch's default CPU generator (docs/semantics.md §9).
 
     ``forward(x, key_padding_mask=None)``: ``key_padding_mask`` is ``(B, L)`` bool, True marks
     padding (HF's ``attention_mask`` is its negation). Outputs at padded positions are
@@ -43,7 +47,8 @@ class LocalSelfAttention(tnn.Module):
 
     def __init__(self, d_model: int, n_heads: int, *, d_head: Optional[int] = None,
                  chunk_length: int = 64, n_chunks_before: int = 1, n_chunks_after: int = 0,
-                 causal: bool = False, out_bias: bool = True, device=None, dtype=None):
+                 causal: bool = False, out_bias: bool = True, attention_dropout: float = 0.0,
+                 device=None, dtype=None):
         super().__init__()
         d_model, n_heads = check_int(d_model, "d_model", 1), check_int(n_heads, "n_heads", 1)
         chunk_length = check_int(chunk_length, "chunk_length", 1)
@@ -61,12 +66,14 @@ class LocalSelfAttention(tnn.Module):
         d_head = check_int(d_head, "d_head", 1)
         causal = check_bool(causal, "causal")
         out_bias = check_bool(out_bias, "out_bias")
+        attention_dropout = check_probability(attention_dropout, "attention_dropout")
         check_float_dtype(dtype)
         factory = dict(device=device, dtype=dtype)
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
         self.chunk_length = chunk_length
         self.n_chunks_before, self.n_chunks_after = n_chunks_before, n_chunks_after
         self.causal = causal
+        self.attention_dropout = attention_dropout
         inner = n_heads * d_head
         self.to_q = tnn.Linear(d_model, inner, bias=False, **factory)
         self.to_k = tnn.Linear(d_model, inner, bias=False, **factory)
@@ -88,10 +95,13 @@ class LocalSelfAttention(tnn.Module):
         out = local_attention(q, k, v, chunk_length=self.chunk_length, causal=self.causal,
                               n_chunks_before=self.n_chunks_before,
                               n_chunks_after=self.n_chunks_after, scale=d_head ** -0.5,
-                              key_padding_mask=key_padding_mask)
+                              key_padding_mask=key_padding_mask,
+                              dropout=self.attention_dropout if self.training else 0.0)
         return self.to_out(out.transpose(1, 2).reshape(batch, length, heads * d_head))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, d_head={self.d_head}, "
                 f"chunk_length={self.chunk_length}, n_chunks_before={self.n_chunks_before}, "
-                f"n_chunks_after={self.n_chunks_after}, causal={self.causal}")
+                f"n_chunks_after={self.n_chunks_after}, causal={self.causal}"
+                + ("" if not self.attention_dropout
+                   else f", attention_dropout={self.attention_dropout}"))

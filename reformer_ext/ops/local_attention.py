@@ -11,8 +11,11 @@ import torch
 from torch import Tensor
 
 from ._autocast import register_low_precision_autocast
-from ._checks import check_bool, check_int, check_real, check_tensor, check_traced
+from ._checks import (check_bool, check_int, check_probability, check_real, check_tensor,
+                      check_traced)
+from .chunked_ffn import _fake_check_dropout_seed
 from .lsh_attention import accumulation_dtype
+from .seeded_random import draw_dropout_seed, seed_tensor
 
 __all__ = ["local_attention"]
 
@@ -57,8 +60,9 @@ def _fake_check_args(q, k, v, key_padding_mask, chunk_length, n_chunks_before, n
 
 @torch.library.register_fake("reformer::local_attention")
 def _local_attention_fake(q, k, v, key_padding_mask, chunk_length, causal, n_chunks_before,
-                          n_chunks_after, scale):
+                          n_chunks_after, scale, dropout_p=0.0, dropout_seed=None):
     _fake_check_args(q, k, v, key_padding_mask, chunk_length, n_chunks_before, n_chunks_after)
+    _fake_check_dropout_seed(dropout_seed, dropout_p, q)
     batch, heads, length, _ = q.shape
     acc = accumulation_dtype(q.dtype)
     out = v.new_empty(v.shape)
@@ -70,8 +74,9 @@ def _local_attention_fake(q, k, v, key_padding_mask, chunk_length, causal, n_chu
 @torch.library.register_fake("reformer::local_attention_backward")
 def _local_attention_backward_fake(grad_out, grad_lse, q, k, v, out, softmax_stats,
                                    key_padding_mask, chunk_length, causal, n_chunks_before,
-                                   n_chunks_after, scale):
+                                   n_chunks_after, scale, dropout_p=0.0, dropout_seed=None):
     _fake_check_args(q, k, v, key_padding_mask, chunk_length, n_chunks_before, n_chunks_after)
+    _fake_check_dropout_seed(dropout_seed, dropout_p, q)
     batch, heads, length, _ = q.shape
     acc = accumulation_dtype(q.dtype)
     _check_tensor_arg(grad_out, "grad_out", q, v.shape, q.dtype)
@@ -87,19 +92,23 @@ def _local_attention_backward_fake(grad_out, grad_lse, q, k, v, out, softmax_sta
 
 
 def _local_attention_setup_context(ctx, inputs, output):
-    q, k, v, key_padding_mask, chunk_length, causal, before, after, scale = inputs
+    q, k, v, key_padding_mask, chunk_length, causal, before, after, scale = inputs[:9]
+    dropout_p = inputs[9] if len(inputs) > 9 else 0.0
+    dropout_seed = inputs[10] if len(inputs) > 10 else None
     out, _lse, softmax_stats = output
-    ctx.save_for_backward(q, k, v, out, softmax_stats, key_padding_mask)
-    ctx.options = (chunk_length, causal, before, after, scale)
+    ctx.save_for_backward(q, k, v, out, softmax_stats, key_padding_mask, dropout_seed)
+    ctx.options = (chunk_length, causal, before, after, scale, dropout_p)
+    ctx.n_inputs = len(inputs)
     ctx.mark_non_differentiable(softmax_stats)
 
 
 def _local_attention_backward(ctx, grad_out, grad_lse, _grad_stats):
-    q, k, v, out, softmax_stats, key_padding_mask = ctx.saved_tensors
+    q, k, v, out, softmax_stats, key_padding_mask, dropout_seed = ctx.saved_tensors
     grad_q, grad_k, grad_v = torch.ops.reformer.local_attention_backward(
-        grad_out, grad_lse, q, k, v, out, softmax_stats, key_padding_mask, *ctx.options
+        grad_out, grad_lse, q, k, v, out, softmax_stats, key_padding_mask, *ctx.options,
+        dropout_seed
     )
-    return grad_q, grad_k, grad_v, None, None, None, None, None, None
+    return (grad_q, grad_k, grad_v) + (None,) * (ctx.n_inputs - 3)
 
 
 torch.library.register_autograd(
@@ -118,7 +127,7 @@ register_low_precision_autocast("reformer::local_attention", cast=("q", "k", "v"
 def local_attention(q: Tensor, k: Tensor, v: Tensor, *, chunk_length: int = 64,
                     causal: bool = False, n_chunks_before: int = 1, n_chunks_after: int = 0,
                     scale: Optional[float] = None, key_padding_mask: Optional[Tensor] = None,
-                    return_lse: bool = False):
+                    return_lse: bool = False, dropout: float = 0.0, dropout_seed=None):
     """Local (chunked sliding-window) self-attention, HF Reformer's LocalSelfAttention
     (docs/semantics.md §9).
 
@@ -129,10 +138,21 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, *, chunk_length: int = 64,
     1 / sqrt(D) when None; ``causal`` masks keys after the query; key_padding_mask (B, L) bool,
     True marks padding. No self-mask.
 
+    dropout: probability in [0, 1) of dropping each attention weight (one query, one key
+    listing of its window) after the softmax, kept weights scaled by 1 / (1 - dropout); applied
+    whenever dropout > 0 (pass 0.0 for evaluation); lse stays that of the undropped weights. The
+    mask is a pure function of ``dropout_seed`` (an int or a one-element int64 CPU tensor) and of
+    the element (docs/semantics.md §9 "Dropout"); with dropout > 0 and no seed, one is drawn
+    from torch's default CPU generator.
+
     Returns out (B, H, L, Dv), or (out, lse) with lse (B, H, L) in float32 (float64 for float64
     inputs) when return_lse. Padding query positions give out 0 and lse 0.
     """
     check_tensor(q, "q")
+    dropout = check_probability(dropout, "dropout")
+    seed = None
+    if dropout > 0.0:
+        seed = draw_dropout_seed() if dropout_seed is None else seed_tensor(dropout_seed)
     check_tensor(k, "k")
     check_tensor(v, "v")
     chunk_length = check_int(chunk_length, "chunk_length", 1)
@@ -150,6 +170,7 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, *, chunk_length: int = 64,
     else:
         scale = check_real(scale, "scale")
     out, lse, _ = torch.ops.reformer.local_attention(
-        q, k, v, key_padding_mask, chunk_length, causal, n_chunks_before, n_chunks_after, scale
+        q, k, v, key_padding_mask, chunk_length, causal, n_chunks_before, n_chunks_after, scale,
+        dropout, seed
     )
     return (out, lse) if return_lse else out

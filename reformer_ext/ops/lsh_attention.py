@@ -12,7 +12,10 @@ import torch
 from torch import Tensor
 
 from ._autocast import register_low_precision_autocast
-from ._checks import check_bool, check_int, check_real, check_tensor, check_traced
+from ._checks import (check_bool, check_int, check_probability, check_real, check_tensor,
+                      check_traced)
+from .chunked_ffn import _fake_check_dropout_seed
+from .seeded_random import draw_dropout_seed, seed_tensor
 
 __all__ = ["accumulation_dtype", "bucket_factors_of", "default_n_buckets", "lsh_attention",
            "lsh_buckets", "random_rotations"]
@@ -99,10 +102,12 @@ def _lsh_buckets_fake(qk, rotations, key_padding_mask=None, bucket_factors=()):
 
 @torch.library.register_fake("reformer::lsh_attention")
 def _lsh_attention_fake(qk, v, rotations, key_padding_mask, bucket_size, causal,
-                        n_chunks_before, n_chunks_after, scale, bucket_factors=()):
+                        n_chunks_before, n_chunks_after, scale, bucket_factors=(),
+                        dropout_p=0.0, dropout_seed=None):
     _fake_check_hash_args(qk, rotations, key_padding_mask)
     check_bucket_factors(bucket_factors, rotations.shape[3])
     _fake_check_window(bucket_size, n_chunks_before, n_chunks_after)
+    _fake_check_dropout_seed(dropout_seed, dropout_p, qk)
     batch, heads, length, _ = qk.shape
     _check_tensor_arg(v, "v", qk, (batch, heads, length, v.shape[-1]), qk.dtype)
     items = rotations.shape[2] * _padded_length(length, bucket_size)
@@ -117,10 +122,11 @@ def _lsh_attention_fake(qk, v, rotations, key_padding_mask, bucket_size, causal,
 @torch.library.register_fake("reformer::lsh_attention_backward")
 def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions,
                                  key_padding_mask, bucket_size, causal, n_chunks_before,
-                                 n_chunks_after, scale):
+                                 n_chunks_after, scale, dropout_p=0.0, dropout_seed=None):
     check_traced(isinstance(qk, Tensor) and qk.dim() == 4,
            "qk must have shape (batch, heads, length, dim)")
     _fake_check_window(bucket_size, n_chunks_before, n_chunks_after)
+    _fake_check_dropout_seed(dropout_seed, dropout_p, qk)
     batch, heads, length, _ = qk.shape
     acc = accumulation_dtype(qk.dtype)
     _check_tensor_arg(v, "v", qk, (batch, heads, length, v.shape[-1]), qk.dtype)
@@ -145,20 +151,25 @@ def _lsh_attention_backward_fake(grad_out, grad_lse, qk, v, out, softmax_stats, 
 
 
 def _lsh_attention_setup_context(ctx, inputs, output):
-    # bucket_factors (last) are not needed: the backward reuses sorted_positions
+    # bucket_factors are not needed: the backward reuses sorted_positions. The dropout rate and
+    # seed (trailing, optional) go to the backward, which regenerates the mask.
     qk, v, _rotations, key_padding_mask, bucket_size, causal, before, after, scale = inputs[:9]
+    dropout_p = inputs[10] if len(inputs) > 10 else 0.0
+    dropout_seed = inputs[11] if len(inputs) > 11 else None
     out, _lse, sorted_positions, softmax_stats = output
-    ctx.save_for_backward(qk, v, out, softmax_stats, sorted_positions, key_padding_mask)
-    ctx.options = (bucket_size, causal, before, after, scale)
+    ctx.save_for_backward(qk, v, out, softmax_stats, sorted_positions, key_padding_mask,
+                          dropout_seed)
+    ctx.options = (bucket_size, causal, before, after, scale, dropout_p)
     ctx.n_inputs = len(inputs)
     ctx.mark_non_differentiable(sorted_positions, softmax_stats)
 
 
 def _lsh_attention_backward(ctx, grad_out, grad_lse, _grad_sorted_positions, _grad_stats):
-    qk, v, out, softmax_stats, sorted_positions, key_padding_mask = ctx.saved_tensors
+    (qk, v, out, softmax_stats, sorted_positions, key_padding_mask,
+     dropout_seed) = ctx.saved_tensors
     grad_qk, grad_v = torch.ops.reformer.lsh_attention_backward(
         grad_out, grad_lse, qk, v, out, softmax_stats, sorted_positions, key_padding_mask,
-        *ctx.options
+        *ctx.options, dropout_seed
     )
     return (grad_qk, grad_v) + (None,) * (ctx.n_inputs - 2)
 
@@ -235,7 +246,8 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
                   n_buckets=None, causal: bool = False,
                   key_padding_mask: Optional[Tensor] = None, rotations: Optional[Tensor] = None,
                   generator: Optional[torch.Generator] = None, n_chunks_before: int = 1,
-                  n_chunks_after: int = 0, scale: float = 1.0, return_lse: bool = False):
+                  n_chunks_after: int = 0, scale: float = 1.0, return_lse: bool = False,
+                  dropout: float = 0.0, dropout_seed=None):
     """LSH self-attention with shared query/keys (docs/semantics.md §1).
 
     qk: (B, H, L, D) shared queries/keys; v: (B, H, L, Dv). key_padding_mask: (B, L) bool,
@@ -247,11 +259,22 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
     (docs/semantics.md §1 step 1). Factorised rotations need the factors: pass them as
     n_buckets with the rotations.
 
+    dropout: probability in [0, 1) of dropping each attention weight (a query's weight on one
+    key listing in one round) after the softmax, kept weights scaled by 1 / (1 - dropout); applied
+    whenever dropout > 0 (pass 0.0 for evaluation). lse stays that of the undropped weights. The
+    mask is a pure function of ``dropout_seed`` (an int, taken modulo 2^64, or a one-element
+    int64 CPU tensor) and of the element (docs/semantics.md §1 "Dropout"); with dropout > 0 and
+    no seed, one is drawn from torch's default CPU generator.
+
     Returns out (B, H, L, Dv), or (out, lse) with lse (B, H, L) in float32 (float64 for float64
     inputs) when return_lse. Padding query positions give out 0 and lse 0.
     """
     check_tensor(qk, "qk")
     check_tensor(v, "v")
+    dropout = check_probability(dropout, "dropout")
+    seed = None
+    if dropout > 0.0:
+        seed = draw_dropout_seed() if dropout_seed is None else seed_tensor(dropout_seed)
     n_hashes = check_int(n_hashes, "n_hashes", 1)
     bucket_size = check_int(bucket_size, "bucket_size", 1)
     n_chunks_before = check_int(n_chunks_before, "n_chunks_before", 0)
@@ -278,7 +301,7 @@ def lsh_attention(qk: Tensor, v: Tensor, *, n_hashes: int = 4, bucket_size: int 
                                  "factors // 2, in dimension 3)")
     out, lse, _, _ = torch.ops.reformer.lsh_attention(
         qk, v, rotations, key_padding_mask, bucket_size, causal, n_chunks_before,
-        n_chunks_after, scale, bucket_factors_of(n_buckets)
+        n_chunks_after, scale, bucket_factors_of(n_buckets), dropout, seed
     )
     return (out, lse) if return_lse else out
 

@@ -14,6 +14,8 @@ C++ by csrc/seeded_dropout.h and kernels/dropout_hash.h.
 - Dropout (the chunked feed-forward's hidden activation, the reversible stack's branch outputs):
   element e of a row-major ``(N, width)`` tensor is dropped iff the (e + 1)-th output, read as a
   signed 64-bit integer, is < -2^63 + p · 2^64; kept elements are scaled by 1 / (1 - p).
+- Attention dropout (LSH and local attention, docs/semantics.md §1 "Dropout"): the same rule
+  over the element index of :func:`attention_dropout_keep_mask`.
 - Rotations in eval mode (:func:`seeded_rotations`): Box-Muller over two words per element.
 - Seeds: :func:`draw_dropout_seed` draws one from torch's RNG, so ``torch.manual_seed`` makes a
   step reproducible.
@@ -28,7 +30,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["as_int64", "draw_dropout_seed", "hidden_dropout_keep_mask", "mix64", "seed_tensor",
+__all__ = ["as_int64", "attention_dropout_keep_mask", "draw_dropout_seed", "hidden_dropout_keep_mask", "mix64", "seed_tensor",
            "seeded_dropout", "seeded_rotations"]
 
 _MASK64 = (1 << 64) - 1
@@ -94,6 +96,26 @@ def hidden_dropout_keep_mask(n_rows: int, d_ff: int, p: float, seed, *, row_offs
     seed = seed.to(device) if isinstance(seed, Tensor) else as_int64(seed)
     rows = torch.arange(row_offset, row_offset + n_rows, **i64) * as_int64(d_ff * GAMMA) + seed
     words = mix64(rows[:, None] + cols[None, :])
+    threshold = as_int64(int(math.ldexp(p, 64)) ^ (1 << 63))  # -2^63 + p · 2^64
+    return words >= threshold
+
+
+def attention_dropout_keep_mask(p: float, seed, bh, round_, query_pos, slot, key_pos, *,
+                                n_hashes: int, length: int, window_slots: int) -> Tensor:
+    """The keep mask (bool) of the attention dropout (docs/semantics.md §1 "Dropout"), for
+    broadcastable int64 tensors ``bh`` (b · H + h), ``round_`` (the query's round), ``query_pos``
+    (i), ``slot`` (the window slot k: offset + n_chunks_before of the offset that listed the
+    key's chunk) and ``key_pos`` (j): element
+
+        e = (((bh · R + r) · L + i) · K + k) · L + j        (mod 2^64)
+
+    with R = n_hashes, L = length (unpadded), K = window_slots (n_chunks_before + 1 +
+    n_chunks_after), dropped as in the seeded dropout rule above. Used by the plain-PyTorch
+    references only: the kernels compute it on their own (kernels/attention_dropout.h)."""
+    seed = seed.reshape(()) if isinstance(seed, Tensor) else as_int64(seed)
+    row = ((bh * n_hashes + round_) * length + query_pos) * window_slots
+    e = (row + slot) * length + key_pos
+    words = mix64(seed + (e + 1) * GAMMA)
     threshold = as_int64(int(math.ldexp(p, 64)) ^ (1 << 63))  # -2^63 + p · 2^64
     return words >= threshold
 

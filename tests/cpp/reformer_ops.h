@@ -20,13 +20,17 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor> lsh_attention(const Tensor& qk
                                                  const Tensor& rot, const OptTensor& mask,
                                                  int64_t m, bool causal, int64_t before,
                                                  int64_t after, double scale,
-                                                 at::IntArrayRef bucket_factors = {}) {
+                                                 at::IntArrayRef bucket_factors = {},
+                                                 double dropout_p = 0.0,
+                                                 const OptTensor& dropout_seed = std::nullopt) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("reformer::lsh_attention", "")
                        .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
                            const Tensor&, const Tensor&, const Tensor&, const OptTensor&, int64_t,
-                           bool, int64_t, int64_t, double, at::IntArrayRef)>();
-  return op.call(qk, v, rot, mask, m, causal, before, after, scale, bucket_factors);
+                           bool, int64_t, int64_t, double, at::IntArrayRef, double,
+                           const OptTensor&)>();
+  return op.call(qk, v, rot, mask, m, causal, before, after, scale, bucket_factors, dropout_p,
+                 dropout_seed);
 }
 
 inline std::tuple<Tensor, Tensor> lsh_attention_backward(const Tensor& grad_out, const OptTensor& grad_lse,
@@ -34,16 +38,19 @@ inline std::tuple<Tensor, Tensor> lsh_attention_backward(const Tensor& grad_out,
                                                   const Tensor& out, const Tensor& stats,
                                                   const Tensor& sorted, const OptTensor& mask,
                                                   int64_t m, bool causal, int64_t before,
-                                                  int64_t after, double scale) {
+                                                  int64_t after, double scale,
+                                                  double dropout_p = 0.0,
+                                                  const OptTensor& dropout_seed = std::nullopt) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("reformer::lsh_attention_backward", "")
           .typed<std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
                                             const Tensor&, const Tensor&, const Tensor&,
                                             const Tensor&, const OptTensor&, int64_t, bool,
-                                            int64_t, int64_t, double)>();
+                                            int64_t, int64_t, double, double,
+                                            const OptTensor&)>();
   return op.call(grad_out, grad_lse, qk, v, out, stats, sorted, mask, m, causal, before, after,
-                 scale);
+                 scale, dropout_p, dropout_seed);
 }
 
 inline Tensor lsh_buckets(const Tensor& qk, const Tensor& rot, const OptTensor& mask,

@@ -44,6 +44,7 @@
 
 #include "csrc/cuda/rotation_pieces.h"
 #include "csrc/local_attention.h"
+#include "csrc/seeded_dropout.h"
 #include "sim_checks.h"
 #include "tests/cpp/reformer_ops.h"
 
@@ -71,6 +72,7 @@ struct AttentionCase {
   bool causal, masked;
   double scale;
   uint64_t seed;
+  double dropout_p = 0;  // attention dropout (docs/semantics.md §1 "Dropout"), seed 77 + seed
 };
 
 // Bucket sizes not multiples of 16 and above one CTA's rows (16 FFMA, 64 tensor cores), L not a
@@ -109,11 +111,14 @@ AttentionProblem make_attention_problem(const AttentionCase& c, int64_t D, int64
     mask = pr.mask;
   }
   const Tensor qk = pr.qk.to(at::kDouble), v = pr.v.to(at::kDouble);
+  OptTensor dropout_seed;
+  if (c.dropout_p > 0) dropout_seed = at::scalar_tensor(int64_t(77 + c.seed), at::kLong);
   std::tie(pr.out, pr.lse, pr.sorted, pr.stats) =
-      lsh_attention(qk, v, rot, mask, c.bucket, c.causal, c.before, c.after, c.scale);
+      lsh_attention(qk, v, rot, mask, c.bucket, c.causal, c.before, c.after, c.scale, {},
+                    c.dropout_p, dropout_seed);
   std::tie(pr.grad_qk, pr.grad_v) = lsh_attention_backward(
       pr.dout.to(at::kDouble), pr.dlse.to(at::kDouble), qk, v, pr.out, pr.stats, pr.sorted, mask,
-      c.bucket, c.causal, c.before, c.after, c.scale);
+      c.bucket, c.causal, c.before, c.after, c.scale, c.dropout_p, dropout_seed);
   return pr;
 }
 
@@ -136,6 +141,12 @@ AttentionParams make_params(const AttentionCase& c, int64_t D, int64_t Dv,
   p.scale = c.scale;
   p.padding = pr.mask.defined() ? pr.mask.data_ptr<bool>() : nullptr;
   p.sorted = pr.sorted.data_ptr<int32_t>();
+  if (c.dropout_p > 0) {  // set_dropout of csrc/cuda/lsh_attention_cuda.cu
+    p.dropout = true;
+    p.dropout_seed = 77 + c.seed;
+    p.dropout_threshold = reformer::dropout_hash::threshold(c.dropout_p);
+    p.keep_scale = 1.0 / (1.0 - c.dropout_p);
+  }
   return p;
 }
 
@@ -319,6 +330,16 @@ TEST(CudaSimAttentionFfma, Double) {
 
 // fp16/bf16 inputs on the FFMA kernels (head dims the tensor cores do not take): fp32
 // accumulation; the outputs are rounded to the input type.
+// Attention dropout (the FFMA kernels; the tensor-core ones fall back to them): every case with
+// a rate, against the CPU operators with the same seed.
+TEST(CudaSimAttentionFfma, Dropout) {
+  for (AttentionCase c : kAttentionCases) {
+    c.dropout_p = c.seed % 2 ? 0.3 : 0.6;
+    check_ffma_case<double, double>(c, 24, 40, at::kDouble, kDoubleTolerance);
+    check_ffma_case<float, float>(c, 16, 16, at::kFloat, kFloatTolerance);
+  }
+}
+
 TEST(CudaSimAttentionFfma, HalfAndBFloat16Inputs) {
   check_ffma_case<c10::Half, float>(kAttentionCases[2], 48, 24, at::kHalf,
                                     {0.0, 0x1p-10, 1e-5, 1e-4});
@@ -729,6 +750,7 @@ struct LocalCase {
   int before, after;
   bool causal, masked;
   uint64_t seed;
+  double dropout_p = 0;  // attention dropout (docs/semantics.md §9), seed 55 + seed
 };
 
 // Chunks above one CTA's 16 rows and not multiples of it, odd L (a tail), a single chunk
@@ -763,11 +785,14 @@ void check_local(const LocalCase& c, int64_t D, int64_t Dv, at::ScalarType dtype
   const double scale = 1.0 / std::sqrt(double(D));
   // The CPU operators in double precision on the same (exactly representable) inputs.
   const Tensor q64 = q.to(at::kDouble), k64 = k.to(at::kDouble), v64 = v.to(at::kDouble);
+  std::optional<Tensor> dropout_seed;
+  if (c.dropout_p > 0) dropout_seed = at::scalar_tensor(int64_t(55 + c.seed), at::kLong);
   auto [ref_out, ref_lse, ref_stats] = reformer::local_attention(
-      q64, k64, v64, opt_mask, c.chunk, c.causal, c.before, c.after, scale);
+      q64, k64, v64, opt_mask, c.chunk, c.causal, c.before, c.after, scale, c.dropout_p,
+      dropout_seed);
   auto [ref_dq, ref_dk, ref_dv] = reformer::local_attention_backward(
       dout.to(at::kDouble), dlse.to(at::kDouble), q64, k64, v64, ref_out, ref_stats, opt_mask,
-      c.chunk, c.causal, c.before, c.after, scale);
+      c.chunk, c.causal, c.before, c.after, scale, c.dropout_p, dropout_seed);
 
   // make_local_params of csrc/cuda/local_attention_cuda.cu
   AttentionParams p{};
@@ -788,6 +813,12 @@ void check_local(const LocalCase& c, int64_t D, int64_t Dv, at::ScalarType dtype
   p.sorted = nullptr;
   p.self_mask = false;
   p.distinct_window = p.n_chunks == 1;
+  if (c.dropout_p > 0) {  // make_local_params of csrc/cuda/local_attention_cuda.cu
+    p.dropout = true;
+    p.dropout_seed = 55 + c.seed;
+    p.dropout_threshold = reformer::dropout_hash::threshold(c.dropout_p);
+    p.keep_scale = 1.0 / (1.0 - c.dropout_p);
+  }
 
   Tensor out_acc = at::zeros({c.B, c.H, c.L, Dv}, acc);
   Tensor stats = at::full({c.B, c.H, c.L, 2}, -std::numeric_limits<double>::infinity(), acc);
@@ -853,6 +884,14 @@ TEST(CudaSimLocalAttentionFfma, Float) {
 TEST(CudaSimLocalAttentionFfma, Double) {
   check_local<double, double, 2>(kLocalCases[1], 24, 40, at::kDouble, 1e-10, 1e-12);
   check_local<double, double, 1>(kLocalCases[2], 16, 16, at::kDouble, 1e-10, 1e-12);
+}
+
+TEST(CudaSimLocalAttentionFfma, Dropout) {
+  for (LocalCase c : kLocalCases) {
+    c.dropout_p = c.seed % 2 ? 0.25 : 0.5;
+    check_local<double, double, 2>(c, 24, 40, at::kDouble, 1e-10, 1e-12);
+    check_local<float, float, 1>(c, 16, 16, at::kFloat, 1e-4, 1e-5);
+  }
 }
 
 TEST(CudaSimLocalAttentionFfma, BFloat16Inputs) {
