@@ -187,8 +187,9 @@ class LSHSelfAttention(tnn.Module):
         shape = (self.n_heads, self.d_head, self.n_hashes, columns)
         acc = accumulation_dtype(dtype)
         # rotations cached under torch.inference_mode are inference tensors, which autograd
-        # refuses to save: they are cached apart, for inference mode only
-        inference = torch.is_inference_mode_enabled()
+        # refuses to save: they are cached apart, for inference mode only (torch.compile cannot
+        # trace the query; compiled graphs read the entries of ordinary eager calls)
+        inference = not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
         if self.uses_fixed_rotations() and self.hf_hash_seed is not None:
             # cached per shape, device and dtype; torch.compile reads the cache (a generator
             # cannot be created inside a graph: a first compiled call at a new shape, device or
