@@ -78,17 +78,25 @@ def _assert_close(out_a, grads_a, out_b, grads_b, tol, names=None):
 @pytest.mark.parametrize("dropout", [0.0, 0.2], ids=["nodrop", "dropout"])
 def test_reformer_reversible_equals_plain(dtype, causal, dropout):
     model = small_reformer(dtype, causal=causal, dropout=dropout)
+    assert model.reversible
+    x, mask, out_p = _assert_reversible_equals_plain(model, dtype)
+    if dropout > 0:  # the seed matters: dropout and fresh rotations are really random
+        out_other, _ = _step(model, x, mask, seed=6)
+        assert rel_error(out_other, out_p) > 1e-3
+
+
+def _assert_reversible_equals_plain(model, dtype):
+    """The model's output and every gradient with the stack operator equal those of the same
+    layers run as plain modules (same seed: same rotations and dropout masks), on a padded
+    batch of 2 x 37 positions; leaves the model non-reversible. Returns (x, mask, output)."""
     x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(2), dtype=dtype)
     mask = _mask(2, 37, 29)
     names = ["x"] + [n for n, _ in model.named_parameters()]
-    assert model.reversible
     out_r, grads_r = _step(model, x, mask, seed=5)
     model.reversible = False
     out_p, grads_p = _step(model, x, mask, seed=5)
     _assert_close(out_r, grads_r, out_p, grads_p, TOL[dtype], names)
-    if dropout > 0:  # the seed matters: dropout and fresh rotations are really random
-        out_other, _ = _step(model, x, mask, seed=6)
-        assert rel_error(out_other, out_p) > 1e-3
+    return x, mask, out_p
 
 
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
@@ -102,13 +110,7 @@ def test_reformer_mixed_local_and_lsh_layers_reversible_equals_plain(dtype, caus
     assert model.stack_options.local_layers == (0, 2)
     assert isinstance(model.layers[0].f.attn, rx.nn.LocalSelfAttention)
     assert isinstance(model.layers[1].f.attn, rx.nn.LSHSelfAttention)
-    x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(2), dtype=dtype)
-    mask = _mask(2, 37, 29)
-    names = ["x"] + [n for n, _ in model.named_parameters()]
-    out_r, grads_r = _step(model, x, mask, seed=5)
-    model.reversible = False
-    out_p, grads_p = _step(model, x, mask, seed=5)
-    _assert_close(out_r, grads_r, out_p, grads_p, TOL[dtype], names)
+    _assert_reversible_equals_plain(model, dtype)
 
 
 def test_reformer_attn_layers_errors():
@@ -126,13 +128,7 @@ def test_reformer_factorised_buckets_reversible_equals_plain(dtype):
     model = small_reformer(dtype, causal=True, dropout=0.1, n_buckets=[2, 4, 2])
     assert model.stack_options.bucket_factors == (2, 4, 2)
     assert model.layers[0].f.attn.make_rotations(37).shape == (2, 16, 2, 4)
-    x = torch.randn(2, 37, 32, generator=torch.Generator().manual_seed(2), dtype=dtype)
-    mask = _mask(2, 37, 29)
-    names = ["x"] + [n for n, _ in model.named_parameters()]
-    out_r, grads_r = _step(model, x, mask, seed=5)
-    model.reversible = False
-    out_p, grads_p = _step(model, x, mask, seed=5)
-    _assert_close(out_r, grads_r, out_p, grads_p, TOL[dtype], names)
+    _assert_reversible_equals_plain(model, dtype)
 
 
 @pytest.mark.parametrize("merge", ["concat", "mean"])
