@@ -56,6 +56,7 @@ struct StackOptions {
   at::IntArrayRef bucket_factors;  // shared by every layer; empty: 2 * rotations[l].shape[3]
   at::IntArrayRef local_layers;    // increasing indices of the local-attention layers
   int64_t local_chunk_length, local_chunks_before, local_chunks_after;
+  double lsh_attention_dropout_p, local_attention_dropout_p;  // on the attention probabilities
 
   bool is_local(int64_t layer) const {
     return std::find(local_layers.begin(), local_layers.end(), layer) != local_layers.end();
@@ -230,6 +231,11 @@ StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::Tens
   }
   TORCH_CHECK_VALUE(o.dropout_p >= 0.0 && o.dropout_p < 1.0, "dropout_p must be in [0, 1), got ",
                     o.dropout_p);
+  TORCH_CHECK_VALUE(o.lsh_attention_dropout_p >= 0.0 && o.lsh_attention_dropout_p < 1.0,
+                    "lsh_attention_dropout_p must be in [0, 1), got ", o.lsh_attention_dropout_p);
+  TORCH_CHECK_VALUE(o.local_attention_dropout_p >= 0.0 && o.local_attention_dropout_p < 1.0,
+                    "local_attention_dropout_p must be in [0, 1), got ",
+                    o.local_attention_dropout_p);
   TORCH_CHECK_VALUE(o.eps > 0.0, "layer_norm_eps must be > 0, got ", o.eps);
   TORCH_CHECK_VALUE(o.ff_chunk_size >= 1, "ff_chunk_size must be >= 1, got ", o.ff_chunk_size);
   parse_chunked_ffn_activation(o.activation);  // a ValueError naming `activation` if unknown
@@ -243,6 +249,9 @@ struct Layer {
   const at::Tensor& rotations;
   bool local;  // local attention; else LSH attention
   std::array<int64_t, kDropoutSites> seed;
+  double attention_dropout_p;          // on the attention probabilities (the layer kind's rate)
+  at::Tensor attention_dropout_seed;   // one-element int64 CPU tensor, derived from
+                                       // seed[kAttentionOutput]; undefined when the rate is 0
 
   Layer(at::TensorList weights, at::TensorList rotations_, const at::Tensor& seeds, int64_t l,
         const StackOptions& o)
@@ -251,6 +260,16 @@ struct Layer {
         local(o.is_local(l)) {
     const auto row = seeds.accessor<int64_t, 2>()[l];
     for (int64_t i = 0; i < kDropoutSites; ++i) seed[i] = row[i];
+    attention_dropout_p = local ? o.local_attention_dropout_p : o.lsh_attention_dropout_p;
+    if (attention_dropout_p > 0.0) {
+      attention_dropout_seed = at::scalar_tensor(
+          dropout_hash::derived_seed(seed[kAttentionOutput], dropout_hash::kAttentionProbsSalt),
+          at::TensorOptions().dtype(at::kLong));
+    }
+  }
+  c10::optional<at::Tensor> attention_seed() const {
+    if (!attention_dropout_seed.defined()) return c10::nullopt;
+    return attention_dropout_seed;
   }
   const at::Tensor& operator[](LayerWeight i) const { return w[i]; }
 };
@@ -315,12 +334,14 @@ at::Tensor attention_branch(const at::Tensor& x, const Layer& layer,
     k = split_heads(projected.narrow(1, inner, inner), s, o.n_heads);
     std::tie(out, std::ignore, stats) =
         local_attention(qk, k, v, mask, o.local_chunk_length, o.causal, o.local_chunks_before,
-                        o.local_chunks_after, local_attention_scale(s));
+                        o.local_chunks_after, local_attention_scale(s),
+                        layer.attention_dropout_p, layer.attention_seed());
   } else {
     qk = split_heads(projected, s, o.n_heads);
     std::tie(out, std::ignore, sorted_positions, stats) =
         lsh_attention(qk, v, layer.rotations, mask, o.bucket_size, o.causal, o.n_chunks_before,
-                      o.n_chunks_after, /*scale=*/1.0, o.bucket_factors);
+                      o.n_chunks_after, /*scale=*/1.0, o.bucket_factors,
+                      layer.attention_dropout_p, layer.attention_seed());
   }
   auto merged = merge_heads(out, s);
   auto a = gemm(merged, layer[kOutWeight].t(), layer[kOutBias]);
@@ -390,14 +411,15 @@ at::Tensor attention_branch_backward(const at::Tensor& x2, const at::Tensor& dy1
     auto [d_q, d_k, d_v] = local_attention_backward(
         d_out, /*grad_lse=*/c10::nullopt, st.qk, st.k, st.v, st.out, st.stats, mask,
         o.local_chunk_length, o.causal, o.local_chunks_before, o.local_chunks_after,
-        local_attention_scale(s));
+        local_attention_scale(s), layer.attention_dropout_p, layer.attention_seed());
     d_qk2d = at::cat({merge_heads(d_q, s), merge_heads(d_k, s)}, 1);
     d_v2d = merge_heads(d_v, s);
   } else {
     auto [d_qk, d_v] = lsh_attention_backward(d_out, /*grad_lse=*/c10::nullopt, st.qk, st.v,
                                               st.out, st.stats, st.sorted_positions, mask,
                                               o.bucket_size, o.causal, o.n_chunks_before,
-                                              o.n_chunks_after, /*scale=*/1.0);
+                                              o.n_chunks_after, /*scale=*/1.0,
+                                              layer.attention_dropout_p, layer.attention_seed());
     d_qk2d = merge_heads(d_qk, s);
     d_v2d = merge_heads(d_v, s);
   }
@@ -415,11 +437,13 @@ StackOptions make_options(int64_t n_heads, int64_t bucket_size, bool causal,
                           c10::string_view activation, double dropout_p, double eps,
                           at::IntArrayRef bucket_factors, at::IntArrayRef local_layers,
                           int64_t local_chunk_length, int64_t local_chunks_before,
-                          int64_t local_chunks_after) {
+                          int64_t local_chunks_after, double lsh_attention_dropout_p,
+                          double local_attention_dropout_p) {
   return {n_heads,        bucket_size,        n_chunks_before,     n_chunks_after,
           ff_chunk_size,  causal,             activation,          dropout_p,
           eps,            bucket_factors,     local_layers,        local_chunk_length,
-          local_chunks_before, local_chunks_after};
+          local_chunks_before, local_chunks_after, lsh_attention_dropout_p,
+          local_attention_dropout_p};
 }
 
 }  // namespace
@@ -430,11 +454,13 @@ std::tuple<at::Tensor, at::Tensor> reformer_stack(
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
     int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps,
     at::IntArrayRef bucket_factors, at::IntArrayRef local_layers, int64_t local_chunk_length,
-    int64_t local_chunks_before, int64_t local_chunks_after) {
+    int64_t local_chunks_before, int64_t local_chunks_after, double lsh_attention_dropout_p,
+    double local_attention_dropout_p) {
   const auto o = make_options(n_heads, bucket_size, causal, n_chunks_before, n_chunks_after,
                               ff_chunk_size, activation, dropout_p, layer_norm_eps,
                               bucket_factors, local_layers, local_chunk_length,
-                              local_chunks_before, local_chunks_after);
+                              local_chunks_before, local_chunks_after, lsh_attention_dropout_p,
+                              local_attention_dropout_p);
   const auto s = check_stack_args(x1, x2, weights, rotations, key_padding_mask, seeds, o);
   // The streams as (B·L, d_model) rows; each layer makes new ones (the inputs are never written).
   auto a = x1.reshape({s.rows(), s.d_model});
@@ -454,11 +480,13 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backw
     int64_t bucket_size, bool causal, int64_t n_chunks_before, int64_t n_chunks_after,
     int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps,
     at::IntArrayRef bucket_factors, at::IntArrayRef local_layers, int64_t local_chunk_length,
-    int64_t local_chunks_before, int64_t local_chunks_after) {
+    int64_t local_chunks_before, int64_t local_chunks_after, double lsh_attention_dropout_p,
+    double local_attention_dropout_p) {
   const auto o = make_options(n_heads, bucket_size, causal, n_chunks_before, n_chunks_after,
                               ff_chunk_size, activation, dropout_p, layer_norm_eps,
                               bucket_factors, local_layers, local_chunk_length,
-                              local_chunks_before, local_chunks_after);
+                              local_chunks_before, local_chunks_after, lsh_attention_dropout_p,
+                              local_attention_dropout_p);
   const auto s = check_stack_args(y1, y2, weights, rotations, key_padding_mask, seeds, o);
   check_stream(grad_y1, "grad_y1", y1);
   check_stream(grad_y2, "grad_y2", y1);

@@ -28,6 +28,10 @@
 //   local_layers  the indices of the layers that use local attention (increasing), with its
 //              options local_chunk_length, local_chunks_before, local_chunks_after and
 //              scale 1/sqrt(Dh) (docs/semantics.md §9); `causal` applies to both kinds.
+//   lsh_attention_dropout_p, local_attention_dropout_p  dropout on the attention probabilities
+//              of the LSH and the local layers (docs/semantics.md §1, §9 "Dropout"), seeded per
+//              layer with a seed derived from the layer's attention-output seed
+//              (dropout_hash::derived_seed with kAttentionProbsSalt).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -76,7 +80,8 @@ std::tuple<at::Tensor, at::Tensor> reformer_stack(
     int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps,
     at::IntArrayRef bucket_factors = {}, at::IntArrayRef local_layers = {},
     int64_t local_chunk_length = 64, int64_t local_chunks_before = 1,
-    int64_t local_chunks_after = 0);
+    int64_t local_chunks_after = 0, double lsh_attention_dropout_p = 0.0,
+    double local_attention_dropout_p = 0.0);
 
 // (grad_x1, grad_x2, grad_weights) from the final outputs y1, y2 and their gradients.
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backward(
@@ -87,6 +92,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backw
     int64_t ff_chunk_size, c10::string_view activation, double dropout_p, double layer_norm_eps,
     at::IntArrayRef bucket_factors = {}, at::IntArrayRef local_layers = {},
     int64_t local_chunk_length = 64, int64_t local_chunks_before = 1,
-    int64_t local_chunks_after = 0);
+    int64_t local_chunks_after = 0, double lsh_attention_dropout_p = 0.0,
+    double local_attention_dropout_p = 0.0);
 
 }  // namespace reformer

@@ -77,7 +77,8 @@ TORCH_LIBRARY(reformer, m) {
       "Tensor? key_padding_mask, Tensor seeds, int n_heads, int bucket_size, bool causal, "
       "int n_chunks_before, int n_chunks_after, int ff_chunk_size, str activation, "
       "float dropout_p, float layer_norm_eps, int[] bucket_factors=[], int[] local_layers=[], "
-      "int local_chunk_length=64, int local_chunks_before=1, int local_chunks_after=0) -> "
+      "int local_chunk_length=64, int local_chunks_before=1, int local_chunks_after=0, "
+      "float lsh_attention_dropout_p=0.0, float local_attention_dropout_p=0.0) -> "
       "(Tensor y1, Tensor y2)");
   m.def(
       "reformer_stack_backward(Tensor grad_y1, Tensor grad_y2, Tensor y1, Tensor y2, "
@@ -85,7 +86,8 @@ TORCH_LIBRARY(reformer, m) {
       "int n_heads, int bucket_size, bool causal, int n_chunks_before, int n_chunks_after, "
       "int ff_chunk_size, str activation, float dropout_p, float layer_norm_eps, "
       "int[] bucket_factors=[], int[] local_layers=[], int local_chunk_length=64, "
-      "int local_chunks_before=1, int local_chunks_after=0) -> (Tensor grad_x1, Tensor grad_x2, "
+      "int local_chunks_before=1, int local_chunks_after=0, float lsh_attention_dropout_p=0.0, "
+      "float local_attention_dropout_p=0.0) -> (Tensor grad_x1, Tensor grad_x2, "
       "Tensor[] grad_weights)");
   m.set_python_module("reformer_ext.ops.gemm");
   // The GEMM the operators use (csrc/gemm.h): c + alpha · a · b (c is not modified) or

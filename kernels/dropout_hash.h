@@ -21,6 +21,14 @@ RX_HOST_DEVICE uint64_t mix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
+// A second seed derived from `seed` for another mask of the same owner (the reversible stack's
+// attention-probability dropout from its attention-output seed): a well-mixed word, so the two
+// masks share no structure.
+constexpr uint64_t kAttentionProbsSalt = 0xA0761D6478BD642Full;
+RX_HOST_DEVICE int64_t derived_seed(int64_t seed, uint64_t salt) {
+  return static_cast<int64_t>(mix(static_cast<uint64_t>(seed) ^ salt));
+}
+
 // Whether element `index` (row-major) is dropped.
 RX_HOST_DEVICE bool dropped(uint64_t seed, uint64_t index, int64_t threshold) {
   return static_cast<int64_t>(mix(seed + (index + 1) * kGamma)) < threshold;

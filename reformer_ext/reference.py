@@ -227,18 +227,22 @@ def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
                              n_chunks_before=1, n_chunks_after=0, activation="gelu",
                              dropout_p=0.0, layer_norm_eps=1e-5, bucket_factors=None,
                              local_layers=(), local_chunk_length=64, local_chunks_before=1,
-                             local_chunks_after=0):
+                             local_chunks_after=0, lsh_attention_dropout_p=0.0,
+                             local_attention_dropout_p=0.0):
     """The reversible stack of docs/semantics.md §3 run forward with ordinary autograd (everything
     stored): 12 weights per layer in the order of
     reformer_ext.ops.reformer_stack.LAYER_WEIGHT_NAMES, one rotation tensor per layer, seeds
     (depth, 3) = the dropout seeds of the attention output, the FFN hidden activation and the
     FFN output. bucket_factors: shared by every LSH layer (see _hash). The layers in
     local_layers use local attention (§9, scale 1/sqrt(d_head)): their qk weight is the query
-    weight stacked on the key weight, their rotations are ignored. Returns (y1, y2)."""
+    weight stacked on the key weight, their rotations are ignored. lsh_attention_dropout_p /
+    local_attention_dropout_p: attention-probability dropout of the LSH / local layers, seeded
+    with derived_seed(attention-output seed, ATTENTION_PROBS_SALT). Returns (y1, y2)."""
     import torch.nn.functional as F
 
     # the seeded mask rule of csrc/seeded_dropout.h (the C++ side computes it independently)
     from .ops.seeded_random import seeded_dropout as _seeded_dropout
+    from .ops.seeded_random import ATTENTION_PROBS_SALT, derived_seed
 
     B, L, d = x1.shape
     act = _ACTIVATIONS[activation]
@@ -246,6 +250,7 @@ def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
         (n1w, n1b, w_qk, w_v, w_out, b_out, n2w, n2b, w1, b1, w2, b2) = \
             weights[12 * layer:12 * layer + 12]
         s_attn, s_hidden, s_out = seeds[layer].tolist()
+        attention_seed = derived_seed(s_attn, ATTENTION_PROBS_SALT)
         # F: attention branch
         h = F.layer_norm(x2, (d,), n1w, n1b, layer_norm_eps)
         heads = lambda t: t.view(B, L, n_heads, -1).transpose(1, 2)  # noqa: E731
@@ -254,13 +259,15 @@ def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
             out, _ = local_attention_reference(
                 heads(q), heads(k), heads(h @ w_v.t()), chunk_length=local_chunk_length,
                 causal=causal, key_padding_mask=key_padding_mask,
-                n_chunks_before=local_chunks_before, n_chunks_after=local_chunks_after)
+                n_chunks_before=local_chunks_before, n_chunks_after=local_chunks_after,
+                dropout_p=local_attention_dropout_p, dropout_seed=attention_seed)
         else:
             out, _ = lsh_attention_reference(
                 heads(h @ w_qk.t()), heads(h @ w_v.t()), rot, bucket_size=bucket_size,
                 causal=causal, key_padding_mask=key_padding_mask,
                 n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
-                bucket_factors=bucket_factors)
+                bucket_factors=bucket_factors, dropout_p=lsh_attention_dropout_p,
+                dropout_seed=attention_seed)
         a = out.transpose(1, 2).reshape(B, L, -1) @ w_out.t() + b_out
         x1 = x1 + _seeded_dropout(a, dropout_p, s_attn)
         # G: feed-forward branch (hidden dropout over the (B·L, d_ff) activation)

@@ -302,13 +302,15 @@ def assert_rel(actual, expected, tol, what=""):
 
 
 def reformer_stack(x1, x2, weights, rotations, seeds, *, key_padding_mask=None, dropout_p=0.0,
-                   **options):
+                   lsh_attention_dropout_p=0.0, local_attention_dropout_p=0.0, **options):
     """The package's stack wrapper called with a flat weight list (LAYER_WEIGHT_NAMES order per
     layer), as the reference takes them."""
     layers = [dict(zip(LAYER_WEIGHT_NAMES, weights[i:i + WEIGHTS_PER_LAYER]))
               for i in range(0, len(weights), WEIGHTS_PER_LAYER)]
     return stack_ops.reformer_stack(x1, x2, layers, rotations, seeds, StackOptions(**options),
-                                    key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+                                    key_padding_mask=key_padding_mask, dropout_p=dropout_p,
+                                    lsh_attention_dropout_p=lsh_attention_dropout_p,
+                                    local_attention_dropout_p=local_attention_dropout_p)
 
 
 def stack_problem(depth=2, batch=2, length=21, d_model=8, n_heads=2, d_ff=12, n_hashes=2,

@@ -113,6 +113,23 @@ def test_reformer_mixed_local_and_lsh_layers_reversible_equals_plain(dtype, caus
     _assert_reversible_equals_plain(model, dtype)
 
 
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+def test_reformer_attention_dropout_reversible_equals_plain(dtype):
+    # the stack operator and the modules draw the same attention-probability masks (seeded from
+    # each layer's attention-output seed); hidden dropout off, so only they act
+    model = small_reformer(dtype, causal=True, attn_layers=["local", "lsh", "lsh"],
+                           local_chunk_length=8, lsh_attention_dropout=0.3,
+                           local_attention_dropout=0.2)
+    assert model.layers[0].f.attn.attention_dropout == 0.2
+    assert model.layers[1].f.attn.attention_dropout == 0.3
+    x, mask, out_p = _assert_reversible_equals_plain(model, dtype)
+    model.lsh_attention_dropout = model.local_attention_dropout = 0.0
+    for block in model.layers:
+        block.f.attn.attention_dropout = 0.0
+    out_none, _ = _step(model, x, mask, seed=5)
+    assert rel_error(out_none, out_p) > 1e-3  # the masks act
+
+
 def test_reformer_attn_layers_errors():
     with pytest.raises(ValueError, match="attn_layers must hold one of"):
         rx.nn.Reformer(32, 2, 2, attn_layers=["lsh"])

@@ -278,13 +278,19 @@ def test_reformer_stack(requires_grad):
                           stack_op_args(requires_grad=requires_grad, factors=(2, 4)))
     torch.library.opcheck(torch.ops.reformer.reformer_stack,
                           stack_op_args(requires_grad=requires_grad, local_layers=(1,)))
+    torch.library.opcheck(torch.ops.reformer.reformer_stack,
+                          stack_op_args(requires_grad=requires_grad, local_layers=(1,))
+                          + (0.3, 0.2))  # attention dropout in both kinds of layer
 
 
-@pytest.mark.parametrize("factors,local_layers", [(None, ()), ((4, 2), ()), (None, (0,))],
-                         ids=["int", "factorised", "local"])
-def test_reformer_stack_backward(factors, local_layers):
+@pytest.mark.parametrize("factors,local_layers,attention_dropout",
+                         [(None, (), ()), ((4, 2), (), ()), (None, (0,), ()),
+                          (None, (0,), (0.3, 0.2))],
+                         ids=["int", "factorised", "local", "attention_dropout"])
+def test_reformer_stack_backward(factors, local_layers, attention_dropout):
     x1, x2, weights, rotations, mask, seeds, *options = stack_op_args(
         requires_grad=False, factors=factors, local_layers=local_layers)
+    options += list(attention_dropout)
     y1, y2 = torch.ops.reformer.reformer_stack(x1, x2, weights, rotations, mask, seeds, *options)
     args = (torch.randn_like(y1), torch.randn_like(y2), y1, y2, weights, rotations, mask, seeds,
             *options)

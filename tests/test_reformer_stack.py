@@ -68,6 +68,27 @@ def test_mixed_local_and_lsh_layers_match_reference_float64(causal, dropout_p, m
     _assert_matches_reference(y, y_ref, [x1, x2, *weights])
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("rates", [(0.3, 0.0), (0.0, 0.4), (0.2, 0.5)],
+                         ids=["lsh", "local", "both"])
+def test_attention_dropout_matches_reference_float64(causal, rates):
+    """Attention-probability dropout inside the stack: each layer's mask seeded from its
+    attention-output seed (docs/semantics.md §3), the same in the backward's recompute."""
+    x1, x2, weights, rotations, seeds = stack_problem(depth=3, local_layers=(1,))
+    mask = torch.zeros(2, 21, dtype=torch.bool)
+    mask[1, 15:] = True
+    options = dict(n_heads=2, key_padding_mask=mask, bucket_size=4, causal=causal,
+                   dropout_p=0.1, local_layers=(1,), local_chunk_length=4,
+                   lsh_attention_dropout_p=rates[0], local_attention_dropout_p=rates[1])
+    y = reformer_stack(x1, x2, weights, rotations, seeds, ff_chunk_size=5, **options)
+    y_ref = reformer_stack_reference(x1, x2, weights, rotations, seeds, **options)
+    _assert_matches_reference(y, y_ref, [x1, x2, *weights])
+    # the rates act: the same call without them differs
+    options.update(lsh_attention_dropout_p=0.0, local_attention_dropout_p=0.0)
+    y_plain = reformer_stack(x1, x2, weights, rotations, seeds, ff_chunk_size=5, **options)
+    assert not torch.equal(y[0], y_plain[0])
+
+
 def test_gradcheck_float64_with_a_local_layer():
     x1, x2, weights, rotations, seeds = stack_problem(depth=2, batch=1, length=9, d_model=4,
                                                       n_heads=1, d_ff=6, n_buckets=2,

@@ -76,6 +76,8 @@ def _bad_local_calls():
           [rotations[0].to("meta"), rotations[0].to("meta")], mask.to("meta"), seeds,
           *args[6:])),
         ("local_chunk_length must be >= 1", _replace(args, 17, 0)),
+        ("lsh_attention_dropout_p must be in [0, 1)", args + (1.0, 0.0)),
+        ("local_attention_dropout_p must be in [0, 1)", args + (0.0, -0.1)),
     ]
 
 

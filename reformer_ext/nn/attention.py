@@ -224,11 +224,15 @@ class LSHSelfAttention(tnn.Module):
     def forward(self, x: Tensor, key=None, value: Optional[Tensor] = None,
                 key_padding_mask: Optional[Tensor] = None, need_weights: Optional[bool] = None,
                 attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
-                is_causal: Optional[bool] = None, *, rotations: Optional[Tensor] = None):
+                is_causal: Optional[bool] = None, *, rotations: Optional[Tensor] = None,
+                attention_dropout_seed=None):
         """Two call conventions, told apart by ``value``:
 
-        - ``forward(x, key_padding_mask=None, *, rotations=None) -> out`` (value not given):
-          the module's own call; a second positional argument is the key padding mask.
+        - ``forward(x, key_padding_mask=None, *, rotations=None, attention_dropout_seed=None)
+          -> out`` (value not given): the module's own call; a second positional argument is
+          the key padding mask. ``attention_dropout_seed`` (an int or a one-element int64 CPU
+          tensor; None: drawn from torch's CPU generator) seeds the attention dropout's mask in
+          training (the reversible stack passes its own).
         - ``forward(x, x, x, key_padding_mask=None, need_weights=False, attn_mask=None,
           average_attn_weights=True, is_causal=None) -> (out, None)``: the
           ``nn.MultiheadAttention`` self-attention call with ``batch_first=True`` tensors
@@ -253,14 +257,14 @@ class LSHSelfAttention(tnn.Module):
                 raise TypeError("need_weights, attn_mask and is_causal belong to the "
                                 "nn.MultiheadAttention call attn(x, x, x, ...), which passes "
                                 "value too")
-            return self._attend(x, key_padding_mask, rotations)
+            return self._attend(x, key_padding_mask, rotations, attention_dropout_seed)
         key_padding_mask = padding_mask_from_mha_call(x, key, value, key_padding_mask,
                                                       need_weights, attn_mask, is_causal,
                                                       self.causal)
-        return self._attend(x, key_padding_mask, rotations), None
+        return self._attend(x, key_padding_mask, rotations, attention_dropout_seed), None
 
     def _attend(self, x: Tensor, key_padding_mask: Optional[Tensor],
-                rotations: Optional[Tensor]) -> Tensor:
+                rotations: Optional[Tensor], attention_dropout_seed=None) -> Tensor:
         check_input(x, "x", self.to_qk.weight)
         if x.dim() != 3 or x.shape[-1] != self.d_model or x.shape[1] < 1:
             raise ValueError(f"x must have shape (batch, length >= 1, {self.d_model}), got "
@@ -276,7 +280,8 @@ class LSHSelfAttention(tnn.Module):
                             rotations=rotations, n_chunks_before=self.n_chunks_before,
                             n_chunks_after=self.n_chunks_after,
                             n_buckets=self.n_buckets if self.bucket_factors else None,
-                            dropout=self.attention_dropout if self.training else 0.0)
+                            dropout=self.attention_dropout if self.training else 0.0,
+                            dropout_seed=attention_dropout_seed)
         out = self.to_out(out.transpose(1, 2).reshape(batch, length, heads * d_head))
         if self.training and self.dropout > 0.0:
             out = F.dropout(out, self.dropout, training=True)

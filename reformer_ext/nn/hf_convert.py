@@ -178,7 +178,9 @@ def _local_kwargs(config, attn_layers) -> Dict:
     if "local" not in attn_layers:
         return {}
     chunk, before, after = _window(config, "local")
-    return dict(local_chunk_length=chunk, local_chunks_before=before, local_chunks_after=after)
+    return dict(local_chunk_length=chunk, local_chunks_before=before, local_chunks_after=after,
+                local_attention_dropout=float(
+                    _field(config, "local_attention_probs_dropout_prob") or 0.0))
 
 
 def _lsh_kwargs(config) -> Dict:
@@ -202,7 +204,9 @@ def _lsh_kwargs(config) -> Dict:
                       "seeded rotations in eval mode instead (deterministic, not HF's draws)",
                       stacklevel=3)
     kwargs = dict(bucket_size=chunk, n_hashes=int(_field(config, "num_hashes")),
-                  n_buckets=n_buckets, n_chunks_before=before, n_chunks_after=after)
+                  n_buckets=n_buckets, n_chunks_before=before, n_chunks_after=after,
+                  lsh_attention_dropout=float(
+                      _field(config, "lsh_attention_probs_dropout_prob") or 0.0))
     if hash_seed is not None:
         # HF reseeds before every draw, in training too: the rotations are always these
         kwargs.update(hf_hash_seed=int(hash_seed), fixed_rotations=True)

@@ -80,7 +80,10 @@ class LocalSelfAttention(tnn.Module):
         self.to_v = tnn.Linear(d_model, inner, bias=False, **factory)
         self.to_out = tnn.Linear(inner, d_model, bias=out_bias, **factory)
 
-    def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None, *,
+                attention_dropout_seed=None) -> Tensor:
+        """``attention_dropout_seed`` (an int or a one-element int64 CPU tensor; None: drawn
+        from torch's CPU generator) seeds the attention dropout's mask in training."""
         check_input(x, "x", self.to_q.weight)
         if x.dim() != 3 or x.shape[-1] != self.d_model or x.shape[1] < 1:
             raise ValueError(f"x must have shape (batch, length >= 1, {self.d_model}), got "
@@ -96,7 +99,8 @@ class LocalSelfAttention(tnn.Module):
                               n_chunks_before=self.n_chunks_before,
                               n_chunks_after=self.n_chunks_after, scale=d_head ** -0.5,
                               key_padding_mask=key_padding_mask,
-                              dropout=self.attention_dropout if self.training else 0.0)
+                              dropout=self.attention_dropout if self.training else 0.0,
+                              dropout_seed=attention_dropout_seed)
         return self.to_out(out.transpose(1, 2).reshape(batch, length, heads * d_head))
 
     def extra_repr(self) -> str:

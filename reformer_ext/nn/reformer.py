@@ -14,7 +14,8 @@ from ..ops._checks import (check_bool, check_float_dtype, check_input, check_int
                            check_int_tuple, check_key_padding_mask, check_nonnegative,
                            check_probability, describe)
 from ..ops.reformer_stack import StackOptions, reformer_stack
-from ..ops.seeded_random import draw_dropout_seed, seeded_dropout
+from ..ops.seeded_random import (ATTENTION_PROBS_SALT, derived_seed, draw_dropout_seed,
+                                 seeded_dropout)
 from .attention import LSHSelfAttention
 from .feed_forward import ChunkedFeedForward
 from .local_attention import LocalSelfAttention
@@ -48,10 +49,14 @@ class PreNormAttention(tnn.Module):
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None, *,
                 rotations: Optional[Tensor] = None, dropout_seed=None) -> Tensor:
+        # the attention dropout's seed is derived from the branch's (what the stack operator does)
+        attention_seed = (None if dropout_seed is None
+                          else derived_seed(dropout_seed, ATTENTION_PROBS_SALT))
         if self.is_local:
-            out = self.attn(self.norm(x), key_padding_mask)
+            out = self.attn(self.norm(x), key_padding_mask, attention_dropout_seed=attention_seed)
         else:
-            out = self.attn(self.norm(x), key_padding_mask, rotations=rotations)
+            out = self.attn(self.norm(x), key_padding_mask, rotations=rotations,
+                            attention_dropout_seed=attention_seed)
         return _branch_dropout(out, self.dropout if self.training else 0.0, dropout_seed)
 
     def make_rotations(self, length: int, device, dtype) -> Tensor:
@@ -158,6 +163,11 @@ class Reformer(tnn.Module):
     length ``local_chunk_length`` and window ``local_chunks_before`` / ``local_chunks_after``
     (causal like the rest). The stack operator runs both kinds.
 
+    ``lsh_attention_dropout`` / ``local_attention_dropout`` (default 0; HF's
+    ``lsh_attention_probs_dropout_prob`` / ``local_attention_probs_dropout_prob``): training-mode
+    dropout on the attention probabilities of the LSH / local layers (docs/semantics.md §1, §9
+    "Dropout"), each layer's mask seeded from its attention-output dropout seed.
+
     ``pad_to_multiple_of`` (default None; HF's rule, set in converted HF models): forward pads
     an input longer than the shortest chunk length with padding positions up to a multiple of
     it (HF pads to the least common multiple of its chunk lengths), and cuts them off the
@@ -185,6 +195,7 @@ class Reformer(tnn.Module):
                  hf_hash_seed: Optional[int] = None, layer_norm_eps: float = 1e-5,
                  attn_layers=None, local_chunk_length: int = 64, local_chunks_before: int = 1,
                  local_chunks_after: int = 0, pad_to_multiple_of: Optional[int] = None,
+                 lsh_attention_dropout: float = 0.0, local_attention_dropout: float = 0.0,
                  device=None, dtype=None):
         super().__init__()
         # The rest (n_heads, bucket_size, activation, ...) is checked by the layers' modules.
@@ -199,6 +210,10 @@ class Reformer(tnn.Module):
         local_chunk_length = check_int(local_chunk_length, "local_chunk_length", 1)
         local_chunks_before = check_int(local_chunks_before, "local_chunks_before", 0)
         local_chunks_after = check_int(local_chunks_after, "local_chunks_after", 0)
+        self.lsh_attention_dropout = check_probability(lsh_attention_dropout,
+                                                       "lsh_attention_dropout")
+        self.local_attention_dropout = check_probability(local_attention_dropout,
+                                                         "local_attention_dropout")
         if pad_to_multiple_of is not None:
             pad_to_multiple_of = check_int(pad_to_multiple_of, "pad_to_multiple_of", 1)
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -216,13 +231,15 @@ class Reformer(tnn.Module):
                 attn = local = LocalSelfAttention(
                     d_model, n_heads, d_head=d_head, chunk_length=local_chunk_length,
                     n_chunks_before=local_chunks_before, n_chunks_after=local_chunks_after,
-                    causal=causal, out_bias=attn_out_bias, **factory)
+                    causal=causal, out_bias=attn_out_bias,
+                    attention_dropout=self.local_attention_dropout, **factory)
             else:
                 attn = lsh = LSHSelfAttention(
                     d_model, n_heads, d_head=d_head, bucket_size=bucket_size, n_hashes=n_hashes,
                     n_buckets=n_buckets, causal=causal, n_chunks_before=n_chunks_before,
                     n_chunks_after=n_chunks_after, fixed_rotations=fixed_rotations,
-                    out_bias=attn_out_bias, hf_hash_seed=hf_hash_seed, **factory)
+                    out_bias=attn_out_bias, hf_hash_seed=hf_hash_seed,
+                    attention_dropout=self.lsh_attention_dropout, **factory)
             ff = ChunkedFeedForward(d_model, d_ff, chunk_size=ff_chunk_size,
                                     activation=activation, dropout=dropout, **factory)
             blocks.append(ReversibleBlock(
@@ -275,7 +292,8 @@ class Reformer(tnn.Module):
         output, FFN hidden, FFN output) for one forward."""
         length = x.shape[1]
         rotations = [block.f.make_rotations(length, x.device, x.dtype) for block in self.layers]
-        if self.training and self.dropout > 0.0:
+        if self.training and max(self.dropout, self.lsh_attention_dropout,
+                                 self.local_attention_dropout) > 0.0:
             seeds = torch.randint(0, 2**62, (self.depth, 3), dtype=torch.int64)
         else:
             seeds = torch.zeros((self.depth, 3), dtype=torch.int64)
@@ -319,6 +337,8 @@ class Reformer(tnn.Module):
         rotations, seeds = self._random_state(x)
         seeds = _sharding.offset_dropout_seeds(self, seeds, x)
         p = self.dropout if self.training else 0.0
+        attention_p = ((self.lsh_attention_dropout, self.local_attention_dropout)
+                       if self.training else (0.0, 0.0))
         # FSDP-sharded layers take a module-level path (reformer_ext/nn/sharding.py)
         streams = _sharding.sharded_streams(self, x, key_padding_mask, rotations, seeds, p)
         if streams is not None:
@@ -326,7 +346,8 @@ class Reformer(tnn.Module):
         if self.reversible:
             return reformer_stack(x, x, self.stack_weights(), rotations, seeds,
                                   self.stack_options, key_padding_mask=key_padding_mask,
-                                  dropout_p=p)
+                                  dropout_p=p, lsh_attention_dropout_p=attention_p[0],
+                                  local_attention_dropout_p=attention_p[1])
         x1 = x2 = x
         for i, block in enumerate(self.layers):
             s = seeds[i]

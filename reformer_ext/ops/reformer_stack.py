@@ -170,8 +170,9 @@ def flatten_layer_weights(layers: Sequence[Mapping[str, Tensor]]) -> List[Tensor
 
 def reformer_stack(x1: Tensor, x2: Tensor, layers: Sequence[Mapping[str, Tensor]],
                    rotations: Sequence[Tensor], seeds: Tensor, options: StackOptions, *,
-                   key_padding_mask: Optional[Tensor] = None,
-                   dropout_p: float = 0.0) -> Tuple[Tensor, Tensor]:
+                   key_padding_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
+                   lsh_attention_dropout_p: float = 0.0,
+                   local_attention_dropout_p: float = 0.0) -> Tuple[Tensor, Tensor]:
     """Runs the reversible stack operator: ``(y1, y2)`` from the streams ``x1, x2 (B, L, d)``.
 
     ``layers``: one mapping per layer from each name of :data:`LAYER_WEIGHT_NAMES` to its tensor
@@ -179,7 +180,10 @@ def reformer_stack(x1: Tensor, x2: Tensor, layers: Sequence[Mapping[str, Tensor]
     stacked on the key weight); ``rotations``: one ``(1 or H, d_head, n_hashes, n_buckets //
     2)`` tensor per LSH layer (``sum(options.bucket_factors) // 2`` columns when factorised), an
     empty tensor per local layer; ``seeds``: ``(depth, 3)`` int64 CPU tensor of dropout seeds
-    (attention output, FFN hidden, FFN output; unused when ``dropout_p`` is 0).
+    (attention output, FFN hidden, FFN output; unused when ``dropout_p`` is 0);
+    ``lsh_attention_dropout_p`` / ``local_attention_dropout_p``: dropout on the attention
+    probabilities of the LSH / local layers, with each layer's seed derived from its
+    attention-output seed (``seeded_random.derived_seed(seed, ATTENTION_PROBS_SALT)``).
     """
     o = options
     return torch.ops.reformer.reformer_stack(
@@ -187,4 +191,5 @@ def reformer_stack(x1: Tensor, x2: Tensor, layers: Sequence[Mapping[str, Tensor]
         o.n_heads, o.bucket_size, o.causal, o.n_chunks_before, o.n_chunks_after,
         o.ff_chunk_size, o.activation, float(dropout_p), float(o.layer_norm_eps),
         [int(f) for f in o.bucket_factors], [int(i) for i in o.local_layers],
-        int(o.local_chunk_length), int(o.local_chunks_before), int(o.local_chunks_after))
+        int(o.local_chunk_length), int(o.local_chunks_before), int(o.local_chunks_after),
+        float(lsh_attention_dropout_p), float(local_attention_dropout_p))

@@ -64,6 +64,18 @@ def mix64(z: Tensor) -> Tensor:
 # Dropout
 
 
+#: kAttentionProbsSalt of kernels/dropout_hash.h: the stack's attention-probability dropout seed
+#: of a layer is derived from its attention-output seed with it.
+ATTENTION_PROBS_SALT = as_int64(0xA0761D6478BD642F)
+
+
+def derived_seed(seed, salt: int) -> Tensor:
+    """``dropout_hash::derived_seed``: ``mix64(seed ^ salt)`` as a 0-dim int64 CPU tensor, for a
+    second mask of the owner of ``seed`` (an int or a one-element int64 tensor)."""
+    seed = torch.as_tensor(seed, dtype=torch.int64).reshape(())
+    return mix64(seed ^ salt)
+
+
 def draw_dropout_seed(generator: Optional[torch.Generator] = None) -> Tensor:
     """A fresh 63-bit dropout seed from torch's CPU RNG (or ``generator``), so that
     ``torch.manual_seed`` makes dropout reproducible: a 0-dim int64 CPU tensor (drawn with a

@@ -61,11 +61,12 @@ std::tuple<Tensor, Tensor> stack(const Problem& p, const Tensor& x1, const Tenso
                                             at::TensorList, const OptTensor&, const Tensor&,
                                             int64_t, int64_t, bool, int64_t, int64_t, int64_t,
                                             c10::string_view, double, double, at::IntArrayRef,
-                                            at::IntArrayRef, int64_t, int64_t, int64_t)>();
+                                            at::IntArrayRef, int64_t, int64_t, int64_t, double,
+                                            double)>();
   return op.call(x1, x2, weights, rotations, p.mask, seeds, p.n_heads, p.bucket_size,
                  /*causal=*/true, 1, 0, /*ff_chunk_size=*/5, "gelu", p.dropout_p, 1e-5,
                  /*bucket_factors=*/at::IntArrayRef{}, /*local_layers=*/at::IntArrayRef{},
-                 64, 1, 0);
+                 64, 1, 0, /*lsh_attention_dropout_p=*/0.0, /*local_attention_dropout_p=*/0.0);
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> stack_backward(
@@ -79,10 +80,10 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> stack_backward(
               const Tensor&, const Tensor&, const Tensor&, const Tensor&, at::TensorList,
               at::TensorList, const OptTensor&, const Tensor&, int64_t, int64_t, bool, int64_t,
               int64_t, int64_t, c10::string_view, double, double, at::IntArrayRef,
-              at::IntArrayRef, int64_t, int64_t, int64_t)>();
+              at::IntArrayRef, int64_t, int64_t, int64_t, double, double)>();
   return op.call(g1, g2, y1, y2, weights, rotations, p.mask, seeds, p.n_heads, p.bucket_size,
                  true, 1, 0, 5, "gelu", p.dropout_p, 1e-5, at::IntArrayRef{}, at::IntArrayRef{},
-                 64, 1, 0);
+                 64, 1, 0, 0.0, 0.0);
 }
 
 std::vector<Tensor> layer_weights(const Problem& p, int64_t l) {
