@@ -42,7 +42,10 @@ batch (an interleaving sampler: rank r taking samples r, r + N, ...) gets the ma
 batch reordered rank by rank (a valid whole-batch run, of the permuted batch); unequal slices
 need the loss weighted by slice size (FSDP and DDP average the gradients over processes); the
 axial position embedding's own dropout (``pos_emb.dropout``, 0 by default) draws from torch's
-generator and differs per process.
+generator and differs per process; attention-probability dropout (``lsh_attention_dropout``,
+``local_attention_dropout``, 0 by default) seeds each layer's mask with a hash of the
+attention-output seed, which the offset does not carry through, so its masks depend on the
+process count.
 """
 
 from __future__ import annotations
