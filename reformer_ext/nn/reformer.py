@@ -124,7 +124,8 @@ class Reformer(tnn.Module):
 
     Layer i: ``y1 = x1 + F_i(x2)``, ``y2 = x2 + G_i(y1)`` with ``F_i`` = LayerNorm ->
     :class:`LSHSelfAttention` (or :class:`LocalSelfAttention`, see ``attn_layers``) -> dropout
-    and ``G_i`` = LayerNorm -> :class:`ChunkedFeedForward` -> dropout. The input ``x (B, L, d_model)`` is fed to both streams; the output
+    and ``G_i`` = LayerNorm -> :class:`ChunkedFeedForward` -> dropout. The input
+    ``x (B, L, d_model)`` is fed to both streams; the output
     ``(B, L, d_model)`` merges them:
 
     - ``merge="concat"`` (default; trax / HF): ``LayerNorm(2·d_model)`` of ``[y1, y2]`` (what
