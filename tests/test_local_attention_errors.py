@@ -18,7 +18,7 @@ import reformer_ext as rx
 import reformer_ext.nn as rnn
 
 from _helpers import MASK, C, Catalogue, ops, to_meta
-from test_nn_errors import ModuleAPI, _ctor_call, _forward_call
+from test_nn_errors import ModuleAPI, add_modules
 
 B, H, L, D, DV, M = 2, 2, 10, 8, 6, 4
 Q, K, V = r"\bq\b", r"\bk\b", r"\bv\b"
@@ -104,13 +104,7 @@ CATALOGUE = Catalogue(calls={
     "ops.local_attention_backward": set(_OP_BW),
 })
 CATALOGUE.base_of.update({e: _base for e in CATALOGUE.calls})
-for _name, _api in MODULES.items():
-    CATALOGUE.calls[f"{_name}()"] = _ctor_call(_api)
-    CATALOGUE.calls[f"{_name}.forward"] = _forward_call(_api)
-    CATALOGUE.base_of[f"{_name}()"] = dict
-    CATALOGUE.base_of[f"{_name}.forward"] = _module_inputs
-    CATALOGUE.args[f"{_name}()"] = set(_api.ctor())
-    CATALOGUE.args[f"{_name}.forward"] = set(_api.forward_args)
+add_modules(CATALOGUE, MODULES, _module_inputs)
 
 FWD = ("rx.local_attention", "ops.local_attention")
 BW = ("ops.local_attention_backward",)

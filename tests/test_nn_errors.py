@@ -118,14 +118,20 @@ def _forward_call(api):
     return call
 
 
+def add_modules(catalogue: Catalogue, modules, module_inputs) -> None:
+    """Registers "<Module>()" (constructor) and "<Module>.forward" entries in ``catalogue`` for
+    each ModuleAPI of ``modules``; ``module_inputs`` makes the forward's valid inputs."""
+    for name, api in modules.items():
+        catalogue.calls[f"{name}()"] = _ctor_call(api)
+        catalogue.calls[f"{name}.forward"] = _forward_call(api)
+        catalogue.base_of[f"{name}()"] = dict
+        catalogue.base_of[f"{name}.forward"] = module_inputs
+        catalogue.args[f"{name}()"] = set(api.ctor())
+        catalogue.args[f"{name}.forward"] = set(api.forward_args)
+
+
 CATALOGUE = Catalogue(calls={}, base_of={}, args={})
-for _name, _api in MODULES.items():
-    CATALOGUE.calls[f"{_name}()"] = _ctor_call(_api)
-    CATALOGUE.calls[f"{_name}.forward"] = _forward_call(_api)
-    CATALOGUE.base_of[f"{_name}()"] = dict
-    CATALOGUE.base_of[f"{_name}.forward"] = _module_inputs
-    CATALOGUE.args[f"{_name}()"] = set(_api.ctor())
-    CATALOGUE.args[f"{_name}.forward"] = set(_api.forward_args)
+add_modules(CATALOGUE, MODULES, _module_inputs)
 
 AX_M, AX_F = ("AxialPositionEmbedding()",), ("AxialPositionEmbedding.forward",)
 ATTN_M, ATTN_F = ("LSHSelfAttention()",), ("LSHSelfAttention.forward",)
