@@ -15,6 +15,11 @@
 //       the sort permutation of an LSH layer) and
 //       a = W_out · merge(out) + b_out; x1 = y1 - dropout_a(a); the attention backward from
 //       dropout_a'(dy1); dx2 = dy2 + LN1ᵀ(dh); dx1 = dy1
+// Memory: the row-wise work (LayerNorms, projections, the output projection, their gradients)
+// runs over blocks of rows (rows_per_block), in the forward too, so that the recompute takes
+// off exactly what the forward added. Besides its streams the backward holds the attention's
+// (B·L, H·Dh) projections, output and their gradients, and in the G step the FFN's input,
+// output and input gradient: no other (B·L, d_model) temporary.
 // Dropout masks are pure functions of (seed, element index) (seeded_dropout.h): the recompute
 // reproduces them without storing them. Weight gradients are computed per layer with plain
 // GEMMs and column sums. On the CPU every reduction has a fixed order (gemm.h; LayerNorm's
@@ -274,31 +279,92 @@ struct Layer {
   const at::Tensor& operator[](LayerWeight i) const { return w[i]; }
 };
 
-// LayerNorm's backward: returns d(loss)/d(x) and writes the weight and bias gradients. Those
-// two are column sums computed here in a fixed order (gemm.h) rather than by ATen's LayerNorm
-// backward, whose CPU reduction over rows depends on the thread count. ATen's d(loss)/d(x) is
-// computed row by row, each row the same way whatever the thread count.
-at::Tensor layer_norm_backward(const at::Tensor& d_normed, const at::Tensor& x,
-                               const at::Tensor& mean, const at::Tensor& rstd,
-                               const at::Tensor& weight,
-                               std::vector<at::Tensor>::iterator grad_weight,
-                               std::vector<at::Tensor>::iterator grad_bias, const StackShape& s) {
-  auto dx = std::get<0>(at::native_layer_norm_backward(d_normed, x, {s.d_model}, mean, rstd,
-                                                       weight, {}, {true, false, false}));
-  // mean and rstd are float32 for reduced-precision x: so are these sums, until the cast
-  const auto x_hat = (x - mean) * rstd;
-  *grad_weight = column_sums(d_normed * x_hat, x_hat.scalar_type()).to(weight.scalar_type());
-  *grad_bias = column_sums(d_normed, x_hat.scalar_type()).to(weight.scalar_type());
-  return dx;
+// Rows per block of the stack's row-wise work (LayerNorm, the projections, their gradients):
+// the backward then holds no full-width (B·L, d_model) temporary besides its streams. On the CPU
+// a block's temporaries are about 1 MiB of float32; on CUDA each block costs kernel launches, so
+// blocks are larger there. A function of d_model and the device only (never of the thread
+// count), so the fixed-order sums over blocks keep results independent of the thread count.
+int64_t rows_per_block(const StackShape& s, const at::Device& device) {
+  const int64_t elements = device.is_cuda() ? (int64_t{1} << 22) : (int64_t{1} << 18);
+  return std::max<int64_t>(1, elements / std::max<int64_t>(s.d_model, 1));
 }
 
-// The attention branch's intermediate values that its backward needs.
-struct AttentionState {
-  at::Tensor normed, mean, rstd;         // LN1(x) and its statistics
-  at::Tensor qk, k, v;                   // (B, H, L, Dh) views of the projections (qk: the
-                                         // queries of a local layer, k: its keys)
+// Calls fn(row0, b, p0, n) for blocks of at most `block` consecutive positions p0 .. p0 + n - 1
+// of sequence b, in order; row0 = b · L + p0 is the block's first row in (B·L, ·) layout. Blocks
+// never span two sequences, so a block is a slice of every (B, H, L, Dh) head tensor too.
+template <typename Fn>
+void for_each_row_block(const StackShape& s, int64_t block, Fn&& fn) {
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t p0 = 0; p0 < s.length; p0 += block) {
+      fn(b * s.length + p0, b, p0, std::min(block, s.length - p0));
+    }
+  }
+}
+
+// Positions p0 .. p0 + n - 1 of sequence b of a (B, H, L, Dh) tensor as (n, H·Dh) rows, the
+// heads side by side.
+at::Tensor merged_rows(const at::Tensor& heads, int64_t b, int64_t p0, int64_t n) {
+  return heads.select(0, b).narrow(1, p0, n).transpose(0, 1).reshape({n, -1});
+}
+
+// The inverse of merged_rows: writes rows (n, H·Dh) to those positions of `heads`.
+void write_merged_rows(const at::Tensor& heads, const at::Tensor& rows, int64_t b, int64_t p0) {
+  const int64_t n = rows.size(0);
+  heads.select(0, b).narrow(1, p0, n).copy_(
+      rows.view({n, heads.size(1), heads.size(3)}).transpose(0, 1));
+}
+
+// Float32 accumulators for float16 / bfloat16 weights (as chunked_ffn's): gradients summed over
+// row blocks, converted to the weight's dtype once at the end (finish_gradient).
+at::Tensor gradient_accumulator(const at::Tensor& weight) {
+  const auto t = weight.scalar_type();
+  const bool reduced = t == at::kHalf || t == at::kBFloat16;
+  return at::zeros(weight.sizes(), weight.options().dtype(reduced ? at::kFloat : t));
+}
+
+at::Tensor finish_gradient(const at::Tensor& acc, const at::Tensor& weight) {
+  return acc.scalar_type() == weight.scalar_type() ? acc : acc.to(weight.scalar_type());
+}
+
+// LayerNorm's backward, block of rows by block: d(loss)/d(x) of the rows is added to the
+// caller's gradient, the weight and bias gradients are summed over the blocks. Those two are the
+// fixed-order column sums of gemm.h (rows in order, blocks in order) rather than ATen's
+// LayerNorm backward, whose CPU reduction over rows depends on the thread count; ATen's
+// d(loss)/d(x) is computed row by row, each row the same way whatever the thread count.
+class LayerNormBackward {
+ public:
+  explicit LayerNormBackward(const at::Tensor& weight)
+      : weight_(weight),
+        grad_weight_(gradient_accumulator(weight)),
+        grad_bias_(gradient_accumulator(weight)) {}
+
+  // dx += d(loss)/d(x) for rows x (n, d_model) with statistics mean, rstd (n, 1; float32 for
+  // reduced-precision x), given the gradient d_normed (n, d_model) w.r.t. their output.
+  void add_rows(const at::Tensor& dx, const at::Tensor& d_normed, const at::Tensor& x,
+                const at::Tensor& mean, const at::Tensor& rstd) {
+    dx.add_(std::get<0>(at::native_layer_norm_backward(d_normed, x, {x.size(1)}, mean, rstd,
+                                                       weight_, {}, {true, false, false})));
+    add_column_sums_(grad_weight_, d_normed * ((x - mean) * rstd));
+    add_column_sums_(grad_bias_, d_normed);
+  }
+
+  void write_gradients(std::vector<at::Tensor>::iterator weight_slot,
+                       std::vector<at::Tensor>::iterator bias_slot) const {
+    *weight_slot = finish_gradient(grad_weight_, weight_);
+    *bias_slot = finish_gradient(grad_bias_, weight_);
+  }
+
+ private:
+  const at::Tensor& weight_;
+  at::Tensor grad_weight_, grad_bias_;
+};
+
+// One layer's attention on LN1(x): the projections, in the attention operators' own (B, H, L,
+// Dh) layout (so that they make no contiguous copies), and the attention operator's outputs:
+// all the F branch's backward needs besides x (LN1(x) itself is recomputed block by block).
+struct Attention {
+  at::Tensor qk, k, v;  // qk: the shared query/keys, or the queries of a local layer; k: its keys
   at::Tensor out, stats, sorted_positions;  // sorted_positions: LSH layers only
-  at::Tensor merged;                     // (B·L, H·Dh): the heads side by side
 };
 
 // The logit scale of a local layer: HF's 1/sqrt(Dh) (docs/semantics.md §9). LSH layers use
@@ -307,50 +373,118 @@ double local_attention_scale(const StackShape& s) {
   return 1.0 / std::sqrt(static_cast<double>(s.d_head));
 }
 
-// (B, L, H·Dh) -> (B, H, L, Dh) view.
-at::Tensor split_heads(const at::Tensor& t, const StackShape& s, int64_t heads) {
-  return t.view({s.batch, s.length, heads, s.d_head}).transpose(1, 2);
-}
-
-// (B, H, L, Dh) -> (B·L, H·Dh), contiguous.
-at::Tensor merge_heads(const at::Tensor& t, const StackShape& s) {
-  return t.transpose(1, 2).reshape({s.rows(), t.size(1) * s.d_head});
-}
-
-// F(x) = dropout_a(W_out · attention(LN1(x)) + b_out), as (B·L, d_model); fills `state` when
-// given (the backward's recompute).
-at::Tensor attention_branch(const at::Tensor& x, const Layer& layer,
-                            const c10::optional<at::Tensor>& mask, const StackShape& s,
-                            const StackOptions& o, AttentionState* state) {
-  const auto x2d = x.reshape({s.rows(), s.d_model});
-  auto [normed, mean, rstd] = at::native_layer_norm(x2d, {s.d_model}, layer[kNorm1Weight],
-                                                    layer[kNorm1Bias], o.eps);
-  const auto projected = gemm(normed, layer[kQkWeight].t());  // (B·L, H·Dh), or 2·H·Dh if local
-  const auto v = split_heads(gemm(normed, layer[kVWeight].t()), s, o.n_heads);
+// The projections of LN1(x) (block by block: LN1(x) never exists whole) and the attention.
+Attention attend(const at::Tensor& x2d, const Layer& layer, const c10::optional<at::Tensor>& mask,
+                 const StackShape& s, const StackOptions& o) {
+  Attention attn;
+  const auto heads = [&] {
+    return at::empty({s.batch, o.n_heads, s.length, s.d_head}, x2d.options());
+  };
+  attn.qk = heads();
+  if (layer.local) attn.k = heads();
+  attn.v = heads();
   const int64_t inner = o.n_heads * s.d_head;
-  at::Tensor qk, k, out, stats, sorted_positions;
+  const auto qk_rhs = gemm_rhs(layer[kQkWeight].t()), v_rhs = gemm_rhs(layer[kVWeight].t());
+  for_each_row_block(s, rows_per_block(s, x2d.device()), [&](int64_t row0, int64_t b,
+                                                             int64_t p0, int64_t n) {
+    const auto normed = std::get<0>(at::native_layer_norm(
+        x2d.narrow(0, row0, n), {s.d_model}, layer[kNorm1Weight], layer[kNorm1Bias], o.eps));
+    // (n, H·Dh), or (n, 2·H·Dh) in a local layer
+    auto projected = at::empty({n, layer[kQkWeight].size(0)}, x2d.options());
+    gemm_out(projected, normed, qk_rhs);
+    write_merged_rows(attn.qk, projected.narrow(1, 0, inner), b, p0);
+    if (layer.local) write_merged_rows(attn.k, projected.narrow(1, inner, inner), b, p0);
+    auto values = at::empty({n, inner}, x2d.options());
+    gemm_out(values, normed, v_rhs);
+    write_merged_rows(attn.v, values, b, p0);
+  });
   if (layer.local) {
-    qk = split_heads(projected.narrow(1, 0, inner), s, o.n_heads);
-    k = split_heads(projected.narrow(1, inner, inner), s, o.n_heads);
-    std::tie(out, std::ignore, stats) =
-        local_attention(qk, k, v, mask, o.local_chunk_length, o.causal, o.local_chunks_before,
-                        o.local_chunks_after, local_attention_scale(s),
+    std::tie(attn.out, std::ignore, attn.stats) =
+        local_attention(attn.qk, attn.k, attn.v, mask, o.local_chunk_length, o.causal,
+                        o.local_chunks_before, o.local_chunks_after, local_attention_scale(s),
                         layer.attention_dropout_p, layer.attention_seed());
   } else {
-    qk = split_heads(projected, s, o.n_heads);
-    std::tie(out, std::ignore, sorted_positions, stats) =
-        lsh_attention(qk, v, layer.rotations, mask, o.bucket_size, o.causal, o.n_chunks_before,
-                      o.n_chunks_after, /*scale=*/1.0, o.bucket_factors,
+    std::tie(attn.out, std::ignore, attn.sorted_positions, attn.stats) =
+        lsh_attention(attn.qk, attn.v, layer.rotations, mask, o.bucket_size, o.causal,
+                      o.n_chunks_before, o.n_chunks_after, /*scale=*/1.0, o.bucket_factors,
                       layer.attention_dropout_p, layer.attention_seed());
   }
-  auto merged = merge_heads(out, s);
-  auto a = gemm(merged, layer[kOutWeight].t(), layer[kOutBias]);
-  seeded_dropout_(a, o.dropout_p, layer.seed[kAttentionOutput]);
-  if (state != nullptr) {
-    *state = {std::move(normed), std::move(mean), std::move(rstd), qk, k, v, std::move(out),
-              std::move(stats), std::move(sorted_positions), std::move(merged)};
-  }
-  return a;
+  return attn;
+}
+
+// stream += sign · F(x), F(x) = dropout_a(W_out · merge(out) + b_out), block by block: the
+// forward adds it (sign 1), the backward's recompute takes it off again (sign -1) with the very
+// same values.
+void add_attention_output(const at::Tensor& stream, const Attention& attn, const Layer& layer,
+                          const StackShape& s, const StackOptions& o, double sign) {
+  const int64_t block = rows_per_block(s, stream.device());
+  SeededRowDropout dropout(o.dropout_p, layer.seed[kAttentionOutput], s.d_model, block,
+                           stream.options());
+  const auto out_rhs = gemm_rhs(layer[kOutWeight].t());
+  for_each_row_block(s, block, [&](int64_t row0, int64_t b, int64_t p0, int64_t n) {
+    auto f = at::empty({n, s.d_model}, stream.options());
+    gemm_out(f, merged_rows(attn.out, b, p0, n), out_rhs, layer[kOutBias]);
+    dropout.apply_(f, row0);
+    stream.narrow(0, row0, n).add_(f, sign);
+  });
+}
+
+// The output projection's backward: the W_out and b_out gradients and d(loss)/d(out) as a
+// (B, H, L, Dh) tensor, from dy1 (= d(loss)/d(F(x))).
+at::Tensor attention_output_backward(const at::Tensor& dy1, const Attention& attn,
+                                     const Layer& layer, const StackShape& s,
+                                     const StackOptions& o,
+                                     std::vector<at::Tensor>::iterator grads) {
+  const int64_t block = rows_per_block(s, dy1.device());
+  SeededRowDropout dropout(o.dropout_p, layer.seed[kAttentionOutput], s.d_model, block,
+                           dy1.options());
+  auto grad_w = gradient_accumulator(layer[kOutWeight]);
+  auto grad_b = gradient_accumulator(layer[kOutBias]);
+  auto d_out = at::empty_like(attn.out, at::MemoryFormat::Contiguous);
+  const auto w_rhs = gemm_rhs(layer[kOutWeight]);
+  for_each_row_block(s, block, [&](int64_t row0, int64_t b, int64_t p0, int64_t n) {
+    const auto da = dropout.backward(dy1.narrow(0, row0, n), row0);
+    gemm_out(grad_w, da.t(), merged_rows(attn.out, b, p0, n), {}, 1.0, /*accumulate=*/true);
+    add_column_sums_(grad_b, da);
+    auto d_merged = at::empty({n, attn.out.size(1) * s.d_head}, dy1.options());
+    gemm_out(d_merged, da, w_rhs);
+    write_merged_rows(d_out, d_merged, b, p0);
+  });
+  grads[kOutWeight] = finish_gradient(grad_w, layer[kOutWeight]);
+  grads[kOutBias] = finish_gradient(grad_b, layer[kOutBias]);
+  return d_out;
+}
+
+// One projection of LN1(x) seen from its gradient.
+struct ProjectionGradient {
+  at::Tensor d_heads;  // d(loss)/d(LN1(x) · Wᵀ), (B, H, L, Dh)
+  at::Tensor weight;   // W (H·Dh, d_model): rows of the layer's weight
+  at::Tensor grad;     // W's gradient accumulator: rows of the layer's accumulator
+};
+
+// The projections' backward, block by block (LN1(x) recomputed per block, bitwise as `attend`
+// had it): their weight gradients, LN1's, and d(loss)/d(x) through LN1 added to dx.
+void projections_backward(const at::Tensor& x2d, const at::Tensor& dx,
+                          const std::vector<ProjectionGradient>& projections, const Layer& layer,
+                          const StackShape& s, const StackOptions& o,
+                          std::vector<at::Tensor>::iterator grads) {
+  std::vector<GemmRhs> weights;
+  for (const auto& p : projections) weights.push_back(gemm_rhs(p.weight));
+  LayerNormBackward norm(layer[kNorm1Weight]);
+  for_each_row_block(s, rows_per_block(s, x2d.device()), [&](int64_t row0, int64_t b,
+                                                             int64_t p0, int64_t n) {
+    const auto x = x2d.narrow(0, row0, n);
+    const auto [normed, mean, rstd] = at::native_layer_norm(
+        x, {s.d_model}, layer[kNorm1Weight], layer[kNorm1Bias], o.eps);
+    auto d_normed = at::empty({n, s.d_model}, x2d.options());
+    for (size_t i = 0; i < projections.size(); ++i) {
+      const auto d_rows = merged_rows(projections[i].d_heads, b, p0, n);
+      gemm_out(projections[i].grad, d_rows.t(), normed, {}, 1.0, /*accumulate=*/true);
+      gemm_out(d_normed, d_rows, weights[i], {}, 1.0, /*accumulate=*/i > 0);
+    }
+    norm.add_rows(dx.narrow(0, row0, n), d_normed, x, mean, rstd);
+  });
+  norm.write_gradients(grads + kNorm1Weight, grads + kNorm1Bias);
 }
 
 // G(x) = dropout_o(FFN(LN2(x))), as (B·L, d_model).
@@ -364,8 +498,10 @@ at::Tensor ffn_branch(const at::Tensor& x, const Layer& layer, const StackShape&
   return u;
 }
 
-// dropout'(g) for a mask of `seed`: the same mask and scale applied to a copy of g (B·L, d).
+// dropout'(g) for a mask of `seed`: g itself for p == 0 (the callers only read it), else the
+// same mask and scale applied to a copy of g (B·L, d).
 at::Tensor dropout_backward(const at::Tensor& g, double p, int64_t seed) {
+  if (p == 0.0) return g;
   auto out = g.clone(at::MemoryFormat::Contiguous);
   seeded_dropout_(out, p, seed);
   return out;
@@ -376,16 +512,22 @@ at::Tensor dropout_backward(const at::Tensor& g, double p, int64_t seed) {
 at::Tensor ffn_branch_backward(const at::Tensor& y1, const at::Tensor& dy2, at::Tensor& dy1,
                                const Layer& layer, const StackShape& s, const StackOptions& o,
                                std::vector<at::Tensor>::iterator grads) {
-  auto [normed, mean, rstd] = at::native_layer_norm(y1, {s.d_model}, layer[kNorm2Weight],
-                                                    layer[kNorm2Bias], o.eps);
-  const auto du = dropout_backward(dy2, o.dropout_p, layer.seed[kFfnOutput]);
-  at::Tensor u;
+  at::Tensor normed, mean, rstd, u;
+  std::tie(normed, mean, rstd) = at::native_layer_norm(y1, {s.d_model}, layer[kNorm2Weight],
+                                                       layer[kNorm2Bias], o.eps);
   auto [d_normed, gw1, gb1, gw2, gb2] = chunked_ffn_backward_with_output(
-      du, normed, layer[kFfnW1], layer[kFfnB1], layer[kFfnW2], layer[kFfnB2], o.ff_chunk_size,
-      o.activation, o.dropout_p, layer.seed[kFfnHidden], u);
+      dropout_backward(dy2, o.dropout_p, layer.seed[kFfnOutput]), normed, layer[kFfnW1],
+      layer[kFfnB1], layer[kFfnW2], layer[kFfnB2], o.ff_chunk_size, o.activation, o.dropout_p,
+      layer.seed[kFfnHidden], u);
+  normed.reset();  // LN2's backward reads y1 and the statistics only
   seeded_dropout_(u, o.dropout_p, layer.seed[kFfnOutput]);
-  dy1.add_(layer_norm_backward(d_normed, y1, mean, rstd, layer[kNorm2Weight],
-                               grads + kNorm2Weight, grads + kNorm2Bias, s));
+  LayerNormBackward norm(layer[kNorm2Weight]);
+  for_each_row_block(s, rows_per_block(s, y1.device()), [&](int64_t row0, int64_t, int64_t,
+                                                            int64_t n) {
+    norm.add_rows(dy1.narrow(0, row0, n), d_normed.narrow(0, row0, n), y1.narrow(0, row0, n),
+                  mean.narrow(0, row0, n), rstd.narrow(0, row0, n));
+  });
+  norm.write_gradients(grads + kNorm2Weight, grads + kNorm2Bias);
   grads[kFfnW1] = gw1;
   grads[kFfnB1] = gb1;
   grads[kFfnW2] = gw2;
@@ -393,43 +535,40 @@ at::Tensor ffn_branch_backward(const at::Tensor& y1, const at::Tensor& dy2, at::
   return u;
 }
 
-// Recomputes F(x2) and its gradients from dy1: returns F(x2) (the forward's value) and
-// accumulates d(loss)/d(x2) into dx2.
-at::Tensor attention_branch_backward(const at::Tensor& x2, const at::Tensor& dy1, at::Tensor& dx2,
-                                     const Layer& layer, const c10::optional<at::Tensor>& mask,
-                                     const StackShape& s, const StackOptions& o,
-                                     std::vector<at::Tensor>::iterator grads) {
-  AttentionState st;
-  auto a = attention_branch(x2, layer, mask, s, o, &st);
-  const auto da = dropout_backward(dy1, o.dropout_p, layer.seed[kAttentionOutput]);
-  grads[kOutWeight] = gemm(da.t(), st.merged);
-  grads[kOutBias] = column_sums(da, da.scalar_type());
-  const auto d_merged = gemm(da, layer[kOutWeight]);  // (B·L, H·Dh)
-  const auto d_out = split_heads(d_merged, s, o.n_heads);
-  at::Tensor d_qk2d, d_v2d;  // (B·L, H·Dh) each; d_qk2d is (B·L, 2·H·Dh) in a local layer
+// Recomputes F(x2) and takes it off the stream a (y1 -> x1); adds d(loss)/d(x2) to dx2 and
+// writes the attention's weight gradients. dy1 = d(loss)/d(y1) is also d(loss)/d(F(x2)).
+void attention_branch_backward(at::Tensor& a, const at::Tensor& x2, const at::Tensor& dy1,
+                               at::Tensor& dx2, const Layer& layer,
+                               const c10::optional<at::Tensor>& mask, const StackShape& s,
+                               const StackOptions& o, std::vector<at::Tensor>::iterator grads) {
+  auto attn = attend(x2, layer, mask, s, o);
+  add_attention_output(a, attn, layer, s, o, /*sign=*/-1.0);
+  const auto d_out = attention_output_backward(dy1, attn, layer, s, o, grads);
+  auto grad_qk = gradient_accumulator(layer[kQkWeight]);
+  auto grad_v = gradient_accumulator(layer[kVWeight]);
+  std::vector<ProjectionGradient> projections;
   if (layer.local) {
     auto [d_q, d_k, d_v] = local_attention_backward(
-        d_out, /*grad_lse=*/c10::nullopt, st.qk, st.k, st.v, st.out, st.stats, mask,
+        d_out, /*grad_lse=*/c10::nullopt, attn.qk, attn.k, attn.v, attn.out, attn.stats, mask,
         o.local_chunk_length, o.causal, o.local_chunks_before, o.local_chunks_after,
         local_attention_scale(s), layer.attention_dropout_p, layer.attention_seed());
-    d_qk2d = at::cat({merge_heads(d_q, s), merge_heads(d_k, s)}, 1);
-    d_v2d = merge_heads(d_v, s);
+    const int64_t inner = o.n_heads * s.d_head;
+    const auto& w_qk = layer[kQkWeight];  // W_q stacked on W_k
+    projections = {{d_q, w_qk.narrow(0, 0, inner), grad_qk.narrow(0, 0, inner)},
+                   {d_k, w_qk.narrow(0, inner, inner), grad_qk.narrow(0, inner, inner)},
+                   {d_v, layer[kVWeight], grad_v}};
   } else {
-    auto [d_qk, d_v] = lsh_attention_backward(d_out, /*grad_lse=*/c10::nullopt, st.qk, st.v,
-                                              st.out, st.stats, st.sorted_positions, mask,
+    auto [d_qk, d_v] = lsh_attention_backward(d_out, /*grad_lse=*/c10::nullopt, attn.qk, attn.v,
+                                              attn.out, attn.stats, attn.sorted_positions, mask,
                                               o.bucket_size, o.causal, o.n_chunks_before,
                                               o.n_chunks_after, /*scale=*/1.0,
                                               layer.attention_dropout_p, layer.attention_seed());
-    d_qk2d = merge_heads(d_qk, s);
-    d_v2d = merge_heads(d_v, s);
+    projections = {{d_qk, layer[kQkWeight], grad_qk}, {d_v, layer[kVWeight], grad_v}};
   }
-  grads[kQkWeight] = gemm(d_qk2d.t(), st.normed);
-  grads[kVWeight] = gemm(d_v2d.t(), st.normed);
-  auto d_normed = gemm(d_qk2d, layer[kQkWeight]);
-  gemm_out(d_normed, d_v2d, layer[kVWeight], {}, 1.0, /*accumulate=*/true);
-  dx2.add_(layer_norm_backward(d_normed, x2, st.mean, st.rstd, layer[kNorm1Weight],
-                               grads + kNorm1Weight, grads + kNorm1Bias, s));
-  return a;
+  attn = Attention{};  // the projections' backward needs x2 and the gradients only
+  projections_backward(x2, dx2, projections, layer, s, o, grads);
+  grads[kQkWeight] = finish_gradient(grad_qk, layer[kQkWeight]);
+  grads[kVWeight] = finish_gradient(grad_v, layer[kVWeight]);
 }
 
 StackOptions make_options(int64_t n_heads, int64_t bucket_size, bool causal,
@@ -467,7 +606,8 @@ std::tuple<at::Tensor, at::Tensor> reformer_stack(
   auto b = x2.reshape({s.rows(), s.d_model});
   for (int64_t l = 0; l < s.depth; ++l) {
     const Layer layer(weights, rotations, seeds, l, o);
-    a = a + attention_branch(b, layer, key_padding_mask, s, o, nullptr);
+    a = a.clone(at::MemoryFormat::Contiguous);
+    add_attention_output(a, attend(b, layer, key_padding_mask, s, o), layer, s, o, /*sign=*/1.0);
     b = b + ffn_branch(a, layer, s, o);
   }
   return {a.view(x1.sizes()), b.view(x1.sizes())};
@@ -506,7 +646,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> reformer_stack_backw
     // G: b = x2 + G(a)
     b.sub_(ffn_branch_backward(a, db, da, layer, s, o, layer_grads));  // b = x2
     // F: a = x1 + F(x2)
-    a.sub_(attention_branch_backward(b, da, db, layer, key_padding_mask, s, o, layer_grads));
+    attention_branch_backward(a, b, da, db, layer, key_padding_mask, s, o, layer_grads);  // a = x1
   }
   return {da.view(y1.sizes()), db.view(y1.sizes()), std::move(grads)};
 }

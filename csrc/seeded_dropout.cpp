@@ -71,4 +71,24 @@ void seeded_dropout_(at::Tensor& x, double p, int64_t seed) {
   x.mul_(1.0 / (1.0 - p));
 }
 
+SeededRowDropout::SeededRowDropout(double p, int64_t seed, int64_t width, int64_t max_rows,
+                                   const at::TensorOptions& device_options)
+    : p_(p) {
+  if (p > 0.0) mask_.emplace(p, seed, width, max_rows, device_options);
+}
+
+void SeededRowDropout::apply_(const at::Tensor& rows, int64_t row0) {
+  if (!mask_) return;
+  // the same two steps as seeded_dropout_, so the values are bitwise the same
+  rows.masked_fill_(mask_->dropped(row0, rows.size(0)), 0);
+  rows.mul_(1.0 / (1.0 - p_));
+}
+
+at::Tensor SeededRowDropout::backward(const at::Tensor& g, int64_t row0) {
+  if (!mask_) return g;
+  auto out = g.clone(at::MemoryFormat::Contiguous);
+  apply_(out, row0);
+  return out;
+}
+
 }  // namespace reformer

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
 
 #include <cmath>
 #include <cstdint>
@@ -54,5 +55,25 @@ class SeededDropoutMask {
 // work buffers stay small). p == 0 leaves x unchanged. Applied to a gradient it is dropout's
 // backward.
 void seeded_dropout_(at::Tensor& x, double p, int64_t seed);
+
+// The same dropout applied to a (rows, width) tensor one block of rows at a time, for callers
+// that never hold the whole tensor: block rows row0 .. row0 + n - 1 get exactly the mask and
+// scale that seeded_dropout_ gives those rows of the whole tensor. p == 0: no dropout, no
+// buffers.
+class SeededRowDropout {
+ public:
+  SeededRowDropout(double p, int64_t seed, int64_t width, int64_t max_rows,
+                   const at::TensorOptions& device_options);
+
+  // rows (n <= max_rows, width), the rows from row0 on: dropped out in place.
+  void apply_(const at::Tensor& rows, int64_t row0);
+  // Dropout's backward of the gradient rows g (n, width) from row0 on: g itself for p == 0,
+  // else a new tensor (g is not written).
+  at::Tensor backward(const at::Tensor& g, int64_t row0);
+
+ private:
+  double p_;
+  c10::optional<SeededDropoutMask> mask_;
+};
 
 }  // namespace reformer

@@ -195,3 +195,32 @@ def test_hf_reformer_converts_and_compares(capsys):
     assert difference < 1e-5
     rows = [line for line in out.splitlines() if line.startswith("| 256 |")]
     assert [row.split("|")[2].strip() for row in rows] == ["forward", "training step"]
+
+
+@pytest.mark.parametrize("step", ["forward", "training step"])
+def test_hf_reformer_counts_the_dense_products(step):
+    """dense_flops_per_token (the arithmetic behind the example's speed-up bound) equals the
+    matrix products (aten mm and addmm: the linear layers; attention and hashing use bmm) that
+    HF's own model runs in that step, its reversible backward's recompute included."""
+    transformers = pytest.importorskip("transformers")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class MatrixProductFlops(TorchDispatchMode):
+        flops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                a, b = args[-2], args[-1]
+                self.flops += 2 * a.shape[0] * a.shape[1] * b.shape[1]
+            return func(*args, **(kwargs or {}))
+
+    hf_reformer = load_example("hf_reformer")
+    length = 256
+    config = hf_reformer.crime_and_punishment_config(length)
+    model = transformers.ReformerModelWithLMHead(config).train(step != "forward")
+    tokens = torch.randint(2, config.vocab_size, (1, length))
+    with MatrixProductFlops() as counter:
+        logits = model(input_ids=tokens).logits
+        if step != "forward":
+            logits.sum().backward()
+    assert counter.flops == hf_reformer.dense_flops_per_token(config, step) * length
