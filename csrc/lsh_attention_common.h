@@ -1,7 +1,7 @@
 // What every backend of the LSH attention operators (docs/semantics.md §1) shares: the argument
-// checks (lsh_attention_common.cpp), the sizes they derive, the accumulation type and the
-// forward's outputs. csrc/cpu/lsh_attention_cpu.cpp and csrc/cuda/lsh_attention_cuda.cu include
-// this header, not the operator header lsh_attention.h.
+// checks (lsh_attention_common.cpp, built on arg_checks.h), the sizes they derive, the
+// accumulation type and the forward's outputs. csrc/cpu/lsh_attention_cpu.cpp and
+// csrc/cuda/lsh_attention_cuda.cu include this header, not the operator header lsh_attention.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -41,6 +41,10 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_output
   auto lse = stats.select(3, 0).add(stats.select(3, 1));
   return {out_acc.to(out_dtype), lse, sorted, stats};
 }
+
+// Checks the queries `t` (qk, or q of local attention; `name` in messages): (batch, heads,
+// length, dim) with length, dim >= 1 and a floating-point dtype. Fills those four sizes.
+LshShape check_query_shape(const at::Tensor& t, const char* name);
 
 // The bucket factors of docs/semantics.md §1 step 1 for rotations with `rotation_cols` columns
 // per round: empty -> the one factor 2 * rotation_cols; else every factor even and >= 2, at
