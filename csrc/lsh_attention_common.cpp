@@ -32,6 +32,13 @@ LshShape check_qk_and_mask(const at::Tensor& qk, const c10::optional<at::Tensor>
 
 }  // namespace
 
+std::pair<at::Tensor, at::Tensor> forward_buffers(const LshShape& s,
+                                                  const at::TensorOptions& options) {
+  return {at::zeros({s.batch, s.heads, s.length, s.value_dim}, options),
+          at::full({s.batch, s.heads, s.length, 2}, -std::numeric_limits<double>::infinity(),
+                   options)};
+}
+
 LshShape check_query_shape(const at::Tensor& t, const char* name) {
   check_query_tensor(t, name);
   LshShape s;

@@ -10,6 +10,7 @@
 
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "../kernels/lsh_common.h"
 
@@ -30,6 +31,12 @@ struct LshShape {
 inline at::ScalarType accumulation_type(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
+
+// The forward's running output (B, H, L, Dv), zero, and its running softmax per query (B, H, L,
+// 2) = (max logit, log-sum), -inf marking "no round merged yet": both with `options` (the
+// accumulation type), for every backend of LSH and local attention.
+std::pair<at::Tensor, at::Tensor> forward_buffers(const LshShape& s,
+                                                  const at::TensorOptions& options);
 
 // The forward's (out, lse, sorted_positions, softmax_stats) from the kernels' running output and
 // stats in the accumulation type, for every backend. Padding queries were never merged (max
