@@ -9,52 +9,15 @@
 #include <string>
 
 #include "../kernels/lsh_common.h"
+#include "arg_checks.h"
 
 namespace reformer {
 namespace {
 
-bool is_supported_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-void check_defined(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.defined(), name, " must be a tensor, got None");
-}
-
-void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& qk) {
-  check_defined(t, name);
-  TORCH_CHECK_VALUE(t.device() == qk.device(), name, " must be on the same device as qk (",
-                    qk.device(), "), got ", t.device());
-}
-
-void check_window(int64_t n_chunks_before, int64_t n_chunks_after) {
-  // Each bound is checked before the sum, which could otherwise overflow.
-  TORCH_CHECK_VALUE(n_chunks_before >= 0 && n_chunks_before < kMaxWindowChunks,
-                    "n_chunks_before must be in [0, ", kMaxWindowChunks, "), got ",
-                    n_chunks_before);
-  TORCH_CHECK_VALUE(n_chunks_after >= 0 && n_chunks_after < kMaxWindowChunks,
-                    "n_chunks_after must be in [0, ", kMaxWindowChunks, "), got ", n_chunks_after);
-  TORCH_CHECK_VALUE(n_chunks_before + n_chunks_after + 1 <= kMaxWindowChunks,
-                    "n_chunks_before + n_chunks_after + 1 must be <= ", kMaxWindowChunks,
-                    ", got ", n_chunks_before + n_chunks_after + 1);
-}
-
 // qk, mask and bucket_size; fills the sizes that do not depend on rotations.
 LshShape check_qk_and_mask(const at::Tensor& qk, const c10::optional<at::Tensor>& key_padding_mask,
                            int64_t bucket_size) {
-  check_defined(qk, "qk");
-  TORCH_CHECK_VALUE(qk.dim() == 4, "qk must have shape (batch, heads, length, dim), got ",
-                    qk.dim(), " dimensions ", qk.sizes());
-  TORCH_CHECK_VALUE(is_supported_float(qk.scalar_type()),
-                    "qk must be float32, float64, float16 or bfloat16, got ", qk.scalar_type());
-  LshShape s;
-  s.batch = qk.size(0);
-  s.heads = qk.size(1);
-  s.length = qk.size(2);
-  s.dim = qk.size(3);
-  TORCH_CHECK_VALUE(s.length >= 1, "qk must have length >= 1 (dimension 2), got shape ",
-                    qk.sizes());
-  TORCH_CHECK_VALUE(s.dim >= 1, "qk must have dim >= 1 (dimension 3), got shape ", qk.sizes());
+  LshShape s = check_query_shape(qk, "qk");
   TORCH_CHECK_VALUE(bucket_size >= 1 && bucket_size < std::numeric_limits<int32_t>::max(),
                     "bucket_size must be in [1, 2^31), got ", bucket_size);
   s.bucket_size = bucket_size;
@@ -63,20 +26,28 @@ LshShape check_qk_and_mask(const at::Tensor& qk, const c10::optional<at::Tensor>
                     "qk length padded to a multiple of bucket_size must be < 2^31, got ",
                     s.padded_length);
   s.chunks_per_round = s.padded_length / bucket_size;
-  if (key_padding_mask.has_value()) {
-    const at::Tensor& mask = *key_padding_mask;
-    TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool,
-                      "key_padding_mask must be a bool tensor (True marks padding), got ",
-                      mask.scalar_type());
-    TORCH_CHECK_VALUE(mask.dim() == 2 && mask.size(0) == s.batch && mask.size(1) == s.length,
-                      "key_padding_mask must have shape (batch, length) = (", s.batch, ", ",
-                      s.length, "), got ", mask.sizes());
-    check_same_device(mask, "key_padding_mask", qk);
-  }
+  check_key_padding_mask(key_padding_mask, s.batch, s.length, qk, "qk");
   return s;
 }
 
 }  // namespace
+
+std::pair<at::Tensor, at::Tensor> forward_buffers(const LshShape& s,
+                                                  const at::TensorOptions& options) {
+  return {at::zeros({s.batch, s.heads, s.length, s.value_dim}, options),
+          at::full({s.batch, s.heads, s.length, 2}, -std::numeric_limits<double>::infinity(),
+                   options)};
+}
+
+LshShape check_query_shape(const at::Tensor& t, const char* name) {
+  check_query_tensor(t, name);
+  LshShape s;
+  s.batch = t.size(0);
+  s.heads = t.size(1);
+  s.length = t.size(2);
+  s.dim = t.size(3);
+  return s;
+}
 
 BucketFactors check_bucket_factors(at::IntArrayRef bucket_factors, int64_t rotation_cols,
                                    const std::string& what) {
@@ -117,7 +88,7 @@ LshShape check_hash_args(const at::Tensor& qk, const at::Tensor& rotations,
                     rotations.dim(), " dimensions ", rotations.sizes());
   TORCH_CHECK_VALUE(is_supported_float(rotations.scalar_type()),
                     "rotations must be a floating-point tensor, got ", rotations.scalar_type());
-  check_same_device(rotations, "rotations", qk);
+  check_same_device(rotations, "rotations", qk, "qk");
   s.rotation_heads = rotations.size(0);
   TORCH_CHECK_VALUE(s.rotation_heads == 1 || s.rotation_heads == s.heads,
                     "rotations must have 1 or heads = ", s.heads, " entries in dimension 0, got ",
@@ -143,16 +114,10 @@ LshShape check_attention_args(const at::Tensor& qk, const at::Tensor& v,
                               int64_t bucket_size, int64_t n_chunks_before,
                               int64_t n_chunks_after, at::IntArrayRef bucket_factors) {
   LshShape s = check_hash_args(qk, rotations, key_padding_mask, bucket_size, bucket_factors);
-  check_defined(v, "v");
-  TORCH_CHECK_VALUE(v.dim() == 4 && v.size(0) == s.batch && v.size(1) == s.heads &&
-                        v.size(2) == s.length,
-                    "v must have shape (batch, heads, length, value_dim) with (batch, heads, "
-                    "length) = (", s.batch, ", ", s.heads, ", ", s.length, ") as in qk, got ",
-                    v.sizes());
-  TORCH_CHECK_VALUE(v.scalar_type() == qk.scalar_type(), "v must have the dtype of qk (",
-                    qk.scalar_type(), "), got ", v.scalar_type());
+  check_value_shape(v, s.batch, s.heads, s.length, "qk");
+  check_same_dtype(v, "v", qk, "qk");
   TORCH_CHECK_VALUE(v.size(3) >= 1, "v must have value_dim >= 1, got shape ", v.sizes());
-  check_same_device(v, "v", qk);
+  check_same_device(v, "v", qk, "qk");
   check_window(n_chunks_before, n_chunks_after);
   s.value_dim = v.size(3);
   return s;
@@ -170,34 +135,12 @@ LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at:
                         v.size(2) == s.length && v.size(3) >= 1,
                     "v must have shape (", s.batch, ", ", s.heads, ", ", s.length,
                     ", value_dim), got ", v.sizes());
-  TORCH_CHECK_VALUE(v.scalar_type() == qk.scalar_type(), "v must have the dtype of qk (",
-                    qk.scalar_type(), "), got ", v.scalar_type());
-  check_same_device(v, "v", qk);
+  check_same_dtype(v, "v", qk, "qk");
+  check_same_device(v, "v", qk, "qk");
   check_window(n_chunks_before, n_chunks_after);
   s.value_dim = v.size(3);
-  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{grad_out, "grad_out"},
-                                {out, "out"}}) {
-    check_defined(t, name);
-    TORCH_CHECK_VALUE(t.sizes() == v.sizes(), name, " must have the shape of v ", v.sizes(),
-                      ", got ", t.sizes());
-    TORCH_CHECK_VALUE(t.scalar_type() == qk.scalar_type(), name, " must have the dtype of qk (",
-                      qk.scalar_type(), "), got ", t.scalar_type());
-    check_same_device(t, name, qk);
-  }
-  const auto acc_type = qk.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const std::vector<int64_t> lse_shape{s.batch, s.heads, s.length};
-  const std::vector<int64_t> stats_shape{s.batch, s.heads, s.length, 2};
-  check_defined(softmax_stats, "softmax_stats");
-  TORCH_CHECK_VALUE(softmax_stats.sizes() == stats_shape && softmax_stats.scalar_type() == acc_type,
-                    "softmax_stats must have shape ", at::IntArrayRef(stats_shape), " and dtype ",
-                    acc_type, ", got ", softmax_stats.sizes(), " ", softmax_stats.scalar_type());
-  check_same_device(softmax_stats, "softmax_stats", qk);
-  if (grad_lse.has_value()) {
-    TORCH_CHECK_VALUE(grad_lse->sizes() == lse_shape && grad_lse->scalar_type() == acc_type,
-                      "grad_lse must have shape ", at::IntArrayRef(lse_shape), " and dtype ",
-                      acc_type, ", got ", grad_lse->sizes(), " ", grad_lse->scalar_type());
-    check_same_device(*grad_lse, "grad_lse", qk);
-  }
+  check_grad_out_and_out(grad_out, out, v, qk, "qk");
+  check_softmax_stats_and_grad_lse(softmax_stats, grad_lse, s.batch, s.heads, s.length, qk, "qk");
   check_defined(sorted_positions, "sorted_positions");
   TORCH_CHECK_VALUE(sorted_positions.dim() == 3 && sorted_positions.size(0) == s.batch &&
                         sorted_positions.size(1) == s.heads &&
@@ -207,7 +150,7 @@ LshShape check_backward_args(const at::Tensor& grad_out, const c10::optional<at:
                     "sorted_positions must be int32 of shape (batch, heads, n_hashes * ",
                     s.padded_length, "), got ", sorted_positions.sizes(), " ",
                     sorted_positions.scalar_type());
-  check_same_device(sorted_positions, "sorted_positions", qk);
+  check_same_device(sorted_positions, "sorted_positions", qk, "qk");
   // The kernels index with these values: positions outside [0, L') are an error (one device
   // sync on CUDA), not an out-of-bounds read or a silently different result.
   if (sorted_positions.numel() > 0) {

@@ -1,7 +1,7 @@
 // What every backend of the LSH attention operators (docs/semantics.md §1) shares: the argument
-// checks (lsh_attention_common.cpp), the sizes they derive, the accumulation type and the
-// forward's outputs. csrc/cpu/lsh_attention_cpu.cpp and csrc/cuda/lsh_attention_cuda.cu include
-// this header, not the operator header lsh_attention.h.
+// checks (lsh_attention_common.cpp, built on arg_checks.h), the sizes they derive, the
+// accumulation type and the forward's outputs. csrc/cpu/lsh_attention_cpu.cpp and
+// csrc/cuda/lsh_attention_cuda.cu include this header, not the operator header lsh_attention.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,6 +10,7 @@
 
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "../kernels/lsh_common.h"
 
@@ -31,6 +32,12 @@ inline at::ScalarType accumulation_type(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The forward's running output (B, H, L, Dv), zero, and its running softmax per query (B, H, L,
+// 2) = (max logit, log-sum), -inf marking "no round merged yet": both with `options` (the
+// accumulation type), for every backend of LSH and local attention.
+std::pair<at::Tensor, at::Tensor> forward_buffers(const LshShape& s,
+                                                  const at::TensorOptions& options);
+
 // The forward's (out, lse, sorted_positions, softmax_stats) from the kernels' running output and
 // stats in the accumulation type, for every backend. Padding queries were never merged (max
 // still -inf): their stats and lse are defined as 0, and their output is 0 already.
@@ -41,6 +48,10 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_output
   auto lse = stats.select(3, 0).add(stats.select(3, 1));
   return {out_acc.to(out_dtype), lse, sorted, stats};
 }
+
+// Checks the queries `t` (qk, or q of local attention; `name` in messages): (batch, heads,
+// length, dim) with length, dim >= 1 and a floating-point dtype. Fills those four sizes.
+LshShape check_query_shape(const at::Tensor& t, const char* name);
 
 // The bucket factors of docs/semantics.md §1 step 1 for rotations with `rotation_cols` columns
 // per round: empty -> the one factor 2 * rotation_cols; else every factor even and >= 2, at

@@ -35,6 +35,19 @@ struct ChunkAttentionProblem {
   int64_t dropout_seed = 0;
 };
 
+// The fields LSH and local attention fill alike; the rest keep LSH's defaults (self-mask,
+// distinct windows, normalised keys). `sorted` undefined: the identity order.
+inline ChunkAttentionProblem chunk_problem(const LshShape& s, const at::Tensor& q,
+                                           const at::Tensor& k, const at::Tensor& v,
+                                           const at::Tensor& padding, const at::Tensor& sorted,
+                                           bool causal, int64_t before, int64_t after,
+                                           double scale, double dropout_p,
+                                           int64_t dropout_seed) {
+  return {.s = s, .causal = causal, .before = before, .after = after, .scale = scale, .q = q,
+          .k = k, .v = v, .padding = padding, .sorted = sorted, .dropout_p = dropout_p,
+          .dropout_seed = dropout_seed};
+}
+
 // Fills `out_acc` (B, H, L, Dv), zero on entry, and `stats` (B, H, L, 2), -inf on entry, with
 // the merged softmax over every round (queries never met keep -inf stats and zero output).
 void chunk_attention_forward(const ChunkAttentionProblem& p, at::Tensor& out_acc,

@@ -6,8 +6,6 @@
 #include <ATen/Functions.h>
 #include <torch/library.h>
 
-#include <limits>
-
 #include "../chunked_ffn.h"  // read_dropout_seed
 #include "../local_attention_common.h"
 #include "chunk_attention_cpu.h"
@@ -26,22 +24,14 @@ ChunkAttentionProblem local_problem(const LocalShape& s, const at::Tensor& q_acc
                                     const c10::optional<at::Tensor>& key_padding_mask,
                                     bool causal, int64_t before, int64_t after, double scale,
                                     double dropout_p, int64_t dropout_seed) {
-  ChunkAttentionProblem p;
-  p.dropout_p = dropout_p;
-  p.dropout_seed = dropout_seed;
-  p.s = s;
-  p.causal = causal;
-  p.before = before;
-  p.after = after;
-  p.scale = scale;
+  // The tail L..L' is padding too; sorted undefined: the identity order.
+  ChunkAttentionProblem p =
+      chunk_problem(s, q_acc, k_acc, v_acc, padding_flags(s, key_padding_mask), at::Tensor(),
+                    causal, before, after, scale, dropout_p, dropout_seed);
   p.self_mask = false;
   p.distinct_window = !local_window_repeats_chunks(s);
   p.normalised_keys = false;
-  p.q = q_acc;
-  p.k = k_acc;
-  p.v = v_acc;
-  p.padding = padding_flags(s, key_padding_mask);  // the tail L..L' is padding too
-  return p;                                        // sorted undefined: the identity order
+  return p;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention(
@@ -57,9 +47,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention(
   const auto q_acc = q.to(acc).contiguous();
   const auto k_acc = k.to(acc).contiguous();
   const auto v_acc = v.to(acc).contiguous();
-  auto out_acc = at::zeros({s.batch, s.heads, s.length, s.value_dim}, q_acc.options());
-  auto stats = at::full({s.batch, s.heads, s.length, 2}, -std::numeric_limits<double>::infinity(),
-                        q_acc.options());
+  auto [out_acc, stats] = forward_buffers(s, q_acc.options());
   chunk_attention_forward(local_problem(s, q_acc, k_acc, v_acc, key_padding_mask, causal,
                                         n_chunks_before, n_chunks_after, scale, dropout_p, seed),
                           out_acc, stats);

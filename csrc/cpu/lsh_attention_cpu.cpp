@@ -5,8 +5,6 @@
 #include <ATen/Functions.h>
 #include <torch/library.h>
 
-#include <limits>
-
 #include "../../kernels/lsh_common.h"
 #include "../chunked_ffn.h"  // read_dropout_seed
 #include "../lsh_attention_common.h"
@@ -23,20 +21,8 @@ ChunkAttentionProblem lsh_problem(const LshShape& s, const at::Tensor& qk_acc,
                                   const at::Tensor& sorted, bool causal, int64_t before,
                                   int64_t after, double scale, double dropout_p,
                                   int64_t dropout_seed) {
-  ChunkAttentionProblem p;
-  p.dropout_p = dropout_p;
-  p.dropout_seed = dropout_seed;
-  p.s = s;
-  p.causal = causal;
-  p.before = before;
-  p.after = after;
-  p.scale = scale;
-  p.q = qk_acc;
-  p.k = qk_acc;
-  p.v = v_acc;
-  p.padding = padding;
-  p.sorted = sorted;
-  return p;
+  return chunk_problem(s, qk_acc, qk_acc, v_acc, padding, sorted, causal, before, after, scale,
+                       dropout_p, dropout_seed);
 }
 
 void check_cpu(const at::Tensor& t, const char* name) {
@@ -71,12 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention(
   const auto v_acc = v.to(acc).contiguous();
   const auto padding = padding_flags(s, key_padding_mask);
   const auto sorted = sort_by_bucket(hash_buckets(qk_acc, rotations.to(acc), padding, s), s);
-
-  // Accumulate straight into `out` when it has the accumulation type (float32, float64).
-  auto out_acc = at::zeros({s.batch, s.heads, s.length, s.value_dim}, qk_acc.options());
-  // Running softmax per query: (max logit, log-sum) with -inf marking "no round merged yet".
-  auto stats = at::full({s.batch, s.heads, s.length, 2}, -std::numeric_limits<double>::infinity(),
-                        qk_acc.options());
+  auto [out_acc, stats] = forward_buffers(s, qk_acc.options());
   chunk_attention_forward(lsh_problem(s, qk_acc, v_acc, padding, sorted, causal, n_chunks_before,
                                       n_chunks_after, scale, dropout_p, seed),
                           out_acc, stats);

@@ -19,10 +19,8 @@
 #include <torch/library.h>
 
 #include <cstdint>
-#include <limits>
 
 #include "../chunked_ffn.h"  // read_dropout_seed
-#include "../seeded_dropout.h"
 
 #include "../../kernels/lsh_attention_bwd.cuh"
 #include "../../kernels/lsh_attention_fwd.cuh"
@@ -38,31 +36,13 @@ void check_local_head_dims(int64_t dim, int64_t value_dim) {
                     dim, " and value_dim = ", value_dim);
 }
 
+// make_params over the identity order (no sorted positions), with no self-mask and the local
+// window's repeated chunks; attention dropout as in docs/semantics.md §9.
 AttentionParams make_local_params(const LocalShape& s, const at::Tensor& mask, bool causal,
                                   int64_t before, int64_t after, double scale, double dropout_p,
                                   int64_t dropout_seed) {
-  AttentionParams p{};
-  if (dropout_p > 0) {  // attention dropout (docs/semantics.md §9); off for dropout_p == 0
-    p.dropout = true;
-    p.dropout_seed = static_cast<uint64_t>(dropout_seed);
-    p.dropout_threshold = dropout_hash::threshold(dropout_p);
-    p.keep_scale = 1.0 / (1.0 - dropout_p);
-  }
-  p.batch = s.batch;
-  p.heads = s.heads;
-  p.length = s.length;
-  p.padded_length = s.padded_length;
-  p.dim = s.dim;
-  p.value_dim = s.value_dim;
-  p.bucket_size = s.bucket_size;
-  p.chunks_per_round = s.chunks_per_round;
-  p.n_chunks = s.n_chunks;
-  p.before = static_cast<int>(before);
-  p.after = static_cast<int>(after);
-  p.causal = causal;
-  p.scale = scale;
-  p.padding = mask.defined() ? mask.data_ptr<bool>() : nullptr;
-  p.sorted = nullptr;  // the identity order
+  AttentionParams p = make_params(s, mask, /*sorted=*/at::Tensor(), causal, before, after, scale,
+                                  dropout_p, dropout_seed);
   p.self_mask = false;
   p.distinct_window = !local_window_repeats_chunks(s);
   return p;
@@ -82,10 +62,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_cuda(
   const auto queries = q.contiguous();
   const auto keys = k.contiguous();
   const auto values = v.contiguous();
-  const auto mask = key_padding_mask.has_value() ? key_padding_mask->contiguous() : at::Tensor();
-  auto out_acc = at::zeros({s.batch, s.heads, s.length, s.value_dim}, q.options().dtype(acc));
-  auto stats = at::full({s.batch, s.heads, s.length, 2}, -std::numeric_limits<double>::infinity(),
-                        q.options().dtype(acc));
+  const auto mask = contiguous_mask(key_padding_mask);
+  auto [out_acc, stats] = forward_buffers(s, q.options().dtype(acc));
   if (out_acc.numel() > 0) {
     const AttentionParams p = make_local_params(s, mask, causal, n_chunks_before, n_chunks_after,
                                                 scale, dropout_p, seed);
@@ -123,15 +101,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attention_backward_cuda(
   const auto values = v.contiguous();
   const auto dout = grad_out.contiguous();
   const auto stats = softmax_stats.contiguous();
-  const auto mask = key_padding_mask.has_value() ? key_padding_mask->contiguous() : at::Tensor();
+  const auto mask = contiguous_mask(key_padding_mask);
   auto dq = at::zeros({s.batch, s.heads, s.length, s.dim}, q.options().dtype(acc));
   auto dk = at::zeros({s.batch, s.heads, s.length, s.dim}, q.options().dtype(acc));
   auto dv = at::zeros({s.batch, s.heads, s.length, s.value_dim}, q.options().dtype(acc));
   if (dq.numel() > 0) {
-    // Δ_i = dO_i · O_i - dlse_i: the row term of the softmax gradient.
-    auto delta = at::mul(dout.to(acc), out.to(acc)).sum(-1);
-    if (grad_lse.has_value()) delta.sub_(*grad_lse);
-    delta = delta.contiguous();
+    const auto delta = softmax_row_term(dout, out, grad_lse, acc);
     const AttentionParams p = make_local_params(s, mask, causal, n_chunks_before, n_chunks_after,
                                                 scale, dropout_p, seed);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(),

@@ -18,12 +18,10 @@
 #include <torch/library.h>
 
 #include <cstdint>
-#include <limits>
 
 #include "../../kernels/lsh_common.h"
 #include "../lsh_attention_common.h"
 #include "../chunked_ffn.h"  // read_dropout_seed
-#include "../seeded_dropout.h"
 #include "lsh_attention_cuda.h"
 #include "lsh_hash_cuda.h"
 #include "lsh_sort_cuda.h"
@@ -31,36 +29,6 @@
 
 namespace reformer::cuda {
 namespace {
-
-AttentionParams make_params(const LshShape& s, const at::Tensor& mask, const at::Tensor& sorted,
-                            bool causal, int64_t before, int64_t after, double scale) {
-  AttentionParams p{};
-  p.batch = s.batch;
-  p.heads = s.heads;
-  p.length = s.length;
-  p.padded_length = s.padded_length;
-  p.dim = s.dim;
-  p.value_dim = s.value_dim;
-  p.bucket_size = s.bucket_size;
-  p.chunks_per_round = s.chunks_per_round;
-  p.n_chunks = s.n_chunks;
-  p.before = static_cast<int>(before);
-  p.after = static_cast<int>(after);
-  p.causal = causal;
-  p.scale = scale;
-  p.padding = mask.defined() ? mask.data_ptr<bool>() : nullptr;
-  p.sorted = sorted.data_ptr<int32_t>();
-  return p;
-}
-
-// Attention dropout (docs/semantics.md §1 "Dropout"): off for dropout_p == 0.
-void set_dropout(AttentionParams& p, double dropout_p, int64_t seed) {
-  if (dropout_p <= 0) return;
-  p.dropout = true;
-  p.dropout_seed = static_cast<uint64_t>(seed);
-  p.dropout_threshold = dropout_hash::threshold(dropout_p);
-  p.keep_scale = 1.0 / (1.0 - dropout_p);
-}
 
 // g_j = rsqrt(mean(x_j^2) + eps) / sqrt(D) per position: (B, H, L) in the accumulation type.
 at::Tensor key_scales(const at::Tensor& qk, const LshShape& s) {
@@ -74,7 +42,7 @@ at::Tensor lsh_buckets_cuda(const at::Tensor& qk, const at::Tensor& rotations,
   const LshShape s = check_hash_args(qk, rotations, key_padding_mask, /*bucket_size=*/1,
                                        bucket_factors);
   const c10::cuda::CUDAGuard guard(qk.device());
-  const auto mask = key_padding_mask.has_value() ? key_padding_mask->contiguous() : at::Tensor();
+  const auto mask = contiguous_mask(key_padding_mask);
   return hash_buckets(qk.contiguous(), rotations, mask, s);
 }
 
@@ -92,18 +60,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lsh_attention_cuda(
   const auto acc = accumulation_type(qk);
   const auto x = qk.contiguous();
   const auto values = v.contiguous();
-  const auto mask = key_padding_mask.has_value() ? key_padding_mask->contiguous() : at::Tensor();
+  const auto mask = contiguous_mask(key_padding_mask);
   const auto sorted = sort_by_bucket(hash_buckets(x, rotations, mask, s), s);
-
-  auto out_acc = at::zeros({s.batch, s.heads, s.length, s.value_dim}, x.options().dtype(acc));
-  // Running softmax per query: (max logit, log-sum), -inf marking "no round merged yet".
-  auto stats = at::full({s.batch, s.heads, s.length, 2}, -std::numeric_limits<double>::infinity(),
-                        x.options().dtype(acc));
+  auto [out_acc, stats] = forward_buffers(s, x.options().dtype(acc));
   if (out_acc.numel() > 0) {
     const auto g = key_scales(x, s);
-    AttentionParams params = make_params(s, mask, sorted, causal, n_chunks_before,
-                                         n_chunks_after, scale);
-    set_dropout(params, dropout_p, seed);
+    const AttentionParams params = make_params(s, mask, sorted, causal, n_chunks_before,
+                                               n_chunks_after, scale, dropout_p, seed);
     // The tensor-core kernels have no attention dropout: with dropout_p > 0, the FFMA kernels.
     if (!params.dropout && use_tensor_cores(x, values))
       run_lsh_forward_mma(params, s.n_hashes, x, values, g, out_acc, stats);
@@ -131,19 +94,15 @@ std::tuple<at::Tensor, at::Tensor> lsh_attention_backward_cuda(
   const auto dout = grad_out.contiguous();
   const auto stats = softmax_stats.contiguous();
   const auto sorted = sorted_positions.contiguous();
-  const auto mask = key_padding_mask.has_value() ? key_padding_mask->contiguous() : at::Tensor();
+  const auto mask = contiguous_mask(key_padding_mask);
 
   auto dqk = at::zeros({s.batch, s.heads, s.length, s.dim}, x.options().dtype(acc));
   auto dv = at::zeros({s.batch, s.heads, s.length, s.value_dim}, x.options().dtype(acc));
   if (dqk.numel() > 0) {
-    // Δ_i = dO_i · O_i - dlse_i: the row term of the softmax gradient.
-    auto delta = at::mul(dout.to(acc), out.to(acc)).sum(-1);
-    if (grad_lse.has_value()) delta.sub_(*grad_lse);
-    delta = delta.contiguous();
+    const auto delta = softmax_row_term(dout, out, grad_lse, acc);
     const auto g = key_scales(x, s);
-    AttentionParams params = make_params(s, mask, sorted, causal, n_chunks_before,
-                                         n_chunks_after, scale);
-    set_dropout(params, dropout_p, seed);
+    const AttentionParams params = make_params(s, mask, sorted, causal, n_chunks_before,
+                                               n_chunks_after, scale, dropout_p, seed);
     if (!params.dropout && use_tensor_cores(x, values, &dout))
       run_lsh_backward_mma(params, s.n_hashes, x, values, dout, g, stats, delta, dqk, dv);
     else
