@@ -1,53 +1,76 @@
 """The bad-input catalogues as a whole: every public entry point of reformer_ext and
 reformer_ext.nn has one, and every argument of each has at least one bad-input case. The
 catalogues themselves are in tests/test_lsh_attention_errors.py, tests/test_chunked_ffn_errors.py,
-tests/test_local_attention_errors.py (with rx.nn.LocalSelfAttention) and tests/test_nn_errors.py
-(their machinery in tests/_helpers.py).
+tests/test_local_attention_errors.py (with rx.nn.LocalSelfAttention), tests/test_nn_errors.py and
+tests/test_drop_in_errors.py (rx.nn.SequenceFirstLSHAttention, rx.nn.replace_attention); their
+machinery is in tests/_helpers.py.
+
+Entry names: "rx.<f>" for a function of reformer_ext, "rx.nn.<f>" for a function of
+reformer_ext.nn, "ops.<op>" for an operator, "<Module>()" and "<Module>.forward" for a module of
+reformer_ext.nn (registered from a catalogue file's MODULES by test_nn_errors.add_modules).
 
 `python tests/test_errors_catalogue.py --markdown PATH` writes every bad input tried and what it
 got.
 """
 
+import inspect
 import re
 
 import reformer_ext as rx
 import reformer_ext.nn as rnn
 
 import test_chunked_ffn_errors
+import test_drop_in_errors
 import test_local_attention_errors
 import test_lsh_attention_errors
 import test_nn_errors
 from _helpers import Catalogue
 
-CATALOGUES = {module.__name__: module.CATALOGUE for module in (
-    test_lsh_attention_errors, test_chunked_ffn_errors, test_local_attention_errors,
-    test_nn_errors)}
+CATALOGUE_FILES = (test_lsh_attention_errors, test_chunked_ffn_errors,
+                   test_local_attention_errors, test_nn_errors, test_drop_in_errors)
+CATALOGUES = {module.__name__: module.CATALOGUE for module in CATALOGUE_FILES}
+# The reformer_ext.nn modules with constructor and forward entries.
+MODULES = {name for module in CATALOGUE_FILES for name in getattr(module, "MODULES", {})}
 
 
 def test_catalogue_is_exhaustive():
-    """Every argument of every entry point has at least one bad-input case, and every public
-    module has constructor and forward cases."""
+    """Every argument of every entry point has at least one bad-input case, every public
+    function of reformer_ext and reformer_ext.nn has an entry, and every public module has
+    constructor and forward cases."""
     args = {}
     for catalogue in CATALOGUES.values():
         args.update(catalogue.args)
     # Every public name of reformer_ext and reformer_ext.nn is catalogued or listed here.
-    not_catalogued = {
+    # What the build holds: no tensor arguments; require_device's errors are in test_build.py.
+    build_queries = {"default_device", "has_cuda_kernels", "require_device"}
+    public_fns = {n for n in rx.__all__ if n not in ("nn", "ops")} - build_queries  # namespaces
+    rx_entries = {e[len("rx."):] for e in args if e.startswith("rx.")
+                  and not e.startswith("rx.nn.")}
+    assert public_fns <= rx_entries, \
+        f"public functions without a catalogue entry: {public_fns - rx_entries}"
+
+    nn_classes = {n for n in rnn.__all__ if inspect.isclass(getattr(rnn, n))}
+    nn_fns = set(rnn.__all__) - nn_classes
+    modules_not_catalogued = {
         "ReversibleBlock",  # the pair (f, g) inside ReversibleSequence: no checks of its own
-        # landed while this catalogue was extended (drop-in for nn.MultiheadAttention): TODO
-        "SequenceFirstLSHAttention", "replace_attention",
+    }
+    fns_not_catalogued = {
         # need an initialised process group: their refused inputs are tested in
         # tests/test_distributed.py
         "shard_reformer", "set_dropout_sample_offset", "save_sharded_checkpoint",
         "load_sharded_checkpoint",
     }
-    # What the build holds: no tensor arguments; require_device's errors are in test_build.py.
-    build_queries = {"default_device", "has_cuda_kernels", "require_device"}
-    public_fns = {n for n in rx.__all__ if n not in ("nn", "ops")} - build_queries  # namespaces
-    assert public_fns <= {e.split(".", 1)[1] for e in args if e.startswith("rx.")}, \
-        "a public function has no catalogue entry"
-    missing_modules = (set(rnn.__all__) - set(test_nn_errors.MODULES)
-                       - set(test_local_attention_errors.MODULES) - not_catalogued)
+    nn_entries = {e[len("rx.nn."):] for e in args if e.startswith("rx.nn.")}
+    missing_fns = nn_fns - nn_entries - fns_not_catalogued
+    assert not missing_fns, f"public reformer_ext.nn functions without an entry: {missing_fns}"
+    missing_modules = nn_classes - MODULES - modules_not_catalogued
     assert not missing_modules, f"public modules without a catalogue entry: {missing_modules}"
+    # The exemptions name public names that are really not catalogued (no stale entries).
+    assert modules_not_catalogued <= nn_classes - MODULES, "stale module exemption"
+    assert fns_not_catalogued <= nn_fns - nn_entries, "stale function exemption"
+    assert nn_entries <= nn_fns, f"entries of unknown functions: {nn_entries - nn_fns}"
+    assert MODULES <= nn_classes, f"MODULES not public classes: {MODULES - nn_classes}"
+    assert all(f"{m}()" in args and f"{m}.forward" in args for m in MODULES)
     covered = {e: set() for e in args}
     base_of = {e: f for catalogue in CATALOGUES.values() for e, f in catalogue.base_of.items()}
     bases = {f: f() for f in set(base_of.values())}

@@ -14,6 +14,9 @@ the calls that mean exactly that are accepted; everything else is an error that 
   is the causal mask (nn.TransformerEncoder passes both). Like nn.MultiheadAttention, the mask's
   contents are then not inspected, only its shape (L, L). Any other attn_mask is refused;
 - ``is_causal`` must agree with the module's ``causal`` (None: the module's setting);
+- ``need_weights`` and ``is_causal`` are True, False or None, ``average_attn_weights`` True or
+  False (otherwise ignored: no weights are returned), as nn.MultiheadAttention documents them;
+  other values (strings, tensors) are refused rather than read by their truth value;
 - ``key_padding_mask`` (B, L): bool, True marks padding (both conventions agree), or float with
   0 for tokens and -inf for padding (what nn.TransformerEncoderLayer turns a bool mask into).
   Other float values (additive biases) are refused; this check reads the mask (one host
@@ -32,9 +35,17 @@ __all__ = ["padding_mask_from_mha_call"]
 
 def padding_mask_from_mha_call(query: Tensor, key, value, key_padding_mask: Optional[Tensor],
                                need_weights: Optional[bool], attn_mask: Optional[Tensor],
-                               is_causal: Optional[bool], module_causal: bool) -> Optional[Tensor]:
+                               is_causal: Optional[bool], module_causal: bool,
+                               average_attn_weights: bool = True) -> Optional[Tensor]:
     """Checks an nn.MultiheadAttention-style self-attention call and returns the bool (B, L)
     key padding mask (True = padding) to run LSH attention with, or None."""
+    for flag, name in ((need_weights, "need_weights"), (is_causal, "is_causal")):
+        if flag is not None and not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True, False or None, got {flag!r} "
+                            f"({type(flag).__name__})")
+    if not isinstance(average_attn_weights, bool):
+        raise TypeError(f"average_attn_weights must be True or False, got "
+                        f"{average_attn_weights!r} ({type(average_attn_weights).__name__})")
     if key is not query or value is not query:
         raise ValueError(
             "LSHSelfAttention is self-attention: key and value must be the query tensor itself "
@@ -60,6 +71,9 @@ def padding_mask_from_mha_call(query: Tensor, key, value, key_padding_mask: Opti
             raise ValueError(
                 f"attn_mask with is_causal=True must be the ({length}, {length}) causal mask, "
                 f"got {tuple(attn_mask.shape) if isinstance(attn_mask, Tensor) else attn_mask!r}")
+    if key_padding_mask is not None and not isinstance(key_padding_mask, Tensor):
+        raise TypeError(f"key_padding_mask must be a tensor or None, got "
+                        f"{type(key_padding_mask).__name__}")
     if key_padding_mask is None or key_padding_mask.dtype == torch.bool:
         return key_padding_mask
     if not key_padding_mask.is_floating_point():

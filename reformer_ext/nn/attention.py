@@ -260,7 +260,7 @@ class LSHSelfAttention(tnn.Module):
             return self._attend(x, key_padding_mask, rotations, attention_dropout_seed)
         key_padding_mask = padding_mask_from_mha_call(x, key, value, key_padding_mask,
                                                       need_weights, attn_mask, is_causal,
-                                                      self.causal)
+                                                      self.causal, average_attn_weights)
         return self._attend(x, key_padding_mask, rotations, attention_dropout_seed), None
 
     def _attend(self, x: Tensor, key_padding_mask: Optional[Tensor],

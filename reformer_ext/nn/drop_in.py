@@ -19,12 +19,14 @@ output dropout if wanted.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable as _IterableABC
+from typing import Iterable, List, Optional
 
 import torch
 from torch import Tensor
 from torch import nn as tnn
 
+from ..ops._checks import check_input
 from .attention import LSHSelfAttention
 
 __all__ = ["SequenceFirstLSHAttention", "replace_attention"]
@@ -40,6 +42,9 @@ class SequenceFirstLSHAttention(tnn.Module):
 
     def __init__(self, attn: LSHSelfAttention):
         super().__init__()
+        if not isinstance(attn, LSHSelfAttention):
+            raise TypeError(f"attn must be an LSHSelfAttention module, got "
+                            f"{type(attn).__name__}")
         self.attn = attn
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
@@ -50,6 +55,10 @@ class SequenceFirstLSHAttention(tnn.Module):
             raise ValueError(
                 "LSH attention is self-attention: key and value must be the query tensor itself "
                 "(attn(x, x, x, ...)); cross-attention is not supported")
+        check_input(query, "query", self.attn.to_qk.weight)
+        if query.dim() != 3 or query.shape[0] < 1 or query.shape[-1] != self.attn.d_model:
+            raise ValueError(f"query must have shape (length >= 1, batch, {self.attn.d_model}) "
+                             f"(sequence-first, batch_first=False), got {tuple(query.shape)}")
         x = query.transpose(0, 1)
         out, weights = self.attn(x, x, x, key_padding_mask=key_padding_mask,
                                  need_weights=need_weights, attn_mask=attn_mask,
@@ -58,12 +67,31 @@ class SequenceFirstLSHAttention(tnn.Module):
 
 
 def _check_replaceable(name: str, mha: tnn.MultiheadAttention) -> None:
-    label = name or "the model"
+    label = f"model layer {name}" if name else "model"
     if not mha._qkv_same_embed_dim:
         raise ValueError(f"{label}: nn.MultiheadAttention with kdim/vdim != embed_dim is not a "
                          "self-attention layer and cannot be replaced")
     if mha.bias_k is not None or mha.add_zero_attn:
         raise ValueError(f"{label}: add_bias_kv and add_zero_attn have no LSH counterpart")
+
+
+def _check_names(names, modules: dict) -> List[str]:
+    """``names`` as a list without repeats; each must be the qualified name of an
+    nn.MultiheadAttention of the model."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, _IterableABC):
+        raise TypeError("names must be an iterable of qualified module names (as in "
+                        f"model.named_modules()), got {type(names).__name__}")
+    names = list(names)
+    if not names:
+        raise ValueError("names must hold at least one module name, got an empty iterable "
+                         "(None replaces every self-attention layer)")
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"names must hold str module names, got {name!r} "
+                            f"({type(name).__name__})")
+        if not isinstance(modules.get(name), tnn.MultiheadAttention):
+            raise ValueError(f"names: {name!r} is not an nn.MultiheadAttention in the model")
+    return list(dict.fromkeys(names))
 
 
 @torch.no_grad()
@@ -93,7 +121,8 @@ def replace_attention(model: tnn.Module, *, bucket_size: int = 64, n_hashes: int
     """Replaces, in place, the ``nn.MultiheadAttention`` self-attention layers of ``model`` by
     :class:`LSHSelfAttention` (weights copied as described in this module's docstring: an
     approximation, to fine-tune from) and returns the model. If ``model`` is itself an
-    nn.MultiheadAttention, the new module is returned.
+    nn.MultiheadAttention, the new module is returned (``names``, if given, can only be
+    ``[""]``).
 
     Which layers: every nn.MultiheadAttention except the cross-attention ``multihead_attn`` of
     nn.TransformerDecoderLayer, or, when ``names`` is given, exactly the modules with those
@@ -112,23 +141,22 @@ def replace_attention(model: tnn.Module, *, bucket_size: int = 64, n_hashes: int
                    causal=causal, n_chunks_before=n_chunks_before,
                    n_chunks_after=n_chunks_after, dropout=dropout,
                    fixed_rotations=fixed_rotations)
-    if isinstance(model, tnn.MultiheadAttention):
-        _check_replaceable("", model)
-        return _lsh_from_mha(model, options)
     if not isinstance(model, tnn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-
     modules = dict(model.named_modules())
+    if names is not None:
+        names = _check_names(names, modules)
+    if isinstance(model, tnn.MultiheadAttention):  # names can only be [""], the model itself
+        _check_replaceable("", model)
+        return _lsh_from_mha(model, options)
+
     if names is None:
         cross = {f"{n}.multihead_attn".lstrip(".") for n, m in modules.items()
                  if isinstance(m, tnn.TransformerDecoderLayer)}
         targets = [n for n, m in modules.items()
                    if isinstance(m, tnn.MultiheadAttention) and n not in cross]
     else:
-        targets = list(names)
-        for name in targets:
-            if not isinstance(modules.get(name), tnn.MultiheadAttention):
-                raise ValueError(f"names: {name!r} is not an nn.MultiheadAttention in the model")
+        targets = names
     if not targets:
         raise ValueError("replace_attention: the model has no nn.MultiheadAttention "
                          "self-attention layer to replace")
