@@ -1,5 +1,6 @@
-// Argument-check helpers shared by the attention operators' checks (lsh_attention_common.cpp,
-// local_attention_common.cpp). Each failure is a ValueError in Python whose message names the
+// Argument-check helpers shared by the operators' checks (lsh_attention_common.cpp,
+// local_attention_common.cpp; is_supported_float also chunked_ffn.cpp and reformer_stack.cpp).
+// Each failure is a ValueError in Python whose message names the
 // argument, the expectation and the value; `ref` / `ref_name` is the tensor the others are
 // compared with ("qk" for LSH attention, "q" for local attention).
 #pragma once

@@ -45,6 +45,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "arg_checks.h"
 #include "cpu/chunked_ffn_cpu.h"
 #include "gemm.h"
 #include "seeded_dropout.h"
@@ -54,10 +55,6 @@
 
 namespace reformer {
 namespace {
-
-bool is_supported_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
 
 void check_operand(const at::Tensor& t, const char* name, const at::Tensor& x) {
   TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type(), name, " must have the dtype of x (",

@@ -40,6 +40,7 @@
 #include <tuple>
 #include <vector>
 
+#include "arg_checks.h"
 #include "chunked_ffn.h"
 #include "gemm.h"
 #include "lsh_attention.h"
@@ -74,10 +75,6 @@ struct StackShape {
   int64_t d_head = 0, d_ff = 0;
   int64_t rows() const { return batch * length; }
 };
-
-bool is_supported_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
 
 void check_stream(const at::Tensor& t, const char* name, const at::Tensor& x1) {
   TORCH_CHECK_VALUE(t.defined(), name, " must be a tensor, got None");
