@@ -9,8 +9,9 @@ import torch
 
 import reformer_ext as rx
 
-from _helpers import (F64, LAYER_WEIGHT_NAMES, WEIGHTS_PER_LAYER, StackOptions, reformer_stack,
-                      reformer_stack_reference, stack_op_args, stack_ops, stack_problem)
+from _helpers import (F64, LAYER_WEIGHT_NAMES, WEIGHTS_PER_LAYER, StackOptions,
+                      measure_step_memory, reformer_stack, reformer_stack_reference,
+                      stack_op_args, stack_ops, stack_problem)
 
 
 def _rel(a, b):
@@ -242,3 +243,26 @@ def test_factorised_buckets_match_reference_float64(factors):
     y_int = reformer_stack(x1, x2, weights, rotations, seeds, ff_chunk_size=5, **options)
     assert _rel(y_int[0], y_ref[0]) > 1e-6  # the factors change the hash
     _assert_matches_reference(y, y_ref, [x1, x2, *weights])
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["lsh", "local"])
+def test_backward_holds_no_full_width_temporaries(local):
+    """The backward's peak (tensor bytes beyond its inputs, CPU allocator events) is its four
+    streams (the rebuilt inputs and their gradients) plus one layer's attention tensors, each
+    (B·L, H·Dh) = (L, d_model) here: the projections (qk and v; q, k and v in a local layer), the
+    attention output and the gradients of all of them; everything else works on blocks of rows.
+    Measured 10.19 (LSH) and 12.13 (local) stream sizes: one more whole-width temporary (a
+    LayerNorm output, a dropout copy, a merged-heads copy) fails the bound."""
+    length, d_model = 16384, 64
+    x1, x2, weights, rotations, seeds = stack_problem(
+        depth=1, batch=1, length=length, d_model=d_model, n_heads=2, d_ff=128, n_hashes=1,
+        n_buckets=64, dtype=torch.float32, local_layers=(0,) if local else ())
+    x1, x2, weights = x1.detach(), x2.detach(), [w.detach() for w in weights]
+    options = (2, 64, True, 1, 0, 1024, "relu", 0.0, 1e-5, [], [0] if local else [], 64, 1, 0)
+    y1, y2 = torch.ops.reformer.reformer_stack(x1, x2, weights, rotations, None, seeds, *options)
+    g = torch.Generator().manual_seed(1)
+    grad_y1, grad_y2 = (torch.randn(y1.shape, generator=g) for _ in range(2))
+    peak = measure_step_memory(lambda: torch.ops.reformer.reformer_stack_backward(
+        grad_y1, grad_y2, y1, y2, weights, rotations, None, seeds, *options), "cpu").peak
+    attention_tensors = 8 if local else 6
+    assert peak / (length * d_model * 4) <= 4 + attention_tensors + 0.5
