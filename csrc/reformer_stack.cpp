@@ -217,9 +217,10 @@ StackShape check_stack_args(const at::Tensor& x1, const at::Tensor& x2, at::Tens
   }
   TORCH_CHECK_VALUE(seeds.defined() && seeds.scalar_type() == at::kLong && seeds.is_cpu() &&
                         seeds.dim() == 2 && seeds.size(0) == s.depth &&
-                        seeds.size(1) == kDropoutSites,
+                        (seeds.size(1) == kDropoutSites ||
+                         seeds.size(1) == kDropoutSites + 1),
                     "seeds must be a CPU int64 tensor of shape (depth, 3) = (", s.depth,
-                    ", 3), got ",
+                    ", 3), or (depth, 4) with the attention-probability seeds, got ",
                     seeds.defined() ? seeds.toString() + " of shape " + c10::str(seeds.sizes())
                                     : std::string("None"));
   if (key_padding_mask.has_value()) {
@@ -252,8 +253,9 @@ struct Layer {
   bool local;  // local attention; else LSH attention
   std::array<int64_t, kDropoutSites> seed;
   double attention_dropout_p;          // on the attention probabilities (the layer kind's rate)
-  at::Tensor attention_dropout_seed;   // one-element int64 CPU tensor, derived from
-                                       // seed[kAttentionOutput]; undefined when the rate is 0
+  at::Tensor attention_dropout_seed;   // one-element int64 CPU tensor: seeds' fourth column, or
+                                       // derived from seed[kAttentionOutput]; undefined when the
+                                       // rate is 0
 
   Layer(at::TensorList weights, at::TensorList rotations_, const at::Tensor& seeds, int64_t l,
         const StackOptions& o)
@@ -264,9 +266,14 @@ struct Layer {
     for (int64_t i = 0; i < kDropoutSites; ++i) seed[i] = row[i];
     attention_dropout_p = local ? o.local_attention_dropout_p : o.lsh_attention_dropout_p;
     if (attention_dropout_p > 0.0) {
-      attention_dropout_seed = at::scalar_tensor(
-          dropout_hash::derived_seed(seed[kAttentionOutput], dropout_hash::kAttentionProbsSalt),
-          at::TensorOptions().dtype(at::kLong));
+      // a fourth column gives it (shifted with a sample offset, which a hash cannot carry)
+      const int64_t probs_seed =
+          seeds.size(1) > kDropoutSites
+              ? row[kDropoutSites]
+              : dropout_hash::derived_seed(seed[kAttentionOutput],
+                                           dropout_hash::kAttentionProbsSalt);
+      attention_dropout_seed =
+          at::scalar_tensor(probs_seed, at::TensorOptions().dtype(at::kLong));
     }
   }
   c10::optional<at::Tensor> attention_seed() const {

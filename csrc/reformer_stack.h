@@ -22,7 +22,8 @@
 //              the even factors of a factorised bucket count (sum / 2 == rotations[l].shape[3]).
 //   seeds      (depth, 3) int64 on the CPU: per layer, the seeds of the attention-output,
 //              FFN-hidden and FFN-output dropout masks (seeded_dropout.h); unused when
-//              dropout_p == 0.
+//              dropout_p == 0. Or (depth, 4): the fourth column is each layer's
+//              attention-probability seed, used as given instead of derived (below).
 //   the LSH options of docs/semantics.md §1 (scale 1), the FFN's chunk size and activation
 //   (docs/semantics.md §2), the dropout rate of all three dropouts, and LayerNorm's eps.
 //   local_layers  the indices of the layers that use local attention (increasing), with its
@@ -30,8 +31,9 @@
 //              scale 1/sqrt(Dh) (docs/semantics.md §9); `causal` applies to both kinds.
 //   lsh_attention_dropout_p, local_attention_dropout_p  dropout on the attention probabilities
 //              of the LSH and the local layers (docs/semantics.md §1, §9 "Dropout"), seeded per
-//              layer with a seed derived from the layer's attention-output seed
-//              (dropout_hash::derived_seed with kAttentionProbsSalt).
+//              layer with seeds' fourth column if it has one, else with a seed derived from the
+//              layer's attention-output seed (dropout_hash::derived_seed with
+//              kAttentionProbsSalt).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -237,7 +237,8 @@ def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
     local_layers use local attention (§9, scale 1/sqrt(d_head)): their qk weight is the query
     weight stacked on the key weight, their rotations are ignored. lsh_attention_dropout_p /
     local_attention_dropout_p: attention-probability dropout of the LSH / local layers, seeded
-    with derived_seed(attention-output seed, ATTENTION_PROBS_SALT). Returns (y1, y2)."""
+    with seeds' fourth column when it has one, else with derived_seed(attention-output seed,
+    ATTENTION_PROBS_SALT). Returns (y1, y2)."""
     import torch.nn.functional as F
 
     # the seeded mask rule of csrc/seeded_dropout.h (the C++ side computes it independently)
@@ -249,8 +250,9 @@ def reformer_stack_reference(x1, x2, weights, rotations, seeds, *, n_heads,
     for layer, rot in enumerate(rotations):
         (n1w, n1b, w_qk, w_v, w_out, b_out, n2w, n2b, w1, b1, w2, b2) = \
             weights[12 * layer:12 * layer + 12]
-        s_attn, s_hidden, s_out = seeds[layer].tolist()
-        attention_seed = derived_seed(s_attn, ATTENTION_PROBS_SALT)
+        s_attn, s_hidden, s_out, *s_probs = seeds[layer].tolist()
+        attention_seed = (torch.tensor(s_probs[0]) if s_probs
+                          else derived_seed(s_attn, ATTENTION_PROBS_SALT))
         # F: attention branch
         h = F.layer_norm(x2, (d,), n1w, n1b, layer_norm_eps)
         heads = lambda t: t.view(B, L, n_heads, -1).transpose(1, 2)  # noqa: E731

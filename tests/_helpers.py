@@ -32,7 +32,8 @@ from reformer_ext._profiling import _replay, measure_peak, measure_step_memory
 from reformer_ext.ops import reformer_stack as stack_ops
 from reformer_ext.ops.chunked_ffn import ACTIVATIONS
 from reformer_ext.ops.reformer_stack import LAYER_WEIGHT_NAMES, WEIGHTS_PER_LAYER, StackOptions
-from reformer_ext.ops.seeded_random import hidden_dropout_keep_mask, seeded_rotations
+from reformer_ext.ops.seeded_random import (ATTENTION_PROBS_SALT, hidden_dropout_keep_mask, mix64,
+                                            seeded_rotations)
 from reformer_ext.reference import (local_attention_reference, lsh_attention_reference,
                                     lsh_buckets_reference, reformer_stack_reference)
 

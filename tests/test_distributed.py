@@ -24,10 +24,10 @@ VOCAB, LENGTH, BATCH, STEPS = 11, 16, 4, 2
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
-def _model(dtype, reversible, dropout=0.1, seed=0):
+def _model(dtype, reversible, dropout=0.1, seed=0, **options):
     torch.manual_seed(seed)
     return rx.nn.ReformerLM(VOCAB, 16, 2, 2, LENGTH, bucket_size=4, n_hashes=2, ff_chunk_size=8,
-                            dropout=dropout, reversible=reversible).to(dtype)
+                            dropout=dropout, reversible=reversible, **options).to(dtype)
 
 
 def _batch():
@@ -86,14 +86,22 @@ SCENARIOS = [  # name, how, dtype, reversible
     ("fsdp_plain_f64", "fsdp", torch.float64, False),
     ("ddp_rev_f64", "ddp", torch.float64, True),
     ("fsdp_rev_f32", "fsdp", torch.float32, True),
+    ("fsdp_rev_attention_dropout_f64", "fsdp", torch.float64, True),
+    ("ddp_rev_attention_dropout_f64", "ddp", torch.float64, True),
 ]
 WORLDS = {"fsdp_rev_f64": (2, 4), "fsdp_plain_f64": (2, 4), "ddp_rev_f64": (2, 4),
-          "fsdp_rev_f32": (2,)}  # the world sizes each scenario runs at (time)
+          "fsdp_rev_f32": (2,), "fsdp_rev_attention_dropout_f64": (2,),
+          "ddp_rev_attention_dropout_f64": (2,)}  # the world sizes each scenario runs at (time)
+# attention-probability dropout alone, in a local and an LSH layer
+ATTENTION_DROPOUT = dict(dropout=0.0, attn_layers=["local", "lsh"], local_chunk_length=4,
+                         lsh_attention_dropout=0.3, local_attention_dropout=0.3)
+OPTIONS = {"fsdp_rev_attention_dropout_f64": ATTENTION_DROPOUT,
+           "ddp_rev_attention_dropout_f64": ATTENTION_DROPOUT}  # _model's other scenarios: defaults
 
 
-def _scenario(rank, world, how, dtype, reversible, offset=True):
+def _scenario(rank, world, how, dtype, reversible, offset=True, options=None):
     tokens, mask, divisor, first = _local(rank, world)
-    model = _model(dtype, reversible)
+    model = _model(dtype, reversible, **(options or {}))
     if offset:
         rx.nn.set_dropout_sample_offset(model, first)
     if how == "fsdp":
@@ -224,7 +232,7 @@ def _worker(rank, world, store_path, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
                             world_size=world)
     try:
-        results = {name: _scenario(rank, world, how, dtype, rev)
+        results = {name: _scenario(rank, world, how, dtype, rev, options=OPTIONS.get(name))
                    for name, how, dtype, rev in SCENARIOS if world in WORLDS[name]}
         if world == 2:
             # without the sample offset each rank's masks are those of the first samples
@@ -247,7 +255,8 @@ def reference():
     n_valid = int((~mask).sum())
     out = {}
     for name, _, dtype, rev in SCENARIOS:
-        losses, grads, _ = _train(_model(dtype, rev), tokens, mask, n_valid)
+        losses, grads, _ = _train(_model(dtype, rev, **OPTIONS.get(name, {})), tokens, mask,
+                                  n_valid)
         out[name] = {"losses": losses, "grads": grads}
     return out
 
@@ -324,12 +333,15 @@ def test_shard_reformer_needs_an_initialised_process_group():
         rx.nn.shard_reformer(nn.Linear(2, 2))
 
 
-def test_sample_offset_reproduces_the_whole_batch_masks():
+@pytest.mark.parametrize("options", [dict(dropout=0.3), ATTENTION_DROPOUT],
+                         ids=["branch dropout", "attention dropout"])
+def test_sample_offset_reproduces_the_whole_batch_masks(options):
     """Single process: the second half of a batch run alone with offset 2 gives the rows the
-    whole batch gives (the rule the distributed tests rely on), for both stack paths."""
+    whole batch gives (the rule the distributed tests rely on), for both stack paths; for
+    attention-probability dropout too, whose seeds the offset passes as a fourth column."""
     tokens, _ = _batch()
     for reversible in (True, False):
-        model = _model(torch.float64, reversible, dropout=0.3)
+        model = _model(torch.float64, reversible, **options)
         torch.manual_seed(5)
         whole = model(tokens)
         rx.nn.set_dropout_sample_offset(model, 2)

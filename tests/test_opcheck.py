@@ -281,15 +281,25 @@ def test_reformer_stack(requires_grad):
     torch.library.opcheck(torch.ops.reformer.reformer_stack,
                           stack_op_args(requires_grad=requires_grad, local_layers=(1,))
                           + (0.3, 0.2))  # attention dropout in both kinds of layer
+    # seeds with a fourth column: the attention-probability seeds given
+    x1, x2, weights, rotations, mask, seeds, *options = stack_op_args(
+        requires_grad=requires_grad, local_layers=(1,))
+    seeds = torch.cat([seeds, seeds[:, :1] + 1], dim=1)
+    torch.library.opcheck(torch.ops.reformer.reformer_stack,
+                          (x1, x2, weights, rotations, mask, seeds, *options, 0.3, 0.2))
 
 
 @pytest.mark.parametrize("factors,local_layers,attention_dropout",
                          [(None, (), ()), ((4, 2), (), ()), (None, (0,), ()),
-                          (None, (0,), (0.3, 0.2))],
-                         ids=["int", "factorised", "local", "attention_dropout"])
+                          (None, (0,), (0.3, 0.2)), (None, (0,), (0.3, 0.2, "4 seeds"))],
+                         ids=["int", "factorised", "local", "attention_dropout",
+                              "attention_seeds_given"])
 def test_reformer_stack_backward(factors, local_layers, attention_dropout):
     x1, x2, weights, rotations, mask, seeds, *options = stack_op_args(
         requires_grad=False, factors=factors, local_layers=local_layers)
+    if "4 seeds" in attention_dropout:  # a fourth column: the attention-probability seeds
+        seeds = torch.cat([seeds, seeds[:, :1] + 1], dim=1)
+        attention_dropout = attention_dropout[:2]
     options += list(attention_dropout)
     y1, y2 = torch.ops.reformer.reformer_stack(x1, x2, weights, rotations, mask, seeds, *options)
     args = (torch.randn_like(y1), torch.randn_like(y2), y1, y2, weights, rotations, mask, seeds,

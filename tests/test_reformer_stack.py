@@ -9,9 +9,9 @@ import torch
 
 import reformer_ext as rx
 
-from _helpers import (F64, LAYER_WEIGHT_NAMES, WEIGHTS_PER_LAYER, StackOptions,
-                      measure_step_memory, reformer_stack, reformer_stack_reference,
-                      stack_op_args, stack_ops, stack_problem)
+from _helpers import (ATTENTION_PROBS_SALT, F64, LAYER_WEIGHT_NAMES, WEIGHTS_PER_LAYER,
+                      StackOptions, measure_step_memory, mix64, reformer_stack,
+                      reformer_stack_reference, stack_op_args, stack_ops, stack_problem)
 
 
 def _rel(a, b):
@@ -88,6 +88,26 @@ def test_attention_dropout_matches_reference_float64(causal, rates):
     options.update(lsh_attention_dropout_p=0.0, local_attention_dropout_p=0.0)
     y_plain = reformer_stack(x1, x2, weights, rotations, seeds, ff_chunk_size=5, **options)
     assert not torch.equal(y[0], y_plain[0])
+
+
+def test_fourth_seed_column_seeds_the_attention_dropout():
+    """seeds (depth, 4): the fourth column is each layer's attention-probability seed, used as
+    given (against the reference, every gradient); holding the seeds the stack would derive, it
+    gives bitwise the three-column result, and other values give other masks."""
+    x1, x2, weights, rotations, seeds = stack_problem(depth=2, local_layers=(1,))
+    options = dict(n_heads=2, bucket_size=4, causal=True, local_layers=(1,),
+                   local_chunk_length=4, lsh_attention_dropout_p=0.3,
+                   local_attention_dropout_p=0.3)
+    g = torch.Generator().manual_seed(3)
+    given = torch.cat([seeds, torch.randint(0, 2**62, (2, 1), generator=g)], dim=1)
+    y = reformer_stack(x1, x2, weights, rotations, given, **options)
+    y_ref = reformer_stack_reference(x1, x2, weights, rotations, given, **options)
+    _assert_matches_reference(y, y_ref, [x1, x2, *weights])
+    derived = torch.cat([seeds, mix64(seeds[:, :1] ^ ATTENTION_PROBS_SALT)], dim=1)
+    three = reformer_stack(x1, x2, weights, rotations, seeds, **options)
+    assert all(torch.equal(a, b) for a, b in
+               zip(reformer_stack(x1, x2, weights, rotations, derived, **options), three))
+    assert not torch.equal(y[0], three[0])
 
 
 def test_gradcheck_float64_with_a_local_layer():

@@ -48,10 +48,13 @@ class PreNormAttention(tnn.Module):
         return isinstance(self.attn, LocalSelfAttention)
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None, *,
-                rotations: Optional[Tensor] = None, dropout_seed=None) -> Tensor:
-        # the attention dropout's seed is derived from the branch's (what the stack operator does)
-        attention_seed = (None if dropout_seed is None
-                          else derived_seed(dropout_seed, ATTENTION_PROBS_SALT))
+                rotations: Optional[Tensor] = None, dropout_seed=None,
+                attention_dropout_seed=None) -> Tensor:
+        # the attention dropout's seed, unless given, is derived from the branch's (what the
+        # stack operator does with three seed columns)
+        attention_seed = attention_dropout_seed
+        if attention_seed is None and dropout_seed is not None:
+            attention_seed = derived_seed(dropout_seed, ATTENTION_PROBS_SALT)
         if self.is_local:
             out = self.attn(self.norm(x), key_padding_mask, attention_dropout_seed=attention_seed)
         else:
@@ -351,9 +354,9 @@ class Reformer(tnn.Module):
                                   local_attention_dropout_p=attention_p[1])
         x1 = x2 = x
         for i, block in enumerate(self.layers):
-            s = seeds[i]
-            x1 = x1 + block.f(x2, key_padding_mask, rotations=rotations[i], dropout_seed=s[0])
-            x2 = x2 + block.g(x1, hidden_seed=s[1], dropout_seed=s[2])
+            f_kwargs, g_kwargs = _sharding.branch_kwargs(key_padding_mask, rotations, seeds, i)
+            x1 = x1 + block.f(x2, **f_kwargs)
+            x2 = x2 + block.g(x1, **g_kwargs)
         return x1, x2
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:

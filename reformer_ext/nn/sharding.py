@@ -42,10 +42,11 @@ batch (an interleaving sampler: rank r taking samples r, r + N, ...) gets the ma
 batch reordered rank by rank (a valid whole-batch run, of the permuted batch); unequal slices
 need the loss weighted by slice size (FSDP and DDP average the gradients over processes); the
 axial position embedding's own dropout (``pos_emb.dropout``, 0 by default) draws from torch's
-generator and differs per process; attention-probability dropout (``lsh_attention_dropout``,
-``local_attention_dropout``, 0 by default) seeds each layer's mask with a hash of the
-attention-output seed, which the offset does not carry through, so its masks depend on the
-process count.
+generator and differs per process. Attention-probability dropout (``lsh_attention_dropout``,
+``local_attention_dropout``) is covered: its per-layer seed is a hash of the attention-output
+seed, which no shift carries through, so with an offset the seeds get a fourth column holding it,
+hashed from the unshifted seed and then shifted by the attention dropout's own elements per
+sample (:func:`offset_dropout_seeds`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ import torch
 from torch import Tensor
 from torch import nn as tnn
 
-from ..ops.seeded_random import GAMMA, as_int64
+from ..ops.seeded_random import ATTENTION_PROBS_SALT, GAMMA, as_int64, mix64
 from .reversible import _autocast_context, _autocast_state
 
 __all__ = ["is_fsdp_module", "load_sharded_checkpoint", "save_sharded_checkpoint",
@@ -200,16 +201,18 @@ def sharded_streams(reformer, x: Tensor, key_padding_mask: Optional[Tensor], rot
                                     seeds)
 
 
-def _branch_kwargs(key_padding_mask, rotations, seeds, i):
+def branch_kwargs(key_padding_mask, rotations, seeds, i):
+    """Layer i's keyword arguments for its f (attention) and g (feed-forward) branches."""
     s = seeds[i]
-    return (dict(key_padding_mask=key_padding_mask, rotations=rotations[i], dropout_seed=s[0]),
+    return (dict(key_padding_mask=key_padding_mask, rotations=rotations[i], dropout_seed=s[0],
+                 attention_dropout_seed=s[3] if len(s) > 3 else None),
             dict(hidden_seed=s[1], dropout_seed=s[2]))
 
 
 def _plain_streams(reformer, x, key_padding_mask, rotations, seeds):
     x1 = x2 = x
     for i, block in enumerate(reformer.layers):
-        fk, gk = _branch_kwargs(key_padding_mask, rotations, seeds, i)
+        fk, gk = branch_kwargs(key_padding_mask, rotations, seeds, i)
         x1 = x1 + block.f(x2, **fk)
         x2 = x2 + block.g(x1, **gk)
     return x1, x2
@@ -218,7 +221,7 @@ def _plain_streams(reformer, x, key_padding_mask, rotations, seeds):
 def _block_streams(reformer, x, key_padding_mask, rotations, seeds):
     x1 = x2 = x
     for i, block in enumerate(reformer.layers):
-        x1, x2 = block(x1, x2, *_branch_kwargs(key_padding_mask, rotations, seeds, i))
+        x1, x2 = block(x1, x2, *branch_kwargs(key_padding_mask, rotations, seeds, i))
     return x1, x2
 
 
@@ -231,7 +234,7 @@ class _ShardedReversible(torch.autograd.Function):
         ctx.autocast = _autocast_state({x1.device.type})
         ctx.autocast_cache = torch.is_autocast_cache_enabled()
         for i, block in enumerate(reformer.layers):
-            fk, gk = _branch_kwargs(key_padding_mask, rotations, seeds, i)
+            fk, gk = branch_kwargs(key_padding_mask, rotations, seeds, i)
             x1 = x1 + block.f(x2, **fk)
             x2 = x2 + block.g(x1, **gk)
         ctx.save_for_backward(x1, x2)
@@ -245,7 +248,7 @@ class _ShardedReversible(torch.autograd.Function):
         with torch.enable_grad(), _autocast_context(ctx.autocast, ctx.autocast_cache):
             for i in reversed(range(len(layers))):
                 block = layers[i]
-                fk, gk = _branch_kwargs(ctx.kpm, ctx.rotations, ctx.seeds, i)
+                fk, gk = branch_kwargs(ctx.kpm, ctx.rotations, ctx.seeds, i)
                 # G: y2 = x2 + G(y1). Calling the module gathers its weights (FSDP pre-forward);
                 # the backward accumulates into the gathered weights' .grad, and FSDP's
                 # post-backward hook on the recompute's input reduce-scatters and reshards.
@@ -290,15 +293,30 @@ def set_dropout_sample_offset(model: tnn.Module, offset: int) -> None:
 def offset_dropout_seeds(reformer, seeds: Tensor, x: Tensor) -> Tensor:
     """``seeds`` (depth, 3) shifted for the reformer's ``dropout_sample_offset`` (unchanged when
     it is 0): columns attention output (width d_model), FFN hidden (d_ff), FFN output
-    (d_model)."""
+    (d_model); and a fourth column, each layer's attention-probability seed, which the stack
+    would otherwise derive from the attention-output seed by a hash that no shift carries
+    through: derived here from the unshifted seed, then shifted by the attention dropout's
+    elements per sample, H·R·L·K·L (heads, hash rounds (1 in a local layer), length, window
+    slots, key positions: the index of docs/semantics.md §1 "Dropout")."""
     offset = getattr(reformer, "dropout_sample_offset", 0)
     if offset == 0:
         return seeds
-    rows = offset * x.shape[1]
+    length = x.shape[1]
+    rows = offset * length
     shift = torch.tensor([as_int64(rows * width * (GAMMA % 2**64)) for width in
                           (reformer.d_model, reformer.d_ff, reformer.d_model)],
                          dtype=torch.int64)
-    return seeds + shift  # int64 addition wraps: the seed modulo 2^64
+    per_sample = []
+    for block in reformer.layers:
+        attn = block.f.attn
+        rounds = 1 if block.f.is_local else attn.n_hashes
+        slots = attn.n_chunks_before + attn.n_chunks_after + 1
+        per_sample.append(attn.n_heads * rounds * length * slots * length)
+    probs_shift = torch.tensor([as_int64(offset * n * (GAMMA % 2**64)) for n in per_sample],
+                               dtype=torch.int64)
+    probs = mix64(seeds[:, 0] ^ ATTENTION_PROBS_SALT) + probs_shift
+    # int64 addition wraps: the seeds modulo 2^64
+    return torch.cat([seeds + shift, probs.unsqueeze(1)], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ by the same names). :func:`reformer_stack` takes them BY NAME, one mapping per l
 the list, so two same-shaped weights cannot trade places unnoticed.
 
 Random state is explicit too: one rotation tensor per layer and a ``(depth, 3)`` int64 CPU
-tensor of dropout seeds (attention output, FFN hidden, FFN output), so the recompute is exact.
+tensor of dropout seeds (attention output, FFN hidden, FFN output; optionally a fourth column of
+attention-probability seeds), so the recompute is exact.
 """
 
 from __future__ import annotations
@@ -103,8 +104,9 @@ def _fake_check(x1, x2, weights, rotations, key_padding_mask, seeds, options):
         check_traced(key_padding_mask.device == x1.device, "key_padding_mask must be on the device "
                f"of x1 ({x1.device}), got {key_padding_mask.device}")
     check_traced(seeds.dtype == torch.int64 and seeds.device.type == "cpu" and seeds.dim() == 2
-           and seeds.shape[0] == depth and seeds.shape[1] == 3,
-           f"seeds must be a CPU int64 tensor of shape ({depth}, 3)")
+           and seeds.shape[0] == depth and seeds.shape[1] in (3, 4),
+           f"seeds must be a CPU int64 tensor of shape ({depth}, 3), or ({depth}, 4) with the "
+           "attention-probability seeds")
 
 
 @torch.library.register_fake("reformer::reformer_stack")
@@ -182,8 +184,9 @@ def reformer_stack(x1: Tensor, x2: Tensor, layers: Sequence[Mapping[str, Tensor]
     empty tensor per local layer; ``seeds``: ``(depth, 3)`` int64 CPU tensor of dropout seeds
     (attention output, FFN hidden, FFN output; unused when ``dropout_p`` is 0);
     ``lsh_attention_dropout_p`` / ``local_attention_dropout_p``: dropout on the attention
-    probabilities of the LSH / local layers, with each layer's seed derived from its
-    attention-output seed (``seeded_random.derived_seed(seed, ATTENTION_PROBS_SALT)``).
+    probabilities of the LSH / local layers, with each layer's seed the fourth column of a
+    ``(depth, 4)`` ``seeds``, or else derived from its attention-output seed
+    (``seeded_random.derived_seed(seed, ATTENTION_PROBS_SALT)``).
     """
     o = options
     return torch.ops.reformer.reformer_stack(
