@@ -352,12 +352,7 @@ class Reformer(tnn.Module):
                                   self.stack_options, key_padding_mask=key_padding_mask,
                                   dropout_p=p, lsh_attention_dropout_p=attention_p[0],
                                   local_attention_dropout_p=attention_p[1])
-        x1 = x2 = x
-        for i, block in enumerate(self.layers):
-            f_kwargs, g_kwargs = _sharding.branch_kwargs(key_padding_mask, rotations, seeds, i)
-            x1 = x1 + block.f(x2, **f_kwargs)
-            x2 = x2 + block.g(x1, **g_kwargs)
-        return x1, x2
+        return _sharding.plain_streams(self, x, key_padding_mask, rotations, seeds)
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
         y1, y2 = self.forward_streams(x, key_padding_mask)

@@ -195,7 +195,7 @@ def sharded_streams(reformer, x: Tensor, key_padding_mask: Optional[Tensor], rot
         return _block_streams(reformer, x, key_padding_mask, rotations, seeds)
     _check_root(reformer)
     if not reformer.reversible or not torch.is_grad_enabled():
-        return _plain_streams(reformer, x, key_padding_mask, rotations, seeds)
+        return plain_streams(reformer, x, key_padding_mask, rotations, seeds)
     anchor = torch.empty(0, dtype=x.dtype, device=x.device, requires_grad=True)
     return _ShardedReversible.apply(x, x, anchor, reformer, key_padding_mask, list(rotations),
                                     seeds)
@@ -209,7 +209,9 @@ def branch_kwargs(key_padding_mask, rotations, seeds, i):
             dict(hidden_seed=s[1], dropout_seed=s[2]))
 
 
-def _plain_streams(reformer, x, key_padding_mask, rotations, seeds):
+def plain_streams(reformer, x, key_padding_mask, rotations, seeds):
+    """The layers one after another with ordinary autograd (reversible=False, or no gradient):
+    the streams (y1, y2)."""
     x1 = x2 = x
     for i, block in enumerate(reformer.layers):
         fk, gk = branch_kwargs(key_padding_mask, rotations, seeds, i)
