@@ -63,12 +63,10 @@ void seeded_dropout_(at::Tensor& x, double p, int64_t seed) {
   if (p <= 0.0 || x.numel() == 0) return;
   const int64_t rows = x.size(0), width = x.size(1);
   const int64_t block = std::max<int64_t>(1, std::min(rows, kBlockElements / std::max<int64_t>(width, 1)));
-  SeededDropoutMask mask(p, seed, width, block, x.options());
+  SeededRowDropout dropout(p, seed, width, block, x.options());
   for (int64_t row0 = 0; row0 < rows; row0 += block) {
-    const int64_t n = std::min(block, rows - row0);
-    x.narrow(0, row0, n).masked_fill_(mask.dropped(row0, n), 0);
+    dropout.apply_(x.narrow(0, row0, std::min(block, rows - row0)), row0);
   }
-  x.mul_(1.0 / (1.0 - p));
 }
 
 SeededRowDropout::SeededRowDropout(double p, int64_t seed, int64_t width, int64_t max_rows,
@@ -79,7 +77,6 @@ SeededRowDropout::SeededRowDropout(double p, int64_t seed, int64_t width, int64_
 
 void SeededRowDropout::apply_(const at::Tensor& rows, int64_t row0) {
   if (!mask_) return;
-  // the same two steps as seeded_dropout_, so the values are bitwise the same
   rows.masked_fill_(mask_->dropped(row0, rows.size(0)), 0);
   rows.mul_(1.0 / (1.0 - p_));
 }

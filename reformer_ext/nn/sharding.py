@@ -303,20 +303,20 @@ def offset_dropout_seeds(reformer, seeds: Tensor, x: Tensor) -> Tensor:
     offset = getattr(reformer, "dropout_sample_offset", 0)
     if offset == 0:
         return seeds
+    def seed_shifts(elements_per_sample):  # k elements further: the seed k·γ further
+        return torch.tensor([as_int64(offset * n * (GAMMA % 2**64))
+                             for n in elements_per_sample], dtype=torch.int64)
+
     length = x.shape[1]
-    rows = offset * length
-    shift = torch.tensor([as_int64(rows * width * (GAMMA % 2**64)) for width in
-                          (reformer.d_model, reformer.d_ff, reformer.d_model)],
-                         dtype=torch.int64)
+    shift = seed_shifts([length * width
+                         for width in (reformer.d_model, reformer.d_ff, reformer.d_model)])
     per_sample = []
     for block in reformer.layers:
         attn = block.f.attn
         rounds = 1 if block.f.is_local else attn.n_hashes
         slots = attn.n_chunks_before + attn.n_chunks_after + 1
         per_sample.append(attn.n_heads * rounds * length * slots * length)
-    probs_shift = torch.tensor([as_int64(offset * n * (GAMMA % 2**64)) for n in per_sample],
-                               dtype=torch.int64)
-    probs = mix64(seeds[:, 0] ^ ATTENTION_PROBS_SALT) + probs_shift
+    probs = mix64(seeds[:, 0] ^ ATTENTION_PROBS_SALT) + seed_shifts(per_sample)
     # int64 addition wraps: the seeds modulo 2^64
     return torch.cat([seeds + shift, probs.unsqueeze(1)], dim=1)
 
