@@ -102,26 +102,25 @@ def matmul_flops_per_second(config, device, rows: int = 4096, repeats: int = 9) 
     it gives is not lowered by a slow moment of a shared machine."""
     a = torch.randn(rows, config.hidden_size, device=device)
     b = torch.randn(config.hidden_size, config.feed_forward_size, device=device)
-    times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return 2.0 * rows * a.shape[1] * b.shape[1] / min(times[1:])
+    seconds = min(call_seconds(lambda: torch.mm(a, b), repeats, device))
+    return 2.0 * rows * a.shape[1] * b.shape[1] / seconds
 
 
-def median_seconds(step, repeats: int) -> float:
+def call_seconds(step, repeats: int, device) -> list:
+    """Wall-clock seconds of ``repeats`` calls of ``step`` after a warm-up call (on CUDA each
+    measured up to the end of the work it queued)."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     step()  # warm-up
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
 def training_step(model, tokens, logits_of):
@@ -157,7 +156,7 @@ def compare(hf_model, ours, length: int, repeats: int, device) -> list[list[str]
         for name, model, logits_of in (("HF", hf_model, hf_logits), ("ours", ours, our_logits)):
             model.train(mode == "train")
             step = make(model, tokens, logits_of)
-            seconds = median_seconds(step, repeats)
+            seconds = statistics.median(call_seconds(step, repeats, device))
             model.zero_grad(set_to_none=True)
             peak_mib, _ = measure_peak(step, device)
             results[name] = (seconds, peak_mib)
